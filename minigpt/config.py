@@ -1,0 +1,363 @@
+"""Typed configuration: the model's shape (`GPTConfig`) and a training run (`TrainConfig`).
+
+No torch here, and no magic: plain dataclasses that round-trip through JSON, the same
+snake_case names in the dataclass, the checkpoint and the logs, kebab-case on the command
+line (`n_embd` <-> `--n-embd`). A run's settings are resolved in this order, each step
+overriding the one before:
+
+    dataclass defaults  <  --preset  <  --config FILE.toml  <  explicit command-line flags
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+MODEL_KINDS = ("gpt", "lstm", "gru", "ngram")
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT. Example: GPT-2 small is
+    `GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)`."""
+
+    vocab_size: int
+    block_size: int = 256  # longest context the model attends over
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True)
+    pos_encoding: str = "learned"  # learned (GPT-2) | sinusoidal (Vaswani et al.) | rope (rotary)
+    tie_weights: bool = True  # the output head shares the token-embedding matrix
+    rope_base: float = 10000.0
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, f"must be a positive integer, got {v!r}")
+        _check(
+            self.n_embd % self.n_head == 0,
+            "n_embd",
+            f"must be divisible by n_head ({self.n_embd} is not a multiple of {self.n_head})",
+        )
+        _check(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            "dropout",
+            f"must be in [0, 1), got {self.dropout!r}",
+        )
+        _check(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}; got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope":
+            _check(self.head_dim % 2 == 0, "n_embd", f"rope needs an even head size (n_embd / n_head = {self.head_dim})")
+        _check(
+            isinstance(self.rope_base, (int, float)) and self.rope_base > 1, "rope_base", f"must be > 1, got {self.rope_base!r}"
+        )
+        _check(
+            isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0,
+            "layer_norm_eps",
+            f"must be positive, got {self.layer_norm_eps!r}",
+        )
+        for name in ("bias", "tie_weights"):
+            _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        return _from_dict(cls, d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GPTConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing from the {cls.__name__}")
+    return cls(**d)
+
+
+# ---- training configuration -----------------------------------------------------------
+
+
+def _opt(default, help: str, **kw):
+    """A dataclass field that carries its command-line help (and optional choices)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArgs:
+    """What to train: the model kind and its shape (vocab_size comes from the data)."""
+
+    model: str = _opt("gpt", "model kind: gpt, or a baseline (lstm, gru, ngram)", choices=MODEL_KINDS)
+    n_layer: int = _opt(4, "number of Transformer blocks (or recurrent layers)")
+    n_head: int = _opt(4, "attention heads per block")
+    n_embd: int = _opt(128, "width of the residual stream (embedding size)")
+    block_size: int = _opt(64, "context length in tokens")
+    dropout: float = _opt(0.0, "dropout probability (0 disables it)")
+    bias: bool = _opt(True, "use biases in Linear layers and LayerNorms")
+    pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)
+    tie_weights: bool = _opt(True, "share the token-embedding matrix with the output head")
+    ngram_order: int = _opt(3, "n for --model ngram (3 = trigram)")
+
+
+@dataclass
+class DataArgs:
+    data: str = _opt("data/shakespeare", "prepared dataset directory (see `minigpt prepare`)")
+
+
+@dataclass
+class OptimArgs:
+    max_steps: int = _opt(2000, "optimizer steps in total (a resumed run stops here too)")
+    batch_size: int = _opt(12, "sequences per micro-batch, per process")
+    grad_accum: int = _opt(1, "micro-batches accumulated per optimizer step")
+    lr: float = _opt(1e-3, "peak learning rate (after warmup)")
+    min_lr: float = _opt(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = _opt(100, "steps of linear warmup from 0 to --lr")
+    lr_decay_steps: int = _opt(0, "step at which the cosine decay reaches --min-lr (0: --max-steps)")
+    weight_decay: float = _opt(0.1, "AdamW weight decay (matrices only, not biases/norms)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.99, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 disables)")
+
+
+@dataclass
+class RunArgs:
+    out: str = _opt("out/shakespeare", "run directory: checkpoints, metrics.jsonl, config")
+    device: str = _opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; fp32 elsewhere), float32, bfloat16, float16", choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool | None = _opt(None, "torch.compile the model (default: on for CUDA, off on CPU)")
+    eval_interval: int = _opt(250, "evaluate (and checkpoint) every this many steps")
+    eval_steps: int = _opt(20, "batches per evaluation of train and val loss")
+    log_interval: int = _opt(10, "write a training line to metrics.jsonl every this many steps")
+    seed: int = _opt(1337, "random seed (model init, data windows, dropout)")
+    resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
+    tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
+    sample_tokens: int = _opt(200, "tokens to sample at the end of training (0: none)")
+    threads: int = _opt(0, "CPU threads for torch (0: one per physical core)")
+
+
+SECTIONS = {"model": ModelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "cpu"
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    run: RunArgs = field(default_factory=RunArgs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        out = cls(preset=d.pop("preset", "cpu"))
+        for name, section in SECTIONS.items():
+            setattr(out, name, _from_dict(section, d.pop(name, {})))
+        if d:
+            raise ConfigError(f"{sorted(d)[0]}: not a section of the training config")
+        out.validate()
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """All settings as one flat {snake_case_name: value} dict."""
+        return {k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()}
+
+    def set(self, name: str, value: Any) -> None:
+        for section in SECTIONS:
+            obj = getattr(self, section)
+            if name in {f.name for f in fields(obj)}:
+                setattr(obj, name, value)
+                return
+        raise ConfigError(f"{name}: not a training setting (see `minigpt train --help`)")
+
+    def validate(self) -> None:
+        m, o, r = self.model, self.optim, self.run
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "ngram_order"):
+            _check(getattr(m, name) > 0, name, f"must be positive, got {getattr(m, name)}")
+        if m.model == "gpt":
+            _check(m.n_embd % m.n_head == 0, "n_embd", f"must be divisible by n_head ({m.n_embd} % {m.n_head} != 0)")
+            if m.pos_encoding == "rope":
+                _check((m.n_embd // m.n_head) % 2 == 0, "n_embd", "rope needs an even head size (n_embd / n_head)")
+        _check(m.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
+        _check(m.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}")
+        _check(0.0 <= m.dropout < 1.0, "dropout", f"must be in [0, 1), got {m.dropout}")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            _check(getattr(o, name) > 0, name, f"must be positive, got {getattr(o, name)}")
+        _check(o.lr > 0 and math.isfinite(o.lr), "lr", f"must be positive, got {o.lr}")
+        _check(0 <= o.min_lr <= o.lr, "min_lr", f"must be between 0 and --lr ({o.lr}), got {o.min_lr}")
+        _check(o.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+        _check(o.lr_decay_steps >= 0, "lr_decay_steps", f"must be >= 0, got {o.lr_decay_steps}")
+        _check(o.weight_decay >= 0, "weight_decay", f"must be >= 0, got {o.weight_decay}")
+        _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "beta1", "betas must be in [0, 1)")
+        _check(o.grad_clip >= 0, "grad_clip", f"must be >= 0, got {o.grad_clip}")
+        for name in ("eval_interval", "eval_steps", "log_interval"):
+            _check(getattr(r, name) > 0, name, f"must be positive, got {getattr(r, name)}")
+        _check(r.sample_tokens >= 0, "sample_tokens", f"must be >= 0, got {r.sample_tokens}")
+        _check(r.threads >= 0, "threads", f"must be >= 0, got {r.threads}")
+
+
+# Named starting points. Each is a set of overrides of the dataclass defaults; flags and
+# --config still override them. Sizes are chosen by measurement (see BENCHMARKS.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The zero-argument default: a few minutes on a 2-core laptop CPU.
+    "cpu": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+        max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=250, eval_steps=20,
+    ),
+    # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
+    "nanogpt-cpu": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+        max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=250, eval_steps=20,
+    ),
+    # The size of nanoGPT's config/train_shakespeare_char.py (6 x 384, block 256).
+    "shakespeare-char": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
+        max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=250, eval_steps=200,
+    ),
+    # GPT-2 small (124M): 12 x 768, block 1024; nanoGPT's train_gpt2.py optimisation.
+    "gpt2": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0,
+        max_steps=600000, batch_size=12, grad_accum=40, lr=6e-4, min_lr=6e-5, warmup_steps=2000,
+        weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_steps=200,
+    ),
+}
+
+
+def apply_preset(cfg: TrainConfig, name: str) -> None:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    cfg.preset = name
+    for k, v in PRESETS[name].items():
+        cfg.set(k, v)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a --config file: flat `name = value` lines and/or [model]/[data]/[optim]/[run]
+    sections, returned as one flat dict of snake_case names."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config: {path}: {e}") from None
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict) and k in SECTIONS:
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat
+
+
+# ---- command line ---------------------------------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per training setting, generated from the dataclasses (defaults shown are
+    the dataclass defaults; the preset, if any, changes some of them)."""
+    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="named starting point (default: cpu)")
+    parser.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)")
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings")
+        for f in fields(cls):
+            kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), None)
+            if f.type in (bool, "bool", "bool | None"):
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = typ or str
+                kw["metavar"] = f.name.upper()
+            default = f.default
+            if default is not None and not isinstance(default, bool):
+                kw["help"] += f" (default: {default})"
+            group.add_argument(_flag(f.name), **kw)
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user actually typed on the command line."""
+    names = {f.name for cls in SECTIONS.values() for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
+    """defaults < preset < --config TOML < flags."""
+    file_values = load_toml(args.config) if getattr(args, "config", None) else {}
+    preset = args.preset or file_values.pop("preset", None) or "cpu"
+    file_values.pop("preset", None)
+    cfg = TrainConfig()
+    apply_preset(cfg, preset)
+    for k, v in file_values.items():
+        cfg.set(k, v)
+    for k, v in explicit_overrides(args).items():
+        cfg.set(k, v)
+    _coerce_types(cfg)
+    cfg.validate()
+    return cfg
+
+
+def _coerce_types(cfg: TrainConfig) -> None:
+    """TOML gives 1 where a float is meant, or "3" by mistake: check every value's type."""
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            want = f.type
+            if want in (float, "float") and isinstance(v, int) and not isinstance(v, bool):
+                setattr(obj, f.name, float(v))
+            elif want in (int, "int") and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise ConfigError(f"{f.name}: must be an integer, got {v!r}")
+            elif want in (float, "float") and not isinstance(v, (int, float)):
+                raise ConfigError(f"{f.name}: must be a number, got {v!r}")
+            elif want in (str, "str") and not isinstance(v, str):
+                raise ConfigError(f"{f.name}: must be a string, got {v!r}")
+            elif want in (bool, "bool") and not isinstance(v, bool):
+                raise ConfigError(f"{f.name}: must be true or false, got {v!r}")
+            elif want == "bool | None" and not (v is None or isinstance(v, bool)):
+                raise ConfigError(f"{f.name}: must be true or false, got {v!r}")

@@ -1,0 +1,23 @@
+"""The one exception type that means "the user asked for something we cannot do".
+
+Everything the command line should report as a single line (exit code 2) raises
+`MiniGPTError` or a subclass; anything else escaping to the top is a bug and keeps
+its traceback. The subclasses also derive from the builtin a library user would
+expect (`ValueError`, `FileNotFoundError`), so `except ValueError` keeps working.
+"""
+
+
+class MiniGPTError(Exception):
+    """Bad input, a missing file, an incompatible checkpoint: reported in one line."""
+
+
+class ConfigError(MiniGPTError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class DataError(MiniGPTError, ValueError):
+    """A corpus or prepared dataset cannot be used as asked."""
+
+
+class CheckpointError(MiniGPTError, ValueError):
+    """A checkpoint is missing, truncated, unsafe or does not match its config."""

@@ -1,0 +1,398 @@
+"""The GPT, read from parts to whole:
+
+    positional encodings -> KV cache -> causal self-attention -> MLP -> block -> GPT
+
+A GPT turns token ids into next-token logits:
+
+    ids [B, T] --wte--> x [B, T, C] (+ learned/sinusoidal positions)
+      --> n_layer x Block( x + attn(ln_1(x)); x + mlp(ln_2(x)) )     (pre-LayerNorm)
+      --> ln_f --> lm_head --> logits [B, T, vocab]
+
+Shapes in comments: B batch, T tokens in this call, L cache length, C = n_embd,
+H = n_head, D = C / H (head size), V = vocab size.
+
+Attention has two paths computing the same function: the fast one
+(`F.scaled_dot_product_attention`, which picks flash/memory-efficient kernels) used by
+default, and an explicit softmax(QK^T / sqrt(D)) that also returns the weights, used
+when `return_attention=True`. The tests hold them equal.
+
+Parameter names follow GPT-2 / nanoGPT (`transformer.h.0.attn.c_attn.weight`, ...), so
+importing Hugging Face GPT-2 weights is a rename plus a transpose (see `hf.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+from .errors import ConfigError
+
+__all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "sinusoidal_table", "apply_rope"]
+
+
+# ---- positional encodings -------------------------------------------------------------
+
+
+def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """The original Transformer's fixed encoding (Vaswani et al. 2017, section 3.5):
+
+        PE[p, 2i]   = sin(p / base^(2i / dim))
+        PE[p, 2i+1] = cos(p / base^(2i / dim))
+
+    Returns a float32 tensor [n_positions, dim].
+    """
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [dim/2]
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
+    return table.float()
+
+
+def rope_tables(n_positions: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each [n_positions, head_dim / 2]:
+    angle[p, i] = p * base^(-2i / head_dim) (Su et al. 2021, RoFormer)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * inv_freq
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[..., i], x[..., i + D/2]) of q or k by its position's angle.
+
+    x: [B, H, T, D]; cos, sin: broadcastable to [B, H, T, D/2]. A rotation keeps |x|, and
+    rotating q by angle(m) and k by angle(n) makes q.k depend only on m - n: that is what
+    makes RoPE a *relative* position encoding. (The "split halves" pairing of GPT-NeoX
+    and Llama in HF; the original interleaves pairs, which is the same up to a fixed
+    permutation of the head dimensions.)
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# ---- KV cache ---------------------------------------------------------------------------
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    k, v: [n_layer, B, H, L, D]. `pos` (a 0-dim device tensor) is the next slot to write;
+    `start[b]` is the first slot of row b that holds a real token (rows of a batch may be
+    left-padded to a common length; padded slots are never attended to).
+
+    Nothing here changes shape or reads a value back to the host, so a decode step that
+    uses it can be compiled and captured in a CUDA graph: the slot to write is computed
+    on the device from `pos`, and `pos` is advanced in place.
+    """
+
+    def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, *, device=None, dtype=torch.float32):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.start = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_len, device=device)  # [L], for masks
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self, start: torch.Tensor | None = None) -> None:
+        """Empty the cache (in place). `start`: per-row count of left-padding slots."""
+        self.pos.zero_()
+        if start is None:
+            self.start.zero_()
+        else:
+            self.start.copy_(start)
+
+
+# ---- attention ---------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused q/k/v projection."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, C]
+        rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin [B or 1, 1, T, D/2]
+        mask: torch.Tensor | None,  # [B, 1, T, L] bool (True = may attend); None = causal over x
+        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,  # this layer's k, v buffers and slots [T]
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # [B, T, C] -> [B, H, T, D]
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k_buf, v_buf, slots = cache  # [B, H, L, D] x2, [T]
+            k_buf.index_copy_(2, slots, k.to(k_buf.dtype))  # write this call's keys at their slots
+            v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
+            k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # attend over every slot; the mask hides the rest
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            y, att = explicit_attention(q, k, v, mask, dropout_p)
+        else:
+            att = None
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y)), att
+
+
+def explicit_attention(q, k, v, mask=None, dropout_p=0.0):
+    """softmax(q k^T / sqrt(D) + causal mask) v, written out, returning the weights too.
+
+    q: [B, H, T, D]; k, v: [B, H, S, D]; mask: [B, 1, T, S] bool or None (None: causal,
+    query t sees keys 0..t). Returns y [B, H, T, D] and weights [B, H, T, S]; each row of
+    the weights sums to 1 and is 0 wherever the mask forbids attending (above the diagonal).
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    att = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    y = F.dropout(att, p=dropout_p) @ v if dropout_p > 0 else att @ v
+    return y, att
+
+
+# ---- MLP and block -----------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C -> 4C -> GELU -> C."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers); exact
+        # GELU would differ from imported GPT-2 weights by ~1e-3.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope, mask, cache, need_weights):
+        a, att = self.attn(self.ln_1(x), rope, mask, cache, need_weights)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+# ---- the GPT -------------------------------------------------------------------------------
+
+
+class GPTOutput(NamedTuple):
+    """What `GPT.forward` returns, always (fields are None when not asked for)."""
+
+    logits: torch.Tensor  # [B, T, V]: next-token logits at every input position
+    loss: torch.Tensor | None  # mean cross-entropy in nats per token, when targets are given
+    attentions: tuple[torch.Tensor, ...] | None  # per layer [B, H, T, T], when return_attention
+
+
+class GPT(nn.Module):
+    model_type = "gpt"  # how checkpoints name this kind of model
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
+            )
+        )
+        if cfg.pos_encoding == "learned":
+            self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        elif cfg.pos_encoding == "sinusoidal":
+            if cfg.n_embd % 2:
+                raise ConfigError("n_embd: sinusoidal positions need an even n_embd")
+            # Fixed, not learned: a buffer (not saved in checkpoints; recomputed on load).
+            self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        else:  # rope
+            cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            # One matrix both embeds tokens and scores them (Press & Wolf 2017).
+            self.lm_head.weight = self.transformer.wte.weight
+        # Validating ids costs a device sync; the trainer checks its data once instead and
+        # turns this off. Compiled code skips it regardless.
+        self.check_inputs = True
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the projections that
+        write into the residual stream scaled by 1/sqrt(2 * n_layer), so the stream's
+        variance does not grow with depth."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:  # LayerNorm gains
+                nn.init.ones_(p)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def num_params(self, exclude_positional: bool = False) -> int:
+        """Parameters, each counted once (tied weights too). With `exclude_positional`,
+        without the learned position table (it does no matrix multiplies)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_positional and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token, as in the PaLM paper (appendix B):
+        6 per weight that multiplies (2 forward, 4 backward), plus attention's
+        12 * n_layer * n_embd * T for the QK^T and AV products."""
+        T = seq_len or self.config.block_size
+        c = self.config
+        return 6 * self.num_params(exclude_positional=True) + 12 * c.n_layer * c.n_embd * T
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> KVCache:
+        c = self.config
+        w = self.transformer.wte.weight
+        return KVCache(
+            c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim,
+            device=device or w.device, dtype=dtype or w.dtype,
+        )
+
+    def _validate(self, idx: torch.Tensor, targets, kv_cache) -> None:
+        c = self.config
+        if not isinstance(idx, torch.Tensor):
+            raise ValueError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"idx must hold integer token ids (int64), got dtype {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape [batch, time], got {tuple(idx.shape)}")
+        if idx.shape[1] == 0:
+            raise ValueError("idx is empty: give at least one token")
+        T = idx.shape[1]
+        if kv_cache is None and T > c.block_size:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than block_size {c.block_size}; "
+                f"crop it to the last {c.block_size} tokens (the sampler does this)"
+            )
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        if self.check_inputs and not torch.compiler.is_compiling():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= c.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is out of range for vocab_size {c.vocab_size}")
+            if kv_cache is not None:
+                if kv_cache.batch_size != idx.shape[0]:
+                    raise ValueError(f"KV cache is for batch {kv_cache.batch_size}, got batch {idx.shape[0]}")
+                if int(kv_cache.pos) + T > kv_cache.max_len:
+                    raise ValueError(f"KV cache holds {kv_cache.max_len} slots; {int(kv_cache.pos)} used + {T} new do not fit")
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        return_attention: bool = False,
+    ) -> GPTOutput:
+        """Logits for every position of idx [B, T]; loss if targets [B, T] are given
+        (targets of -1 are ignored); per-layer attention weights if `return_attention`.
+
+        With `kv_cache`, idx continues the sequence already in the cache: its tokens are
+        written at slots cache.pos .. cache.pos + T - 1 and attend to everything before
+        them (a prompt prefill, or a one-token decode step). The cache advances by T.
+        """
+        if not torch.compiler.is_compiling():
+            self._validate(idx, targets, kv_cache)
+        if kv_cache is not None and return_attention:
+            raise ValueError("return_attention is not supported together with kv_cache")
+        B, T = idx.shape
+        c = self.config
+
+        if kv_cache is None:
+            pos = torch.arange(T, device=idx.device)  # [T]
+            mask = None  # plain causal attention within idx
+        else:
+            slots = kv_cache.pos + torch.arange(T, device=idx.device)  # [T]
+            # Position of each token within its own row (rows may be left-padded).
+            pos = (slots[None, :] - kv_cache.start[:, None]).clamp_min(0)  # [B, T]
+            key = kv_cache.slots[None, None, :]  # [1, 1, L]
+            # Query at slot s sees keys at slots start[b]..s. A padding query sees only
+            # itself, so its softmax row is never empty (an all -inf row would give NaN).
+            mask = (key <= slots[None, :, None]) & (
+                (key >= kv_cache.start[:, None, None]) | (key == slots[None, :, None])
+            )
+            mask = mask[:, None]  # [B, 1, T, L]
+
+        x = self.transformer.wte(idx)  # [B, T, C]
+        rope = None
+        if c.pos_encoding == "learned":
+            x = x + self.transformer.wpe(pos)
+        elif c.pos_encoding == "sinusoidal":
+            # Vaswani et al. scale embeddings by sqrt(C) so they are not drowned by the
+            # unit-amplitude sines (our embeddings start at std 0.02).
+            x = x * math.sqrt(c.n_embd) + self.pos_table[pos]
+        else:
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [T, D/2] or [B, T, D/2]
+            if cos.dim() == 2:
+                rope = (cos[None, None], sin[None, None])
+            else:
+                rope = (cos[:, None], sin[:, None])
+        x = self.transformer.drop(x)
+
+        attentions = []
+        for i, block in enumerate(self.transformer.h):
+            layer_cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], slots)
+            x, att = block(x, rope, mask, layer_cache, return_attention)
+            if return_attention:
+                attentions.append(att)
+        if kv_cache is not None:
+            kv_cache.pos.add_(T)
+
+        logits = self.lm_head(self.transformer.ln_f(x))  # [B, T, V]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)
+        return GPTOutput(logits, loss, tuple(attentions) if return_attention else None)

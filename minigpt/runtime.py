@@ -1,0 +1,142 @@
+"""Where code runs: the device, the compute dtype, and (under torchrun) the process group.
+
+One small object covers a CPU, one GPU and many processes launched by `torchrun`, so the
+trainer reads the same either way; side effects (printing, writing files) happen on
+rank 0 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, MiniGPTError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto: cuda > mps > cpu. An explicit device that is not available is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MiniGPTError(f"device {name} is not available: this torch build or machine has no CUDA GPU (use --device cpu)")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise MiniGPTError(f"device {name} is not available: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise MiniGPTError(f"device {name} is not available on this machine (use --device cpu)")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device: unsupported device type {dev.type!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return dev
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA where supported (else fp16 with a GradScaler), fp32 elsewhere."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"dtype: must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ConfigError("dtype: float16 needs a GPU; on the CPU use float32 or bfloat16")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype: this GPU does not support bfloat16; use float16 or auto")
+    return dtype
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # compute dtype inside autocast; parameters stay float32
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        """Mixed precision where it pays (CUDA bf16/fp16, or CPU bf16 if asked)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def print(self, *args, **kw) -> None:
+        if self.is_main:
+            print(*args, **kw)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank (a collective: call on all ranks)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def shutdown(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """Set up the device; under torchrun (RANK/WORLD_SIZE set) also the process group:
+    NCCL on CUDA, Gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "RANK" in os.environ:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        dev = pick_device(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        return Runtime(dev, pick_dtype(dtype, dev), rank, local_rank, world)
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return Runtime(dev, pick_dtype(dtype, dev))
+
+
+def configure_threads(threads: int) -> None:
+    """0 keeps torch's default (one thread per physical core)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def enable_tf32() -> None:
+    """TF32 matmuls on Ampere+ GPUs: ~8x the fp32 rate for the few fp32 ops left under autocast."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
