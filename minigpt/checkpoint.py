@@ -287,6 +287,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=model_type, run=run)
 
 
+def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str = "auto", *, need_tokenizer: bool = True):
+    """Load a checkpoint for sampling/evaluation/inspection: onto `device` (auto: cuda >
+    mps > cpu), a GPT's weights cast to `dtype` (auto: bf16 on CUDA, fp32 elsewhere).
+    Returns (Checkpoint, torch.device)."""
+    from .runtime import pick_device, pick_dtype
+
+    dev = pick_device(device)
+    ckpt = load_checkpoint(path, dev, need_tokenizer=need_tokenizer)
+    dt = pick_dtype(dtype, dev)
+    if dt != torch.float32 and ckpt.model_type == "gpt":
+        ckpt.model.to(dt)
+    return ckpt, dev
+
+
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     """The optimizer/step/RNG state saved beside a training checkpoint (no code runs)."""
     f = Path(path) / TRAINER_STATE

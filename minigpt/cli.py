@@ -191,21 +191,6 @@ def _read_prompt(args) -> str:
     return ""
 
 
-def _load_for_inference(path: str, device_name: str, dtype_name: str = "auto"):
-    """Load a checkpoint onto the requested device, weights cast for inference."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-    from .runtime import pick_device, pick_dtype
-
-    device = pick_device(device_name)
-    ckpt = load_checkpoint(path, device)
-    dtype = pick_dtype(dtype_name, device)
-    if dtype != torch.float32 and ckpt.model_type == "gpt":
-        ckpt.model.to(dtype)
-    return ckpt, device
-
-
 def _run_sample(args) -> int:
     import torch
 
@@ -215,7 +200,9 @@ def _run_sample(args) -> int:
     if args.num_samples < 1:
         raise MiniGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompt = _read_prompt(args)
-    ckpt, device = _load_for_inference(args.checkpoint, args.device, args.dtype)
+    from .checkpoint import load_for_inference
+
+    ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype)
     tok = ckpt.tokenizer
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     out = sys.stdout

@@ -161,7 +161,8 @@ class _Decoder:
             except Exception as e:  # pragma: no cover - depends on the platform's compiler
                 warnings.warn(f"torch.compile of the decode step failed ({e}); decoding eagerly")
         self.step_fn = step
-        self.use_graph = cuda_graph and cache.k.is_cuda
+        # Only a static KV cache can be captured (a baseline's recurrent state is not one).
+        self.use_graph = cuda_graph and isinstance(getattr(cache, "k", None), torch.Tensor) and cache.k.is_cuda
         self.static_tok = None
 
     def _eager_step(self, tok: torch.Tensor) -> torch.Tensor:
