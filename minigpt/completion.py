@@ -119,7 +119,7 @@ def complete(
 
     steps = generate(
         model, [ids] * num_samples, max_new_tokens, params, seed=seed, stop=stop_row, use_cache=use_cache, top=top,
-        compile=compile,
+        compile=compile, vocab_limit=tokenizer.vocab_size,  # never draw an id the tokenizer cannot decode
     )
     for step in steps:
         for b in range(num_samples):

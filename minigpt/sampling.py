@@ -213,6 +213,7 @@ def generate(
     top: int = 0,
     cuda_graph: bool = True,
     compile: bool = False,
+    vocab_limit: int | None = None,
 ) -> Iterator[Step]:
     """Generate up to `max_new_tokens` tokens after each prompt, yielding a `Step` per token.
 
@@ -222,7 +223,8 @@ def generate(
     `stop(row, token)` returns True; generation ends when every row has finished.
     `top` > 0 adds each step's `top` most likely candidates and their probabilities.
     `use_cache=False` recomputes the whole (cropped) context every step: slow, and the
-    oracle the cached path is tested against.
+    oracle the cached path is tested against. `vocab_limit` forbids ids >= it (a model
+    whose embedding table is padded past the tokenizer's vocabulary).
     """
     params = params or SamplingParams()
     if max_new_tokens < 0:
@@ -255,7 +257,9 @@ def generate(
     has_cache = use_cache and hasattr(model, "make_cache")
     if not has_cache and len(set(lengths)) > 1:
         # Without a cache there is no padding mask: run the rows one at a time.
-        yield from _generate_rows_separately(model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top)
+        yield from _generate_rows_separately(
+            model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top, vocab_limit
+        )
         return
 
     decoder = None
@@ -281,6 +285,9 @@ def generate(
             logits = decoder.decode(seq[:, length - 1 : length])
             in_cache += 1
 
+        if vocab_limit is not None and vocab_limit < V:
+            logits = logits.clone()
+            logits[:, vocab_limit:] = float("-inf")
         shaped = shape_logits(logits, params, seen if params.repetition_penalty != 1.0 else None)
         probs = torch.softmax(shaped, dim=-1)
         if params.greedy:
@@ -314,12 +321,13 @@ def generate(
             return
 
 
-def _generate_rows_separately(model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top):
+def _generate_rows_separately(model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top, vocab_limit):
     """Rows of different lengths without a KV cache: one row at a time, merged per step."""
     streams = [
         generate(
             model, [p], max_new_tokens, params, generator=generator, stop_ids=stop_ids,
             stop=(lambda _r, t, b=b: stop(b, t)) if stop else None, use_cache=use_cache, top=top,
+            vocab_limit=vocab_limit,
         )
         for b, p in enumerate(prompts)
     ]

@@ -188,15 +188,21 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The exact bytes of `ids` (a prefix may end in the middle of a UTF-8 character)."""
-        return b"".join(self._token_bytes[int(i)] for i in ids)
+        return b"".join(self.token_bytes(i) for i in ids)
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._token_bytes[int(token_id)]
+        """The bytes of one token (empty for an id past the vocabulary, e.g. a model's
+        padded embedding rows)."""
+        i = int(token_id)
+        return self._token_bytes[i] if 0 <= i < len(self._token_bytes) else b""
 
     def token_str(self, token_id: int) -> str:
         """A readable form of one token: its bytes as text, with bytes that are only part
         of a UTF-8 character written as escapes (e.g. '\\xe2')."""
-        return self._token_bytes[int(token_id)].decode("utf-8", errors="backslashreplace")
+        i = int(token_id)
+        if not 0 <= i < len(self._token_bytes):
+            return f"<id {i}>"
+        return self._token_bytes[i].decode("utf-8", errors="backslashreplace")
 
     @cached_property
     def _token_bytes(self) -> list[bytes]:

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -96,20 +96,23 @@ def evaluate(
     model: nn.Module, tokens: np.ndarray, byte_lengths: np.ndarray, *, block_size: int, batch_size: int, steps: int,
     rt: Runtime, seed: int = 1234,
 ) -> dict[str, float]:
-    """Mean loss over `steps` batches of fixed random windows, and bits per byte.
+    """Mean loss over `steps` global batches (steps x batch_size x world_size windows, the
+    same fixed windows every time), and bits per byte.
 
     Bits per byte = total nats over target tokens / ln 2 / total bytes those targets
     stand for. Unlike loss per token it does not depend on the tokenizer: a model that
     uses longer tokens is not credited for predicting fewer of them. Targets that stand
     for no bytes (<|endoftext|>) are left out of bits per byte.
-    Under torchrun every rank takes a share of the batches and the sums are all-reduced.
+    Under torchrun every rank takes a share of the batches and the sums are all-reduced,
+    so 2 processes x batch 4 evaluate exactly the windows 1 process x batch 8 does.
     """
     was_training = model.training
     model.eval()
-    offs = eval_offsets(len(tokens), block_size, steps * batch_size, seed)
+    n_batches = steps * rt.world_size
+    offs = eval_offsets(len(tokens), block_size, n_batches * batch_size, seed)
     blen = torch.from_numpy(byte_lengths)
     sums = torch.zeros(4, dtype=torch.float64)  # nats (all), tokens (all), nats (bytes > 0), bytes
-    for i in range(rt.rank, steps, rt.world_size):
+    for i in range(rt.rank, n_batches, rt.world_size):
         x, y = windows(tokens, offs[i * batch_size : (i + 1) * batch_size], block_size, rt.device)
         with rt.autocast():
             logits = model(x).logits
@@ -152,6 +155,28 @@ class _Signals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class _Stopwatch:
+    """Training time: wall-clock time minus the pauses for evaluation and checkpoints."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.elapsed = elapsed
+        self._since = time.perf_counter()
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        self.elapsed += now - self._since
+        self._since = now
+        return self.elapsed
+
+    @contextmanager
+    def paused(self):
+        self.read()
+        try:
+            yield
+        finally:
+            self._since = time.perf_counter()
 
 
 def _append_jsonl(path: Path, obj: dict) -> None:
@@ -368,7 +393,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     def run_info(step: int, ev: dict | None) -> dict[str, Any]:
         return {
             "config": cfg.to_dict(), "model_type": m.model, "step": step, "tokens_seen": tokens_seen,
-            "train_time_s": round(train_time, 3), "num_params": n_params, "best_val_loss": best_val,
+            "train_time_s": round(clock.elapsed, 3), "num_params": n_params, "best_val_loss": best_val,
             **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}), "minigpt_version": __version__,
         }
 
@@ -377,7 +402,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
             return
         state = {
             "optimizer": optimizer.state_dict(), "step": step, "rng": _rng_state(), "best_val_loss": best_val,
-            "tokens_seen": tokens_seen, "train_time_s": train_time,
+            "tokens_seen": tokens_seen, "train_time_s": clock.elapsed,
             **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
         }
         run_dir.save(step, model, tokenizer, run=run_info(step, ev), trainer_state=state, is_best=is_best)
@@ -385,7 +410,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     def log_eval(ev: dict) -> None:
         if not rt.is_main:
             return
-        _append_jsonl(metrics_path, {**ev, "time_s": round(train_time, 3), "tokens": tokens_seen})
+        _append_jsonl(metrics_path, {**ev, "time_s": round(clock.elapsed, 3), "tokens": tokens_seen})
         if tb:
             for k in ("train_loss", "val_loss", "val_bpb"):
                 tb.add_scalar(f"eval/{k}", ev[k], ev["step"])
@@ -395,6 +420,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
             file=sys.stderr,
         )
 
+    clock = _Stopwatch(train_time)
     last_eval = None
     if start_step == 0:
         last_eval = do_eval(0)
@@ -404,12 +430,11 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     step = start_step
     loss_acc = torch.zeros((), device=rt.device)  # summed over steps since the last log
     bad = torch.zeros((), dtype=torch.bool, device=rt.device)
-    steps_since_log, t_log = 0, time.perf_counter()
+    steps_since_log, t_log = 0, clock.read()
     interrupted = None
     bar = tqdm(total=o.max_steps, initial=start_step, desc="train", unit="step", disable=not (progress and rt.is_main), dynamic_ncols=True)
     with _Signals() as signals:
         while step < o.max_steps:
-            t0 = time.perf_counter()
             lr = lr_at(step, o.lr, o.min_lr, o.warmup_steps, decay_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -438,23 +463,24 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
 
             is_last = step == o.max_steps
             stop_now = rt.any(signals.received is not None) if rt.distributed else signals.received is not None
-            if step % r.log_interval == 0 or is_last or step % r.eval_interval == 0 or stop_now:
-                # One host sync per log interval: read the losses, check they are finite.
+            will_save = step % r.eval_interval == 0 or is_last or stop_now
+            if step % r.log_interval == 0 or is_last or will_save:
+                # One host sync per log interval (and before every save): the loss must be
+                # finite, or the run stops before a bad checkpoint can replace a good one.
+                bad_any = rt.any(bool(bad.item())) if rt.distributed else bool(bad.item())
+                if bad_any:
+                    bar.close()
+                    raise NonFiniteLoss(
+                        f"the loss became {(loss_acc / max(1, steps_since_log)).item()} by step {step} "
+                        f"(learning rate {lr:.3g}); stopped without saving. "
+                        f"The last good checkpoint in {out} is intact: lower --lr, or check the data"
+                    )
+            if step % r.log_interval == 0 or is_last:
                 if rt.distributed:
                     rt.all_reduce_sum(loss_acc)
                     loss_acc /= rt.world_size
-                    bad_any = rt.any(bool(bad.item()))
-                else:
-                    bad_any = bool(bad.item())
                 mean_loss = (loss_acc / steps_since_log).item()
-                if bad_any or not math.isfinite(mean_loss):
-                    bar.close()
-                    raise NonFiniteLoss(
-                        f"the loss became {mean_loss} by step {step} (learning rate {lr:.3g}); stopped without saving. "
-                        f"The last good checkpoint in {out} is intact: lower --lr, or check the data"
-                    )
-                now = time.perf_counter()
-                train_time += now - t_log if steps_since_log else 0.0
+                now = clock.read()
                 tok_s = steps_since_log * tokens_per_step / max(1e-9, now - t_log)
                 if rt.is_main:
                     line = {"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1)}
@@ -466,27 +492,26 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
                         tb.add_scalar("train/lr", lr, step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 loss_acc.zero_()
-                steps_since_log, t_log = 0, time.perf_counter()
+                steps_since_log, t_log = 0, now
             bar.update(1)
 
             if step % r.eval_interval == 0 or is_last:
-                t_eval = time.perf_counter()
-                last_eval = do_eval(step)
-                log_eval(last_eval)
-                improved = last_eval["val_loss"] < best_val
-                best_val = min(best_val, last_eval["val_loss"])
-                save(step, last_eval, improved)
-                t_log += time.perf_counter() - t_eval  # evaluation time is not training time
+                with clock.paused():  # evaluation and saving are not training time
+                    last_eval = do_eval(step)
+                    log_eval(last_eval)
+                    improved = last_eval["val_loss"] < best_val
+                    best_val = min(best_val, last_eval["val_loss"])
+                    save(step, last_eval, improved)
             elif stop_now:
-                save(step, None, False)
+                with clock.paused():
+                    save(step, None, False)
             if stop_now:
                 interrupted = signals.received
                 break
-            del t0
     bar.close()
     if tb:
         tb.close()
-    summary = {"step": step, "out": str(out), "best_val_loss": best_val, **(last_eval or {}), "train_time_s": train_time}
+    summary = {"step": step, "out": str(out), "best_val_loss": best_val, **(last_eval or {}), "train_time_s": clock.elapsed}
     if interrupted is not None:
         name = signal.Signals(interrupted).name if interrupted else "signal"
         rt.print(f"{name}: saved {out}/last at step {step}; continue with --resume", file=sys.stderr)

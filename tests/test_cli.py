@@ -1,0 +1,135 @@
+"""The command line: help for every flag, `sample`'s outputs, one-line errors."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from minigpt.checkpoint import save_checkpoint
+from minigpt.cli import COMMANDS, _Parser, main
+
+from .conftest import REPO, assert_one_line_error, run_cli, tiny_gpt
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("ckpt") / "c"
+    save_checkpoint(path, tiny_gpt(vocab_size=tokenizer.vocab_size), tokenizer)
+    return path
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_flag_has_help(name, capsys):
+    summary, build, _ = COMMANDS[name]
+    parser = _Parser(prog=f"minigpt {name}")
+    build(parser)
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in out, flag
+        if action.help is None and action.option_strings:
+            pytest.fail(f"{action.option_strings} has no help")
+
+
+def test_scripts_are_the_same_commands():
+    for script, cmd in (("train.py", "train"), ("sample.py", "sample")):
+        r = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and f"usage: minigpt {cmd}" in r.stdout
+
+
+def test_unknown_command_and_flag_are_one_line():
+    assert_one_line_error(run_cli("fly"), "invalid choice")
+    assert_one_line_error(run_cli("sample", "--temprature", "1"), "unrecognized arguments")
+
+
+def test_sample_streams_the_prompt_then_the_text(ckpt):
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ROMEO:")
+    again = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "1")
+    assert again.stdout == r.stdout  # same seed, same text
+
+
+def test_sample_json(ckpt, tokenizer):
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "JULIET:", "--max-new-tokens", "6", "--num-samples", "3",
+                "--json", "--seed", "0", "--temperature", "1.0", "--top-k", "0")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row) == {"prompt", "text", "ids", "logprobs", "finish_reason"}
+        assert row["prompt"] == "JULIET:" and len(row["ids"]) == len(row["logprobs"]) <= 6
+        assert tokenizer.decode(row["ids"]).startswith(row["text"]) or row["finish_reason"] != "length"
+        assert all(lp <= 0 for lp in row["logprobs"])
+
+
+def test_show_probs_marks_the_pick_among_the_candidates(ckpt):
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "a", "--max-new-tokens", "5", "--show-probs", "4",
+                "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("picked")]
+    assert len(lines) == 5
+    for line in lines:
+        cands = line.split("|", 1)[1]
+        assert cands.count("*") == 1  # greedy: the pick is the most likely candidate
+        assert cands.strip().startswith("*")
+        probs = [float(x) for x in cands.replace("*", " ").split() if x.replace(".", "").isdigit()]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 4
+
+
+def test_prompt_from_stdin_and_file(ckpt, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "minigpt.cli", "sample", "--checkpoint", str(ckpt), "--max-new-tokens", "3",
+                        "--seed", "0"], input="NURSE:", capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("NURSE:")
+    f = tmp_path / "p.txt"
+    f.write_text("FRIAR:")
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt-file", str(f), "--max-new-tokens", "3")
+    assert r.returncode == 0 and r.stdout.startswith("FRIAR:")
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--temperature", "-1"], ["--temperature must be >= 0"]),
+        (["--top-k", "-2"], ["--top-k"]),
+        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+        (["--top-p", "1.5"], ["--top-p"]),
+        (["--min-p", "2"], ["--min-p"]),
+        (["--max-new-tokens", "-5"], ["--max-new-tokens must be >= 0"]),
+        (["--num-samples", "0"], ["--num-samples"]),
+        (["--repetition-penalty", "0"], ["--repetition-penalty"]),
+        (["--prompt-file", "BAD"], ["not UTF-8", "offset 2"]),
+        (["--prompt-file", "MISSING"], ["--prompt-file"]),
+        (["--device", "cuda"], ["not available"]),
+    ],
+)
+def test_sample_bad_input(ckpt, tmp_path, args, needles):
+    (tmp_path / "bad.txt").write_bytes(b"ok\xff")
+    args = [a.replace("BAD", str(tmp_path / "bad.txt")).replace("MISSING", str(tmp_path / "missing.txt")) for a in args]
+    assert_one_line_error(run_cli("sample", "--checkpoint", str(ckpt), *args), *needles)
+
+
+def test_sample_bad_checkpoints(tmp_path, ckpt):
+    assert_one_line_error(run_cli("sample", "--checkpoint", str(tmp_path / "none")), "checkpoint not found")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text('{"format": "other"}')
+    assert_one_line_error(run_cli("sample", "--checkpoint", str(tmp_path / "junk")), "not a minigpt checkpoint")
+
+
+def test_empty_prompt_starts_a_document(ckpt):
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "", "--max-new-tokens", "4", "--json", "--seed", "2")
+    assert r.returncode == 0 and json.loads(r.stdout)["prompt"] == ""

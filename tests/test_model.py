@@ -1,0 +1,240 @@
+"""The GPT: config, encodings, both attention paths, causality, KV cache, training signal."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from minigpt.config import GPTConfig
+from minigpt.errors import ConfigError
+from minigpt.model import GPT, apply_rope, rope_tables, sinusoidal_table
+
+from .conftest import tiny_gpt
+
+ENCODINGS = ["learned", "sinusoidal", "rope"]
+
+
+# ---- config ----------------------------------------------------------------------------
+
+
+def test_config_json_roundtrip():
+    cfg = GPTConfig(vocab_size=100, block_size=16, n_layer=3, n_head=2, n_embd=8, dropout=0.1, bias=False,
+                    pos_encoding="rope", tie_weights=False)
+    assert GPTConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["pos_encoding"] == "rope"
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        (dict(n_embd=30, n_head=4), "n_embd"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(block_size=-1), "block_size"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(pos_encoding="alibi"), "pos_encoding"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(n_head=2, n_embd=6, pos_encoding="rope"), "n_embd"),  # odd head size
+    ],
+)
+def test_invalid_config_names_the_field(kw, field):
+    base = dict(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    base.update(kw)
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        GPTConfig(**base)
+    with pytest.raises(ConfigError):
+        GPTConfig(**base)
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ConfigError, match="n_embed"):
+        GPTConfig.from_dict({"vocab_size": 10, "n_embed": 8})
+
+
+# ---- positional encodings ------------------------------------------------------------------
+
+
+def test_sinusoidal_matches_closed_form():
+    table = sinusoidal_table(50, 16).double()
+    for p in (0, 1, 7, 49):
+        for i in range(8):
+            angle = p / 10000 ** (2 * i / 16)
+            assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_rope_preserves_norms_and_is_relative():
+    torch.manual_seed(0)
+    D = 16
+    cos, sin = rope_tables(64, D)
+    q, k = torch.randn(D, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+
+    def rot(x, p):
+        return apply_rope(x.view(1, 1, 1, D), cos[p].double().view(1, 1, 1, -1), sin[p].double().view(1, 1, 1, -1)).view(D)
+
+    for p in (0, 3, 40):
+        assert torch.linalg.norm(rot(q, p)).item() == pytest.approx(torch.linalg.norm(q).item(), rel=1e-6)
+    # q.k depends only on the offset m - n
+    dots = [torch.dot(rot(q, m), rot(k, m - 5)).item() for m in (5, 9, 30, 63)]
+    assert max(dots) - min(dots) < 1e-5
+    assert abs(torch.dot(rot(q, 10), rot(k, 5)).item() - torch.dot(rot(q, 10), rot(k, 7)).item()) > 1e-3
+
+
+# ---- attention paths, causality ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pe", ENCODINGS)
+def test_explicit_attention_equals_sdpa(pe):
+    m = tiny_gpt(pos_encoding=pe, bias=pe != "rope")
+    idx = torch.randint(0, 300, (3, 20))
+    fast = m(idx)
+    slow = m(idx, return_attention=True)
+    assert fast.attentions is None
+    torch.testing.assert_close(fast.logits, slow.logits, atol=1e-5, rtol=1e-5)
+    assert len(slow.attentions) == 2
+    for att in slow.attentions:
+        assert att.shape == (3, 2, 20, 20)
+        torch.testing.assert_close(att.sum(-1), torch.ones(3, 2, 20))
+        assert (att.triu(diagonal=1) == 0).all()  # nothing attends to the future
+
+
+def test_explicit_attention_against_float64_recomputation():
+    """The weights equal softmax(QK^T / sqrt(D) + mask) recomputed by hand in float64."""
+    m = tiny_gpt(n_layer=1, bias=True)
+    idx = torch.randint(0, 300, (1, 12))
+    att = m(idx, return_attention=True).attentions[0][0].double()  # [H, T, T]
+    with torch.no_grad():
+        x = (m.transformer.wte(idx) + m.transformer.wpe(torch.arange(12))).double()
+        ln = torch.nn.functional.layer_norm(x, (32,), m.transformer.h[0].ln_1.weight.double(), m.transformer.h[0].ln_1.bias.double())
+        qkv = ln @ m.transformer.h[0].attn.c_attn.weight.double().T + m.transformer.h[0].attn.c_attn.bias.double()
+        q, k, _ = qkv.split(32, dim=-1)
+        q = q.view(12, 2, 16).transpose(0, 1)
+        k = k.view(12, 2, 16).transpose(0, 1)
+        scores = q @ k.transpose(-1, -2) / 4.0
+        scores = scores.masked_fill(torch.ones(12, 12).triu(1).bool(), float("-inf"))
+        ref = torch.softmax(scores, -1)
+    torch.testing.assert_close(att, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pe", ENCODINGS)
+def test_causality(pe):
+    m = tiny_gpt(pos_encoding=pe)
+    idx = torch.randint(0, 300, (2, 24))
+    base = m(idx).logits
+    for t in (0, 5, 23):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 300
+        out = m(changed).logits
+        assert torch.equal(out[:, :t], base[:, :t])  # the past never sees the future
+        assert not torch.allclose(out[:, t], base[:, t])
+
+
+def test_one_result_type():
+    m = tiny_gpt()
+    idx = torch.randint(0, 300, (2, 5))
+    o = m(idx, idx)
+    assert o.logits.shape == (2, 5, 300) and o.loss.ndim == 0 and o.attentions is None
+    assert m(idx).loss is None
+    # at init the loss is about ln(V): GPT-2's small init gives near-uniform predictions
+    assert abs(o.loss.item() - math.log(300)) < 0.5
+
+
+# ---- KV cache -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pe", ENCODINGS)
+def test_kv_cache_decode_equals_full_recompute(pe):
+    m = tiny_gpt(pos_encoding=pe)
+    idx = torch.randint(0, 300, (3, 30))
+    full = m(idx).logits
+    cache = m.make_cache(batch_size=3)
+    pieces = [m(idx[:, :10], kv_cache=cache).logits]  # prefill
+    for t in range(10, 30):  # one-token decode steps
+        pieces.append(m(idx[:, t : t + 1], kv_cache=cache).logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    assert int(cache.pos) == 30
+
+
+@pytest.mark.parametrize("pe", ENCODINGS)
+def test_kv_cache_with_left_padding(pe):
+    """Rows of different lengths in one batch: padded slots are invisible."""
+    m = tiny_gpt(pos_encoding=pe)
+    a, b = torch.randint(0, 300, (1, 12)), torch.randint(0, 300, (1, 7))
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 5, dtype=torch.long), b], 1)])
+    cache = m.make_cache(2)
+    cache.reset(torch.tensor([0, 5]))
+    out = m(batch, kv_cache=cache).logits
+    torch.testing.assert_close(out[0], m(a).logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 5:], m(b).logits[0], atol=1e-5, rtol=1e-5)
+    nxt = torch.randint(0, 300, (2, 1))
+    step = m(nxt, kv_cache=cache).logits
+    torch.testing.assert_close(step[1], m(torch.cat([b, nxt[1:]], 1)).logits[0, -1:], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out).all()
+
+
+# ---- learning ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pe", ENCODINGS)
+def test_tiny_model_overfits_repeated_text(pe):
+    torch.manual_seed(0)
+    m = tiny_gpt(vocab_size=20, pos_encoding=pe).train()
+    seq = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3] * 2])
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = m(seq[:, :-1], seq[:, 1:]).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+
+
+# ---- init, size, helpers ------------------------------------------------------------------------------
+
+
+def test_gpt2_small_parameter_count_and_init():
+    cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    with torch.device("meta"):
+        m = GPT(cfg)
+    assert m.num_params() == 124_439_808  # transformers' GPT2LMHeadModel("gpt2").num_parameters()
+    assert m.num_params(exclude_positional=True) == 124_439_808 - 1024 * 768
+    # PaLM-style estimate: 6N + 12 L C T
+    assert m.flops_per_token(1024) == 6 * (124_439_808 - 786_432) + 12 * 12 * 768 * 1024
+    assert m.lm_head.weight is m.transformer.wte.weight
+
+
+def test_init_scales():
+    m = tiny_gpt(n_layer=8, n_embd=128, n_head=4)
+    assert m.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert m.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert (m.transformer.h[0].attn.c_attn.bias == 0).all()
+
+
+def test_untied_head_is_separate():
+    m = tiny_gpt(tie_weights=False)
+    assert m.lm_head.weight is not m.transformer.wte.weight
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_give_clear_errors():
+    m = tiny_gpt()
+    with pytest.raises(ValueError, match="token id 300 is out of range for vocab_size 300"):
+        m(torch.tensor([[1, 300]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        m(torch.tensor([[-1, 3]]))
+    with pytest.raises(ValueError, match="longer than block_size 32"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer token ids"):
+        m(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"shape \[batch, time\]"):
+        m(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="targets must have the shape"):
+        m(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    cache = m.make_cache(1, max_len=4)
+    m(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="KV cache holds 4 slots"):
+        m(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)

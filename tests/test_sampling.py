@@ -1,0 +1,303 @@
+"""The sampler: each transform against its definition, a fair die, cache == recompute,
+stop strings, and the text layer on a model whose output is known in advance."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minigpt.completion import complete, encode_prompt
+from minigpt.errors import ConfigError
+from minigpt.model import GPTOutput
+from minigpt.sampling import (
+    SamplingParams, apply_repetition_penalty, apply_temperature, generate, min_p_filter, roll, shape_logits,
+    top_k_filter, top_p_filter,
+)
+from minigpt.tokenizer import Tokenizer
+
+from .conftest import tiny_gpt
+
+NEG = float("-inf")
+
+
+def kept(logits):
+    return torch.isfinite(logits).tolist()
+
+
+# ---- transforms on hand-made logits ---------------------------------------------------------
+
+
+def test_temperature_divides():
+    x = torch.tensor([[2.0, -1.0, 0.5]])
+    assert torch.equal(apply_temperature(x, 0.5), x / 0.5)
+    assert torch.equal(apply_temperature(x, 1.0), x)
+
+
+def test_top_k_keeps_k_largest():
+    x = torch.tensor([[0.1, 3.0, -2.0, 2.5, 1.0]])
+    assert kept(top_k_filter(x, 2)) == [[False, True, False, True, False]]
+    assert kept(top_k_filter(x, 0)) == [[True] * 5]
+    assert kept(top_k_filter(x, 10)) == [[True] * 5]
+
+
+@pytest.mark.parametrize(
+    "p, expect",
+    [(0.5, [True, False, False, False]), (0.8, [True, True, False, False]), (0.81, [True, True, True, False]),
+     (0.96, [True, True, True, True]), (1.0, [True, True, True, True]), (0.01, [True, False, False, False])],
+)
+def test_top_p_keeps_smallest_set_reaching_p(p, expect):
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    order = [1, 3, 0, 2]  # by probability
+    got = kept(top_p_filter(probs.log(), p))[0]
+    assert [got[i] for i in order] == expect
+
+
+def test_min_p_relative_threshold():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert kept(min_p_filter(probs.log(), 0.4)) == [[True, True, False, False]]  # threshold 0.2
+    assert kept(min_p_filter(probs.log(), 0.1)) == [[True, True, True, False]]  # threshold 0.05 keeps >= 0.05? 0.05 < 0.05 is False
+    assert kept(min_p_filter(probs.log(), 0.0)) == [[True] * 4]
+
+
+def test_repetition_penalty_definition():
+    x = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(x, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+    assert torch.equal(apply_repetition_penalty(x, seen, 1.0), x)
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [(dict(temperature=-0.1), "temperature"), (dict(top_k=-1), "top-k"), (dict(top_p=0.0), "top-p"),
+     (dict(top_p=1.5), "top-p"), (dict(min_p=1.5), "min-p"), (dict(repetition_penalty=0), "repetition-penalty")],
+)
+def test_invalid_params(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        SamplingParams(**kw)
+
+
+# ---- the die ----------------------------------------------------------------------------
+
+
+def chi2_sf_even_df(x: float, df: int) -> float:
+    """Survival function of the chi-square distribution for even df (closed form)."""
+    k = df // 2
+    return math.exp(-x / 2) * sum((x / 2) ** i / math.factorial(i) for i in range(k))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_die_is_fair(temperature):
+    """Empirical frequencies of 200k rolls match softmax(logits / T): a chi-square test
+    (7 outcomes, 6 degrees of freedom). The seed is fixed, so the outcome is too; a
+    biased die gives statistics in the thousands, far from the 1e-4 cut."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 1.5, 0.2])
+    probs = torch.softmax(shape_logits(logits[None], SamplingParams(temperature=temperature)), -1)[0]
+    torch.testing.assert_close(probs, torch.softmax(logits.double() / temperature, -1).float())
+    n = 200_000
+    g = torch.Generator().manual_seed(1234)
+    draws = roll(probs.expand(n, -1), g)
+    counts = torch.bincount(draws, minlength=7).double()
+    expected = probs.double() * n
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2_sf_even_df(chi2, 6) > 1e-4, chi2
+    # and the test has power: the same counts are far from the untempered or a flat die
+    for wrong in (torch.softmax(logits.double(), -1) if temperature != 1.0 else torch.full((7,), 1 / 7.0),):
+        bad = ((counts - wrong * n) ** 2 / (wrong * n)).sum().item()
+        assert chi2_sf_even_df(bad, 6) < 1e-12
+
+
+def test_roll_never_picks_zero_probability():
+    probs = torch.tensor([[0.0, 0.7, 0.0, 0.3]]).expand(5000, -1)
+    draws = roll(probs, torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 3}
+
+
+# ---- the loop against a full recompute --------------------------------------------------------
+
+
+def ids(steps, row=0):
+    return [s.tokens[row] for s in steps if s.new[row]]
+
+
+@pytest.mark.parametrize("pe", ["learned", "sinusoidal", "rope"])
+def test_greedy_is_argmax_of_full_recompute(pe):
+    m = tiny_gpt(pos_encoding=pe)
+    prompt = torch.randint(0, 300, (12,)).tolist()
+    out = ids(list(generate(m, [prompt], 15, SamplingParams(temperature=0))))
+    seq = list(prompt)
+    for tok in out:
+        expect = m(torch.tensor([seq])).logits[0, -1].argmax().item()
+        assert tok == expect
+        seq.append(tok)
+    again = ids(list(generate(m, [prompt], 15, SamplingParams(temperature=0), seed=99)))
+    assert again == out  # greedy ignores the seed
+
+
+@pytest.mark.parametrize("pe", ["learned", "sinusoidal", "rope"])
+def test_cached_equals_uncached_batch(pe):
+    m = tiny_gpt(pos_encoding=pe)
+    prompts = [torch.randint(0, 300, (10,)).tolist() for _ in range(3)]
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=50)):
+        a = list(generate(m, prompts, 12, params, seed=7, use_cache=True))
+        b = list(generate(m, prompts, 12, params, seed=7, use_cache=False))
+        assert [s.tokens for s in a] == [s.tokens for s in b]
+
+
+def test_prompts_of_different_lengths_match_one_at_a_time():
+    m = tiny_gpt()
+    prompts = [torch.randint(0, 300, (n,)).tolist() for n in (3, 11, 7)]
+    batch = list(generate(m, prompts, 10, SamplingParams(temperature=0)))
+    for r, p in enumerate(prompts):
+        alone = list(generate(m, [p], 10, SamplingParams(temperature=0), use_cache=False))
+        assert ids(batch, r) == ids(alone)
+
+
+@pytest.mark.parametrize("pe", ["learned", "rope"])
+def test_longer_than_block_size_slides_like_cropping(pe):
+    """Prompt of 40 and 30 new tokens with block_size 32: the cached path (which slides by
+    recomputing the last 32 tokens) equals cropping the input every step."""
+    m = tiny_gpt(pos_encoding=pe)
+    prompt = torch.randint(0, 300, (40,)).tolist()
+    cached = ids(list(generate(m, [prompt], 30, SamplingParams(temperature=0))))
+    seq = list(prompt)
+    for tok in cached:
+        assert tok == m(torch.tensor([seq[-32:]])).logits[0, -1].argmax().item()
+        seq.append(tok)
+
+
+def test_same_seed_same_tokens_and_top_k_1_is_greedy():
+    m = tiny_gpt()
+    p = [[5, 6, 7]]
+    a = ids(list(generate(m, p, 20, SamplingParams(temperature=1.0), seed=3)))
+    b = ids(list(generate(m, p, 20, SamplingParams(temperature=1.0), seed=3)))
+    c = ids(list(generate(m, p, 20, SamplingParams(temperature=1.0), seed=4)))
+    assert a == b and a != c
+    greedy = ids(list(generate(m, p, 20, SamplingParams(temperature=0))))
+    for seed in range(3):
+        assert ids(list(generate(m, p, 20, SamplingParams(temperature=1.5, top_k=1), seed=seed))) == greedy
+
+
+def test_stop_ids_and_zero_tokens():
+    m = tiny_gpt()
+    assert list(generate(m, [[1, 2]], 0)) == []
+    greedy = ids(list(generate(m, [[1, 2]], 10, SamplingParams(temperature=0))))
+    stop_at = greedy[3]
+    out = list(generate(m, [[1, 2]], 10, SamplingParams(temperature=0), stop_ids=[stop_at]))
+    assert ids(out) == greedy[: greedy.index(stop_at) + 1] and out[-1].finished == [True]
+
+
+def test_top_candidates_are_reported():
+    m = tiny_gpt()
+    step = next(generate(m, [[1, 2, 3]], 1, SamplingParams(temperature=1.0, top_k=5), seed=0, top=3))
+    assert len(step.top_ids[0]) == 3 and step.top_probs[0] == sorted(step.top_probs[0], reverse=True)
+    assert step.tokens[0] in torch.topk(m(torch.tensor([[1, 2, 3]])).logits[0, -1], 5).indices.tolist()
+    assert math.exp(step.logprobs[0]) <= step.top_probs[0][0] + 1e-6
+
+
+def test_bad_generate_arguments():
+    m = tiny_gpt()
+    with pytest.raises(ConfigError, match="max-new-tokens"):
+        list(generate(m, [[1]], -1))
+    with pytest.raises(ConfigError, match="at least one token"):
+        list(generate(m, [[]], 3))
+
+
+# ---- the text layer, on a model that follows a script -------------------------------------------
+
+
+class ScriptedLM(nn.Module):
+    """Predicts, after each token, the next token of `script` (a bigram lookup), so the
+    generated text is known in advance. Tokens must be unique within the script."""
+
+    def __init__(self, script_ids, vocab_size, block_size=64):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size, block_size=block_size)
+        self.w = nn.Parameter(torch.zeros(1))
+        nxt = torch.zeros(vocab_size, dtype=torch.long)
+        for a, b in zip(script_ids, script_ids[1:]):
+            nxt[a] = b
+        self.register_buffer("nxt", nxt)
+
+    def forward(self, idx, targets=None, *, kv_cache=None, return_attention=False):
+        logits = torch.full((*idx.shape, self.config.vocab_size), -30.0)
+        logits.scatter_(-1, self.nxt[idx][..., None], 30.0)
+        return GPTOutput(logits, None, None)
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return Tokenizer.train(["x"], vocab_size=257)
+
+
+def scripted(tok, text, end_with_eot=False):
+    ids = tok.encode(text) + ([tok.eot_id] if end_with_eot else [])
+    return ScriptedLM(ids, tok.vocab_size)
+
+
+def test_stop_string_ends_just_before_it(byte_tok):
+    model = scripted(byte_tok, "abcdefghijklmnop")
+    [c] = complete(model, byte_tok, "a", max_new_tokens=20, stop=["fg", "zz"], params=SamplingParams(temperature=0))
+    assert c.text == "bcde" and c.finish_reason == "stop"
+    assert byte_tok.decode(c.ids) == "bcdefg"  # ids include the token that completed the stop string
+    [c] = complete(model, byte_tok, "a", max_new_tokens=5, params=SamplingParams(temperature=0))
+    assert c.text == "bcdef" and c.finish_reason == "length"
+
+
+def test_stop_string_inside_one_token():
+    tok = Tokenizer.train(["hello world " * 50], vocab_size=300)
+    text = "hello world"
+    model = scripted(tok, text)
+    first = tok.encode(text)[0]
+    rest = tok.decode(tok.encode(text)[1:])
+    stop = rest[len(rest) // 2 : len(rest) // 2 + 2]
+    [c] = complete(model, tok, tok.decode([first]), max_new_tokens=20, stop=[stop], params=SamplingParams(temperature=0))
+    assert c.text == rest[: rest.index(stop)]
+
+
+def test_eot_ends_a_sample(byte_tok):
+    model = scripted(byte_tok, "abc", end_with_eot=True)
+    [c] = complete(model, byte_tok, "a", max_new_tokens=20, params=SamplingParams(temperature=0))
+    assert c.text == "bc" and c.finish_reason == "eot" and c.ids[-1] == byte_tok.eot_id
+
+
+def test_streaming_gives_the_same_text_and_never_a_broken_character(byte_tok):
+    model = scripted(byte_tok, "xé€yzw")
+    pieces = []
+    [c] = complete(model, byte_tok, "x", max_new_tokens=20, params=SamplingParams(temperature=0),
+                   on_text=lambda row, t: pieces.append(t), stop=["zw"])
+    assert "".join(pieces) == c.text == "é€y"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_empty_prompt_starts_from_eot(byte_tok):
+    assert encode_prompt(byte_tok, "") == [byte_tok.eot_id]
+    model = ScriptedLM([byte_tok.eot_id] + byte_tok.encode("hi!"), byte_tok.vocab_size)
+    [c] = complete(model, byte_tok, "", max_new_tokens=3, params=SamplingParams(temperature=0))
+    assert c.text == "hi!"
+
+
+def test_num_samples_are_independent_draws():
+    m = tiny_gpt()
+    tok = Tokenizer.train(["abc def " * 30], vocab_size=300)
+    outs = complete(m, tok, "abc", num_samples=4, max_new_tokens=8, seed=0)
+    assert len({tuple(o.ids) for o in outs}) > 1
+    # the model's vocabulary (300) is larger than the tokenizer's: ids past it are never drawn
+    assert tok.vocab_size < 300 and all(i < tok.vocab_size for o in outs for i in o.ids)
+    again = complete(m, tok, "abc", num_samples=4, max_new_tokens=8, seed=0)
+    assert [o.ids for o in outs] == [o.ids for o in again]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_and_compiled_decode_match_eager():  # pragma: no cover - needs a GPU
+    m = tiny_gpt().cuda()
+    prompts = [torch.randint(0, 300, (9,)).tolist() for _ in range(4)]
+    eager = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=False)]
+    graph = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=True)]
+    compiled = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=True, compile=True)]
+    assert eager == graph == compiled
+    a = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=True)]
+    b = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=False)]
+    assert a == b

@@ -1,0 +1,128 @@
+"""The byte-level BPE tokenizer: lossless on every string, sized as asked, HF-compatible."""
+
+import json
+
+import numpy as np
+import pytest
+import tokenizers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minigpt.errors import DataError
+from minigpt.tokenizer import EOT, Tokenizer, bytes_to_unicode
+
+
+@pytest.fixture(scope="module")
+def bpe(corpus_text):
+    return Tokenizer.train([corpus_text], vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def plain_bytes(corpus_text):
+    return Tokenizer.train([corpus_text], vocab_size=257)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_roundtrip_any_unicode(bpe, plain_bytes, s):
+    for tok in (bpe, plain_bytes):
+        ids = tok.encode(s)
+        assert tok.decode(ids) == s
+        # per-token byte lengths add up to the UTF-8 length (the bits-per-byte denominator)
+        assert int(tok.byte_lengths[ids].sum()) == len(s.encode("utf-8"))
+        assert tok.decode_bytes(ids) == s.encode("utf-8")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(max_size=50), max_size=8))
+def test_encode_batch_equals_encode(bpe, texts):
+    assert bpe.encode_batch(texts) == [bpe.encode(t) for t in texts]
+
+
+def test_vocab_257_is_plain_bytes(plain_bytes):
+    assert plain_bytes.vocab_size == 257
+    s = "héllo, wörld\n"
+    ids = plain_bytes.encode(s)
+    assert len(ids) == len(s.encode("utf-8"))  # one token per byte
+    assert all(plain_bytes.byte_lengths[i] == 1 for i in ids)
+
+
+def test_vocab_size_is_256_plus_merges_plus_eot(bpe, corpus_text):
+    assert bpe.vocab_size == 400
+    # more merges -> fewer tokens for the same text
+    assert len(bpe.encode(corpus_text)) < len(Tokenizer.train([corpus_text], 300).encode(corpus_text)) < len(corpus_text.encode())
+
+
+def test_too_small_vocab_is_refused():
+    with pytest.raises(DataError, match="at least 257"):
+        Tokenizer.train(["abc"], vocab_size=256)
+
+
+def test_gpt2_pretokenization(bpe):
+    # GPT-2's regex keeps a leading space with its word and splits contractions
+    hf = bpe._hf.pre_tokenizer.pre_tokenize_str("I'll say  hello")
+    assert [w for w, _ in hf] == ["I", "'ll", "Ġsay", "Ġ", "Ġhello"]
+
+
+def test_literal_eot_text_is_not_special_unless_asked(bpe):
+    text = f"a{EOT}b"
+    plain = bpe.encode(text)
+    assert bpe.eot_id not in plain
+    assert bpe.decode(plain) == text
+    special = bpe.encode(text, allow_special=True)
+    assert special.count(bpe.eot_id) == 1
+    assert special == bpe.encode("a") + [bpe.eot_id] + bpe.encode("b")
+    assert bpe.decode(special) == text  # the special token decodes to its text (not dropped)
+    assert bpe.byte_lengths[bpe.eot_id] == 0
+
+
+def test_save_load_is_standard_tokenizer_json(bpe, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    bpe.save(path)
+    again = Tokenizer.load(path)
+    hf = tokenizers.Tokenizer.from_file(str(path))  # HF tools read it as is
+    s = "O Romeo, Romeo! wherefore art thou Romeo?"
+    assert again.encode(s) == bpe.encode(s) == hf.encode(s).ids
+    assert json.loads(path.read_text())["model"]["type"] == "BPE"
+    assert (path.stat().st_mode & 0o777) != 0o600  # not left private by the temporary file
+
+
+def test_token_str_is_readable(bpe):
+    ids = bpe.encode(" the\n")
+    assert "".join(bpe.token_str(i) for i in ids) == " the\n"
+    # a lone continuation byte is shown as an escape, not a replacement character
+    t = Tokenizer.train(["é"], vocab_size=257)
+    pieces = [t.token_str(i) for i in t.encode("é")]
+    assert pieces == ["\\xc3", "\\xa9"]
+
+
+def test_bytes_to_unicode_is_a_bijection_onto_printables():
+    m = bytes_to_unicode()
+    assert sorted(m) == list(range(256))
+    assert len(set(m.values())) == 256
+    assert all(c.isprintable() and not c.isspace() for c in m.values())
+
+
+def test_non_byte_level_tokenizer_is_refused(tmp_path):
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models
+
+    hf = HF(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    p = tmp_path / "t.json"
+    hf.save(str(p))
+    with pytest.raises(DataError, match="byte-level"):
+        Tokenizer.load(p)
+
+
+def test_missing_or_bad_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        Tokenizer.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json"):
+        Tokenizer.load(tmp_path / "bad.json")
+
+
+def test_byte_lengths_match_decoded_bytes(bpe):
+    lengths = np.array([len(bpe.decode_bytes([i])) for i in range(bpe.vocab_size)])
+    lengths[bpe.eot_id] = 0
+    assert np.array_equal(lengths, bpe.byte_lengths)
