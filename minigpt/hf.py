@@ -1,0 +1,444 @@
+"""Hugging Face GPT-2 interop: `minigpt import-hf` and `minigpt export-hf`.
+
+minigpt's GPT *is* GPT-2 when it uses learned positions: the same pre-LayerNorm blocks,
+tanh-approximated GELU ("gelu_new"), 4x MLP, 1/sqrt(head_dim) attention scaling and the
+same parameter names (see `model.py`). Converting is therefore a rename plus one twist:
+
+    Conv1D transpose. GPT-2 (and transformers' `GPT2LMHeadModel`) computes its linear
+    layers with `Conv1D`, which stores the weight as [in, out] and computes x @ W + b.
+    `nn.Linear` stores [out, in] and computes x @ W.T + b. So every c_attn / c_proj /
+    c_fc weight is transposed on the way in and again on the way out. Get this wrong and
+    square matrices (attn.c_proj, [C, C]) load without complaint and give garbage.
+
+A Hugging Face GPT-2 directory holds:
+
+    config.json          GPT2Config: model_type "gpt2", n_embd, n_layer, n_head, n_positions, ...
+    model.safetensors    weights named "transformer.h.0.attn.c_attn.weight" (GPT2LMHeadModel)
+                         or "h.0.attn.c_attn.weight" (GPT2Model, the hub's gpt2 repo);
+                         or model.safetensors.index.json + shards; or pytorch_model.bin
+                         (a pickle: read with torch.load(weights_only=True), which refuses
+                         anything but tensors and containers, so no code runs)
+    tokenizer.json       optional: a byte-level BPE tokenizer, read by `Tokenizer`
+
+Old pickled GPT-2 files also hold the causal mask as a buffer named like a parameter
+(`h.0.attn.bias`, [1, 1, n_positions, n_positions]) and `h.0.attn.masked_bias`; they
+are not weights and are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import GPTConfig
+from .errors import CheckpointError, MiniGPTError
+from .model import GPT
+from .tokenizer import Tokenizer
+
+__all__ = ["import_hf", "export_hf", "gpt_config_from_hf", "hf_config_from_gpt", "gpt_state_from_hf", "hf_state_from_gpt"]
+
+HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
+HF_BIN, HF_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+# The layers GPT-2 computes with Conv1D (weights stored [in, out]; see the module docstring).
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Non-parameter buffers found in old GPT-2 pickles: the causal mask and the -1e4 fill value.
+BUFFER_RE = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+# Activations that compute 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as model.py does.
+# Exact "gelu" (erf) differs by up to ~1e-3 per activation: not the same function.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# GPT2Config's defaults, which transformers applies to keys a config.json leaves out.
+HF_DEFAULTS = {
+    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+    "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1, "layer_norm_epsilon": 1e-5,
+    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+
+
+# ---- config ---------------------------------------------------------------------------
+
+
+def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
+    """The GPTConfig of a Hugging Face GPT-2 config.json (as a dict), or a CheckpointError
+    naming the setting minigpt cannot reproduce.
+
+    >>> gpt_config_from_hf({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1,
+    ...                     "n_positions": 16, "vocab_size": 50}).block_size
+    16
+    """
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(hf).__name__}")
+    model_type = hf.get("model_type")
+    if model_type != "gpt2":
+        raise CheckpointError(
+            f"{where}: model_type is {model_type!r}; import-hf reads GPT-2 models only (model_type \"gpt2\")"
+        )
+    archs = hf.get("architectures") or []
+    archs = [archs] if isinstance(archs, str) else archs
+    other = [a for a in archs if a not in ARCHITECTURES]
+    if other:
+        raise CheckpointError(f"{where}: architecture {other[0]!r} is not supported (only {' or '.join(ARCHITECTURES)})")
+    c = {**HF_DEFAULTS, **hf}
+
+    # Settings that would make transformers compute a different function from ours.
+    if c["activation_function"] not in TANH_GELUS:
+        raise CheckpointError(
+            f"{where}: activation_function {c['activation_function']!r} is not supported "
+            f"(minigpt uses GPT-2's tanh GELU: {', '.join(TANH_GELUS)})"
+        )
+    if c["n_inner"] is not None and c["n_inner"] != 4 * c["n_embd"]:
+        raise CheckpointError(f"{where}: n_inner {c['n_inner']} is not supported (minigpt's MLP is 4 * n_embd = {4 * c['n_embd']})")
+    if not c["scale_attn_weights"]:
+        raise CheckpointError(f"{where}: scale_attn_weights false is not supported (minigpt always scales attention by 1/sqrt(head_dim))")
+    if c["scale_attn_by_inverse_layer_idx"]:
+        raise CheckpointError(f"{where}: scale_attn_by_inverse_layer_idx true is not supported (minigpt does not scale attention by 1/(layer+1))")
+    if c["add_cross_attention"]:
+        raise CheckpointError(f"{where}: add_cross_attention true is not supported (cross-attention is for encoder-decoder use; minigpt is decoder-only)")
+    # Not checked on purpose: reorder_and_upcast_attn only changes the order of the
+    # scaling and the precision of the softmax under mixed precision; in fp32 it is the
+    # same function up to rounding.
+
+    try:
+        return GPTConfig(
+            vocab_size=c["vocab_size"],
+            block_size=c["n_positions"],
+            n_layer=c["n_layer"],
+            n_head=c["n_head"],
+            n_embd=c["n_embd"],
+            # One dropout rate in minigpt; GPT-2 sets resid/embd/attn_pdrop equal (0.1).
+            dropout=float(c["resid_pdrop"]),
+            bias=True,  # GPT-2 always has biases
+            pos_encoding="learned",
+            tie_weights=bool(c["tie_word_embeddings"]),
+            layer_norm_eps=float(c["layer_norm_epsilon"]),
+        )
+    except (MiniGPTError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def hf_config_from_gpt(cfg: GPTConfig, eot_id: int | None = None) -> dict[str, Any]:
+    """A config.json that `transformers.GPT2Config` reads as the same model.
+
+    `eot_id` (the tokenizer's `<|endoftext|>`) becomes bos/eos_token_id, as in GPT-2;
+    None is written explicitly, since GPT2Config's default (50256) may not even exist
+    in a small vocabulary.
+    """
+    if cfg.pos_encoding != "learned":
+        raise CheckpointError(_POSITION_REFUSAL.get(cfg.pos_encoding, f"pos_encoding {cfg.pos_encoding!r} cannot be exported"))
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,  # = 4 * n_embd, like ours
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": cfg.tie_weights,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+# Why only learned positions export: each message is one line for the CLI.
+_POSITION_REFUSAL = {
+    "sinusoidal": (
+        "cannot export pos_encoding 'sinusoidal': GPT-2 has only a learned absolute position table (wpe); "
+        "copying the fixed sines into it would make them trainable, and minigpt also scales token embeddings "
+        "by sqrt(n_embd), which GPT-2 does not (so the exported model would compute something else)"
+    ),
+    "rope": (
+        "cannot export pos_encoding 'rope': rotary embeddings rotate q and k inside every attention layer, "
+        "and GPT-2's architecture only adds a position vector once, at the input; no GPT-2 weights reproduce it"
+    ),
+}
+
+
+# ---- weights --------------------------------------------------------------------------
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only=True: the unpickler accepts tensors, dicts, lists and numbers only, so a
+    # planted pickle cannot run code. Never load these files with plain torch.load.
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message opens by suggesting weights_only=False; quote only the reason.
+        why = re.search(r"WeightsUnpickler error: ([^\n]*?\.)(?: |$)", str(e))
+        reason = why.group(1) if why else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: this pickle holds objects other than tensors, which could run code ({reason})"
+        ) from None
+    except Exception as e:  # EOFError/RuntimeError/zipfile errors for truncated or foreign files
+        first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable (truncated or not a PyTorch file?): {first}") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    return obj
+
+
+def _load_sharded(index: Path, load) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded checkpoint: `index` maps each name to a shard file."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({type(e).__name__}: {e})") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        # A shard must be a plain file name beside the index, never a path elsewhere.
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard {shard!r} is not a file name in the same directory")
+        if not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index.parent / shard}: missing (listed in {index.name})")
+        tensors.update(load(index.parent / shard))
+    return tensors
+
+
+def read_hf_weights(hf_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of a Hugging Face model directory (safetensors preferred) and the file
+    they came from (for error messages)."""
+    for name, load in (
+        (WEIGHTS, _load_safetensors),
+        (HF_SAFETENSORS_INDEX, lambda index: _load_sharded(index, _load_safetensors)),
+        (HF_BIN, _load_pickle),
+        (HF_BIN_INDEX, lambda index: _load_sharded(index, _load_pickle)),
+    ):
+        if (hf_dir / name).is_file():
+            return load(hf_dir / name), hf_dir / name
+    raise CheckpointError(
+        f"{hf_dir}: no weights (expected {WEIGHTS}, {HF_SAFETENSORS_INDEX} or {HF_BIN}; TensorFlow and Flax files are not read)"
+    )
+
+
+def gpt_state_from_hf(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights") -> dict[str, torch.Tensor]:
+    """Rename and transpose GPT-2 tensors into a state dict for `GPT(cfg)` (fp32).
+
+    Accepts both prefixes, "transformer.h.0..." (GPT2LMHeadModel) and "h.0..." (GPT2Model).
+    With tied embeddings an lm_head.weight in the file is ignored (transformers re-ties it
+    to wte too); untied, it is required. Example: HF "transformer.h.0.attn.c_attn.weight"
+    [C, 3C] -> minigpt "transformer.h.0.attn.c_attn.weight" [3C, C].
+    """
+    shapes = _expected_shapes(cfg)
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for name, t in tensors.items():
+        if name == "lm_head.weight":
+            if not cfg.tie_weights:
+                out[name] = t
+            continue
+        bare = name.removeprefix("transformer.")
+        if BUFFER_RE.match(bare):
+            continue
+        ours = "transformer." + bare
+        if ours not in shapes:
+            unexpected.append(name)
+            continue
+        out[ours] = t.t() if bare.endswith(CONV1D_WEIGHTS) else t
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensor {unexpected[0]!r} (not part of a GPT-2 with this config.json)")
+    if cfg.tie_weights and "transformer.wte.weight" in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    missing = [n for n in shapes if n not in out]
+    if missing:
+        hint = " (tie_word_embeddings is false, so the output head must be stored)" if missing[0] == "lm_head.weight" else ""
+        raise CheckpointError(f"{where}: missing tensor {missing[0]!r}{hint}")
+    for name, t in out.items():
+        if tuple(t.shape) != shapes[name]:
+            # Report the shape as stored in the file (before our transpose).
+            stored, want = tuple(t.shape), shapes[name]
+            if name.endswith(CONV1D_WEIGHTS):
+                stored, want = stored[::-1], want[::-1]
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {stored} but config.json implies {want}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{where}: tensor {name!r} has dtype {t.dtype}, not floating point")
+    return {n: t.float().contiguous() for n, t in out.items()}
+
+
+def _expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of GPT(cfg), without allocating the model."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return {n: tuple(t.shape) for n, t in model.state_dict().items()}
+
+
+def hf_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel's state dict for a minigpt GPT with learned positions (fp32).
+
+    Conv1D weights are transposed; a model without biases gets zero biases (a zero bias
+    and a LayerNorm without bias compute the same thing). A tied output head is left out,
+    as transformers saves it: `from_pretrained` re-ties lm_head to wte.
+    """
+    cfg = model.config
+    sd = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in _expected_shapes(GPTConfig(**{**cfg.to_dict(), "bias": True})).items():
+        if name == "lm_head.weight" and cfg.tie_weights:
+            continue
+        if name in sd:
+            t = sd[name].detach().float().cpu()
+            t = t.t() if name.endswith(CONV1D_WEIGHTS) else t
+        elif name.endswith(".bias"):
+            t = torch.zeros(shape)
+        else:
+            raise CheckpointError(f"cannot export: the model has no tensor {name}")
+        out[name] = t.contiguous()
+    return out
+
+
+# ---- the two commands -----------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (a Hugging Face model directory has a config.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _check_out(out: Path, src: Path, force: bool) -> None:
+    """Refuse to overwrite without --force, and ever to replace the input (or a directory
+    holding it, such as the run directory of the checkpoint being exported)."""
+    o, s = out.resolve(), src.resolve()
+    if o == s or o in s.parents:
+        raise CheckpointError(f"{out}: holds the input {src}; choose another output directory")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
+
+
+def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
+    """Convert a Hugging Face GPT-2 directory into a minigpt checkpoint directory at `out`.
+
+    The tokenizer.json is copied when there is one; otherwise the checkpoint has none
+    (it can be scored on token ids, but `sample` needs text). Returns `out`.
+
+    >>> import_hf("gpt2-hf/", "ckpt/gpt2")      # doctest: +SKIP
+    PosixPath('ckpt/gpt2')
+    """
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 directory)")
+    _check_out(out, hf_dir, force)
+    cfg = gpt_config_from_hf(_read_json(hf_dir / CONFIG), str(hf_dir / CONFIG))
+    tensors, source = read_hf_weights(hf_dir)
+    state = gpt_state_from_hf(tensors, cfg, where=str(source))
+    del tensors
+
+    tokenizer = None
+    if (hf_dir / TOKENIZER).is_file():
+        try:
+            tokenizer = Tokenizer.load(hf_dir / TOKENIZER)
+        except MiniGPTError as e:
+            raise CheckpointError(str(e)) from None
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise CheckpointError(
+                f"{hf_dir / TOKENIZER}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is {cfg.vocab_size}"
+            )
+
+    model = GPT(cfg)
+    model.load_state_dict(state)  # strict: gpt_state_from_hf checked names and shapes
+    return save_checkpoint(out, model, tokenizer)
+
+
+def _peek_minigpt_config(path: Path) -> dict[str, Any]:
+    """config.json of a minigpt checkpoint, to refuse early (before loading weights)."""
+    try:
+        meta = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # load_checkpoint reports it properly
+    return meta if isinstance(meta, dict) else {}
+
+
+def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write a minigpt GPT checkpoint (or a run directory's best/last) as a Hugging Face
+    GPT-2 directory: config.json, model.safetensors and tokenizer.json, loadable with
+    `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and
+    `tokenizers.Tokenizer.from_file(out_dir / "tokenizer.json")`. Returns `out_dir`.
+
+    Only learned positions can be exported (GPT-2 has no other kind); the error says why.
+
+    >>> export_hf("out/shakespeare", "shakespeare-hf")      # doctest: +SKIP
+    PosixPath('shakespeare-hf')
+    """
+    path, out = resolve_checkpoint(checkpoint), Path(out_dir)
+    meta = _peek_minigpt_config(path)
+    if meta.get("format") == "minigpt-checkpoint":
+        if meta.get("model_type", "gpt") != "gpt":
+            raise CheckpointError(f"{path / CONFIG}: model_type {meta['model_type']!r} cannot be exported; only GPT checkpoints map onto GPT-2")
+        model_cfg = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+        pos = model_cfg.get("pos_encoding", "learned")
+        if pos in _POSITION_REFUSAL:
+            raise CheckpointError(f"{path}: {_POSITION_REFUSAL[pos]}")
+    _check_out(out, path, force)
+    ckpt = load_checkpoint(path, "cpu", need_tokenizer=False)
+    if ckpt.model_type != "gpt":
+        raise CheckpointError(f"{path / CONFIG}: model_type {ckpt.model_type!r} cannot be exported; only GPT checkpoints map onto GPT-2")
+    model: GPT = ckpt.model
+    eot_id = ckpt.tokenizer.eot_id if ckpt.tokenizer is not None else None
+    hf_config = hf_config_from_gpt(model.config, eot_id)  # refuses sinusoidal/rope
+    tensors = hf_state_from_gpt(model)
+
+    from safetensors.torch import save_file
+
+    # Write everything under a temporary name beside `out`, then rename: an interrupted
+    # export never leaves a half-written directory that from_pretrained would half-load.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; an export is not
+        # metadata format "pt": transformers checks it to know the file holds PyTorch tensors.
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        if ckpt.tokenizer is not None:
+            (tmp / TOKENIZER).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
+        if out.exists() or out.is_symlink():  # only with force (checked above)
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
