@@ -34,12 +34,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .errors import DataError
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch is imported only by the batch loader: `prepare` does not need it
+    import torch
 
 FORMAT = "minigpt-dataset"
 FORMAT_VERSION = 1
@@ -558,8 +562,10 @@ class WindowSampler:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
-        device: str | torch.device = "cpu",
+        device: "str | torch.device" = "cpu",
     ):
+        import torch
+
         if len(tokens) < block_size + 1:
             raise DataError(
                 f"the split holds {len(tokens)} tokens but one window of block_size {block_size} needs "
@@ -579,13 +585,15 @@ class WindowSampler:
             self._step = step
         return self._offsets
 
-    def get(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, step: int, micro_step: int = 0) -> "tuple[torch.Tensor, torch.Tensor]":
         i = (self.rank * self.grad_accum + micro_step) * self.batch_size
         return windows(self.tokens, self.offsets(step)[i : i + self.batch_size], self.block_size, self.device)
 
 
-def windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int, device: "torch.device") -> "tuple[torch.Tensor, torch.Tensor]":
     """Gather windows tokens[o : o + block_size + 1] for each offset into (x, y) int64 tensors."""
+    import torch
+
     idx = np.asarray(offsets)[:, None] + np.arange(block_size + 1)
     xy = torch.from_numpy(tokens[idx].astype(np.int64))  # one fancy-index copy out of the memmap
     if device.type == "cuda":

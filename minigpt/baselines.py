@@ -1,0 +1,666 @@
+"""Baselines: the older text generators, trained on the same data as the GPT.
+
+    NGramLM  ("ngram")        counts of n-grams, smoothed with interpolated Kneser-Ney
+    RNNLM    ("lstm", "gru")  embedding -> torch.nn.LSTM/GRU -> output head tied to the embedding
+
+They speak the GPT's interface, so the trainer, checkpoints, the sampler, `minigpt eval`
+and `minigpt compare` treat every kind alike:
+
+    model(idx [B, T], targets=None) -> GPTOutput(logits [B, T, V], loss, attentions=None)
+
+`model.config.to_dict()` and `model.model_type` go into the checkpoint's config.json;
+everything a model knows is a tensor in its state_dict (the n-gram's counts too), so it is
+saved with safetensors and never pickled. Neither has attention: `return_attention=True`
+raises a MiniGPTError that says so.
+
+`python train.py --model lstm|gru` trains an RNN with the GPT's own loop (AdamW, the same
+windows of block_size tokens); `--model ngram` counts the train split once (`train_ngram`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelArgs
+from .errors import ConfigError, MiniGPTError
+from .model import GPTOutput
+
+CELLS = ("lstm", "gru")
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    """A config dataclass from config.json, naming the first bad key."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
+    if "vocab_size" not in d:
+        raise ConfigError(f"vocab_size: missing from the {cls.__name__}")
+    return cls(**d)
+
+
+def _no_attention(what: str) -> MiniGPTError:
+    return MiniGPTError(
+        f"{what} has no attention, so there are no attention weights to show; attention inspection needs a GPT checkpoint"
+    )
+
+
+def _check_ids(idx: torch.Tensor, targets: torch.Tensor | None, vocab_size: int, check_values: bool) -> None:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must be a non-empty [batch, time] tensor of token ids, got {getattr(idx, 'shape', type(idx))}")
+    if idx.is_floating_point():
+        raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+    if targets is not None and targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+    if check_values:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is out of range for vocab_size {vocab_size}")
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
+    if targets is None:
+        return None
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1).long(), ignore_index=-1)
+
+
+# ---- the n-gram model ------------------------------------------------------------------------
+
+
+@dataclass
+class NGramConfig:
+    """An n-gram model over `vocab_size` tokens. `sizes[k-1]` is the number of distinct
+    k-grams stored (filled in by `fit`; a checkpoint needs them to allocate its tensors)."""
+
+    vocab_size: int
+    order: int = 3
+    sizes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(_positive_int(self.vocab_size), "vocab_size", f"must be a positive integer, got {self.vocab_size!r}")
+        _check(_positive_int(self.order), "ngram_order", f"must be a positive integer, got {self.order!r}")
+        _check(
+            isinstance(self.sizes, list) and len(self.sizes) in (0, self.order) and all(isinstance(s, int) and s >= 0 for s in self.sizes),
+            "sizes", f"must list {self.order} non-negative counts (one per order), got {self.sizes!r}",
+        )
+
+    @property
+    def block_size(self) -> int:
+        """The context the model reads: the last order - 1 tokens. The sampler crops its
+        input to this, so generating from an n-gram (which has no cache) costs one tiny
+        forward pass per token. (The forward pass itself accepts any length.)"""
+        return max(1, self.order - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _KNIndex:
+    """What `NGramLM.probs` looks up, derived from the stored counts (on their device).
+
+    For order k >= 2, contexts are (k-1)-grams named by their rank r in the order-(k-1)
+    table: total[r] = sum of the counts that follow r, types[r] = how many distinct tokens
+    follow it, and table entries start[r] .. start[r + 1] - 1 are those followers.
+    """
+
+    def __init__(self, model: "NGramLM"):
+        V, n = model.config.vocab_size, model.config.order
+        self.keys = [getattr(model, f"keys_{k}") for k in range(1, n + 1)]
+        self.counts = [getattr(model, f"counts_{k}").double() for k in range(1, n + 1)]
+        self.D = model.discount.detach()
+        self.total, self.types, self.start = [None], [None], [None]  # order 1 has no context table
+        for k in range(2, n + 1):
+            m_prev = len(self.keys[k - 2])  # contexts of order k = the (k-1)-grams
+            ctx = torch.div(self.keys[k - 1], V, rounding_mode="floor")
+            c = self.counts[k - 1]
+            self.total.append(torch.bincount(ctx, weights=c, minlength=m_prev))
+            self.types.append(torch.bincount(ctx, weights=(c > 0).double(), minlength=m_prev))
+            per = torch.bincount(ctx, minlength=m_prev)
+            self.start.append(torch.cat([per.new_zeros(1), per.cumsum(0)]))
+        # Order 1 (the empty context) is the same for every position: compute it once.
+        p = torch.full((V,), 1.0 / V, dtype=torch.float64, device=self.D.device)
+        self.p1 = _kn_level(p, self.keys[0], self.counts[0], self.D[0])
+
+
+def _kn_level(p_lower: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """One interpolation step for a single context: max(c - D, 0) / C + D * types / C * p_lower."""
+    total = counts.sum()
+    if total <= 0:
+        return p_lower.clone()
+    gamma = D * (counts > 0).sum() / total
+    p = p_lower * gamma
+    return p.index_add(0, tokens, (counts - D).clamp_min(0) / total)
+
+
+def _lookup(keys: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Index of each q in the sorted `keys`, or -1 where it is absent (or q is -1)."""
+    if len(keys) == 0:
+        return torch.full_like(q, -1)
+    pos = torch.searchsorted(keys, q.clamp_min(0))
+    hit = (q >= 0) & (pos < len(keys)) & (keys[pos.clamp_max(len(keys) - 1)] == q)
+    return torch.where(hit, pos, torch.full_like(pos, -1))
+
+
+def kn_discount(counts: np.ndarray) -> float:
+    """Chen & Goodman's estimate D = n1 / (n1 + 2 n2), n1 and n2 the number of n-grams seen
+    exactly once and twice; 0.5 when either is zero. It lies strictly between 0 and 1,
+    which keeps every token's probability positive and every distribution summing to 1.
+
+    >>> kn_discount(np.array([1, 1, 1, 2, 5]))   # n1 = 3, n2 = 1: 3 / (3 + 2)
+    0.6
+    """
+    n1, n2 = int((counts == 1).sum()), int((counts == 2).sum())
+    return n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5
+
+
+class NGramLM(nn.Module):
+    """An n-gram language model with interpolated Kneser-Ney smoothing.
+
+    Chen & Goodman (1998), "An empirical study of smoothing techniques", interpolated KN
+    with one discount D_k per order k. For a context h (the last k-1 tokens) and token w:
+
+        P_k(w | h) = max(c_k(h w) - D_k, 0) / c_k(h .)  +  D_k * N1+(h .) / c_k(h .) * P_{k-1}(w | h')
+
+    where h' is h without its oldest token, c_k(h .) = sum over w of c_k(h w), and
+    N1+(h .) = the number of distinct w with c_k(h w) > 0. The counts are:
+
+    - at the highest order n, raw counts: c_n(h w) = how often h w occurs;
+    - at lower orders, continuation counts: c_k(g) = the number of distinct tokens that
+      precede g (Kneser & Ney's insight: "Francisco" is frequent but follows only "San",
+      so as a guess for a new context it deserves little mass).
+
+    The recursion ends at P_0(w) = 1 / V (uniform), so every token keeps a nonzero
+    probability. A context never seen (c_k(h .) = 0) passes P_{k-1} through unchanged.
+    Each level gives away exactly D_k * N1+(h .) / c_k(h .) of its mass and spreads it by
+    P_{k-1}, so if P_{k-1} sums to 1 so does P_k: every distribution sums to 1 (the
+    tests check this in float64 for every context).
+
+    Tiny worked example, bigrams (n = 2) over "a b a c", V = 3 tokens {a, b, c}:
+        bigram counts: ab 1, ba 1, ac 1; contexts: a -> {b: 1, c: 1}, b -> {a: 1}
+        continuation counts (distinct left neighbours): a 1 (b.), b 1 (a.), c 1 (a.);
+        D_1 = D_2 = 0.5 (no n-gram seen twice)
+        P_1(w) = (1 - 0.5) / 3 + 0.5 * 3/3 * 1/3 = 1/3 for each w
+        P_2(b | a) = (1 - 0.5) / 2 + 0.5 * 2/2 * 1/3 = 5/12,  P_2(c | a) = 5/12,  P_2(a | a) = 2/12
+        (5 + 5 + 2) / 12 = 1.
+
+    Storage: for each order k, `keys_k` (sorted) and `counts_k`, one entry per distinct
+    k-gram. A k-gram is named by key = rank of its first k-1 tokens in the order-(k-1)
+    table * V + its last token, so keys stay far below 2^63 for any order, and all the
+    followers of a context form one contiguous run of the sorted keys. Contexts at the
+    start of a sequence (fewer than n - 1 tokens) use the lower orders only.
+    n-grams that span an <|endoftext|> are counted like any other: they teach the model
+    how documents end and begin.
+    """
+
+    model_type = "ngram"
+
+    def __init__(self, cfg: NGramConfig):
+        super().__init__()
+        self.config = cfg
+        n = cfg.order
+        sizes = cfg.sizes or [0] * n
+        # The smoothing's only parameters (not learned by gradient descent). Being an
+        # nn.Parameter also tells the sampler which device the model lives on.
+        self.discount = nn.Parameter(torch.full((n,), 0.5, dtype=torch.float64), requires_grad=False)
+        for k in range(1, n + 1):
+            self.register_buffer(f"keys_{k}", torch.zeros(sizes[k - 1], dtype=torch.long))
+            self.register_buffer(f"counts_{k}", torch.zeros(sizes[k - 1], dtype=torch.long))
+        self.check_inputs = True
+        self._index: _KNIndex | None = None
+
+    # ---- counting ------------------------------------------------------------------------
+
+    def fit(self, tokens: np.ndarray) -> "NGramLM":
+        """Count every k-gram (k = 1..order) of `tokens` (e.g. the train split) and set the
+        discounts. Replaces whatever was counted before. Seconds for millions of tokens:
+        one np.unique per order."""
+        V, n = self.config.vocab_size, self.config.order
+        toks = np.asarray(tokens, dtype=np.int64)
+        if len(toks) and (toks.min() < 0 or toks.max() >= V):
+            raise MiniGPTError(f"token ids must be in [0, {V}); got {toks.min()}..{toks.max()}")
+        keys, counts = [], []
+        rank = None  # rank[t] = rank of the (k-1)-gram that starts at t
+        first = None  # first position of each distinct k-gram
+        for k in range(1, n + 1):
+            m = len(toks) - k + 1  # k-grams in the text
+            if m <= 0:
+                keys.append(np.zeros(0, np.int64))
+                counts.append(np.zeros(0, np.int64))
+                rank = np.zeros(0, np.int64)
+                continue
+            key = toks.copy() if k == 1 else rank[:m] * V + toks[k - 1 :]
+            uniq, first_k, rank_k, raw = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+            if k > 1:
+                # The order k-1 table was waiting for its continuation counts: for each
+                # distinct k-gram x g, its suffix g (a (k-1)-gram, starting one later) gains
+                # one distinct left neighbour.
+                suffix = rank[first_k + 1]
+                counts[k - 2] = np.bincount(suffix, minlength=len(keys[k - 2])).astype(np.int64)
+            keys.append(uniq.astype(np.int64))
+            counts.append(raw.astype(np.int64))  # raw counts; replaced above for orders < n
+            rank, first = rank_k.reshape(-1).astype(np.int64), first_k
+        del first
+        dev = self.discount.device
+        for k in range(1, n + 1):
+            setattr(self, f"keys_{k}", torch.from_numpy(keys[k - 1]).to(dev))
+            setattr(self, f"counts_{k}", torch.from_numpy(counts[k - 1]).to(dev))
+        with torch.no_grad():
+            self.discount.copy_(torch.tensor([kn_discount(c) for c in counts], dtype=torch.float64))
+        self.config.sizes = [len(k) for k in keys]
+        self._index = None
+        return self
+
+    # ---- scoring -------------------------------------------------------------------------
+
+    def _get_index(self) -> _KNIndex:
+        if self._index is None:
+            self._index = _KNIndex(self)
+        return self._index
+
+    @torch.no_grad()
+    def probs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The next-token distribution after every position of idx [B, T]: float64
+        [B, T, V]. Position t conditions on idx[:, max(0, t - order + 2) : t + 1].
+
+        The recursion P_k = s_k + g_k * P_{k-1} (s_k: the discounted counts, sparse; g_k:
+        the mass handed down, one number per position) is unrolled to
+
+            P_n = s_n + g_n s_{n-1} + g_n g_{n-1} s_{n-2} + ... + (g_n ... g_2) P_1
+
+        so the dense [positions, V] array is written once, plus one scatter per order.
+        """
+        V, n = self.config.vocab_size, self.config.order
+        ix = self._get_index()
+        dev = self.discount.device
+        idx = idx.to(dev).long()
+        B, T = idx.shape
+        P = B * T
+        flat = torch.arange(P, device=dev).view(B, T)
+        gammas = torch.ones(n + 1, P, dtype=torch.float64, device=dev)  # gammas[k]: g_k per position
+        sparse = []  # per order: (k, position of each entry, its token, its discounted count / total)
+        ranks = None  # [B, T - j + 1]: rank of the j-gram starting at each position (-1: unseen)
+        for k in range(2, n + 1):
+            j = k - 1  # context length
+            if j > T:
+                break
+            if j == 1:
+                ranks = _lookup(ix.keys[0], idx)
+            else:
+                q = ranks[:, : T - j + 1] * V + idx[:, j - 1 :]
+                ranks = _lookup(ix.keys[j - 1], torch.where(ranks[:, : T - j + 1] >= 0, q, torch.full_like(q, -1)))
+            # The context of the token after position t is the j-gram starting at t - j + 1.
+            rows = flat[:, j - 1 :].reshape(-1)
+            r = ranks.reshape(-1)
+            keep = r >= 0
+            rows, r = rows[keep], r[keep]
+            total = ix.total[k - 1][r]
+            keep = total > 0  # a context seen only at the very end has no followers
+            rows, r, total = rows[keep], r[keep], total[keep]
+            if len(rows) == 0:
+                continue
+            D = ix.D[k - 1]
+            gammas[k, rows] = D * ix.types[k - 1][r] / total
+            # Each context's followers are one contiguous run of table entries lo .. hi - 1.
+            lo, hi = ix.start[k - 1][r], ix.start[k - 1][r + 1]
+            n_e = hi - lo
+            which = torch.repeat_interleave(torch.arange(len(r), device=dev), n_e)  # entry -> its row in rows
+            run_start = n_e.cumsum(0) - n_e
+            entry = lo[which] + torch.arange(len(which), device=dev) - run_start[which]
+            val = (ix.counts[k - 1][entry] - D).clamp_min(0) / total[which]
+            sparse.append((k, rows[which], ix.keys[k - 1][entry] % V, val))
+        # scale[k] = g_{k+1} * ... * g_n: what order k's contribution is multiplied by.
+        scale = torch.ones_like(gammas)
+        for k in range(n - 1, 0, -1):
+            scale[k] = scale[k + 1] * gammas[k + 1]
+        p = scale[1][:, None] * ix.p1[None, :]  # [P, V]
+        for k, rows_e, tok_e, val in sparse:
+            p.index_put_((rows_e, tok_e), val * scale[k][rows_e], accumulate=True)
+        return p.view(B, T, V)
+
+    def forward(self, idx, targets=None, *, kv_cache=None, return_attention: bool = False) -> GPTOutput:
+        """Logits = log-probabilities (so softmax gives the model's distribution back) for
+        every position of idx [B, T]; the mean cross-entropy if targets are given."""
+        if return_attention:
+            raise _no_attention("an n-gram model")
+        if kv_cache is not None:
+            raise ValueError("the n-gram model keeps no cache; call it on the last order - 1 tokens")
+        _check_ids(idx, targets, self.config.vocab_size, self.check_inputs)
+        logits = self.probs(idx).log_().float().to(idx.device)
+        return GPTOutput(logits, _loss(logits, targets), None)
+
+    def num_params(self) -> int:
+        """The n-grams stored: what plays the role of parameters in a count-based model."""
+        return int(sum(getattr(self, f"keys_{k}").numel() for k in range(1, self.config.order + 1)))
+
+    # ---- keeping the derived index in step with the tensors ----------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Counts have data-dependent shapes: take the incoming ones (a freshly built model
+        # is empty, e.g. when the trainer resumes an n-gram run).
+        for k in range(1, self.config.order + 1):
+            for name in (f"keys_{k}", f"counts_{k}"):
+                t = state_dict.get(prefix + name)
+                if t is not None and t.shape != getattr(self, name).shape:
+                    setattr(self, name, torch.zeros(t.shape, dtype=torch.long, device=self.discount.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self.config.sizes = [getattr(self, f"keys_{k}").numel() for k in range(1, self.config.order + 1)]
+        self._index = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._index = None  # .to(device) moves the counts; rebuild the index there
+        return super()._apply(fn, *args, **kwargs)
+
+
+# ---- the recurrent models -----------------------------------------------------------------------
+
+
+@dataclass
+class RNNConfig:
+    """An LSTM or GRU language model. Like `GPTConfig`, it round-trips through JSON."""
+
+    vocab_size: int
+    block_size: int = 64  # training window; generation may run past it (the state carries on)
+    n_layer: int = 2
+    n_embd: int = 128  # embedding size = hidden size (the head is tied to the embedding)
+    dropout: float = 0.0
+    cell: str = "lstm"  # lstm | gru
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_embd"):
+            v = getattr(self, name)
+            _check(_positive_int(v), name, f"must be a positive integer, got {v!r}")
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        _check(isinstance(self.tie_weights, bool), "tie_weights", f"must be true or false, got {self.tie_weights!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class RecurrentState:
+    """The sampler's cache for an RNN: its hidden state between calls.
+
+    An LSTM's state is (h, c), a GRU's is h, each [n_layer, B, n_embd]. `max_len` is None:
+    the state has no capacity to run out of, so the sampler never re-prefills, and each
+    new token costs one step of the recurrence whatever the length of the text (an RNN
+    has no context window; it reads its whole history through the state).
+    `start[b]`: left-padding tokens of row b, which the prefill skips.
+    """
+
+    max_len = None
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.state = None
+        self.start: torch.Tensor | None = None
+
+    def reset(self, start: torch.Tensor | None = None) -> None:
+        self.state = None
+        self.start = start
+
+
+class RNNLM(nn.Module):
+    """tokens -> embedding -> n_layer x LSTM/GRU -> output head tied to the embedding.
+
+        idx [B, T] --wte--> x [B, T, C] --rnn--> h [B, T, C] --lm_head (= wte^T)--> logits [B, T, V]
+
+    The classic recipe of Zaremba et al. (2014) with the tied input/output embedding of
+    Press & Wolf (2017) and Inan et al. (2017): dropout on the embeddings, between layers
+    and before the head. Trained on the same windows as the GPT, it starts every window
+    from a zero state, so it learns to predict from at most block_size tokens of history.
+    """
+
+    def __init__(self, cfg: RNNConfig):
+        super().__init__()
+        self.config = cfg
+        self.model_type = cfg.cell
+        C = cfg.n_embd
+        self.wte = nn.Embedding(cfg.vocab_size, C)
+        self.drop = nn.Dropout(cfg.dropout)
+        cell = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+        self.rnn = cell(C, C, num_layers=cfg.n_layer, batch_first=True, dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self._refresh_weights()
+        # NOTE: the embedding keeps PyTorch's N(0, 1) init on purpose. The gates need inputs
+        # of order 1 to be driven by them at all: with the small +-0.1 init of PyTorch's
+        # word-language-model example (tuned for SGD at lr 20), AdamW at the GPT's learning
+        # rates sat at the unigram loss for hundreds of steps in our runs.
+        self.check_inputs = True
+
+    def num_params(self) -> int:
+        """Parameters, each counted once (the tied head shares the embedding)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _refresh_weights(self) -> None:
+        # [w_ih, w_hh, b_ih, b_hh] per layer, for `explicit_rnn`: the same Parameter objects
+        # as inside self.rnn (loading and .to() update them in place; _apply refreshes anyway).
+        names = ("weight_ih_l{}", "weight_hh_l{}", "bias_ih_l{}", "bias_hh_l{}")
+        self._rnn_weights = [[getattr(self.rnn, n.format(i)) for n in names] for i in range(self.config.n_layer)]
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._refresh_weights()
+        return out
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 per weight that multiplies (the embedding lookup does
+        not multiply, but the tied head does, so each parameter counts once)."""
+        return 6 * self.num_params()
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> RecurrentState:
+        return RecurrentState(batch_size)
+
+    def explicit_rnn(self, x: torch.Tensor, state=None):
+        """The recurrence written out, step by step, with nn.LSTM/GRU's own weights and
+        equations (torch.nn.LSTM / torch.nn.GRU docs; gate order i, f, g, o and r, z, n).
+        Same inputs and outputs as `self.rnn(x, state)` (batch_first).
+
+        Why a second path: torch.compile cannot trace nn.LSTM/GRU ("Dynamo does not
+        support RNN, GRU, or LSTM"), not even to read their weights, and the sampler
+        compiles its decode step on CUDA. Compiled decoding takes this path, reading the
+        weights from a plain list (`_rnn_weights`); the tests hold the two equal.
+        """
+        B, T, _ = x.shape
+        lstm = self.config.cell == "lstm"
+        L, C = self.config.n_layer, self.config.n_embd
+        if state is None:
+            zeros = x.new_zeros(L, B, C)
+            state = (zeros, zeros) if lstm else zeros
+        hs = list(state[0].unbind(0)) if lstm else list(state.unbind(0))
+        cs = list(state[1].unbind(0)) if lstm else []
+        inp = x
+        for layer in range(L):
+            w_ih, w_hh, b_ih, b_hh = self._rnn_weights[layer]
+            xw = inp @ w_ih.T + b_ih  # [B, T, gates * C]: the input's part of every step at once
+            h = hs[layer]
+            c = cs[layer] if lstm else None
+            outs = []
+            for t in range(T):
+                hw = h @ w_hh.T + b_hh  # [B, gates * C]
+                if lstm:
+                    i, f, g, o = (xw[:, t] + hw).chunk(4, dim=-1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                else:
+                    xr, xz, xn = xw[:, t].chunk(3, dim=-1)
+                    hr, hz, hn = hw.chunk(3, dim=-1)
+                    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                    h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+                outs.append(h)
+            hs[layer] = h
+            if lstm:
+                cs[layer] = c
+            inp = torch.stack(outs, dim=1)  # [B, T, C]
+            if layer < L - 1 and self.training and self.config.dropout > 0:
+                inp = F.dropout(inp, self.config.dropout)
+        new_state = (torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs)
+        return inp, new_state
+
+    def _run(self, x: torch.Tensor, cache: RecurrentState | None) -> torch.Tensor:
+        # Compiled decode steps (the sampler's, on CUDA) cannot trace nn.LSTM/GRU: take the
+        # explicit path. A compiled *training* step (no cache) keeps the fused cuDNN kernel:
+        # torch.compile runs nn.LSTM/GRU eagerly behind a graph break.
+        rnn = self.explicit_rnn if cache is not None and torch.compiler.is_compiling() else self.rnn
+        if cache is None:
+            return rnn(x)[0]
+        if cache.state is None and cache.start is not None and bool((cache.start > 0).any()):
+            # A left-padded prefill: run each row from its first real token, so padding
+            # never enters the state. Padded positions get zero outputs (never read).
+            outs, states = torch.zeros_like(x), []
+            for b, s in enumerate(cache.start.tolist()):
+                y, st = rnn(x[b : b + 1, s:])
+                outs[b, s:] = y[0]
+                states.append(st)
+            if isinstance(states[0], tuple):
+                cache.state = tuple(torch.cat([st[i] for st in states], dim=1) for i in range(2))
+            else:
+                cache.state = torch.cat(states, dim=1)
+            return outs
+        y, cache.state = rnn(x, cache.state)
+        return y
+
+    def forward(self, idx, targets=None, *, kv_cache: RecurrentState | None = None, return_attention: bool = False) -> GPTOutput:
+        """Logits for every position of idx [B, T]; loss if targets are given (-1 ignored).
+        With `kv_cache`, idx continues the text whose state the cache holds (and the state
+        advances past it); without, the text starts from a zero state."""
+        if return_attention:
+            raise _no_attention("an LSTM" if self.config.cell == "lstm" else "a GRU")
+        _check_ids(idx, targets, self.config.vocab_size, self.check_inputs and not torch.compiler.is_compiling())
+        x = self.drop(self.wte(idx))  # [B, T, C]
+        h = self._run(x, kv_cache)  # [B, T, C]
+        logits = self.lm_head(self.drop(h))  # [B, T, V]
+        return GPTOutput(logits, _loss(logits, targets), None)
+
+
+# ---- construction ----------------------------------------------------------------------------
+
+
+def from_args(margs: ModelArgs, vocab_size: int) -> nn.Module:
+    """The baseline `python train.py --model lstm|gru|ngram` asks for (untrained)."""
+    if margs.model in CELLS:
+        return RNNLM(
+            RNNConfig(
+                vocab_size=vocab_size, block_size=margs.block_size, n_layer=margs.n_layer, n_embd=margs.n_embd,
+                dropout=margs.dropout, cell=margs.model, tie_weights=margs.tie_weights,
+            )
+        )
+    if margs.model == "ngram":
+        return NGramLM(NGramConfig(vocab_size=vocab_size, order=margs.ngram_order))
+    raise ConfigError(f"model: not a baseline: {margs.model!r} (baselines: lstm, gru, ngram)")
+
+
+def build(model_type: str, config: dict[str, Any]) -> nn.Module:
+    """An empty model of the kind and shape a checkpoint's config.json describes."""
+    if model_type in CELLS:
+        cfg = _from_dict(RNNConfig, config)
+        if cfg.cell != model_type:
+            raise ConfigError(f"cell: config says {cfg.cell!r} but model_type is {model_type!r}")
+        return RNNLM(cfg)
+    if model_type == "ngram":
+        return NGramLM(_from_dict(NGramConfig, config))
+    raise ConfigError(f"model_type: not a baseline: {model_type!r}")
+
+
+# ---- training the n-gram ---------------------------------------------------------------------
+
+
+def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress: bool = True) -> dict[str, Any]:
+    """`python train.py --model ngram`: count the train split once, evaluate and save like
+    the trainer does, so `sample.py`, `minigpt eval` and `minigpt compare` see a run like
+    any other:
+
+        metrics.jsonl   an evaluation line at step 0 (the empty model: uniform) and at
+                        step 1 (after counting), plus one training line
+        step-0000001/   the checkpoint (counts in model.safetensors, run.json), best = last
+        train_config.json
+
+    "Step 1" is the one counting pass; `tokens_seen` is the train split's length and the
+    training time is the counting time. The evaluation is the trainer's own (its fixed
+    random windows of block_size tokens), so val_bpb compares with a GPT run's.
+    """
+    from . import __version__
+    from .checkpoint import RunDirectory
+    from .trainer import METRICS, RUN_CONFIG, _append_jsonl, _print_sample, evaluate
+    from tqdm.auto import tqdm
+
+    m, o, r = cfg.model, cfg.optim, cfg.run
+    if r.resume:
+        rt.print(f"{out}: an n-gram model is complete after one counting pass; nothing to resume", file=sys.stderr)
+        return {"step": 1, "out": str(out), "resumed": True}
+    train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
+    byte_lengths = tokenizer.byte_lengths
+    V = model.config.vocab_size
+    if len(byte_lengths) < V:
+        byte_lengths = np.pad(byte_lengths, (0, V - len(byte_lengths)))
+    metrics_path = out / METRICS
+    if rt.is_main:
+        (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    rt.print(
+        f"ngram (order {model.config.order}, interpolated Kneser-Ney) | data {data.path} ({len(train_tokens):,} train / "
+        f"{len(val_tokens):,} val tokens, vocab {data.vocab_size}) | device {rt.device}",
+        file=sys.stderr,
+    )
+
+    def do_eval(step: int) -> dict[str, float]:
+        kw = dict(block_size=m.block_size, batch_size=o.batch_size, steps=r.eval_steps, rt=rt)
+        tr = evaluate(model, train_tokens, byte_lengths, **kw)
+        va = evaluate(model, val_tokens, byte_lengths, **kw)
+        return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
+
+    def log_eval(ev: dict, time_s: float, tokens: int) -> None:
+        if rt.is_main:
+            _append_jsonl(metrics_path, {**ev, "time_s": round(time_s, 3), "tokens": tokens})
+            tqdm.write(
+                f"step {ev['step']:>6}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
+                f"val {ev['val_bpb']:.4f} bits/byte",
+                file=sys.stderr,
+            )
+
+    log_eval(do_eval(0), 0.0, 0)
+    t0 = time.perf_counter()
+    model.fit(train_tokens)
+    train_time = time.perf_counter() - t0
+    tokens_seen = len(train_tokens)
+    ev = do_eval(1)
+    if rt.is_main:
+        _append_jsonl(metrics_path, {"step": 1, "loss": ev["train_loss"], "lr": 0.0, "tokens_per_s": round(tokens_seen / max(train_time, 1e-9), 1)})
+    log_eval(ev, train_time, tokens_seen)
+    n_params = model.num_params()
+    if rt.is_main:
+        run = {
+            "config": cfg.to_dict(), "model_type": "ngram", "step": 1, "tokens_seen": tokens_seen,
+            "train_time_s": round(train_time, 3), "num_params": n_params, "best_val_loss": ev["val_loss"],
+            "val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"], "train_loss": ev["train_loss"], "minigpt_version": __version__,
+        }
+        state = {"step": 1, "best_val_loss": ev["val_loss"], "tokens_seen": tokens_seen, "train_time_s": train_time}
+        RunDirectory(out).save(1, model, tokenizer, run=run, trainer_state=state, is_best=True)
+    sizes = ", ".join(f"{k}-grams {s:,}" for k, s in enumerate(model.config.sizes, start=1))
+    rt.print(f"ngram: counted {tokens_seen:,} tokens in {train_time:.2f} s ({sizes}); saved {out}/last", file=sys.stderr)
+    if rt.is_main and r.sample_tokens > 0:
+        _print_sample(model, tokenizer, r.sample_tokens, r.seed)
+    return {"step": 1, "out": str(out), "best_val_loss": ev["val_loss"], **ev, "train_time_s": train_time}
