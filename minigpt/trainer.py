@@ -34,11 +34,11 @@ from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, unwra
 from .config import GPTConfig, ModelArgs, TrainConfig
 from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare_from_recipe, windows
 from .errors import ConfigError, DataError, MiniGPTError
+from .evaluate import loss_sums, metrics_from_sums
 from .runtime import Runtime, configure_threads, enable_tf32, init_runtime
 
 METRICS = "metrics.jsonl"
 RUN_CONFIG = "train_config.json"  # the resolved settings (each checkpoint also has them in run.json)
-LN2 = math.log(2)
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
@@ -100,9 +100,9 @@ def evaluate(
     same fixed windows every time), and bits per byte.
 
     Bits per byte = total nats over target tokens / ln 2 / total bytes those targets
-    stand for. Unlike loss per token it does not depend on the tokenizer: a model that
-    uses longer tokens is not credited for predicting fewer of them. Targets that stand
-    for no bytes (<|endoftext|>) are left out of bits per byte.
+    stand for (`evaluate.bits_per_byte`). Unlike loss per token it does not depend on the
+    tokenizer: a model that uses longer tokens is not credited for predicting fewer of
+    them. Targets that stand for no bytes (<|endoftext|>) are left out of bits per byte.
     Under torchrun every rank takes a share of the batches and the sums are all-reduced,
     so 2 processes x batch 4 evaluate exactly the windows 1 process x batch 8 does.
     """
@@ -110,23 +110,20 @@ def evaluate(
     model.eval()
     n_batches = steps * rt.world_size
     offs = eval_offsets(len(tokens), block_size, n_batches * batch_size, seed)
-    blen = torch.from_numpy(byte_lengths)
-    sums = torch.zeros(4, dtype=torch.float64)  # nats (all), tokens (all), nats (bytes > 0), bytes
+    blen = torch.from_numpy(byte_lengths).to(rt.device)
+    sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # see evaluate.loss_sums
     for i in range(rt.rank, n_batches, rt.world_size):
         x, y = windows(tokens, offs[i * batch_size : (i + 1) * batch_size], block_size, rt.device)
         with rt.autocast():
             logits = model(x).logits
-        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double().cpu()
-        nbytes = blen[y.flatten().cpu()].double()
-        sums += torch.stack([nll.sum(), torch.tensor(float(nll.numel())), (nll * (nbytes > 0)).sum(), nbytes.sum()])
+        sums += loss_sums(logits, y, blen)
     if rt.distributed:
-        s = sums.to(rt.device if rt.device.type == "cuda" else "cpu")
+        s = sums if rt.device.type == "cuda" else sums.cpu()
         rt.all_reduce_sum(s)
-        sums = s.cpu()
+        sums = s
     model.train(was_training)
-    loss = (sums[0] / sums[1]).item()
-    bpb = (sums[2] / LN2 / sums[3]).item() if sums[3] > 0 else float("nan")
-    return {"loss": loss, "bpb": bpb}
+    m = metrics_from_sums(sums)
+    return {"loss": m["loss"], "bpb": m["bpb"]}
 
 
 class _Signals:
