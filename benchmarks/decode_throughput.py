@@ -75,7 +75,7 @@ def main() -> None:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from minigpt.checkpoint import load_checkpoint
+    from minigpt.checkpoint import load_for_inference
     from minigpt.hf import import_hf
 
     transformers.logging.set_verbosity_error()
@@ -87,9 +87,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(Path(tmp) / "hf")
         import_hf(Path(tmp) / "hf", Path(tmp) / "ours")
-        ours = load_checkpoint(Path(tmp) / "ours", need_tokenizer=False).model
+        # exactly what `minigpt sample` does: cast, and prepack on the CPU
+        ours = load_for_inference(Path(tmp) / "ours", args.device, args.dtype, need_tokenizer=False)[0].model
     hf.to(device=device, dtype=dtype)
-    ours.to(device=device, dtype=dtype).eval()
     prompt = torch.randint(0, 50257, (8,), generator=torch.Generator().manual_seed(0)).tolist()
 
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "

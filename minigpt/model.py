@@ -134,8 +134,8 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,  # [B, T, C]
         rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin [B or 1, 1, T, D/2]
-        mask: torch.Tensor | None,  # [B, 1, T, L] bool (True = may attend); None = causal over x
-        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,  # this layer's k, v buffers and slots [T]
+        mask: torch.Tensor | None,  # [B, 1, T, S] bool (True = may attend); None = causal over x
+        cache: tuple | None,  # this layer's k, v buffers [B, H, L, D], slots [T], keys to attend over
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape
@@ -147,10 +147,11 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k_buf, v_buf, slots = cache  # [B, H, L, D] x2, [T]
+            k_buf, v_buf, slots, n_keys = cache
             k_buf.index_copy_(2, slots, k.to(k_buf.dtype))  # write this call's keys at their slots
             v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
-            k, v = k_buf.to(q.dtype), v_buf.to(q.dtype)  # attend over every slot; the mask hides the rest
+            # attend over the first n_keys slots; the mask hides empty and padded ones
+            k, v = k_buf[:, :, :n_keys].to(q.dtype), v_buf[:, :, :n_keys].to(q.dtype)
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             y, att = explicit_attention(q, k, v, mask, dropout_p)
@@ -354,17 +355,25 @@ class GPT(nn.Module):
         if kv_cache is None:
             pos = torch.arange(T, device=idx.device)  # [T]
             mask = None  # plain causal attention within idx
+            n_keys = None
         else:
             slots = kv_cache.pos + torch.arange(T, device=idx.device)  # [T]
             # Position of each token within its own row (rows may be left-padded).
             pos = (slots[None, :] - kv_cache.start[:, None]).clamp_min(0)  # [B, T]
-            key = kv_cache.slots[None, None, :]  # [1, 1, L]
+            # How many cache slots to attend over. Static shapes want all of them (the mask
+            # hides the empty ones), which is what a compiled / CUDA-graph step needs. On
+            # the CPU, reading the fill level costs no device sync, and attending over the
+            # filled slots only saves most of the attention work early in a long cache.
+            n_keys = kv_cache.max_len
+            if kv_cache.k.device.type == "cpu" and not torch.compiler.is_compiling():
+                n_keys = int(kv_cache.pos) + T
+            key = kv_cache.slots[None, None, :n_keys]  # [1, 1, S]
             # Query at slot s sees keys at slots start[b]..s. A padding query sees only
             # itself, so its softmax row is never empty (an all -inf row would give NaN).
             mask = (key <= slots[None, :, None]) & (
                 (key >= kv_cache.start[:, None, None]) | (key == slots[None, :, None])
             )
-            mask = mask[:, None]  # [B, 1, T, L]
+            mask = mask[:, None]  # [B, 1, T, S]
 
         x = self.transformer.wte(idx)  # [B, T, C]
         rope = None
@@ -384,7 +393,7 @@ class GPT(nn.Module):
 
         attentions = []
         for i, block in enumerate(self.transformer.h):
-            layer_cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], slots)
+            layer_cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], slots, n_keys)
             x, att = block(x, rope, mask, layer_cache, return_attention)
             if return_attention:
                 attentions.append(att)
