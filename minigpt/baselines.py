@@ -33,32 +33,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelArgs
+from .config import check_field as _check
+from .config import dataclass_from_dict as _from_dict
 from .errors import ConfigError, MiniGPTError
 from .model import GPTOutput
 
 CELLS = ("lstm", "gru")
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: {msg}")
-
-
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _from_dict(cls, d: dict[str, Any]):
-    """A config dataclass from config.json, naming the first bad key."""
-    if not isinstance(d, dict):
-        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
-    if "vocab_size" not in d:
-        raise ConfigError(f"vocab_size: missing from the {cls.__name__}")
-    return cls(**d)
 
 
 def _no_attention(what: str) -> MiniGPTError:
@@ -605,18 +589,14 @@ def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress
     """
     from . import __version__
     from .checkpoint import RunDirectory
-    from .trainer import METRICS, RUN_CONFIG, _append_jsonl, _print_sample, evaluate
-    from tqdm.auto import tqdm
+    from .trainer import METRICS, RUN_CONFIG, _append_jsonl, _print_sample, eval_splits, padded_byte_lengths, write_eval_line
 
-    m, o, r = cfg.model, cfg.optim, cfg.run
+    r = cfg.run
     if r.resume:
         rt.print(f"{out}: an n-gram model is complete after one counting pass; nothing to resume", file=sys.stderr)
         return {"step": 1, "out": str(out), "resumed": True}
     train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
-    byte_lengths = tokenizer.byte_lengths
-    V = model.config.vocab_size
-    if len(byte_lengths) < V:
-        byte_lengths = np.pad(byte_lengths, (0, V - len(byte_lengths)))
+    byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
     metrics_path = out / METRICS
     if rt.is_main:
         (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -626,20 +606,12 @@ def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress
         file=sys.stderr,
     )
 
-    def do_eval(step: int) -> dict[str, float]:
-        kw = dict(block_size=m.block_size, batch_size=o.batch_size, steps=r.eval_steps, rt=rt)
-        tr = evaluate(model, train_tokens, byte_lengths, **kw)
-        va = evaluate(model, val_tokens, byte_lengths, **kw)
-        return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
+    def do_eval(step: int) -> dict[str, Any]:
+        return eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg, rt, step)
 
     def log_eval(ev: dict, time_s: float, tokens: int) -> None:
         if rt.is_main:
-            _append_jsonl(metrics_path, {**ev, "time_s": round(time_s, 3), "tokens": tokens})
-            tqdm.write(
-                f"step {ev['step']:>6}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
-                f"val {ev['val_bpb']:.4f} bits/byte",
-                file=sys.stderr,
-            )
+            write_eval_line(metrics_path, ev, time_s=time_s, tokens=tokens)
 
     log_eval(do_eval(0), 0.0, 0)
     t0 = time.perf_counter()

@@ -215,7 +215,8 @@ class Checkpoint:
     run: dict[str, Any] | None = field(default=None)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file, or a CheckpointError naming it (missing: says what it should hold)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing ({what})")
     try:
@@ -232,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     opened; trainer_state.pt is only read by `load_trainer_state`, with weights_only=True.
     """
     path = resolve_checkpoint(path)
-    meta = _read_json(path / CONFIG, "the model's config")
+    meta = read_json(path / CONFIG, "the model's config")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG}: not a minigpt checkpoint config (for Hugging Face GPT-2 use `minigpt import-hf`)")
     if meta.get("version", 0) > FORMAT_VERSION:
@@ -283,7 +284,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             )
     elif need_tokenizer:
         raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)")
-    run = _read_json(path / RUN, "run info") if (path / RUN).is_file() else None
+    run = read_json(path / RUN, "run info") if (path / RUN).is_file() else None
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=model_type, run=run)
 
 

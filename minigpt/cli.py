@@ -64,13 +64,7 @@ def _sampling_params(args):
 
     if args.max_new_tokens < 0:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    try:
-        return SamplingParams(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty,
-        )
-    except ValueError as e:
-        raise MiniGPTError(f"--{e}") from None
+    return SamplingParams.from_flags(args)
 
 
 def _build_prepare(p: argparse.ArgumentParser) -> None:

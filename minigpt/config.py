@@ -24,9 +24,13 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 MODEL_KINDS = ("gpt", "lstm", "gru", "ngram")
 
 
-def _check(cond: bool, name: str, msg: str) -> None:
+def check_field(cond: bool, name: str, msg: str) -> None:
+    """Raise ConfigError("name: msg") unless cond: every config error names its field."""
     if not cond:
         raise ConfigError(f"{name}: {msg}")
+
+
+_check = check_field
 
 
 @dataclass
@@ -83,7 +87,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        return _from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -93,7 +97,8 @@ class GPTConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _from_dict(cls, d: dict[str, Any]):
+def dataclass_from_dict(cls, d: dict[str, Any]):
+    """A config dataclass from a JSON object, naming the first unknown or missing key."""
     if not isinstance(d, dict):
         raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
     names = {f.name for f in fields(cls)}
@@ -185,7 +190,7 @@ class TrainConfig:
         d = dict(d)
         out = cls(preset=d.pop("preset", "cpu"))
         for name, section in SECTIONS.items():
-            setattr(out, name, _from_dict(section, d.pop(name, {})))
+            setattr(out, name, dataclass_from_dict(section, d.pop(name, {})))
         if d:
             raise ConfigError(f"{sorted(d)[0]}: not a section of the training config")
         out.validate()

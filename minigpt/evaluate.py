@@ -370,18 +370,6 @@ def memorization(samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, 
 # ---- `minigpt eval` --------------------------------------------------------------------------------
 
 
-def _sampling_params(args):
-    from .sampling import SamplingParams
-
-    try:
-        return SamplingParams(
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty,
-        )
-    except MiniGPTError as e:
-        raise MiniGPTError(f"--{e}") from None
-
-
 def _data_dir(args, ckpt) -> str:
     if args.data:
         return args.data
@@ -483,6 +471,7 @@ def run_eval_cli(args) -> int:
     """`minigpt eval`: see the module docstring. Bad input -> MiniGPTError (exit 2)."""
     from .checkpoint import load_for_inference
     from .data import Dataset
+    from .sampling import SamplingParams
 
     if args.samples < 1:
         raise MiniGPTError(f"--samples must be >= 1, got {args.samples}")
@@ -492,7 +481,7 @@ def run_eval_cli(args) -> int:
         raise MiniGPTError(f"--max-tokens must be >= 0 (0 = the whole split), got {args.max_tokens}")
     if args.batch_size < 1:
         raise MiniGPTError(f"--batch-size must be >= 1, got {args.batch_size}")
-    params = _sampling_params(args)
+    params = SamplingParams.from_flags(args)
     # float32 weights: the numbers should not depend on the device's fast dtype.
     ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32")
     data_dir = _data_dir(args, ckpt)

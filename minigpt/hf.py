@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_json, resolve_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
@@ -322,15 +322,6 @@ def hf_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
 # ---- the two commands -----------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a Hugging Face model directory has a config.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
 def _check_out(out: Path, src: Path, force: bool) -> None:
     """Refuse to overwrite without --force, and ever to replace the input (or a directory
     holding it, such as the run directory of the checkpoint being exported)."""
@@ -354,7 +345,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 directory)")
     _check_out(out, hf_dir, force)
-    cfg = gpt_config_from_hf(_read_json(hf_dir / CONFIG), str(hf_dir / CONFIG))
+    cfg = gpt_config_from_hf(read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json"), str(hf_dir / CONFIG))
     tensors, source = read_hf_weights(hf_dir)
     state = gpt_state_from_hf(tensors, cfg, where=str(source))
     del tensors

@@ -14,6 +14,8 @@ its state_dict holds oneDNN tensors, so save checkpoints from an unpacked model.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -33,7 +35,14 @@ def prepack_for_cpu(model: nn.Module) -> nn.Module:
     A no-op where oneDNN is missing or the model is not on the CPU."""
     if not can_prepack(model):
         return model
-    from torch.utils.mkldnn import MkldnnLinear
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates the TorchScript decorator MkldnnLinear is written with;
+            # the kernel it calls is what inductor's CPU "freezing" uses too.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.utils.mkldnn import MkldnnLinear
+    except (ImportError, AttributeError):  # a torch without it: keep the plain layers
+        return model
 
     dtype = next(model.parameters()).dtype
 

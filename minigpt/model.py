@@ -345,7 +345,9 @@ class GPT(nn.Module):
         written at slots cache.pos .. cache.pos + T - 1 and attend to everything before
         them (a prompt prefill, or a one-token decode step). The cache advances by T.
         """
-        if not torch.compiler.is_compiling():
+        # Validation reads values back to the host: not while compiling or while a CUDA
+        # graph is being captured (the sampler captures its decode step).
+        if not torch.compiler.is_compiling() and not (idx.is_cuda and torch.cuda.is_current_stream_capturing()):
             self._validate(idx, targets, kv_cache)
         if kv_cache is not None and return_attention:
             raise ValueError("return_attention is not supported together with kv_cache")

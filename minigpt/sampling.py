@@ -106,6 +106,18 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @classmethod
+    def from_flags(cls, args) -> "SamplingParams":
+        """From parsed command-line flags (`--temperature`, `--top-k`, ...); errors name
+        the flag, e.g. "--top-p must be in (0, 1], got 1.5"."""
+        try:
+            return cls(
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty,
+            )
+        except ConfigError as e:
+            raise ConfigError(f"--{e}") from None
+
 
 def shape_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
     """Apply every transform, in Hugging Face's order; returns float32 logits whose

@@ -126,6 +126,34 @@ def evaluate(
     return {"loss": m["loss"], "bpb": m["bpb"]}
 
 
+def padded_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
+    """Bytes per token id, padded with zeros to the model's vocabulary (a model may have
+    more embedding rows than the tokenizer has tokens)."""
+    b = tokenizer.byte_lengths
+    return np.pad(b, (0, vocab_size - len(b))) if len(b) < vocab_size else b
+
+
+def eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int) -> dict[str, Any]:
+    """One evaluation line: train and val loss on the fixed windows, and val bits per byte."""
+    kw = dict(block_size=cfg.model.block_size, batch_size=cfg.optim.batch_size, steps=cfg.run.eval_steps, rt=rt)
+    tr = evaluate(model, train_tokens, byte_lengths, **kw)
+    va = evaluate(model, val_tokens, byte_lengths, **kw)
+    return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
+
+
+def write_eval_line(metrics_path: Path, ev: dict, *, time_s: float, tokens: int, tb=None) -> None:
+    """Append an evaluation line to metrics.jsonl and print it above the progress bar."""
+    _append_jsonl(metrics_path, {**ev, "time_s": round(time_s, 3), "tokens": tokens})
+    if tb:
+        for k in ("train_loss", "val_loss", "val_bpb"):
+            tb.add_scalar(f"eval/{k}", ev[k], ev["step"])
+    tqdm.write(
+        f"step {ev['step']:>6}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
+        f"val {ev['val_bpb']:.4f} bits/byte",
+        file=sys.stderr,
+    )
+
+
 class _Signals:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and
     exits. A second Ctrl-C aborts at once (the last checkpoint is still intact)."""
@@ -361,9 +389,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
         world_size=rt.world_size, seed=r.seed, device=rt.device,
     )
     decay_steps = o.lr_decay_steps or o.max_steps
-    byte_lengths = tokenizer.byte_lengths
-    if len(byte_lengths) < model.config.vocab_size:
-        byte_lengths = np.pad(byte_lengths, (0, model.config.vocab_size - len(byte_lengths)))
+    byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
     metrics_path = out / METRICS
     run_dir = RunDirectory(out)
     tb = _tensorboard(out, r.tensorboard) if rt.is_main else None
@@ -381,11 +407,8 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
         file=sys.stderr,
     )
 
-    def do_eval(step: int) -> dict[str, float]:
-        kw = dict(block_size=m.block_size, batch_size=o.batch_size, steps=r.eval_steps, rt=rt)
-        tr = evaluate(model, train_tokens, byte_lengths, **kw)
-        va = evaluate(model, val_tokens, byte_lengths, **kw)
-        return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
+    def do_eval(step: int) -> dict[str, Any]:
+        return eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg, rt, step)
 
     def run_info(step: int, ev: dict | None) -> dict[str, Any]:
         return {
@@ -405,17 +428,8 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
         run_dir.save(step, model, tokenizer, run=run_info(step, ev), trainer_state=state, is_best=is_best)
 
     def log_eval(ev: dict) -> None:
-        if not rt.is_main:
-            return
-        _append_jsonl(metrics_path, {**ev, "time_s": round(clock.elapsed, 3), "tokens": tokens_seen})
-        if tb:
-            for k in ("train_loss", "val_loss", "val_bpb"):
-                tb.add_scalar(f"eval/{k}", ev[k], ev["step"])
-        tqdm.write(
-            f"step {ev['step']:>6}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
-            f"val {ev['val_bpb']:.4f} bits/byte",
-            file=sys.stderr,
-        )
+        if rt.is_main:
+            write_eval_line(metrics_path, ev, time_s=clock.elapsed, tokens=tokens_seen, tb=tb)
 
     clock = _Stopwatch(train_time)
     last_eval = None

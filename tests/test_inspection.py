@@ -189,7 +189,7 @@ def test_bad_api_input(tok):
     class LSTM(torch.nn.Module):
         model_type = "lstm"
 
-    with pytest.raises(MiniGPTError, match="lstm model has no attention"):
+    with pytest.raises(MiniGPTError, match="an LSTM has no attention"):
         attention_maps(LSTM(), tok, TEXT)
     with pytest.raises(MiniGPTError, match="out of range"):
         format_attention(attention_maps(model, tok, TEXT), layer=2)
@@ -377,9 +377,9 @@ def odd_checkpoints(tmp_path_factory, tok):
         (["attention", "--prompt", "hi", "--head", "-1"], "--head -1 is out of range"),
         (["attention", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
         (["attention", "--prompt", "hi", "@no-tok"], "tokenizer.json: missing"),
-        (["attention", "--prompt", "hi", "@lstm"], "lstm model has no attention"),
+        (["attention", "--prompt", "hi", "@lstm"], "an LSTM has no attention"),
         (["attention", "--prompt", "hi", "@missing"], "checkpoint not found"),
-        (["heads", "@lstm"], "lstm model has no attention"),
+        (["heads", "@lstm"], "an LSTM has no attention"),
         (["heads", "--prompt", ""], "--prompt is empty"),
         (["heads", "--prompt", "a"], "single token"),
     ],

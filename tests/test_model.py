@@ -238,3 +238,38 @@ def test_bad_inputs_give_clear_errors():
     m(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="KV cache holds 4 slots"):
         m(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)
+
+
+# ---- inference speed-ups ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_cpu_model_gives_the_same_logits(dtype, tmp_path, tokenizer):
+    """oneDNN-prepacked Linear layers compute the same products: full passes, cached
+    decoding and the explicit attention path all match the plain model."""
+    import copy
+
+    from minigpt.checkpoint import load_for_inference, save_checkpoint
+    from minigpt.inference import prepack_for_cpu
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this torch build")
+    plain = tiny_gpt(pos_encoding="rope").to(dtype)
+    packed = prepack_for_cpu(copy.deepcopy(plain))
+    assert getattr(packed, "prepacked", False)
+    idx = torch.randint(0, 300, (3, 17))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(idx).logits, plain(idx).logits, **tol)
+        c1, c2 = plain.make_cache(3), packed.make_cache(3)
+        torch.testing.assert_close(packed(idx, kv_cache=c2).logits, plain(idx, kv_cache=c1).logits, **tol)
+        nxt = torch.randint(0, 300, (3, 1))
+        torch.testing.assert_close(packed(nxt, kv_cache=c2).logits, plain(nxt, kv_cache=c1).logits, **tol)
+        for a, b in zip(packed(idx, return_attention=True).attentions, plain(idx, return_attention=True).attentions):
+            torch.testing.assert_close(a, b, **tol)
+    # what `minigpt sample` loads on the CPU is the packed model
+    save_checkpoint(tmp_path / "c", tiny_gpt(), tokenizer)
+    ckpt, dev = load_for_inference(tmp_path / "c", "cpu")
+    assert dev.type == "cpu" and ckpt.model.prepacked
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(idx).logits, tiny_gpt()(idx).logits, atol=1e-5, rtol=1e-5)

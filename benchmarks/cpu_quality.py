@@ -1,0 +1,90 @@
+"""Time to quality on a CPU: the default recipe on tinyshakespeare, beside nanoGPT's.
+
+    python benchmarks/cpu_quality.py                  # the `cpu` preset, as `python train.py` runs it
+    python benchmarks/cpu_quality.py --preset nanogpt-cpu --vocab-size 257   # nanoGPT's shape, bytes
+
+It prepares ../shared/data/tinyshakespeare.txt (the tokenizer size of the preset's
+bundled corpus recipe unless --vocab-size), then times the whole `python train.py`
+process (start-up, evaluations and checkpoints included) and scores the final
+checkpoint on the *whole* validation split (the last 10% of the file, as nanoGPT's
+prepare.py splits it): every token once, in windows of block_size, each position
+counted, which is what nanoGPT's random-window estimate estimates. It also counts a
+trigram (interpolated Kneser-Ney) on the same data for scale.
+
+nanoGPT's CPU recipe on these machines (../shared/ANCHORS.md): val 1.8857 nats/char =
+2.72 bits per byte in 2 min 48 s. The goal: below that in at most 3 minutes; aim 2.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+NANOGPT_BPB, NANOGPT_SECONDS = 2.72, 168
+
+
+def exact_bpb(run: Path, data: Path) -> dict:
+    from minigpt.checkpoint import load_for_inference
+    from minigpt.data import Dataset
+    from minigpt.evaluate import eval_window, evaluate_tokens
+
+    ckpt, _ = load_for_inference(run / "last", "cpu", "float32")
+    ds = Dataset(data)
+    window, stride = eval_window(ckpt.model)
+    return evaluate_tokens(ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=stride, batch_size=32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--vocab-size", type=int, default=None, help="tokenizer size (default: data/shakespeare/dataset.toml's)")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags")
+    args = ap.parse_args()
+
+    from minigpt.data import prepare
+
+    if args.vocab_size is None:
+        import tomllib
+
+        args.vocab_size = tomllib.loads((REPO / "data/shakespeare/dataset.toml").read_text())["vocab_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "ts"
+        t0 = time.perf_counter()
+        prepare([TINYSHAKESPEARE], data, vocab_size=args.vocab_size, progress=False)
+        t_prep = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), "--preset", args.preset, "--data", str(data),
+                            "--out", str(tmp / "gpt"), "--sample-tokens", "0", "--quiet", *args.extra],
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode:
+            raise SystemExit(r.stderr)
+        print(r.stderr.strip().splitlines()[0])
+        gpt = exact_bpb(tmp / "gpt", data)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, str(REPO / "train.py"), "--model", "ngram", "--ngram-order", "3", "--data", str(data),
+                            "--out", str(tmp / "ngram"), "--sample-tokens", "0", "--quiet"], capture_output=True, text=True)
+        wall_ngram = time.perf_counter() - t0
+        if r.returncode:
+            raise SystemExit(r.stderr)
+        ngram = exact_bpb(tmp / "ngram", data)
+
+    print(f"\ntinyshakespeare, vocab {args.vocab_size} (prepared in {t_prep:.1f} s), whole validation split")
+    print(f"{'run':<34} {'wall':>8} {'val bits/byte':>14}")
+    print(f"{'nanoGPT CPU recipe (ANCHORS.md)':<34} {NANOGPT_SECONDS:>7.0f}s {NANOGPT_BPB:>14.3f}")
+    print(f"{'minigpt train.py --preset ' + args.preset:<34} {wall:>7.0f}s {gpt['bpb']:>14.3f}")
+    print(f"{'minigpt trigram (Kneser-Ney)':<34} {wall_ngram:>7.0f}s {ngram['bpb']:>14.3f}")
+    print(f"\nminigpt / nanoGPT: {gpt['bpb'] / NANOGPT_BPB:.3f}x the bits per byte in {wall / NANOGPT_SECONDS:.2f}x the time "
+          f"(val loss {gpt['loss']:.4f} nats/token over {gpt['tokens']:,} tokens, {gpt['bytes']:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
