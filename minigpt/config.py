@@ -237,11 +237,14 @@ class TrainConfig:
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
 # --config still override them. Sizes are chosen by measurement (see BENCHMARKS.md).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The zero-argument default: a few minutes on a 2-core laptop CPU.
+    # The zero-argument default: ~4 minutes on a 2-core laptop CPU with the bundled corpus
+    # (vocab 2048). Chosen by a sweep on these machines (BENCHMARKS.md): with minutes to
+    # spend, a shallow, wide model at a high learning rate wins; 4+ layers train too few
+    # steps, width 256 was unstable at lr 2e-3, dropout only slowed learning.
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=250, eval_steps=20,
+        n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
+        max_steps=3600, batch_size=12, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=300, eval_steps=20,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
     "nanogpt-cpu": dict(

@@ -110,6 +110,32 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
+    def train_files(cls, paths: Sequence[str | os.PathLike], vocab_size: int) -> "Tokenizer":
+        """Learn merges from text files (UTF-8, plain or .gz), read a chunk of lines at a
+        time. (`minigpt prepare` does this on the train split only; this reads whole files.)"""
+        import gzip
+
+        def chunks() -> Iterator[str]:
+            for p in paths:
+                p = Path(p)
+                if not p.is_file():
+                    raise DataError(f"no such file: {p}")
+                with open(p, "rb") as f:
+                    gz = f.read(2) == b"\x1f\x8b"
+                opener = gzip.open if gz else open
+                with opener(p, "rt", encoding="utf-8", newline="") as f:
+                    while True:
+                        lines = f.readlines(1 << 20)  # whole lines, about 1 MB at a time
+                        if not lines:
+                            break
+                        yield "".join(lines)
+
+        try:
+            return cls.train(chunks(), vocab_size)
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text ({e}); `minigpt prepare` reports the file and offset") from None
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load a `tokenizer.json` (ours, or a Hugging Face byte-level one such as GPT-2's)."""
         path = Path(path)
@@ -232,20 +258,3 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id})"
-
-
-def iter_lines_chunked(text: str, chunk_chars: int = 1 << 16) -> Iterator[str]:
-    """Split text into pieces of about `chunk_chars` that end right after a newline.
-
-    Used to feed tokenizer training without cutting words in half.
-    """
-    start = 0
-    n = len(text)
-    while start < n:
-        end = min(start + chunk_chars, n)
-        if end < n:
-            nl = text.rfind("\n", start, end)
-            if nl >= start:
-                end = nl + 1
-        yield text[start:end]
-        start = end

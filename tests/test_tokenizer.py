@@ -126,3 +126,17 @@ def test_byte_lengths_match_decoded_bytes(bpe):
     lengths = np.array([len(bpe.decode_bytes([i])) for i in range(bpe.vocab_size)])
     lengths[bpe.eot_id] = 0
     assert np.array_equal(lengths, bpe.byte_lengths)
+
+
+def test_train_from_files_equals_train_from_text(tmp_path, corpus_text):
+    import gzip
+
+    plain = tmp_path / "a.txt"
+    plain.write_text(corpus_text[:5000], encoding="utf-8")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(corpus_text[5000:])
+    from_files = Tokenizer.train_files([plain, tmp_path / "b.txt.gz"], vocab_size=350)
+    from_text = Tokenizer.train([corpus_text[:5000], corpus_text[5000:]], vocab_size=350)
+    assert from_files.to_str() == from_text.to_str()
+    with pytest.raises(DataError, match="no such file"):
+        Tokenizer.train_files([tmp_path / "missing.txt"], vocab_size=300)
