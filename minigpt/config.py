@@ -33,6 +33,9 @@ def check_field(cond: bool, name: str, msg: str) -> None:
 _check = check_field
 
 
+DEFAULT_PRESET = "cpu"  # what `python train.py` with no arguments trains
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT. Example: GPT-2 small is
@@ -176,7 +179,7 @@ SECTIONS = {"model": ModelArgs, "data": DataArgs, "optim": OptimArgs, "run": Run
 
 @dataclass
 class TrainConfig:
-    preset: str = "cpu"
+    preset: str = DEFAULT_PRESET
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
@@ -188,7 +191,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        out = cls(preset=d.pop("preset", "cpu"))
+        out = cls(preset=d.pop("preset", DEFAULT_PRESET))
         for name, section in SECTIONS.items():
             setattr(out, name, dataclass_from_dict(section, d.pop(name, {})))
         if d:
@@ -306,9 +309,9 @@ def _flag(name: str) -> str:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per training setting, generated from the dataclasses (defaults shown are
-    the dataclass defaults; the preset, if any, changes some of them)."""
-    parser.add_argument("--preset", choices=list(PRESETS), default=None, help="named starting point (default: cpu)")
+    """One flag per training setting, generated from the dataclasses. The defaults shown are
+    what a run gets with no flags: the dataclass defaults under the default `cpu` preset."""
+    parser.add_argument("--preset", choices=list(PRESETS), default=None, help=f"named starting point (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
@@ -322,7 +325,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             else:
                 kw["type"] = typ or str
                 kw["metavar"] = f.name.upper()
-            default = f.default
+            default = PRESETS[DEFAULT_PRESET].get(f.name, f.default)
             if default is not None and not isinstance(default, bool):
                 kw["help"] += f" (default: {default})"
             group.add_argument(_flag(f.name), **kw)
@@ -337,7 +340,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
     """defaults < preset < --config TOML < flags."""
     file_values = load_toml(args.config) if getattr(args, "config", None) else {}
-    preset = args.preset or file_values.pop("preset", None) or "cpu"
+    preset = args.preset or file_values.pop("preset", None) or DEFAULT_PRESET
     file_values.pop("preset", None)
     cfg = TrainConfig()
     apply_preset(cfg, preset)

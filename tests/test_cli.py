@@ -45,6 +45,25 @@ def test_every_flag_has_help(name, capsys):
             pytest.fail(f"{action.option_strings} has no help")
 
 
+def test_train_help_shows_the_defaults_a_bare_run_gets():
+    """`--help` must not advertise the dataclass default where the default preset overrides it."""
+    import argparse
+    import re
+
+    from minigpt.config import add_train_arguments, resolve_train_config
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    flat = resolve_train_config(parser.parse_args([])).flat()
+    checked = 0
+    for action in parser._actions:
+        m = re.search(r"\(default: (.+)\)$", action.help or "")
+        if m and action.dest != "preset" and flat[action.dest] is not None:  # None: decided at run time
+            assert m.group(1) == str(flat[action.dest]), action.dest
+            checked += 1
+    assert checked > 20
+
+
 def test_scripts_are_the_same_commands():
     for script, cmd in (("train.py", "train"), ("sample.py", "sample")):
         r = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True)
