@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-TINYSHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+# The shared benchmark corpus, read where present (never copied into the repo); a clone
+# elsewhere can point MINIGPT_TINYSHAKESPEARE at it.
+TINYSHAKESPEARE = Path(
+    os.environ.get("MINIGPT_TINYSHAKESPEARE")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 

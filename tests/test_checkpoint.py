@@ -105,6 +105,8 @@ def test_checkpoint_without_tokenizer(tmp_path):
     assert load_checkpoint(tmp_path / "c", need_tokenizer=False).tokenizer is None
 
 
+# torch's safe unpickler warns about the planted file's pickle protocol before refusing it
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_planted_pickles_are_never_run(tmp_path, tokenizer):
     marker = tmp_path / "PWNED"
     c = tmp_path / "c"

@@ -311,7 +311,7 @@ def test_eval_cli_on_a_gpt_with_zero_weights_scores_log2_257(tmp_path, capsys):
 # ---- bad input: one line on stderr, exit code 2 ---------------------------------------------------------
 
 
-def _fails(capsys, argv, match):
+def _assert_fails(capsys, argv, match):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
@@ -319,11 +319,11 @@ def _fails(capsys, argv, match):
 
 def test_eval_refuses_a_dataset_with_another_tokenizer(ngram_run, tmp_path, capsys):
     other = make_dataset(tmp_path, vocab_size=280)
-    _fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--data", str(other)], "tokenizer")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--data", str(other)], "tokenizer")
 
 
 def test_eval_refuses_zero_samples(ngram_run, capsys):
-    _fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "0"], "--samples must be >= 1")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "0"], "--samples must be >= 1")
 
 
 def test_eval_refuses_an_empty_validation_split(ngram_run, dataset, tmp_path, capsys):
@@ -336,17 +336,17 @@ def test_eval_refuses_an_empty_validation_split(ngram_run, dataset, tmp_path, ca
     meta = json.loads((dataset / "meta.json").read_text())
     meta["splits"]["val"].update(tokens=0, bytes=0, chars=0)
     (empty / "meta.json").write_text(json.dumps(meta))
-    _fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--data", str(empty)], "validation split")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--data", str(empty)], "validation split")
 
 
 def test_eval_needs_data_when_the_checkpoint_does_not_name_it(tmp_path, dataset, capsys):
     model = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=1, n_embd=8))
     save_checkpoint(tmp_path / "bare", model, Dataset(dataset).tokenizer)  # no run.json
-    _fails(capsys, ["eval", "--checkpoint", str(tmp_path / "bare")], "--data")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(tmp_path / "bare")], "--data")
 
 
 def test_eval_refuses_bad_sampling_flags(ngram_run, capsys):
-    _fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--top-p", "0"], "top-p")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--top-p", "0"], "top-p")
 
 
 # ---- `minigpt compare` -----------------------------------------------------------------------------------
@@ -378,8 +378,8 @@ def test_compare_two_runs_table_json_png(ngram_run, dataset, tmp_path, capsys):
 
 
 def test_compare_bad_run_dirs(ngram_run, tmp_path, capsys, monkeypatch):
-    _fails(capsys, ["compare", str(tmp_path / "missing")], "no such run directory")
+    _assert_fails(capsys, ["compare", str(tmp_path / "missing")], "no such run directory")
     (tmp_path / "empty").mkdir()
-    _fails(capsys, ["compare", str(tmp_path / "empty")], "not a training run")
+    _assert_fails(capsys, ["compare", str(tmp_path / "empty")], "not a training run")
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)  # as if not installed
-    _fails(capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt[viz]'")
+    _assert_fails(capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt[viz]'")
