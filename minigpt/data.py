@@ -24,6 +24,7 @@ import codecs
 import glob
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -40,7 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import DataError
-from .tokenizer import Tokenizer
+from .tokenizer import TRAIN_PIECE, Tokenizer, safe_pieces
 
 if TYPE_CHECKING:  # torch is imported only by the batch loader: `prepare` does not need it
     import torch
@@ -49,14 +50,8 @@ FORMAT = "minigpt-dataset"
 FORMAT_VERSION = 1
 RECIPE_FILE = "dataset.toml"  # optional: how `train` prepares a data directory on first use
 READ_BLOCK = 1 << 20  # bytes read at a time
-TRAIN_PIECE = 1 << 16  # characters per chunk fed to tokenizer training (HF buffers 256 of them)
 ENCODE_PIECE = 1 << 13  # characters per piece handed to HF's encode_batch (HF is fastest on pieces of ~8-16 KB)
 
-# A safe place to cut text for independent encoding: right after a newline, before a
-# non-space character. GPT-2's pre-tokenizer always splits there (a newline never joins
-# the word after it), so encoding the pieces separately gives the same ids as encoding
-# the whole text at once. Cutting anywhere else (e.g. before an indented line) could not.
-_SAFE_CUT = re.compile(r"\n(?=\S)")
 # With surrogateescape decoding, each byte that is not valid UTF-8 becomes one of these.
 _BAD_BYTE = re.compile("[\udc80-\udcff]")
 
@@ -234,35 +229,11 @@ def _split_chunks(docs: list[_Document], train_chars: int, replace_invalid: bool
 
 
 def _safe_pieces(stream: Iterator[tuple[str, int, str]], piece_chars: int) -> Iterator[tuple[str, int, str]]:
-    """Re-cut (split, doc, text) chunks into pieces of about `piece_chars` that end at safe
-    cut points, so each piece encodes exactly as it would inside the whole text.
-
-    Pieces only end elsewhere at a document end or at the train/val boundary (where the
-    streams are separate anyway), or when a single line exceeds 64 pieces' worth of text.
-    """
-    carry, key = "", None
-    for split, doc, text in stream:
-        if key is not None and key != (split, doc):
-            if carry:
-                yield key[0], key[1], carry
-            carry = ""
-        key = (split, doc)
-        carry += text
-        start = 0
-        while len(carry) - start > piece_chars:
-            m = _SAFE_CUT.search(carry, start + piece_chars)
-            if m is None:
-                if len(carry) - start > 64 * piece_chars:  # one enormous line: cut anyway
-                    end = start + piece_chars
-                else:
-                    break
-            else:
-                end = m.end()
-            yield split, doc, carry[start:end]
-            start = end
-        carry = carry[start:]
-    if key is not None and carry:
-        yield key[0], key[1], carry
+    """Re-cut (split, doc, text) chunks with `safe_pieces`, separately per split and
+    document (a document end or the train/val boundary is a cut anyway)."""
+    for (split, doc), chunks in itertools.groupby(stream, key=lambda c: (c[0], c[1])):
+        for piece in safe_pieces((text for _, _, text in chunks), piece_chars):
+            yield split, doc, piece
 
 
 # ---- prepare --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
@@ -36,6 +37,42 @@ from .errors import DataError
 
 EOT = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257  # 256 bytes + <|endoftext|>
+TRAIN_PIECE = 1 << 16  # characters per chunk fed to HF's trainer (it buffers 256 chunks ahead)
+
+# A safe place to cut text so that the pieces pre-tokenize (hence encode) exactly as the
+# whole text does: right before a newline that is followed by a non-space. GPT-2's
+# pre-tokenizer splits there in every context: the newline cannot join the word after it
+# (only a space can), and whitespace before it is split off by `\s+(?!\S)` either way.
+# Cutting *after* such a newline is not safe: in "?\n\nCLOWN" the whole text splits the run
+# as "\n" + "\n", but a piece ending "?\n\n" keeps it whole (one merged "\n\n" token).
+_SAFE_CUT = re.compile(r"(?=\n\S)")
+
+
+def safe_pieces(texts: Iterable[str], piece_chars: int) -> Iterator[str]:
+    """Re-cut a stream of text into pieces of about `piece_chars` characters that end at
+    safe cut points, so each piece encodes exactly as it would inside the whole text.
+
+    A piece ends elsewhere only when no safe point comes within 64 pieces' worth of text
+    (one enormous line): there the ids may differ from one-shot encoding (the text never
+    does). Concatenating the pieces always gives back the text.
+    """
+    carry = ""
+    for text in texts:
+        carry += text
+        start = 0
+        while len(carry) - start > piece_chars:
+            m = _SAFE_CUT.search(carry, start + piece_chars)
+            if m is not None:
+                end = m.end()
+            elif len(carry) - start > 64 * piece_chars:
+                end = start + piece_chars
+            else:
+                break
+            yield carry[start:end]
+            start = end
+        carry = carry[start:]
+    if carry:
+        yield carry
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -111,8 +148,9 @@ class Tokenizer:
 
     @classmethod
     def train_files(cls, paths: Sequence[str | os.PathLike], vocab_size: int) -> "Tokenizer":
-        """Learn merges from text files (UTF-8, plain or .gz), read a chunk of lines at a
-        time. (`minigpt prepare` does this on the train split only; this reads whole files.)"""
+        """Learn merges from text files (UTF-8, plain or .gz), streamed in pieces cut where
+        pre-tokenization splits anyway. (`minigpt prepare` does this on the train split only;
+        this reads whole files.)"""
         import gzip
 
         def chunks() -> Iterator[str]:
@@ -124,11 +162,7 @@ class Tokenizer:
                     gz = f.read(2) == b"\x1f\x8b"
                 opener = gzip.open if gz else open
                 with opener(p, "rt", encoding="utf-8", newline="") as f:
-                    while True:
-                        lines = f.readlines(1 << 20)  # whole lines, about 1 MB at a time
-                        if not lines:
-                            break
-                        yield "".join(lines)
+                    yield from safe_pieces(iter(lambda: f.read(TRAIN_PIECE), ""), TRAIN_PIECE)
 
         try:
             return cls.train(chunks(), vocab_size)

@@ -1,6 +1,7 @@
 """The byte-level BPE tokenizer: lossless on every string, sized as asked, HF-compatible."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigpt.errors import DataError
-from minigpt.tokenizer import EOT, Tokenizer, bytes_to_unicode
+from minigpt.tokenizer import EOT, Tokenizer, bytes_to_unicode, safe_pieces
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,60 @@ def test_roundtrip_any_unicode(bpe, plain_bytes, s):
 @given(st.lists(st.text(max_size=50), max_size=8))
 def test_encode_batch_equals_encode(bpe, texts):
     assert bpe.encode_batch(texts) == [bpe.encode(t) for t in texts]
+
+
+# Text made of words and every kind of whitespace run, the places where cutting text for
+# separate encoding can go wrong (GPT-2's `\s+(?!\S)` splits a run before a word).
+_WORDS = ["CLOWN.", "ROMEO.", "the", "world", "them?", "'tis", "I'll", "ünïcödé", "42", "--", "x"]
+_SPACES = [" ", "\n", "\n\n", "\n\n\n", "  ", "\r\n", "\t", " \n", "\n ", "\u3000"]
+
+
+def _wordy_text(seed: int, n: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return "".join(rng.choice(_WORDS) + rng.choice(_SPACES) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def spacey_bpe():
+    # trained on whitespace-rich text so that it has merges such as "\n\n" and "  "
+    return Tokenizer.train([_wordy_text(0, 3000)], vocab_size=600)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_WORDS) | st.text(" \n\r\tab?é'", min_size=1, max_size=4), st.sampled_from(_SPACES)),
+        min_size=5,
+        max_size=80,
+    ),
+    st.integers(16, 40),
+    st.integers(1, 30),
+)
+def test_safe_pieces_encode_like_the_whole_text(spacey_bpe, parts, piece_chars, feed):
+    """The oracle is HF encoding the whole text at once: re-cut text must give the same ids."""
+    text = "".join(w + sp for w, sp in parts)
+    chunks = [text[i : i + feed] for i in range(0, len(text), feed)]
+    pieces = list(safe_pieces(chunks, piece_chars))
+    assert "".join(pieces) == text
+    assert all(pieces)
+    assert len(text) < 64 * piece_chars  # so no cut is forced (that takes 64 pieces without a safe point)
+    assert [i for p in pieces for i in spacey_bpe.encode(p)] == spacey_bpe.encode(text)
+
+
+def test_training_on_safe_pieces_equals_training_on_the_whole_text(spacey_bpe):
+    """Pre-tokenization sees the same words, so the trainer learns the same merges. Cutting
+    after a newline instead (before a blank line's second newline) changes both."""
+    text = _wordy_text(0, 3000)
+    pieces = list(safe_pieces([text[i : i + 50] for i in range(0, len(text), 50)], 200))
+    assert len(pieces) > 50
+    assert Tokenizer.train(pieces, vocab_size=600)._hf.to_str() == spacey_bpe._hf.to_str()
+    assert [i for p in pieces for i in spacey_bpe.encode(p)] == spacey_bpe.encode(text)
+    # the cut this replaced: right after a newline that precedes a non-space
+    ends = [m.end() for m in re.finditer(r"\n(?=\S)", text)][::40]
+    naive = [text[a:b] for a, b in zip([0, *ends], [*ends, len(text)])]
+    assert [i for p in naive for i in spacey_bpe.encode(p)] != spacey_bpe.encode(text)
 
 
 def test_vocab_257_is_plain_bytes(plain_bytes):
