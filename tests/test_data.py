@@ -80,6 +80,7 @@ def test_tinyshakespeare_cli_roundtrip(tmp_path):
     assert decode_split(ds, "train") + decode_split(ds, "val") == text
     n = int(len(text) * 0.9)
     assert np.array_equal(ds.tokens("val"), ds.tokenizer.encode(text[n:]))
+    assert np.array_equal(ds.tokens("train"), ds.tokenizer.encode(text[:n]))  # streamed == one shot
     assert ds.vocab_size == 1024
 
 
