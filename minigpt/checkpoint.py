@@ -166,7 +166,7 @@ class RunDirectory:
         name = f"step-{step:07d}"
         save_checkpoint(self.path / name, model, tokenizer, run=run, trainer_state=trainer_state)
         _point(self.path / "last", name)
-        if is_best or not (self.path / "best").exists():
+        if is_best:  # only an evaluated checkpoint can be the best; without one, readers use `last`
             _point(self.path / "best", name)
         self._prune()
         _fsync_dir(self.path)

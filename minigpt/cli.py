@@ -214,9 +214,10 @@ def _run_sample(args) -> int:
                 continue
             tag = f"[{b + 1}] " if n > 1 else ""
             picked = step.tokens[b]
-            cands = "  ".join(
+            cands = "  ".join(  # candidates cut by top-k/top-p/min-p (probability 0) are left out
                 f"{'*' if i == picked else ' '}{tok.token_str(i)!r} {p:.3f}"
                 for i, p in zip(step.top_ids[b], step.top_probs[b])
+                if p > 0 or i == picked
             )
             p_picked = torch.tensor(step.logprobs[b]).exp().item()
             out.write(f"{tag}picked {tok.token_str(picked)!r:<14} p={p_picked:.3f} | {cands}\n")

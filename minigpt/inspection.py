@@ -571,16 +571,17 @@ def run_attention_cli(args) -> int:
     maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
     if maps.dropped:
         _note("attention", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
-    print(format_attention(maps, args.layer, args.head, args.top))
+    # Files first, terminal view after: `... | head` closing the pipe must not cost a file.
+    written = []
     if args.npz:
-        maps.save(args.npz)
-        print(f"wrote {args.npz}")
+        written.append(maps.save(args.npz))
     if args.html:
-        write_html(maps, args.html, title=str(ckpt.path))
-        print(f"wrote {args.html}")
+        written.append(write_html(maps, args.html, title=str(ckpt.path)))
     if args.png:
-        write_png(maps, args.png, args.layer, args.head)
-        print(f"wrote {args.png}")
+        written.append(write_png(maps, args.png, args.layer, args.head))
+    print(format_attention(maps, args.layer, args.head, args.top))
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -256,12 +256,12 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def _open_data(cfg: TrainConfig, rt: Runtime) -> Dataset:
+def _open_data(cfg: TrainConfig, rt: Runtime, progress: bool = True) -> Dataset:
     data_dir = Path(cfg.data.data)
     if not (data_dir / "meta.json").exists() and (data_dir / RECIPE_FILE).exists():
         if rt.is_main:
             rt.print(f"preparing {data_dir} (first use; see {data_dir / RECIPE_FILE})", file=sys.stderr)
-            prepare_from_recipe(data_dir)
+            prepare_from_recipe(data_dir, progress=progress)
         rt.barrier()
     return Dataset(data_dir)
 
@@ -313,8 +313,16 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
             )
     configure_threads(cfg.run.threads)
     rt = init_runtime(cfg.run.device, cfg.run.dtype)
+    created = not out.exists()
     try:
         return _train(cfg, rt, out, resume_from, progress)
+    except BaseException:
+        if created and rt.is_main:  # a run that failed before writing anything leaves no empty --out behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass  # not empty (or already gone): keep what is there
+        raise
     finally:
         rt.shutdown()
 
@@ -324,7 +332,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     if rt.is_main:
         _check_writable(out)
     enable_tf32()
-    data = _open_data(cfg, rt)
+    data = _open_data(cfg, rt, progress)
     tokenizer = data.tokenizer
     train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
     for split, toks in (("train", train_tokens), ("val", val_tokens)):
@@ -396,6 +404,8 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     if rt.is_main:
         if resume_from is not None:
             _truncate_metrics(metrics_path, start_step)
+        else:  # a new run: lines left by one that saved no checkpoint (e.g. stopped by a NaN) go
+            metrics_path.unlink(missing_ok=True)
         (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     n_params = unwrap(model).num_params()
     flops_tok = unwrap(model).flops_per_token(m.block_size) if hasattr(unwrap(model), "flops_per_token") else None

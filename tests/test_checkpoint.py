@@ -105,6 +105,20 @@ def test_checkpoint_without_tokenizer(tmp_path):
     assert load_checkpoint(tmp_path / "c", need_tokenizer=False).tokenizer is None
 
 
+def test_best_points_only_at_an_evaluated_checkpoint(tmp_path, tokenizer):
+    """A checkpoint saved on Ctrl-C before any evaluation is `last`, never `best`: readers
+    of a run directory then fall back to `last`."""
+
+    run = RunDirectory(tmp_path / "run")
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    run.save(3, model, tokenizer, run={"step": 3}, trainer_state={"step": 3}, is_best=False)
+    assert run.best() is None and resolve_checkpoint(tmp_path / "run").resolve() == (tmp_path / "run" / "step-0000003").resolve()
+    run.save(5, model, tokenizer, run={"step": 5}, trainer_state={"step": 5}, is_best=True)
+    run.save(8, model, tokenizer, run={"step": 8}, trainer_state={"step": 8}, is_best=False)
+    assert run.best().resolve().name == "step-0000005" and run.last().resolve().name == "step-0000008"
+    assert resolve_checkpoint(tmp_path / "run").resolve().name == "step-0000005"
+
+
 # torch's safe unpickler warns about the planted file's pickle protocol before refusing it
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_planted_pickles_are_never_run(tmp_path, tokenizer):

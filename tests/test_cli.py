@@ -110,6 +110,18 @@ def test_show_probs_marks_the_pick_among_the_candidates(ckpt):
         assert probs == sorted(probs, reverse=True) and len(probs) == 4
 
 
+def test_show_probs_lists_only_candidates_the_die_could_pick(ckpt):
+    """With top-k 2, every other token has probability 0 after the cut: it is not listed."""
+    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "a", "--max-new-tokens", "5", "--show-probs", "4",
+                "--top-k", "2", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("picked")]
+    assert len(lines) == 5
+    for line in lines:
+        probs = [float(x) for x in line.split("|", 1)[1].replace("*", " ").split() if x.replace(".", "").isdigit()]
+        assert len(probs) == 2 and abs(sum(probs) - 1) < 2e-3, line
+
+
 def test_prompt_from_stdin_and_file(ckpt, tmp_path):
     r = subprocess.run([sys.executable, "-m", "minigpt.cli", "sample", "--checkpoint", str(ckpt), "--max-new-tokens", "3",
                         "--seed", "0"], input="NURSE:", capture_output=True, text=True, cwd=REPO)

@@ -315,6 +315,21 @@ def test_attention_command_writes_consistent_files(capsys, ckpt_dir, tok, circui
     assert html.stat().st_size > 0
 
 
+def test_files_are_written_even_when_the_terminal_pipe_closes(ckpt_dir, tmp_path):
+    """`minigpt attention ... --html F | head`: the reader leaving early must not cost a file."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minigpt.cli", "attention", "--checkpoint", str(ckpt_dir), "--prompt", TEXT,
+         "--npz", "a.npz", "--html", "a.html", "--device", "cpu"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    proc.stdout.close()  # the reader is gone before anything is printed
+    err = proc.stderr.read()
+    assert proc.wait() == 0 and "Traceback" not in err, err
+    assert (tmp_path / "a.npz").stat().st_size > 0 and (tmp_path / "a.html").stat().st_size > 0
+
+
 def test_long_prompt_note_on_stderr(capsys, ckpt_dir, tok, tmp_path):
     text = TEXT * 4
     n = len(tok.encode(text))

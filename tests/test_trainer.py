@@ -229,6 +229,16 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dataset_
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
 
 
+def test_a_new_run_does_not_inherit_the_metrics_of_one_that_saved_nothing(tmp_path, dataset_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0, "val_loss": 9.9, "val_bpb": 9.9}\n{"step": 7, "loss": 9.9}\n')
+    train(make_cfg(out, dataset_dir, max_steps=4, eval_interval=2), progress=False)
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [l["step"] for l in lines if "val_loss" in l]
+    assert evals == [0, 2, 4] and all(l.get("val_loss") != 9.9 for l in lines)
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 
@@ -250,6 +260,7 @@ def test_bad_inputs(tmp_path, dataset_dir):
 
     base = tiny_flags(tmp_path / "r", dataset_dir, max_steps=3)
     check([*base, "--data", str(tmp_path / "nope")], "data directory not found", "minigpt prepare")
+    assert not (tmp_path / "r").exists()  # a run that failed before writing anything leaves no empty --out
     (tmp_path / "empty").mkdir()
     check([*base, "--data", str(tmp_path / "empty")], "not a prepared dataset", "minigpt prepare")
     check([*base, "--block-size", "100000"], "fewer than one window", "--block-size")
@@ -272,12 +283,13 @@ def test_bad_inputs(tmp_path, dataset_dir):
         assert_one_line_error(proc, "tensorboard")
 
 
-def test_data_directory_with_a_recipe_is_prepared_on_first_use(tmp_path, corpus_text):
+def test_data_directory_with_a_recipe_is_prepared_on_first_use(tmp_path, corpus_text, capsys):
     data = tmp_path / "corpus"
     data.mkdir()
     (data / "text.txt").write_text(corpus_text)
     (data / "dataset.toml").write_text('sources = ["text.txt"]\nvocab_size = 280\n')
     train(make_cfg(tmp_path / "run", data, max_steps=2), progress=False)
+    assert "%|" not in capsys.readouterr().err  # no progress bars, the prepare's included
     meta = json.loads((data / "meta.json").read_text())
     assert meta["vocab_size"] == 280 and meta["sources"][0]["path"] == str(data / "text.txt")
 
