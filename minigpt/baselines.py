@@ -20,7 +20,6 @@ windows of block_size tokens); `--model ngram` counts the train split once (`tra
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,10 +44,13 @@ def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
-def _no_attention(what: str) -> MiniGPTError:
-    return MiniGPTError(
-        f"{what} has no attention, so there are no attention weights to show; attention inspection needs a GPT checkpoint"
-    )
+_KIND_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "ngram": "an n-gram model"}
+
+
+def no_attention(kind: str | None) -> MiniGPTError:
+    """The one error for asking a model that is not a GPT for attention weights."""
+    name = _KIND_NAMES.get(kind or "", f"a {kind or 'non-GPT'} model")
+    return MiniGPTError(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
 
 
 def _check_ids(idx: torch.Tensor, targets: torch.Tensor | None, vocab_size: int, check_values: bool) -> None:
@@ -327,7 +329,7 @@ class NGramLM(nn.Module):
         """Logits = log-probabilities (so softmax gives the model's distribution back) for
         every position of idx [B, T]; the mean cross-entropy if targets are given."""
         if return_attention:
-            raise _no_attention("an n-gram model")
+            raise no_attention("ngram")
         if kv_cache is not None:
             raise ValueError("the n-gram model keeps no cache; call it on the last order - 1 tokens")
         _check_ids(idx, targets, self.config.vocab_size, self.check_inputs)
@@ -533,7 +535,7 @@ class RNNLM(nn.Module):
         With `kv_cache`, idx continues the text whose state the cache holds (and the state
         advances past it); without, the text starts from a zero state."""
         if return_attention:
-            raise _no_attention("an LSTM" if self.config.cell == "lstm" else "a GRU")
+            raise no_attention(self.config.cell)
         _check_ids(idx, targets, self.config.vocab_size, self.check_inputs and not torch.compiler.is_compiling())
         x = self.drop(self.wte(idx))  # [B, T, C]
         h = self._run(x, kv_cache)  # [B, T, C]
@@ -589,7 +591,7 @@ def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress
     """
     from . import __version__
     from .checkpoint import RunDirectory
-    from .trainer import METRICS, RUN_CONFIG, _append_jsonl, _print_sample, eval_splits, padded_byte_lengths, write_eval_line
+    from .trainer import METRICS, _append_jsonl, _print_sample, eval_splits, padded_byte_lengths, write_eval_line
 
     r = cfg.run
     if r.resume:
@@ -597,9 +599,7 @@ def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress
         return {"step": 1, "out": str(out), "resumed": True}
     train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
     byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
-    metrics_path = out / METRICS
-    if rt.is_main:
-        (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    metrics_path = out / METRICS  # reset, with train_config.json written, by the trainer
     rt.print(
         f"ngram (order {model.config.order}, interpolated Kneser-Ney) | data {data.path} ({len(train_tokens):,} train / "
         f"{len(val_tokens):,} val tokens, vocab {data.vocab_size}) | device {rt.device}",

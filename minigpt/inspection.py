@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .baselines import no_attention
 from .errors import MiniGPTError
 
 __all__ = [
@@ -138,19 +139,11 @@ class AttentionMaps:
         return head_statistics(self.weights)
 
 
-_KIND_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "ngram": "an n-gram model"}
-
-
-def _no_attention(kind: str | None) -> MiniGPTError:
-    name = _KIND_NAMES.get(kind or "", f"a {kind or 'non-GPT'} model")
-    return MiniGPTError(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
-
-
 def _require_attention(model) -> None:
     """Only a GPT has attention; the baselines (lstm, gru, ngram) do not."""
     kind = getattr(model, "model_type", None)
     if kind != "gpt":
-        raise _no_attention(kind or type(model).__name__)
+        raise no_attention(kind or type(model).__name__)
 
 
 def _model_device(model) -> torch.device:
@@ -546,7 +539,7 @@ def _load_gpt(path: str, device: str):
     except (OSError, ValueError, AttributeError):
         kind = "gpt"  # let the loader report what is wrong with the file
     if kind != "gpt":
-        raise MiniGPTError(f"{p}: {_no_attention(kind)}")
+        raise MiniGPTError(f"{p}: {no_attention(kind)}")
     ckpt, _ = load_for_inference(p, device, "float32")
     _require_attention(ckpt.model)
     return ckpt

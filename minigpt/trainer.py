@@ -372,6 +372,13 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     if int(max(train_tokens.max(initial=0), val_tokens.max(initial=0))) >= model.config.vocab_size:
         raise DataError(f"{data.path}: token ids exceed the vocabulary size {model.config.vocab_size}")
     model.to(rt.device)
+    metrics_path = out / METRICS
+    if rt.is_main:  # shared by every model kind
+        if resume_from is not None:
+            _truncate_metrics(metrics_path, start_step)
+        else:  # a new run: lines left by one that saved no checkpoint (e.g. stopped by a NaN) go
+            metrics_path.unlink(missing_ok=True)
+        (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     if m.model == "ngram":
         from .baselines import train_ngram
@@ -398,15 +405,8 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
     )
     decay_steps = o.lr_decay_steps or o.max_steps
     byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
-    metrics_path = out / METRICS
     run_dir = RunDirectory(out)
     tb = _tensorboard(out, r.tensorboard) if rt.is_main else None
-    if rt.is_main:
-        if resume_from is not None:
-            _truncate_metrics(metrics_path, start_step)
-        else:  # a new run: lines left by one that saved no checkpoint (e.g. stopped by a NaN) go
-            metrics_path.unlink(missing_ok=True)
-        (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     n_params = unwrap(model).num_params()
     flops_tok = unwrap(model).flops_per_token(m.block_size) if hasattr(unwrap(model), "flops_per_token") else None
     peak = _peak_flops(rt.device)

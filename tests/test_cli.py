@@ -1,7 +1,6 @@
 """The command line: help for every flag, `sample`'s outputs, one-line errors."""
 
 import json
-import math
 import subprocess
 import sys
 

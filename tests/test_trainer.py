@@ -229,14 +229,17 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dataset_
     assert all(torch.isfinite(p).all() for p in ckpt.model.parameters())
 
 
-def test_a_new_run_does_not_inherit_the_metrics_of_one_that_saved_nothing(tmp_path, dataset_dir):
+@pytest.mark.parametrize("kind, want", [("gpt", [0, 2, 4]), ("ngram", [0, 1])])
+def test_a_new_run_does_not_inherit_the_metrics_of_one_that_saved_nothing(tmp_path, dataset_dir, kind, want):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 0, "val_loss": 9.9, "val_bpb": 9.9}\n{"step": 7, "loss": 9.9}\n')
-    train(make_cfg(out, dataset_dir, max_steps=4, eval_interval=2), progress=False)
+    cfg = make_cfg(out, dataset_dir, max_steps=4, eval_interval=2)
+    cfg.set("model", kind)
+    train(cfg, progress=False)
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [l["step"] for l in lines if "val_loss" in l]
-    assert evals == [0, 2, 4] and all(l.get("val_loss") != 9.9 for l in lines)
+    assert evals == want and all(l.get("val_loss") != 9.9 for l in lines)
 
 
 # ---- bad input ---------------------------------------------------------------------------
