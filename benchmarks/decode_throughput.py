@@ -75,7 +75,7 @@ def main() -> None:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from minigpt.checkpoint import load_for_inference
+    from minigpt.inference import load_for_inference
     from minigpt.hf import import_hf
 
     transformers.logging.set_verbosity_error()

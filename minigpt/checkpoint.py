@@ -288,25 +288,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=model_type, run=run)
 
 
-def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str = "auto", *, need_tokenizer: bool = True):
-    """Load a checkpoint for sampling/evaluation/inspection: onto `device` (auto: cuda >
-    mps > cpu), a GPT's weights cast to `dtype` (auto: bf16 on CUDA, fp32 elsewhere) and,
-    on the CPU, prepacked for oneDNN (`inference.prepack_for_cpu`: same numbers, faster).
-    The model is for inference only. Returns (Checkpoint, torch.device)."""
-    from .inference import prepack_for_cpu
-    from .runtime import pick_device, pick_dtype
-
-    dev = pick_device(device)
-    ckpt = load_checkpoint(path, dev, need_tokenizer=need_tokenizer)
-    dt = pick_dtype(dtype, dev)
-    if ckpt.model_type == "gpt":
-        if dt != torch.float32:
-            ckpt.model.to(dt)
-        if dev.type == "cpu":
-            prepack_for_cpu(ckpt.model)
-    return ckpt, dev
-
-
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     """The optimizer/step/RNG state saved beside a training checkpoint (no code runs)."""
     f = Path(path) / TRAINER_STATE

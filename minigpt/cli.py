@@ -194,7 +194,7 @@ def _run_sample(args) -> int:
     if args.num_samples < 1:
         raise MiniGPTError(f"--num-samples must be >= 1, got {args.num_samples}")
     prompt = _read_prompt(args)
-    from .checkpoint import load_for_inference
+    from .inference import load_for_inference
 
     ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype)
     tok = ckpt.tokenizer

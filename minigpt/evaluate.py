@@ -469,7 +469,7 @@ def _json_safe(obj):
 
 def run_eval_cli(args) -> int:
     """`minigpt eval`: see the module docstring. Bad input -> MiniGPTError (exit 2)."""
-    from .checkpoint import load_for_inference
+    from .inference import load_for_inference
     from .data import Dataset
     from .sampling import SamplingParams
 

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import warnings
 
+import os
+
 import torch
 import torch.nn as nn
+
+from .checkpoint import load_checkpoint
+from .runtime import pick_device, pick_dtype
 
 
 def can_prepack(model: nn.Module) -> bool:
@@ -56,3 +61,19 @@ def prepack_for_cpu(model: nn.Module) -> nn.Module:
     swap(model)
     model.prepacked = True
     return model
+
+
+def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str = "auto", *, need_tokenizer: bool = True):
+    """Load a checkpoint for sampling/evaluation/inspection: onto `device` (auto: cuda >
+    mps > cpu), a GPT's weights cast to `dtype` (auto: bf16 on CUDA, fp32 elsewhere) and,
+    on the CPU, prepacked for oneDNN (`inference.prepack_for_cpu`: same numbers, faster).
+    The model is for inference only. Returns (Checkpoint, torch.device)."""
+    dev = pick_device(device)
+    ckpt = load_checkpoint(path, dev, need_tokenizer=need_tokenizer)
+    dt = pick_dtype(dtype, dev)
+    if ckpt.model_type == "gpt":
+        if dt != torch.float32:
+            ckpt.model.to(dt)
+        if dev.type == "cpu":
+            prepack_for_cpu(ckpt.model)
+    return ckpt, dev

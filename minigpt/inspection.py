@@ -531,7 +531,8 @@ def _load_gpt(path: str, device: str):
     checkpoint is reported as "no attention" rather than as whatever building it fails on.
     Weights are kept in float32 (not bf16 on CUDA): these are numbers people read.
     """
-    from .checkpoint import CONFIG, load_for_inference, resolve_checkpoint
+    from .checkpoint import CONFIG, resolve_checkpoint
+    from .inference import load_for_inference
 
     p = resolve_checkpoint(path)
     try:

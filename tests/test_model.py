@@ -249,7 +249,8 @@ def test_prepacked_cpu_model_gives_the_same_logits(dtype, tmp_path, tokenizer):
     decoding and the explicit attention path all match the plain model."""
     import copy
 
-    from minigpt.checkpoint import load_for_inference, save_checkpoint
+    from minigpt.checkpoint import save_checkpoint
+    from minigpt.inference import load_for_inference
     from minigpt.inference import prepack_for_cpu
 
     if not torch.backends.mkldnn.is_available():
