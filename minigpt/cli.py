@@ -361,6 +361,43 @@ def _run_export_hf(args) -> int:
     return 0
 
 
+def _build_serve(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve a checkpoint over HTTP: an OpenAI-compatible completions API (/v1/completions, /v1/models,\n"
+        "/health) and, at /, a playground that shows each token's die and what it attended to.\n"
+        "Needs the serve extra: pip install 'minigpt[serve]'. Loopback only unless --host says otherwise."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  minigpt serve                                   # out/shakespeare on http://127.0.0.1:8000\n"
+        "  minigpt serve --checkpoint out/mine --port 8080\n"
+        "  MINIGPT_API_KEY=secret minigpt serve --host 0.0.0.0   # clients send 'Authorization: Bearer secret'"
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' (default: $MINIGPT_API_KEY, else none)")
+    p.add_argument("--max-tokens-cap", type=int, default=1024, metavar="N", help="largest max_tokens a request may ask for (default: 1024)")
+    p.add_argument("--max-n", type=int, default=16, metavar="N", help="largest n (completions per prompt) a request may ask for (default: 16)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N", help="longest prompt a request may send, in tokens (default: 4096)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)")
+    p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
+    _add_device(p)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+
+
+def _run_serve(args) -> int:
+    from .serve import ServeConfig, run_server  # the serve extra (starlette, uvicorn) loads only here
+
+    cfg = ServeConfig(
+        checkpoint=args.checkpoint, host=args.host, port=args.port,
+        api_key=args.api_key if args.api_key is not None else (os.environ.get("MINIGPT_API_KEY") or None),
+        max_tokens_cap=args.max_tokens_cap, max_n=args.max_n, max_prompt_tokens=args.max_prompt_tokens,
+        max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, dtype=args.dtype,
+    )
+    return run_server(cfg)
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "prepare": ("tokenize a text corpus into train/val token files", _build_prepare, _run_prepare),
     "train": ("train a GPT (or a baseline) on a prepared dataset", _build_train, _run_train),
@@ -371,6 +408,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "heads": ("per-head attention statistics; find previous-token and induction heads", _build_heads, _run_heads),
     "import-hf": ("convert a Hugging Face GPT-2 directory to a minigpt checkpoint", _build_import_hf, _run_import_hf),
     "export-hf": ("write a checkpoint as a Hugging Face GPT-2 directory", _build_export_hf, _run_export_hf),
+    "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }
 
 
