@@ -37,11 +37,11 @@ NANOGPT = {"cpu": ("nanoGPT CPU recipe (ANCHORS.md)", 2.72, 168), "cuda": ("nano
 def exact_bpb(run: Path, data: Path) -> dict:
     from minigpt.checkpoint import load_for_inference
     from minigpt.data import Dataset
-    from minigpt.evaluate import eval_window, evaluate_tokens
+    from minigpt.evaluate import evaluate_tokens
 
     ckpt, _ = load_for_inference(run / "last", "cpu", "float32")
     ds = Dataset(data)
-    window, stride = eval_window(ckpt.model)
+    window, stride = ckpt.model.score_window()
     return evaluate_tokens(ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=stride, batch_size=32)
 
 

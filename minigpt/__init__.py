@@ -11,7 +11,8 @@ _API = {
     "GPT": "model", "GPTConfig": "config", "KVCache": "model",
     "Tokenizer": "tokenizer",
     "prepare": "data", "Dataset": "data", "WindowSampler": "data",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_for_inference": "inference",
+    "LanguageModel": "models",
     "generate": "sampling", "SamplingParams": "sampling",
     "complete": "completion",
     "TrainConfig": "config", "train": "trainer",
@@ -23,7 +24,7 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name):
     if name in _API:
-        import importlib
+        import importlib  # lazy: `import minigpt` (and `minigpt --help`) must not import torch
 
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'minigpt' has no attribute {name!r}")

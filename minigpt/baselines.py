@@ -14,16 +14,14 @@ saved with safetensors and never pickled. Neither has attention: `return_attenti
 raises a MiniGPTError that says so.
 
 `python train.py --model lstm|gru` trains an RNN with the GPT's own loop (AdamW, the same
-windows of block_size tokens); `--model ngram` counts the train split once (`train_ngram`).
+windows of block_size tokens); `--model ngram` is fitted by counting the train split once
+(`NGramLM.fit`, called by the same trainer). The kinds are registered in `models.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,10 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelArgs
 from .config import check_field as _check
-from .config import dataclass_from_dict as _from_dict
-from .errors import ConfigError, MiniGPTError
+from .errors import MiniGPTError, NoAttention
 from .model import GPTOutput
 
 CELLS = ("lstm", "gru")
@@ -42,15 +38,6 @@ CELLS = ("lstm", "gru")
 
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-_KIND_NAMES = {"lstm": "an LSTM", "gru": "a GRU", "ngram": "an n-gram model"}
-
-
-def no_attention(kind: str | None) -> MiniGPTError:
-    """The one error for asking a model that is not a GPT for attention weights."""
-    name = _KIND_NAMES.get(kind or "", f"a {kind or 'non-GPT'} model")
-    return MiniGPTError(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
 
 
 def _check_ids(idx: torch.Tensor, targets: torch.Tensor | None, vocab_size: int, check_values: bool) -> None:
@@ -201,6 +188,8 @@ class NGramLM(nn.Module):
     """
 
     model_type = "ngram"
+    has_attention = False
+    learns_by = "counting"  # fitted in one pass by `fit`, not trained by gradient descent
 
     def __init__(self, cfg: NGramConfig):
         super().__init__()
@@ -329,7 +318,7 @@ class NGramLM(nn.Module):
         """Logits = log-probabilities (so softmax gives the model's distribution back) for
         every position of idx [B, T]; the mean cross-entropy if targets are given."""
         if return_attention:
-            raise no_attention("ngram")
+            raise NoAttention("ngram")
         if kv_cache is not None:
             raise ValueError("the n-gram model keeps no cache; call it on the last order - 1 tokens")
         _check_ids(idx, targets, self.config.vocab_size, self.check_inputs)
@@ -339,6 +328,21 @@ class NGramLM(nn.Module):
     def num_params(self) -> int:
         """The n-grams stored: what plays the role of parameters in a count-based model."""
         return int(sum(getattr(self, f"keys_{k}").numel() for k in range(1, self.config.order + 1)))
+
+    def flops_per_token(self, seq_len: int | None = None) -> float | None:
+        """None: counting does no floating-point training work to measure MFU by."""
+        return None
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> None:
+        """None: an n-gram keeps no state between calls; the sampler gives it the last
+        order - 1 tokens each step (its `block_size`), which costs one tiny forward pass."""
+        return None
+
+    def score_window(self) -> tuple[int, int]:
+        """(window, stride) that scores every token with its full context: an n-gram reads
+        only the last order - 1 tokens but accepts any length, so long windows overlapping
+        by order - 2 tokens give its exact probability of a text at little cost."""
+        return 128, 128 - max(0, self.config.order - 2)
 
     # ---- keeping the derived index in step with the tensors ----------------------------------
 
@@ -419,10 +423,13 @@ class RNNLM(nn.Module):
     from a zero state, so it learns to predict from at most block_size tokens of history.
     """
 
+    has_attention = False
+    learns_by = "gradient"
+
     def __init__(self, cfg: RNNConfig):
         super().__init__()
         self.config = cfg
-        self.model_type = cfg.cell
+        self.model_type = cfg.cell  # "lstm" or "gru": two registered kinds, one class
         C = cfg.n_embd
         self.wte = nn.Embedding(cfg.vocab_size, C)
         self.drop = nn.Dropout(cfg.dropout)
@@ -460,6 +467,10 @@ class RNNLM(nn.Module):
 
     def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> RecurrentState:
         return RecurrentState(batch_size)
+
+    def score_window(self) -> tuple[int, int]:
+        """(window, stride) for scoring a text: non-overlapping windows of block_size, as trained."""
+        return self.config.block_size, self.config.block_size
 
     def explicit_rnn(self, x: torch.Tensor, state=None):
         """The recurrence written out, step by step, with nn.LSTM/GRU's own weights and
@@ -535,104 +546,9 @@ class RNNLM(nn.Module):
         With `kv_cache`, idx continues the text whose state the cache holds (and the state
         advances past it); without, the text starts from a zero state."""
         if return_attention:
-            raise no_attention(self.config.cell)
+            raise NoAttention(self.config.cell)
         _check_ids(idx, targets, self.config.vocab_size, self.check_inputs and not torch.compiler.is_compiling())
         x = self.drop(self.wte(idx))  # [B, T, C]
         h = self._run(x, kv_cache)  # [B, T, C]
         logits = self.lm_head(self.drop(h))  # [B, T, V]
         return GPTOutput(logits, _loss(logits, targets), None)
-
-
-# ---- construction ----------------------------------------------------------------------------
-
-
-def from_args(margs: ModelArgs, vocab_size: int) -> nn.Module:
-    """The baseline `python train.py --model lstm|gru|ngram` asks for (untrained)."""
-    if margs.model in CELLS:
-        return RNNLM(
-            RNNConfig(
-                vocab_size=vocab_size, block_size=margs.block_size, n_layer=margs.n_layer, n_embd=margs.n_embd,
-                dropout=margs.dropout, cell=margs.model, tie_weights=margs.tie_weights,
-            )
-        )
-    if margs.model == "ngram":
-        return NGramLM(NGramConfig(vocab_size=vocab_size, order=margs.ngram_order))
-    raise ConfigError(f"model: not a baseline: {margs.model!r} (baselines: lstm, gru, ngram)")
-
-
-def build(model_type: str, config: dict[str, Any]) -> nn.Module:
-    """An empty model of the kind and shape a checkpoint's config.json describes."""
-    if model_type in CELLS:
-        cfg = _from_dict(RNNConfig, config)
-        if cfg.cell != model_type:
-            raise ConfigError(f"cell: config says {cfg.cell!r} but model_type is {model_type!r}")
-        return RNNLM(cfg)
-    if model_type == "ngram":
-        return NGramLM(_from_dict(NGramConfig, config))
-    raise ConfigError(f"model_type: not a baseline: {model_type!r}")
-
-
-# ---- training the n-gram ---------------------------------------------------------------------
-
-
-def train_ngram(model: NGramLM, cfg, rt, data, out: Path, tokenizer, *, progress: bool = True) -> dict[str, Any]:
-    """`python train.py --model ngram`: count the train split once, evaluate and save like
-    the trainer does, so `sample.py`, `minigpt eval` and `minigpt compare` see a run like
-    any other:
-
-        metrics.jsonl   an evaluation line at step 0 (the empty model: uniform) and at
-                        step 1 (after counting), plus one training line
-        step-0000001/   the checkpoint (counts in model.safetensors, run.json), best = last
-        train_config.json
-
-    "Step 1" is the one counting pass; `tokens_seen` is the train split's length and the
-    training time is the counting time. The evaluation is the trainer's own (its fixed
-    random windows of block_size tokens), so val_bpb compares with a GPT run's.
-    """
-    from . import __version__
-    from .checkpoint import RunDirectory
-    from .trainer import METRICS, _append_jsonl, _print_sample, eval_splits, padded_byte_lengths, write_eval_line
-
-    r = cfg.run
-    if r.resume:
-        rt.print(f"{out}: an n-gram model is complete after one counting pass; nothing to resume", file=sys.stderr)
-        return {"step": 1, "out": str(out), "resumed": True}
-    train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
-    byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
-    metrics_path = out / METRICS  # reset, with train_config.json written, by the trainer
-    rt.print(
-        f"ngram (order {model.config.order}, interpolated Kneser-Ney) | data {data.path} ({len(train_tokens):,} train / "
-        f"{len(val_tokens):,} val tokens, vocab {data.vocab_size}) | device {rt.device}",
-        file=sys.stderr,
-    )
-
-    def do_eval(step: int) -> dict[str, Any]:
-        return eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg, rt, step)
-
-    def log_eval(ev: dict, time_s: float, tokens: int) -> None:
-        if rt.is_main:
-            write_eval_line(metrics_path, ev, time_s=time_s, tokens=tokens)
-
-    log_eval(do_eval(0), 0.0, 0)
-    t0 = time.perf_counter()
-    model.fit(train_tokens)
-    train_time = time.perf_counter() - t0
-    tokens_seen = len(train_tokens)
-    ev = do_eval(1)
-    if rt.is_main:
-        _append_jsonl(metrics_path, {"step": 1, "loss": ev["train_loss"], "lr": 0.0, "tokens_per_s": round(tokens_seen / max(train_time, 1e-9), 1)})
-    log_eval(ev, train_time, tokens_seen)
-    n_params = model.num_params()
-    if rt.is_main:
-        run = {
-            "config": cfg.to_dict(), "model_type": "ngram", "step": 1, "tokens_seen": tokens_seen,
-            "train_time_s": round(train_time, 3), "num_params": n_params, "best_val_loss": ev["val_loss"],
-            "val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"], "train_loss": ev["train_loss"], "minigpt_version": __version__,
-        }
-        state = {"step": 1, "best_val_loss": ev["val_loss"], "tokens_seen": tokens_seen, "train_time_s": train_time}
-        RunDirectory(out).save(1, model, tokenizer, run=run, trainer_state=state, is_best=True)
-    sizes = ", ".join(f"{k}-grams {s:,}" for k, s in enumerate(model.config.sizes, start=1))
-    rt.print(f"ngram: counted {tokens_seen:,} tokens in {train_time:.2f} s ({sizes}); saved {out}/last", file=sys.stderr)
-    if rt.is_main and r.sample_tokens > 0:
-        _print_sample(model, tokenizer, r.sample_tokens, r.seed)
-    return {"step": 1, "out": str(out), "best_val_loss": ev["val_loss"], **ev, "train_time_s": train_time}

@@ -1,4 +1,5 @@
-"""Checkpoints: the one module that writes and reads them. Nothing here unpickles.
+"""Checkpoints and run directories: the one module that writes and reads their files.
+Nothing here unpickles.
 
 A *checkpoint* is a directory:
 
@@ -11,7 +12,12 @@ A *checkpoint* is a directory:
                         torch.load(weights_only=True), which refuses arbitrary objects
 
 A *run directory* (`--out`) holds checkpoints `step-NNNNNNN/` plus two symbolic links,
-`last` and `best` (lowest validation loss). Saving writes a new step directory under a
+`last` and `best` (lowest validation loss), and the run's logs:
+
+    metrics.jsonl       one JSON object per line: training lines and evaluation lines
+    train_config.json   the resolved settings of the run (each checkpoint's run.json too)
+    .lock               held (flock) by the one process training into the directory
+ Saving writes a new step directory under a
 temporary name, renames it into place, then atomically repoints the links
 (`os.replace` of a new link over the old one). A process killed at any instant leaves
 `last` pointing at a complete checkpoint: either the old one or the new one.
@@ -19,10 +25,12 @@ temporary name, renames it into place, then atomically repoints the links
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,9 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import files, models
 from .errors import CheckpointError, MiniGPTError
+from .files import fsync_dir, read_json_object
 from .tokenizer import Tokenizer
 
 FORMAT = "minigpt-checkpoint"
@@ -40,31 +50,12 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER, RUN, TRAINER_STATE = (
     "model.safetensors", "config.json", "tokenizer.json", "run.json", "trainer_state.pt"
 )
+METRICS, TRAIN_CONFIG, LOCK = "metrics.jsonl", "train_config.json", ".lock"
 PICKLED_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt", "model.bin")
+MAX_STATE_BYTES = 64 << 30  # trainer_state.pt: optimizer moments of a model up to the size cap
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def build_model(model_type: str, config: dict[str, Any]) -> nn.Module:
-    """Construct an (untrained) model of a kind named in config.json."""
-    if model_type == "gpt":
-        from .model import GPT, GPTConfig
-
-        return GPT(GPTConfig.from_dict(config))
-    if model_type in ("lstm", "gru", "ngram"):
-        from . import baselines
-
-        return baselines.build(model_type, config)
-    raise CheckpointError(f"unknown model_type {model_type!r} (known: gpt, lstm, gru, ngram)")
+# ---- writing a checkpoint --------------------------------------------------------------
 
 
 def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -80,27 +71,25 @@ def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _json_text(obj: Any) -> str:
+    return json_dumps(obj, indent=2) + "\n"
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+def json_dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON with non-finite floats as null: NaN and Infinity are not JSON, and a reader in
+    another language would refuse the file (an infinite best loss before any evaluation
+    is written as null and read back as infinity)."""
 
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def save_checkpoint(
@@ -113,39 +102,198 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory at `path`, atomically (temporary directory + rename).
 
-    An existing directory at `path` is replaced only once the new one is complete.
-    """
-    path = Path(path)
-    model = unwrap(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is not
+    An existing directory at `path` is replaced only once the new one is complete."""
+    model = models.unwrap(model)
+    with files.atomic_directory(path) as tmp:
         save_file(_tensors_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-        _write_json(tmp / CONFIG, {"format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": cfg})
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict()}
+        (tmp / CONFIG).write_text(_json_text(meta), encoding="utf-8")
         if tokenizer is not None:
             (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
         if run is not None:
-            _write_json(tmp / RUN, run)
+            (tmp / RUN).write_text(_json_text(run), encoding="utf-8")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if path.exists():
-            old = path.parent / f".old-{path.name}-{os.getpid()}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
+
+
+# ---- reading a checkpoint ----------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run directory's `best` (else `last`) checkpoint."""
+    if str(path).strip() == "":
+        raise CheckpointError("the checkpoint path is empty: name a run or checkpoint directory")
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p} (train one with `python train.py`, or pass --checkpoint DIR)")
+    if not p.is_dir():
+        raise CheckpointError(f"{p} is not a directory: a checkpoint is a directory holding {WEIGHTS}, {CONFIG} and {TOKENIZER}")
+    if (p / CONFIG).exists() or (p / WEIGHTS).exists():
+        return p
+    for name in ("best", "last"):
+        if (p / name / CONFIG).is_file():
+            return p / name
+    raise CheckpointError(f"no checkpoint in {p}: expected {CONFIG} + {WEIGHTS}, or a run directory with best/ or last/")
+
+
+def read_model_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """(model kind, model settings) from a checkpoint's config.json, checked for shape but
+    before any weights are read: callers can refuse a kind early (e.g. no attention)."""
+    meta = read_json_object(path / CONFIG, "the model's config", CheckpointError)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG}: not a minigpt checkpoint config (for Hugging Face GPT-2 use `minigpt import-hf`)")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path / CONFIG}: version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path / CONFIG}: written by a newer minigpt (format version {version})")
+    kind = meta.get("model_type", "gpt")
+    settings = meta.get("model", {})
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{path / CONFIG}: model_type must be a string, got {kind!r}")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path / CONFIG}: model must be a JSON object, got {type(settings).__name__}")
+    return kind, settings
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: nn.Module
+    tokenizer: Tokenizer | None
+    model_type: str
+    run: dict[str, Any] | None = field(default=None)
+
+
+def _load_weights(path: Path, model: nn.Module) -> None:
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        pickled = [n for n in PICKLED_NAMES if (path / n).exists()]
+        hint = f" ({', '.join(pickled)} is a pickle, which minigpt never loads)" if pickled else ""
+        raise CheckpointError(f"{weights}: missing{hint}")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+    expected = model.state_dict()
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_weights", False) else set()
+    missing = [n for n in expected if n not in tensors and n not in tied]
+    unexpected = [n for n in tensors if n not in expected]
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
+        raise CheckpointError(f"{weights}: does not match {CONFIG} ({what})")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{weights}: tensor {name} has shape {tuple(t.shape)} but {CONFIG} implies {tuple(expected[name].shape)}"
+            )
+        if t.dtype != expected[name].dtype and not (t.is_floating_point() and expected[name].is_floating_point()):
+            raise CheckpointError(f"{weights}: tensor {name} has dtype {t.dtype}, expected {expected[name].dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values (a diverged or corrupt model)")
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", *, need_tokenizer: bool = True) -> Checkpoint:
+    """Load a checkpoint (or a run directory's best/last) onto `device`.
+
+    Every failure is a CheckpointError naming the file: missing, truncated, not JSON,
+    weights that do not fit the config or are not finite. Pickled files
+    (pytorch_model.bin, *.pt) are never opened; trainer_state.pt is only read by
+    `load_trainer_state`, with weights_only=True.
+    """
+    path = resolve_checkpoint(path)
+    kind, settings = read_model_config(path)
+    try:
+        model = models.build(kind, settings)
+    except MiniGPTError as e:
+        raise CheckpointError(f"{path / CONFIG}: {e}") from None
+    _load_weights(path, model)
+    model.to(device)
+    model.eval()
+
+    tokenizer = None
+    if (path / TOKENIZER).is_file():
+        try:
+            tokenizer = Tokenizer.load(path / TOKENIZER)
+        except MiniGPTError as e:
+            raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise CheckpointError(
+                f"{path / TOKENIZER}: has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} (mismatched files?)"
+            )
+    elif need_tokenizer:
+        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)")
+    run = read_run(path) if (path / RUN).is_file() else None
+    return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=kind, run=run)
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's run.json: a JSON object whose numbers are numbers. Its "config" is
+    checked by `config.TrainConfig.from_dict` where it is used (resume)."""
+    p = Path(path) / RUN
+    run = read_json_object(p, "run info", CheckpointError)
+    for key in ("step", "tokens_seen", "num_params"):
+        v = run.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise CheckpointError(f"{p}: {key} must be a non-negative integer, got {v!r}")
+    for key in ("train_time_s", "best_val_loss", "val_loss", "val_bpb", "train_loss"):
+        v = run.get(key)
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise CheckpointError(f"{p}: {key} must be a number, got {v!r}")
+    for key in ("config",):
+        if key in run and not isinstance(run[key], dict):
+            raise CheckpointError(f"{p}: {key} must be a JSON object, got {type(run[key]).__name__}")
+    if "model_type" in run and not isinstance(run["model_type"], str):
+        raise CheckpointError(f"{p}: model_type must be a string, got {run['model_type']!r}")
+    return run
+
+
+def _number(state: dict, key: str, f: Path, kind: type, default=None):
+    v = state.get(key, default)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, int) and not isinstance(v, bool)
+    if not ok or (isinstance(v, (int, float)) and v < 0):
+        raise CheckpointError(f"{f}: {key} must be a non-negative {'number' if kind is float else 'integer'}, got {v!r}")
+    return kind(v)
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The optimizer/step/RNG state saved beside a training checkpoint (no code runs),
+    with its fields checked: step, tokens_seen (integers), best_val_loss and train_time_s
+    (numbers), optimizer (a state dict), rng (a dict of tensors)."""
+    f = Path(path) / TRAINER_STATE
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (this checkpoint cannot be resumed)")
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for a planted pickle, EOFError/RuntimeError for truncation
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message opens by advising weights_only=False, which must never be followed
+        # for a file one did not write; keep only the reason.
+        first = first.split(" Re-running `torch.load` with")[0]
+        raise CheckpointError(f"{f}: refused or unreadable ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f}: expected a dict of training state, got {type(state).__name__}")
+    state["step"] = _number(state, "step", f, int)
+    state["tokens_seen"] = _number(state, "tokens_seen", f, int, 0)
+    state["train_time_s"] = _number(state, "train_time_s", f, float, 0.0)
+    best = state.get("best_val_loss", float("inf"))
+    if best is None:
+        best = float("inf")
+    if not isinstance(best, (int, float)) or isinstance(best, bool):
+        raise CheckpointError(f"{f}: best_val_loss must be a number, got {best!r}")
+    state["best_val_loss"] = float(best)
+    for key in ("optimizer", "rng", "scaler"):
+        if key in state and not isinstance(state[key], dict):
+            raise CheckpointError(f"{f}: {key} must be a dict, got {type(state[key]).__name__}")
+    rng = state.get("rng")
+    if rng is not None and not isinstance(rng.get("torch"), torch.Tensor):
+        raise CheckpointError(f"{f}: rng must hold the torch generator state as a tensor")
+    return state
+
+
+# ---- run directories -------------------------------------------------------------------
 
 
 def _point(link: Path, target_name: str) -> None:
@@ -157,19 +305,27 @@ def _point(link: Path, target_name: str) -> None:
 
 
 class RunDirectory:
-    """The checkpoints of one training run: step-NNNNNNN/ directories, `last` and `best`."""
+    """One training run's directory: step-NNNNNNN/ checkpoints, the `last` and `best`
+    links, metrics.jsonl, train_config.json and the lock that keeps it to one trainer."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
+    # -- checkpoints
+
     def save(self, step: int, model, tokenizer, *, run, trainer_state, is_best: bool) -> Path:
         name = f"step-{step:07d}"
-        save_checkpoint(self.path / name, model, tokenizer, run=run, trainer_state=trainer_state)
-        _point(self.path / "last", name)
-        if is_best:  # only an evaluated checkpoint can be the best; without one, readers use `last`
-            _point(self.path / "best", name)
-        self._prune()
-        _fsync_dir(self.path)
+        try:
+            save_checkpoint(self.path / name, model, tokenizer, run=run, trainer_state=trainer_state)
+            _point(self.path / "last", name)
+            if is_best:  # only an evaluated checkpoint can be the best; without one, readers use `last`
+                _point(self.path / "best", name)
+            self._prune()
+            fsync_dir(self.path)
+        except files.FileError:
+            raise
+        except OSError as e:
+            raise files.os_error(e, self.path / name) from None
         return self.path / name
 
     def _prune(self) -> None:
@@ -190,111 +346,76 @@ class RunDirectory:
         p = self.path / "best"
         return p if (p / CONFIG).is_file() else None
 
+    # -- the run's logs
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or a run directory's `best` (else `last`) checkpoint."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p} (train one with `python train.py`, or pass --checkpoint DIR)")
-    if not p.is_dir():
-        raise CheckpointError(f"{p} is not a directory: a checkpoint is a directory holding {WEIGHTS}, {CONFIG} and {TOKENIZER}")
-    if (p / CONFIG).exists() or (p / WEIGHTS).exists():
-        return p
-    for name in ("best", "last"):
-        if (p / name / CONFIG).is_file():
-            return p / name
-    raise CheckpointError(f"no checkpoint in {p}: expected {CONFIG} + {WEIGHTS}, or a run directory with best/ or last/")
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
 
+    def append_metrics(self, line: dict[str, Any]) -> None:
+        files.append_line(self.metrics_path, json_dumps(line))
 
-@dataclass
-class Checkpoint:
-    path: Path
-    model: nn.Module
-    tokenizer: Tokenizer | None
-    model_type: str
-    run: dict[str, Any] | None = field(default=None)
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's lines whose fields have the types the writer gives them (a line
+        cut short by a kill, or edited into nonsense, is skipped)."""
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for obj in files.read_jsonl(self.metrics_path):
+            step = obj.get("step")
+            if not (isinstance(step, int) and not isinstance(step, bool)):
+                continue
+            if any(not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool))
+                   for k, v in obj.items() if k != "step"):
+                continue
+            out.append(obj)
+        return out
 
-
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file, or a CheckpointError naming it (missing: says what it should hold)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing ({what})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", *, need_tokenizer: bool = True) -> Checkpoint:
-    """Load a checkpoint (or a run directory's best/last) onto `device`.
-
-    Every failure is a CheckpointError naming the file: missing, truncated, not JSON,
-    weights that do not fit the config. Pickled files (pytorch_model.bin, *.pt) are never
-    opened; trainer_state.pt is only read by `load_trainer_state`, with weights_only=True.
-    """
-    path = resolve_checkpoint(path)
-    meta = read_json(path / CONFIG, "the model's config")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG}: not a minigpt checkpoint config (for Hugging Face GPT-2 use `minigpt import-hf`)")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path / CONFIG}: written by a newer minigpt (format version {meta['version']})")
-    model_type = meta.get("model_type", "gpt")
-    try:
-        model = build_model(model_type, meta.get("model", {}))
-    except MiniGPTError as e:
-        raise CheckpointError(f"{path / CONFIG}: {e}") from None
-    except TypeError as e:
-        raise CheckpointError(f"{path / CONFIG}: invalid model config ({e})") from None
-
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        pickled = [n for n in PICKLED_NAMES if (path / n).exists()]
-        hint = f" ({', '.join(pickled)} is a pickle, which minigpt never loads)" if pickled else ""
-        raise CheckpointError(f"{weights}: missing{hint}")
-    try:
-        tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{weights}: cannot read safetensors file (truncated or corrupt?): {e}") from None
-    expected = model.state_dict()
-    tied = {n for n in expected if n == "lm_head.weight"} if getattr(getattr(model, "config", None), "tie_weights", False) else set()
-    missing = [n for n in expected if n not in tensors and n not in tied]
-    unexpected = [n for n in tensors if n not in expected]
-    if missing or unexpected:
-        what = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
-        raise CheckpointError(f"{weights}: does not match {CONFIG} ({what})")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{weights}: tensor {name} has shape {tuple(t.shape)} but {CONFIG} implies {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(tensors, strict=False)
-    model.to(device)
-    model.eval()
-
-    tokenizer = None
-    if (path / TOKENIZER).is_file():
+    def reset_metrics(self) -> None:
+        """A new run: lines left by one that saved no checkpoint (e.g. stopped by a NaN) go."""
         try:
-            tokenizer = Tokenizer.load(path / TOKENIZER)
-        except MiniGPTError as e:
-            raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
-        vocab = getattr(model.config, "vocab_size", None) if not isinstance(model.config, dict) else model.config.get("vocab_size")
-        if vocab is not None and tokenizer.vocab_size > vocab:
-            raise CheckpointError(
-                f"{path / TOKENIZER}: has {tokenizer.vocab_size} tokens but the model only {vocab} (mismatched files?)"
-            )
-    elif need_tokenizer:
-        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)")
-    run = read_json(path / RUN, "run info") if (path / RUN).is_file() else None
-    return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=model_type, run=run)
+            self.metrics_path.unlink(missing_ok=True)
+        except OSError as e:
+            raise files.os_error(e, self.metrics_path) from None
 
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, drop metric lines written after the checkpoint we resume from (they
+        belong to steps that will be redone)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [json_dumps(m) for m in self.read_metrics() if m["step"] <= step]
+        files.atomic_write(self.metrics_path, "".join(line + "\n" for line in keep))
 
-def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The optimizer/step/RNG state saved beside a training checkpoint (no code runs)."""
-    f = Path(path) / TRAINER_STATE
-    if not f.is_file():
-        raise CheckpointError(f"{f}: missing (this checkpoint cannot be resumed)")
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a planted pickle, EOFError/RuntimeError for truncation
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{f}: refused or unreadable ({first})") from None
+    def write_train_config(self, config: dict[str, Any]) -> None:
+        files.atomic_write(self.path / TRAIN_CONFIG, _json_text(config))
+
+    # -- one trainer at a time
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process's lifetime in the block: an OS lock
+        (flock) on `.lock`, released on any exit, even kill -9 (the kernel drops it with the
+        process), so a stale lock never blocks a later run. A second trainer, a --resume or
+        a fine-tune into a held directory is refused with one line."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): no lock, as before
+            yield
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise files.os_error(e, self.path / LOCK) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MiniGPTError(
+                    f"{self.path} is in use by another minigpt training process; wait for it to finish, "
+                    f"or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock

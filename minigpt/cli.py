@@ -1,11 +1,13 @@
 """The `minigpt` command line: argparse subcommands and exit codes.
 
-Exit codes: 0 success; 2 bad input (one line on stderr, never a traceback); 130/143 a
-training run stopped by SIGINT/SIGTERM after saving its checkpoint. Anything else that
-escapes is a bug and keeps its traceback.
+Every command's handler lives here (`_run_NAME`); the modules it calls compute and render.
+Exit codes: 0 success; 2 bad input (one line on stderr, never a traceback); 1 the
+environment failed (a full disk: still one line); 130/143 a run stopped by SIGINT/SIGTERM
+after saving its checkpoint. Anything else that escapes is a bug and keeps its traceback.
 
-Each command's parser is built only when that command runs, so `minigpt --help` and
-`minigpt prepare ...` do not pay for importing everything.
+Each command's parser is built only when that command runs, and the modules a handler
+needs are imported inside it, so `minigpt --help` and `minigpt prepare ...` do not pay
+for importing torch and everything else.
 """
 
 from __future__ import annotations
@@ -18,9 +20,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import MiniGPTError
+from .files import FileError, os_error
 
 PROG = "minigpt"
 DEFAULT_RUN = "out/shakespeare"
+
+# Caps on the sizes a sampling command takes (the server has its own, smaller, flags).
+# Generation streams, so these bound run time and the per-row buffers, not a preallocation.
+MAX_NEW_TOKENS = 1_000_000
+MAX_SAMPLES = 1024  # rows decoded in one batch, each with its own KV cache
+MAX_SEED = 2**63 - 1  # torch and numpy take seeds in [0, 2^63)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,11 +43,36 @@ def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=100)
 
 
-def _non_negative_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi], else a one-line usage error naming the range."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo:,} and {hi:,}, got {v:,}")
+        return v
+
+    parse.__name__ = "integer"  # what argparse names in "invalid integer value"
+    return parse
+
+
+def _finite_float(s: str) -> float:
+    import math
+
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
     return v
+
+
+_non_negative_int = _int_in(0, 2**31 - 1)
+_seed = _int_in(0, MAX_SEED)
 
 
 # ---- the commands: (summary, parser builder, runner) ----------------------------------------
@@ -48,23 +82,28 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: auto)")
 
 
-def _add_sampling(p: argparse.ArgumentParser) -> None:
+def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
+    """The die's flags, shared by sample and eval (eval needs at least one new token)."""
     g = p.add_argument_group("sampling (the die)")
-    g.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="tokens to generate per sample (default: 500)")
-    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="divide logits by T; 0 = greedy argmax (default: 0.8)")
-    g.add_argument("--top-k", type=int, default=200, metavar="K", help="keep only the K most likely tokens; 0 = off (default: 200)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="keep the smallest set of tokens with total probability >= P; 1 = off (default: 1)")
-    g.add_argument("--min-p", type=float, default=0.0, metavar="P", help="drop tokens below P x the top probability; 0 = off (default: 0)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R", help="make tokens already in the text less likely (CTRL); 1 = off (default: 1)")
-    g.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text (default: random)")
+    g.add_argument("--max-new-tokens", type=_int_in(min_new_tokens, MAX_NEW_TOKENS), default=500, metavar="N",
+                   help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,} (default: 500)")
+    g.add_argument("--temperature", type=_finite_float, default=0.8, metavar="T", help="divide logits by T; 0 = greedy argmax (default: 0.8)")
+    g.add_argument("--top-k", type=_non_negative_int, default=200, metavar="K", help="keep only the K most likely tokens; 0 = off (default: 200)")
+    g.add_argument("--top-p", type=_finite_float, default=1.0, metavar="P", help="keep the smallest set of tokens with total probability >= P; 1 = off (default: 1)")
+    g.add_argument("--min-p", type=_finite_float, default=0.0, metavar="P", help="drop tokens below P x the top probability; 0 = off (default: 0)")
+    g.add_argument("--repetition-penalty", type=_finite_float, default=1.0, metavar="R", help="make tokens already in the text less likely (CTRL); 1 = off (default: 1)")
+    g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text (default: random)")
 
 
 def _sampling_params(args):
+    """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")."""
     from .sampling import SamplingParams
 
-    if args.max_new_tokens < 0:
-        raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     return SamplingParams.from_flags(args)
+
+
+def _note(command: str, msg: str) -> None:
+    print(f"{PROG} {command}: note: {msg}", file=sys.stderr)
 
 
 def _build_prepare(p: argparse.ArgumentParser) -> None:
@@ -119,7 +158,9 @@ def _build_train(p: argparse.ArgumentParser) -> None:
         "\n"
         "Ctrl-C or SIGTERM saves a checkpoint and exits (130/143); --resume continues."
     )
-    add_train_arguments(p)
+    from .models import names
+
+    add_train_arguments(p, names())
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -154,7 +195,7 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", metavar="TEXT", help="text to continue (default: read standard input if it is not a terminal, else empty)")
     src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to draw (in one batch) (default: 1)")
+    p.add_argument("--num-samples", type=_int_in(1, MAX_SAMPLES), default=1, metavar="N", help=f"samples to draw (in one batch), at most {MAX_SAMPLES} (default: 1)")
     _add_sampling(p)
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample just before this text (repeatable)")
     _add_device(p)
@@ -168,16 +209,21 @@ def _read_prompt(args) -> str:
     if args.prompt is not None:
         return args.prompt
     if args.prompt_file is not None:
+        from .files import read_bytes
+
         try:
-            data = open(args.prompt_file, "rb").read()
-        except OSError as e:
-            raise MiniGPTError(f"--prompt-file {args.prompt_file}: {e.strerror or e}") from None
+            data = read_bytes(args.prompt_file, limit=64 << 20, what="prompt file")
+        except FileError as e:
+            raise MiniGPTError(f"--prompt-file {e}") from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise MiniGPTError(f"--prompt-file {args.prompt_file}: not UTF-8 text (invalid byte at offset {e.start})") from None
-    if not sys.stdin.isatty():
-        data = sys.stdin.buffer.read()
+    if sys.stdin is not None and not sys.stdin.isatty():  # None: standard input was closed (`<&-`)
+        try:
+            data = sys.stdin.buffer.read()
+        except OSError as e:
+            raise os_error(e, "standard input", "cannot read") from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -198,6 +244,8 @@ def _run_sample(args) -> int:
 
     ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype)
     tok = ckpt.tokenizer
+    if args.compile and device.type != "cuda":
+        raise MiniGPTError("--compile: compiling the decode step is for CUDA (on the CPU, decoding is already prepacked for oneDNN)")
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     out = sys.stdout
     stream = not args.json and not args.show_probs
@@ -234,7 +282,9 @@ def _run_sample(args) -> int:
     )
     if args.json:
         for s in samples:
-            out.write(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids, "logprobs": [round(x, 6) for x in s.logprobs], "finish_reason": s.finish_reason}) + "\n")
+            # allow_nan=False: every logprob is finite (the sampler guarantees it); a NaN
+            # would make the line invalid JSON, so fail loudly rather than print one.
+            out.write(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids, "logprobs": [round(x, 6) for x in s.logprobs], "finish_reason": s.finish_reason}, allow_nan=False) + "\n")
     elif stream:
         out.write("\n")
         for i, s in enumerate(samples[1:], start=2):
@@ -256,19 +306,55 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
     p.add_argument("--data", metavar="DIR", help="prepared dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--max-tokens", type=int, default=0, metavar="N", help="evaluate only the first N validation tokens (a quick estimate; default: all)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="windows per forward pass (default: 16)")
-    p.add_argument("--samples", type=int, default=10, metavar="N", help="generated samples for diversity and memorisation (default: 10)")
+    p.add_argument("--max-tokens", type=_int_in(0, 2**62), default=0, metavar="N", help="evaluate only the first N validation tokens (a quick estimate; default: all)")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass (default: 16)")
+    p.add_argument("--samples", type=_int_in(1, MAX_SAMPLES), default=10, metavar="N", help="generated samples for diversity and memorisation (default: 10)")
     p.add_argument("--prompt", default="", metavar="TEXT", help="prompt for the samples (default: empty, i.e. <|endoftext|>)")
-    _add_sampling(p)
+    _add_sampling(p, min_new_tokens=1)
     p.set_defaults(max_new_tokens=200, seed=0)
     _add_device(p)
 
 
 def _run_eval(args) -> int:
-    from .evaluate import run_eval_cli
+    """`minigpt eval`: exact validation loss and bits per byte, then sample metrics."""
+    from .data import Dataset
+    from .errors import DataError
+    from .evaluate import evaluate_checkpoint, format_eval, json_safe
+    from .inference import load_for_inference
 
-    return run_eval_cli(args)
+    params = _sampling_params(args)
+    # float32 weights: the numbers should not depend on the device's fast dtype.
+    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32")
+    data_dir = args.data
+    if data_dir is None:
+        try:
+            data_dir = ckpt.run["config"]["data"]["data"]
+        except (TypeError, KeyError):
+            data_dir = None
+        if not isinstance(data_dir, str):
+            raise MiniGPTError(
+                f"{ckpt.path} does not record the dataset it was trained on; pass --data DIR (a prepared dataset "
+                f"with the same tokenizer)"
+            )
+    try:
+        data = Dataset(data_dir)
+    except DataError as e:
+        if args.data:
+            raise
+        # The path in run.json is relative to where training ran; say where it came from.
+        raise DataError(f"{e} (the dataset recorded in {ckpt.path}/run.json; pass --data DIR to use another)") from None
+    if data.tokenizer.to_str() != ckpt.tokenizer.to_str():
+        raise MiniGPTError(
+            f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's ({data.path}/tokenizer.json): "
+            f"the token ids would mean different text; evaluate on data prepared with the checkpoint's tokenizer"
+        )
+    report = evaluate_checkpoint(
+        ckpt.model, ckpt.tokenizer, data, max_tokens=args.max_tokens, batch_size=args.batch_size, samples=args.samples,
+        prompt=args.prompt, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed, progress=None,
+    )
+    report = {"checkpoint": str(ckpt.path), "data": str(data.path), **report}
+    print(json.dumps(json_safe(report)) if args.json else format_eval(report))
+    return 0
 
 
 def _build_compare(p: argparse.ArgumentParser) -> None:
@@ -279,9 +365,16 @@ def _build_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args) -> int:
-    from .evaluate import run_compare_cli
+    """`minigpt compare RUN_DIR...`: the table (or --json), and --png the curves."""
+    from .evaluate import format_compare, json_safe, load_run, plot_runs
 
-    return run_compare_cli(args)
+    rows = [load_run(r) for r in args.runs]
+    if args.png:
+        plot_runs(rows, args.png)
+    print(json.dumps(json_safe(rows)) if args.json else format_compare(rows))
+    if args.png:
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
 
 
 def _build_attention(p: argparse.ArgumentParser) -> None:
@@ -301,10 +394,59 @@ def _build_attention(p: argparse.ArgumentParser) -> None:
     _add_device(p)
 
 
-def _run_attention(args) -> int:
-    from .inspection import run_attention_cli
+def _load_attention_model(path: str, device: str):
+    """Load a checkpoint whose model has attention and a tokenizer, or fail in one line.
 
-    return run_attention_cli(args)
+    The kind is read from config.json before any weights, so a baseline checkpoint is
+    reported as "no attention" rather than as whatever loading it fails on. Weights stay
+    float32 (not bf16 on CUDA): these are numbers people read."""
+    from . import models
+    from .checkpoint import read_model_config, resolve_checkpoint
+    from .errors import NoAttention
+    from .inference import load_for_inference
+
+    p = resolve_checkpoint(path)
+    kind, _ = read_model_config(p)
+    if not models.kind(kind, "model_type").cls.has_attention:
+        raise MiniGPTError(f"{p}: {NoAttention(kind)}")
+    ckpt, _ = load_for_inference(p, device, "float32")
+    return ckpt
+
+
+def _run_attention(args) -> int:
+    """`minigpt attention`: the terminal heatmap, and --npz/--html/--png files."""
+    from .inspection import attention_maps, check_index, format_attention, write_html, write_png
+
+    if not args.prompt:
+        raise MiniGPTError("--prompt is empty: give at least one token of text to look at")
+    if args.top < 1:
+        raise MiniGPTError(f"--top must be >= 1, got {args.top}")
+    if args.png:
+        if not args.png.lower().endswith(".png"):  # files.save_png's rule, checked before any work
+            raise MiniGPTError(f"--png {args.png}: the file name must end in .png")
+        try:  # a missing extra is reported before any work or output
+            import matplotlib.figure  # noqa: F401  (the viz extra, imported only when --png is asked for)
+        except ImportError:
+            raise MiniGPTError("--png needs matplotlib, which is not installed: pip install 'minigpt[viz]'") from None
+    ckpt = _load_attention_model(args.checkpoint, args.device)
+    cfg = ckpt.model.config
+    check_index(args.layer, cfg.n_layer, "layer")  # before the forward pass: fail fast
+    check_index(args.head, cfg.n_head, "head")
+    maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
+    if maps.dropped:
+        _note("attention", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
+    # Files first, terminal view after: `... | head` closing the pipe must not cost a file.
+    written = []
+    if args.npz:
+        written.append(maps.save(args.npz))
+    if args.html:
+        written.append(write_html(maps, args.html, title=str(ckpt.path), layer=args.layer, head=args.head))
+    if args.png:
+        written.append(write_png(maps, args.png, args.layer, args.head))
+    print(format_attention(maps, args.layer, args.head, args.top))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def _build_heads(p: argparse.ArgumentParser) -> None:
@@ -314,15 +456,46 @@ def _build_heads(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
     p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores (default: a built-in passage)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence for the induction score (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the repeated random sequence for the induction score (default: 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_device(p)
 
 
 def _run_heads(args) -> int:
-    from .inspection import run_heads_cli
+    """`minigpt heads`: the per-head statistics table (or --json) and the named heads."""
+    from .inspection import (
+        DEFAULT_PASSAGE, INDUCTION_BATCH, INDUCTION_SEQ_LEN, INDUCTION_THRESHOLD, PREV_TOKEN_THRESHOLD,
+        attention_maps, format_head_stats, induction_scores,
+    )
 
-    return run_heads_cli(args)
+    if args.prompt is not None and not args.prompt:
+        raise MiniGPTError("--prompt is empty: leave it out to use the built-in passage")
+    ckpt = _load_attention_model(args.checkpoint, args.device)
+    text = DEFAULT_PASSAGE if args.prompt is None else args.prompt
+    maps = attention_maps(ckpt.model, ckpt.tokenizer, text)
+    if len(maps) < 2:
+        raise MiniGPTError("--prompt is a single token: head statistics need at least 2")
+    if maps.dropped and args.prompt is not None:
+        _note("heads", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
+    special = [] if ckpt.tokenizer.eot_id is None else [ckpt.tokenizer.eot_id]
+    stats = maps.head_stats()
+    stats.induction = induction_scores(ckpt.model, seed=args.seed, exclude_ids=special)
+    if args.json:
+        n = min(INDUCTION_SEQ_LEN, ckpt.model.config.block_size // 2)
+        print(json.dumps({
+            "checkpoint": str(ckpt.path),
+            "tokens": len(maps), "dropped": maps.dropped,
+            "induction": {"seq_len": n, "batch": INDUCTION_BATCH, "seed": args.seed},
+            "thresholds": {"prev_token": PREV_TOKEN_THRESHOLD, "induction": INDUCTION_THRESHOLD},
+            "heads": stats.rows(),
+            "previous_token_heads": [list(x) for x in stats.previous_token_heads()],
+            "induction_heads": [list(x) for x in stats.induction_heads()],
+        }, indent=2))
+    else:
+        print(f"{ckpt.path}: {len(maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
+              f"induction on repeated random sequences (seed {args.seed})")
+        print(format_head_stats(stats))
+    return 0
 
 
 def _build_import_hf(p: argparse.ArgumentParser) -> None:
@@ -427,8 +600,33 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python hands such bytes over as lone
+    surrogates), or None. Refused up front: as a prompt it cannot be encoded, and as a
+    path it would be written into run.json and never read back."""
+    for a in argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            return a.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+    return None
+
+
+def _stdout_to_devnull() -> None:
+    """After a failed write to standard output, point it at /dev/null so that Python's
+    own flush at exit does not print a second error."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with standard output closed (`>&-`): nowhere to write results
+        print(f"{PROG}: error: standard output is closed; redirect it to a file or /dev/null", file=sys.stderr)
+        return 2
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in COMMANDS:
         if not argv:
@@ -438,20 +636,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name = argv[0]
     summary, build, run = COMMANDS[name]
+    bad = _not_utf8(argv[1:])
+    if bad is not None:
+        print(f"{PROG} {name}: error: argument {bad!r} is not valid UTF-8 text", file=sys.stderr)
+        return 2
     parser = _Parser(prog=f"{PROG} {name}", formatter_class=_formatter, description=summary)
     build(parser)
-    args = parser.parse_args(argv[1:])
     try:
-        return run(args)
+        args = parser.parse_args(argv[1:])
+    except SystemExit as e:  # a usage error (one line already printed) is exit code 2, as a return value
+        if e.code in (0, None):  # --help: argparse's own exit, as `minigpt --help`
+            raise
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        code = run(args)
+        sys.stdout.flush()  # inside the try: a full disk or closed pipe is reported here, once
+        return code
+    except BrokenPipeError:  # e.g. `minigpt sample | head`: the reader has all it wanted
+        _stdout_to_devnull()
+        return 0
+    except FileError as e:
+        print(f"{PROG} {name}: error: {e}", file=sys.stderr)
+        return 1 if e.environmental else 2
     except MiniGPTError as e:
         print(f"{PROG} {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG} {name}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except BrokenPipeError:  # e.g. `minigpt sample | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except OSError as e:
+        # The one place a stray OS error becomes a line: a write to standard output on a
+        # full disk, a file that vanished, a device that failed. (Files minigpt writes
+        # itself already raise FileError with their path.)
+        err = os_error(e, e.filename if e.filename is not None else "standard output", "cannot write" if e.filename is None else "cannot access")
+        _stdout_to_devnull()
+        print(f"{PROG} {name}: error: {err}", file=sys.stderr)
+        return 1 if err.environmental else 2
 
 
 def entry(command: str) -> None:

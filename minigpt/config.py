@@ -17,11 +17,25 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from collections.abc import Sequence
 
+from . import files
 from .errors import ConfigError
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
-MODEL_KINDS = ("gpt", "lstm", "gru", "ngram")
+
+# Caps on every size a user can type. They are far beyond what a laptop (or one GPU node)
+# trains, and catch typos such as `--n-layer 100000000` before minutes go into building
+# a model that can never fit in memory.
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 16  # n_embd
+MAX_CONTEXT = 1 << 20  # block_size, in tokens
+MAX_VOCAB = 1 << 24
+MAX_NGRAM_ORDER = 16
+MAX_PARAMS = 20e9  # ~80 GB of fp32 weights before optimizer state
+MAX_BATCH = 1 << 16  # batch_size and grad_accum
+MAX_STEPS = 10**12
+MAX_SEED = 2**63 - 1  # torch and numpy both take seeds in [0, 2^63)
 
 
 def check_field(cond: bool, name: str, msg: str) -> None:
@@ -54,9 +68,11 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name, cap in (("vocab_size", MAX_VOCAB), ("block_size", MAX_CONTEXT), ("n_layer", MAX_LAYERS),
+                          ("n_head", MAX_WIDTH), ("n_embd", MAX_WIDTH)):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, f"must be a positive integer, got {v!r}")
+            _check(v <= cap, name, f"must be at most {cap:,}, got {v:,}")
         _check(
             self.n_embd % self.n_head == 0,
             "n_embd",
@@ -80,6 +96,8 @@ class GPTConfig:
         )
         for name in ("bias", "tie_weights"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
+        _check(isinstance(self.pos_encoding, str), "pos_encoding", f"must be a string, got {self.pos_encoding!r}")
+        check_model_size(self.vocab_size, self.n_layer, self.n_embd)
 
     @property
     def head_dim(self) -> int:
@@ -100,6 +118,17 @@ class GPTConfig:
         return cls.from_dict(json.loads(text))
 
 
+def check_model_size(vocab_size: int, n_layer: int, n_embd: int) -> None:
+    """Refuse a shape whose weights alone could not fit in any machine minigpt runs on
+    (~12 n_layer n_embd^2 in the blocks plus the embedding), before allocating it."""
+    approx = 12 * n_layer * n_embd**2 + vocab_size * n_embd
+    if approx > MAX_PARAMS:
+        raise ConfigError(
+            f"n_layer: {n_layer} layers x {n_embd} wide (vocab {vocab_size:,}) is ~{approx / 1e9:,.0f}B parameters, "
+            f"more than the {MAX_PARAMS / 1e9:.0f}B minigpt allows; lower --n-layer/--n-embd"
+        )
+
+
 def dataclass_from_dict(cls, d: dict[str, Any]):
     """A config dataclass from a JSON object, naming the first unknown or missing key."""
     if not isinstance(d, dict):
@@ -111,7 +140,10 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
     missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
     if missing:
         raise ConfigError(f"{missing[0]}: missing from the {cls.__name__}")
-    return cls(**d)
+    try:
+        return cls(**d)
+    except TypeError as e:  # a wrongly typed value that __post_init__ compared before checking its type
+        raise ConfigError(f"{cls.__name__}: invalid value ({e})") from None
 
 
 # ---- training configuration -----------------------------------------------------------
@@ -126,7 +158,7 @@ def _opt(default, help: str, **kw):
 class ModelArgs:
     """What to train: the model kind and its shape (vocab_size comes from the data)."""
 
-    model: str = _opt("gpt", "model kind: gpt, or a baseline (lstm, gru, ngram)", choices=MODEL_KINDS)
+    model: str = _opt("gpt", "model kind: gpt, or a baseline (lstm, gru, ngram; see models.py)")
     n_layer: int = _opt(4, "number of Transformer blocks (or recurrent layers)")
     n_head: int = _opt(4, "attention heads per block")
     n_embd: int = _opt(128, "width of the residual stream (embedding size)")
@@ -212,29 +244,40 @@ class TrainConfig:
         raise ConfigError(f"{name}: not a training setting (see `minigpt train --help`)")
 
     def validate(self) -> None:
+        """Types, ranges and caps of every setting; each error names its field. (The model
+        kind and its shape rules are checked where the model is built: `models.py`.)"""
+        _coerce_types(self)
         m, o, r = self.model, self.optim, self.run
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "ngram_order"):
-            _check(getattr(m, name) > 0, name, f"must be positive, got {getattr(m, name)}")
-        if m.model == "gpt":
-            _check(m.n_embd % m.n_head == 0, "n_embd", f"must be divisible by n_head ({m.n_embd} % {m.n_head} != 0)")
-            if m.pos_encoding == "rope":
-                _check((m.n_embd // m.n_head) % 2 == 0, "n_embd", "rope needs an even head size (n_embd / n_head)")
-        _check(m.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
+        for name, cap in (("n_layer", MAX_LAYERS), ("n_head", MAX_WIDTH), ("n_embd", MAX_WIDTH),
+                          ("block_size", MAX_CONTEXT), ("ngram_order", MAX_NGRAM_ORDER)):
+            v = getattr(m, name)
+            _check(0 < v <= cap, name, f"must be between 1 and {cap:,}, got {v:,}")
+        check_model_size(0, m.n_layer, m.n_embd)
         _check(m.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}")
         _check(0.0 <= m.dropout < 1.0, "dropout", f"must be in [0, 1), got {m.dropout}")
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            _check(getattr(o, name) > 0, name, f"must be positive, got {getattr(o, name)}")
-        _check(o.lr > 0 and math.isfinite(o.lr), "lr", f"must be positive, got {o.lr}")
+        for name, cap in (("max_steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("grad_accum", MAX_BATCH)):
+            v = getattr(o, name)
+            _check(0 < v <= cap, name, f"must be between 1 and {cap:,}, got {v:,}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout"):
+            v = getattr(o, name, None) if name != "dropout" else m.dropout
+            _check(math.isfinite(v), name, f"must be a finite number, got {v}")
+        _check(0 < o.lr <= 10, "lr", f"must be in (0, 10], got {o.lr}")
         _check(0 <= o.min_lr <= o.lr, "min_lr", f"must be between 0 and --lr ({o.lr}), got {o.min_lr}")
-        _check(o.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {o.warmup_steps}")
-        _check(o.lr_decay_steps >= 0, "lr_decay_steps", f"must be >= 0, got {o.lr_decay_steps}")
+        _check(0 <= o.warmup_steps <= MAX_STEPS, "warmup_steps", f"must be between 0 and {MAX_STEPS:,}, got {o.warmup_steps}")
+        _check(0 <= o.lr_decay_steps <= MAX_STEPS, "lr_decay_steps", f"must be between 0 and {MAX_STEPS:,}, got {o.lr_decay_steps}")
         _check(o.weight_decay >= 0, "weight_decay", f"must be >= 0, got {o.weight_decay}")
-        _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "beta1", "betas must be in [0, 1)")
+        _check(0 <= o.beta1 < 1, "beta1", f"must be in [0, 1), got {o.beta1}")
+        _check(0 <= o.beta2 < 1, "beta2", f"must be in [0, 1), got {o.beta2}")
         _check(o.grad_clip >= 0, "grad_clip", f"must be >= 0, got {o.grad_clip}")
         for name in ("eval_interval", "eval_steps", "log_interval"):
-            _check(getattr(r, name) > 0, name, f"must be positive, got {getattr(r, name)}")
-        _check(r.sample_tokens >= 0, "sample_tokens", f"must be >= 0, got {r.sample_tokens}")
-        _check(r.threads >= 0, "threads", f"must be >= 0, got {r.threads}")
+            v = getattr(r, name)
+            _check(0 < v <= MAX_STEPS, name, f"must be between 1 and {MAX_STEPS:,}, got {v:,}")
+        _check(0 <= r.sample_tokens <= MAX_CONTEXT, "sample_tokens", f"must be between 0 and {MAX_CONTEXT:,}, got {r.sample_tokens:,}")
+        _check(0 <= r.threads <= 4096, "threads", f"must be between 0 and 4096, got {r.threads}")
+        _check(0 <= r.seed <= MAX_SEED, "seed", f"must be between 0 and 2^63 - 1, got {r.seed}")
+        for name in ("out", "data"):
+            v = getattr(r, name) if name == "out" else self.data.data
+            _check(v.strip() != "", name, "must not be empty (name a directory)")
 
 
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
@@ -281,17 +324,7 @@ def apply_preset(cfg: TrainConfig, name: str) -> None:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a --config file: flat `name = value` lines and/or [model]/[data]/[optim]/[run]
     sections, returned as one flat dict of snake_case names."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config: file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config: {path}: {e}") from None
+    raw = files.load_toml(path, "config")
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict) and k in SECTIONS:
@@ -308,9 +341,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[str] = ()) -> None:
     """One flag per training setting, generated from the dataclasses. The defaults shown are
-    what a run gets with no flags: the dataclass defaults under the default `cpu` preset."""
+    what a run gets with no flags: the dataclass defaults under the default `cpu` preset.
+    `model_kinds` (the registry's names, see models.py) become --model's choices."""
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help=f"named starting point (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)")
     for section, cls in SECTIONS.items():
@@ -319,6 +353,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
+            elif f.name == "model" and model_kinds:
+                kw["choices"] = list(model_kinds)
             typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), None)
             if f.type in (bool, "bool", "bool | None"):
                 kw["action"] = argparse.BooleanOptionalAction
@@ -348,7 +384,6 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
         cfg.set(k, v)
     for k, v in explicit_overrides(args).items():
         cfg.set(k, v)
-    _coerce_types(cfg)
     cfg.validate()
     return cfg
 

@@ -21,3 +21,12 @@ class DataError(MiniGPTError, ValueError):
 
 class CheckpointError(MiniGPTError, ValueError):
     """A checkpoint is missing, truncated, unsafe or does not match its config."""
+
+
+class NoAttention(MiniGPTError):
+    """Attention weights were asked of a model that has none (an n-gram, LSTM or GRU)."""
+
+    def __init__(self, kind: str | None):
+        names = {"lstm": "an LSTM", "gru": "a GRU", "ngram": "an n-gram model"}
+        name = names.get(kind or "", f"a {kind or 'non-GPT'} model")
+        super().__init__(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")

@@ -26,9 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import files
+from .checkpoint import RunDirectory, read_run
+from .completion import complete
+from .data import windows
 from .errors import DataError, MiniGPTError
 
 LN2 = math.log(2)
@@ -119,20 +124,6 @@ def window_plan(n_tokens: int, window: int, stride: int | None = None) -> tuple[
     return starts, done, W, S
 
 
-def eval_window(model: nn.Module) -> tuple[int, int]:
-    """(window, stride) for `evaluate_tokens`, chosen by the kind of model.
-
-    A GPT or an RNN reads windows of its block_size, non-overlapping (as it was trained).
-    An n-gram reads only the last order - 1 tokens but accepts any length, so it gets
-    long windows that overlap by order - 2 tokens: every target then has its full
-    context and the result is the n-gram's exact probability of the split.
-    """
-    if getattr(model, "model_type", "gpt") == "ngram":
-        order = model.config.order
-        return 128, 128 - max(0, order - 2)
-    return model.config.block_size, model.config.block_size
-
-
 @torch.no_grad()
 def evaluate_tokens(
     model: nn.Module,
@@ -153,10 +144,6 @@ def evaluate_tokens(
     when stderr is a terminal). Returns `metrics_from_sums`' dict plus the window and
     stride used.
     """
-    from tqdm.auto import tqdm
-
-    from .data import windows
-
     n = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens)
     starts, done, W, S = window_plan(n, window, stride)
     device = next(model.parameters()).device
@@ -370,32 +357,18 @@ def memorization(samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, 
 # ---- `minigpt eval` --------------------------------------------------------------------------------
 
 
-def _data_dir(args, ckpt) -> str:
-    if args.data:
-        return args.data
-    try:
-        return ckpt.run["config"]["data"]["data"]
-    except (TypeError, KeyError):
-        raise MiniGPTError(
-            f"{ckpt.path} does not record the dataset it was trained on; pass --data DIR (a prepared dataset "
-            f"with the same tokenizer)"
-        ) from None
-
-
 def evaluate_checkpoint(
     model: nn.Module, tokenizer, data, *, max_tokens: int = 0, batch_size: int = 16, samples: int = 10,
     prompt: str = "", max_new_tokens: int = 200, params=None, seed: int = 0, progress: bool | None = False,
 ) -> dict[str, Any]:
     """Every number `minigpt eval` reports, for a model and a prepared `Dataset` whose
     tokenizer is the model's. Returns a flat dict (the --json object, less the paths)."""
-    from .completion import complete
-
     val = data.tokens("val")
     if len(val) < 2:
         raise DataError(f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction")
     if samples < 1:
         raise MiniGPTError(f"--samples must be >= 1, got {samples}")
-    window, stride = eval_window(model)
+    window, stride = model.score_window()
     ev = evaluate_tokens(
         model, val, tokenizer.byte_lengths, window=window, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
         progress=progress,
@@ -406,7 +379,7 @@ def evaluate_checkpoint(
     memo = memorization(ids, data.tokens("train"), vocab_size=model.config.vocab_size)
     longest_ids = ids[memo.longest_sample][memo.longest_offset : memo.longest_offset + memo.longest] if memo.longest else []
     return {
-        "model_type": getattr(model, "model_type", "gpt"),
+        "model_type": model.model_type,
         "val_loss": ev["loss"],
         "perplexity": ev["perplexity"],
         "bits_per_byte": ev["bpb"],
@@ -456,73 +429,18 @@ def format_eval(r: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN and inf are not JSON: write null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
     return obj
 
 
-def run_eval_cli(args) -> int:
-    """`minigpt eval`: see the module docstring. Bad input -> MiniGPTError (exit 2)."""
-    from .inference import load_for_inference
-    from .data import Dataset
-    from .sampling import SamplingParams
-
-    if args.samples < 1:
-        raise MiniGPTError(f"--samples must be >= 1, got {args.samples}")
-    if args.max_new_tokens < 1:
-        raise MiniGPTError(f"--max-new-tokens must be >= 1 for the sample metrics, got {args.max_new_tokens}")
-    if args.max_tokens < 0:
-        raise MiniGPTError(f"--max-tokens must be >= 0 (0 = the whole split), got {args.max_tokens}")
-    if args.batch_size < 1:
-        raise MiniGPTError(f"--batch-size must be >= 1, got {args.batch_size}")
-    params = SamplingParams.from_flags(args)
-    # float32 weights: the numbers should not depend on the device's fast dtype.
-    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32")
-    data_dir = _data_dir(args, ckpt)
-    try:
-        data = Dataset(data_dir)
-    except DataError as e:
-        if args.data:
-            raise
-        # The path in run.json is relative to where training ran; say where it came from.
-        raise DataError(f"{e} (the dataset recorded in {ckpt.path}/run.json; pass --data DIR to use another)") from None
-    if data.tokenizer.to_str() != ckpt.tokenizer.to_str():
-        raise MiniGPTError(
-            f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's ({data.path}/tokenizer.json): "
-            f"the token ids would mean different text; evaluate on data prepared with the checkpoint's tokenizer"
-        )
-    report = evaluate_checkpoint(
-        ckpt.model, ckpt.tokenizer, data, max_tokens=args.max_tokens, batch_size=args.batch_size, samples=args.samples,
-        prompt=args.prompt, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed, progress=None,
-    )
-    report = {"checkpoint": str(ckpt.path), "data": str(data.path), **report}
-    if args.json:
-        print(json.dumps(_json_safe(report)))
-    else:
-        print(format_eval(report))
-    return 0
-
-
 # ---- `minigpt compare` -----------------------------------------------------------------------------
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The lines of a metrics.jsonl (a line cut short by a kill is skipped)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -531,29 +449,23 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     From the last checkpoint's run.json (else the best's): model kind, parameters, steps,
     training time, tokens seen. From metrics.jsonl: the best and the final validation
     bits per byte, and the curve (time_s, val_bpb) for the plot."""
-    from .checkpoint import RUN, RunDirectory
-
     p = Path(run_dir)
     if not p.is_dir():
         raise MiniGPTError(f"{p}: no such run directory")
     rd = RunDirectory(p)
     ckpt = rd.last() or rd.best()
-    metrics_path = p / "metrics.jsonl"
-    if ckpt is None and not metrics_path.is_file():
+    if ckpt is None and not rd.metrics_path.is_file():
         raise MiniGPTError(f"{p}: not a training run (no metrics.jsonl and no last/ or best/ checkpoint); train with `minigpt train --out {p}`")
-    info: dict[str, Any] = {}
-    if ckpt is not None and (ckpt / RUN).is_file():
-        try:
-            info = json.loads((ckpt / RUN).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MiniGPTError(f"{ckpt / RUN}: unreadable ({e})") from None
-    evals = [m for m in (read_metrics(metrics_path) if metrics_path.is_file() else []) if m.get("val_bpb") is not None]
-    curve = [(float(m.get("time_s", 0.0)), float(m["val_bpb"])) for m in evals]
+    info = read_run(ckpt) if ckpt is not None and (ckpt / "run.json").is_file() else {}
+    evals = [m for m in rd.read_metrics() if m.get("val_bpb") is not None]
+    curve = [(float(m.get("time_s") or 0.0), float(m["val_bpb"])) for m in evals]
     bpbs = [b for _, b in curve if math.isfinite(b)]
-    kind = info.get("model_type") or (info.get("config", {}).get("model", {}).get("model"))
+    kind = info.get("model_type")
+    if kind is None and isinstance(info.get("config", {}).get("model"), dict):
+        kind = info["config"]["model"].get("model")
     return {
         "run": str(run_dir),
-        "model_type": kind,
+        "model_type": kind if isinstance(kind, str) else None,
         "num_params": info.get("num_params"),
         "step": info.get("step", evals[-1]["step"] if evals else None),
         "train_time_s": info.get("train_time_s", curve[-1][0] if curve else None),
@@ -595,7 +507,7 @@ def format_compare(rows: list[dict[str, Any]]) -> str:
 
 def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Validation bits per byte against training time, one line per run, to a PNG."""
-    try:
+    try:  # matplotlib is the optional viz extra, imported only when a plot is asked for
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
@@ -614,21 +526,4 @@ def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     if any(r["curve"] for r in rows):
         ax.legend()
-    try:
-        fig.savefig(str(path), dpi=120, bbox_inches="tight")
-    except OSError as e:
-        raise MiniGPTError(f"--png {path}: cannot write: {e.strerror or e}") from None
-
-
-def run_compare_cli(args) -> int:
-    """`minigpt compare RUN_DIR...`: the table (or --json), and --png the curves."""
-    rows = [load_run(r) for r in args.runs]
-    if args.png:
-        plot_runs(rows, args.png)
-    if args.json:
-        print(json.dumps(_json_safe(rows)))
-    else:
-        print(format_compare(rows))
-        if args.png:
-            print(f"wrote {args.png}", file=sys.stderr)
-    return 0
+    files.save_png(fig, path, dpi=120, bbox_inches="tight")

@@ -33,8 +33,9 @@ from .errors import MiniGPTError
 MAX_JSON_BYTES = 64 << 20
 
 
-class FileError(MiniGPTError):
-    """An OS-level failure to read or write a file, worded for one line."""
+class FileError(MiniGPTError, OSError):
+    """An OS-level failure to read or write a file, worded for one line. It is still an
+    OSError, so library callers that catch those keep working."""
 
     def __init__(self, message: str, errno_: int | None = None):
         super().__init__(message)
@@ -113,6 +114,9 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path
             raise FileError(f"cannot write {path}: it is a directory")
         os.replace(tmp, path)
         fsync_dir(parent)
+    except FileError:
+        tmp.unlink(missing_ok=True)
+        raise
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise os_error(e, path) from None
@@ -169,12 +173,27 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterat
         else:
             os.rename(tmp, path)
         fsync_dir(path.parent)
+    except FileError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise os_error(e, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_png(fig, path: str | os.PathLike, **kw) -> Path:
+    """Save a matplotlib figure as PNG, atomically. The format is PNG whatever the name
+    says, so a name with another suffix (`c.xyz`, `c.jpg`) is refused in one line rather
+    than left to matplotlib's format guessing (which fails with a ValueError)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise MiniGPTError(f"--png {p}: the file name must end in .png")
+    with atomic_output(p, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **kw)
+    return p
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
@@ -195,6 +214,8 @@ def read_bytes(path: str | os.PathLike, *, limit: int | None = None, what: str =
         if limit is not None and size > limit:
             raise FileError(f"{p}: {size:,} bytes is too large for a {what} (at most {limit:,})")
         return p.read_bytes()
+    except FileError:
+        raise
     except IsADirectoryError:
         raise FileError(f"{p}: is a directory, not a {what}") from None
     except FileNotFoundError:

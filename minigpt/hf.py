@@ -31,14 +31,15 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_json, resolve_checkpoint, save_checkpoint
+from . import files, models
+from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint, save_checkpoint
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
@@ -181,9 +182,6 @@ _POSITION_REFUSAL = {
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -212,11 +210,10 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_sharded(index: Path, load) -> dict[str, torch.Tensor]:
     """The tensors of a sharded checkpoint: `index` maps each name to a shard file."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{index}: not a valid shard index ({type(e).__name__}: {e})") from None
+    weight_map = files.read_json_object(index, "a shard index", CheckpointError).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid shard index (weight_map must map tensor names to file names)")
+    shards = sorted(set(weight_map.values()))
     tensors: dict[str, torch.Tensor] = {}
     for shard in shards:
         # A shard must be a plain file name beside the index, never a path elsewhere.
@@ -285,6 +282,8 @@ def gpt_state_from_hf(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: s
             raise CheckpointError(f"{where}: tensor {name!r} has shape {stored} but config.json implies {want}")
         if not t.is_floating_point():
             raise CheckpointError(f"{where}: tensor {name!r} has dtype {t.dtype}, not floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values (a diverged or corrupt model)")
     return {n: t.float().contiguous() for n, t in out.items()}
 
 
@@ -345,7 +344,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 directory)")
     _check_out(out, hf_dir, force)
-    cfg = gpt_config_from_hf(read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json"), str(hf_dir / CONFIG))
+    cfg = gpt_config_from_hf(files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError), str(hf_dir / CONFIG))
     tensors, source = read_hf_weights(hf_dir)
     state = gpt_state_from_hf(tensors, cfg, where=str(source))
     del tensors
@@ -366,15 +365,6 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     return save_checkpoint(out, model, tokenizer)
 
 
-def _peek_minigpt_config(path: Path) -> dict[str, Any]:
-    """config.json of a minigpt checkpoint, to refuse early (before loading weights)."""
-    try:
-        meta = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}  # load_checkpoint reports it properly
-    return meta if isinstance(meta, dict) else {}
-
-
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write a minigpt GPT checkpoint (or a run directory's best/last) as a Hugging Face
     GPT-2 directory: config.json, model.safetensors and tokenizer.json, loadable with
@@ -387,49 +377,26 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     PosixPath('shakespeare-hf')
     """
     path, out = resolve_checkpoint(checkpoint), Path(out_dir)
-    meta = _peek_minigpt_config(path)
-    if meta.get("format") == "minigpt-checkpoint":
-        if meta.get("model_type", "gpt") != "gpt":
-            raise CheckpointError(f"{path / CONFIG}: model_type {meta['model_type']!r} cannot be exported; only GPT checkpoints map onto GPT-2")
-        model_cfg = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-        pos = model_cfg.get("pos_encoding", "learned")
-        if pos in _POSITION_REFUSAL:
-            raise CheckpointError(f"{path}: {_POSITION_REFUSAL[pos]}")
+    # Refuse what cannot map onto GPT-2 from config.json alone, before reading weights.
+    kind, settings = read_model_config(path)
+    if not issubclass(models.kind(kind, "model_type").cls, GPT):
+        raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2")
+    pos = settings.get("pos_encoding", "learned")
+    if pos in _POSITION_REFUSAL:
+        raise CheckpointError(f"{path}: {_POSITION_REFUSAL[pos]}")
     _check_out(out, path, force)
     ckpt = load_checkpoint(path, "cpu", need_tokenizer=False)
-    if ckpt.model_type != "gpt":
-        raise CheckpointError(f"{path / CONFIG}: model_type {ckpt.model_type!r} cannot be exported; only GPT checkpoints map onto GPT-2")
     model: GPT = ckpt.model
     eot_id = ckpt.tokenizer.eot_id if ckpt.tokenizer is not None else None
     hf_config = hf_config_from_gpt(model.config, eot_id)  # refuses sinusoidal/rope
     tensors = hf_state_from_gpt(model)
 
-    from safetensors.torch import save_file
-
-    # Write everything under a temporary name beside `out`, then rename: an interrupted
-    # export never leaves a half-written directory that from_pretrained would half-load.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; an export is not
+    # Written under a temporary name beside `out`, then renamed: an interrupted export
+    # never leaves a half-written directory that from_pretrained would half-load.
+    with files.atomic_directory(out) as tmp:
         # metadata format "pt": transformers checks it to know the file holds PyTorch tensors.
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
-        if out.exists() or out.is_symlink():  # only with force (checked above)
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -1,4 +1,5 @@
-"""Speed-ups for running a trained model (not for training), kept out of model.py.
+"""Running a trained model: loading it for inference (device, dtype) and the speed-ups
+that apply then (not to training), kept out of model.py and checkpoint.py.
 
 On the CPU, one token of decoding multiplies a single activation row by every weight
 matrix: the time goes into streaming the weights from memory. PyTorch's default kernel
@@ -45,6 +46,7 @@ def prepack_for_cpu(model: nn.Module) -> nn.Module:
             # torch 2.13 deprecates the TorchScript decorator MkldnnLinear is written with;
             # the kernel it calls is what inductor's CPU "freezing" uses too.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # imported lazily, inside the filter: importing it is what warns
             from torch.utils.mkldnn import MkldnnLinear
     except (ImportError, AttributeError):  # a torch without it: keep the plain layers
         return model
@@ -69,9 +71,12 @@ def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str
     on the CPU, prepacked for oneDNN (`inference.prepack_for_cpu`: same numbers, faster).
     The model is for inference only. Returns (Checkpoint, torch.device)."""
     dev = pick_device(device)
-    ckpt = load_checkpoint(path, dev, need_tokenizer=need_tokenizer)
     dt = pick_dtype(dtype, dev)
-    if ckpt.model_type == "gpt":
+    ckpt = load_checkpoint(path, dev, need_tokenizer=need_tokenizer)
+    # A counting model keeps its float64 statistics: a cast would only lose precision, and
+    # it has no matrix products to speed up. Models trained by gradient descent are cast
+    # and (on the CPU) prepacked.
+    if ckpt.model.learns_by == "gradient":
         if dt != torch.float32:
             ckpt.model.to(dt)
         if dev.type == "cpu":

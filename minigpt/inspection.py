@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .baselines import no_attention
-from .errors import MiniGPTError
+from . import files
+from .errors import MiniGPTError, NoAttention
 
 __all__ = [
     "AttentionMaps", "HeadStats", "attention_maps", "head_statistics",
     "attention_entropy", "mean_attention_distance", "previous_token_score", "first_token_score",
     "induction_scores", "select_map", "format_attention", "format_head_stats",
-    "write_html", "write_png", "run_attention_cli", "run_heads_cli",
+    "write_html", "write_png", "check_index",
 ]
 
 # A head is named a previous-token head if, on average, more than half of each token's
@@ -104,7 +104,6 @@ class AttentionMaps:
         `tokens_json` repeats the tokens as one JSON string: numpy's unicode arrays drop
         trailing NUL characters, so a token like '\\x00' would not survive on its own.
         """
-        path = Path(path)
         buf = io.BytesIO()  # np.savez appends ".npz" to a path without it; a buffer keeps the name exact
         np.savez(
             buf,
@@ -114,11 +113,7 @@ class AttentionMaps:
             ids=np.array(self.ids, dtype=np.int64),
             dropped=np.array(self.dropped, dtype=np.int64),
         )
-        try:
-            path.write_bytes(buf.getvalue())
-        except OSError as e:
-            raise MiniGPTError(f"cannot write {path}: {e.strerror or e}") from None
-        return path
+        return files.atomic_write(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AttentionMaps":
@@ -140,10 +135,10 @@ class AttentionMaps:
 
 
 def _require_attention(model) -> None:
-    """Only a GPT has attention; the baselines (lstm, gru, ngram) do not."""
-    kind = getattr(model, "model_type", None)
-    if kind != "gpt":
-        raise no_attention(kind or type(model).__name__)
+    """Only models that declare `has_attention` (the GPT) can be inspected; the baselines
+    (lstm, gru, ngram) cannot."""
+    if not model.has_attention:
+        raise NoAttention(model.model_type)
 
 
 def _model_device(model) -> torch.device:
@@ -352,7 +347,7 @@ def head_statistics(weights: np.ndarray, induction: np.ndarray | None = None) ->
 # ---- terminal rendering ---------------------------------------------------------------------
 
 
-def _check_index(value: int | None, n: int, what: str) -> None:
+def check_index(value: int | None, n: int, what: str) -> None:
     # Negative indices are refused rather than counted from the end: "--layer -1" is
     # more likely a typo than a wish for the last layer, and the message lists the range.
     if value is not None and not 0 <= value < n:
@@ -362,8 +357,8 @@ def _check_index(value: int | None, n: int, what: str) -> None:
 def select_map(maps: AttentionMaps, layer: int | None = None, head: int | None = None) -> tuple[np.ndarray, str]:
     """The [T, T] map of one layer/head, or the mean over the layers/heads not given,
     with a description of which. A mean of attention rows is still a distribution."""
-    _check_index(layer, maps.n_layer, "layer")
-    _check_index(head, maps.n_head, "head")
+    check_index(layer, maps.n_layer, "layer")
+    check_index(head, maps.n_head, "head")
     w = maps.weights
     w = w[[layer]] if layer is not None else w  # keep dims: [L', H, T, T]
     w = w[:, [head]] if head is not None else w  # [L', H', T, T]
@@ -449,13 +444,20 @@ def _json_for_script(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def viewer_data(maps: AttentionMaps, title: str = "") -> dict:
-    """What the viewer reads: tokens, and each head's rows cut at the diagonal (row t
-    keeps its t+1 possible keys), rounded to 6 decimals."""
+def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, head: int | None = None) -> dict:
+    """What the viewer reads: tokens, each head's rows cut at the diagonal (row t keeps
+    its t+1 possible keys), rounded to 6 decimals, and the layer/head to open on (head
+    None: the mean over heads)."""
+    check_index(layer, maps.n_layer, "layer")
+    check_index(head, maps.n_head, "head")
     L, H, T, _ = maps.weights.shape
     w = np.round(maps.weights.astype(np.float64), 6)
     return {
         "title": title,
+        "layer": 0 if layer is None else layer,
+        # --layer alone opens on the mean of its heads (as the terminal view shows it);
+        # nothing given opens on layer 0, head 0.
+        "head": head if head is not None else (None if layer is not None else 0),
         "tokens": list(maps.tokens),
         "dropped": maps.dropped,
         "n_layer": L,
@@ -464,7 +466,8 @@ def viewer_data(maps: AttentionMaps, title: str = "") -> dict:
     }
 
 
-def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "") -> Path:
+def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "", layer: int | None = None,
+               head: int | None = None) -> Path:
     """Write the interactive viewer: one HTML file with the data inside, no network needed.
 
     Layer and head selectors, the chosen head's heatmap, an overview of every head in the
@@ -474,20 +477,15 @@ def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "")
     template = (Path(__file__).with_name("viewer.html")).read_text(encoding="utf-8")
     if template.count(_DATA_MARKER) != 1:
         raise RuntimeError(f"viewer.html must contain {_DATA_MARKER} exactly once")
-    page = template.replace(_DATA_MARKER, _json_for_script(viewer_data(maps, title)))
-    path = Path(path)
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as e:
-        raise MiniGPTError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    page = template.replace(_DATA_MARKER, _json_for_script(viewer_data(maps, title, layer, head)))
+    return files.atomic_write(path, page)
 
 
 def _matplotlib_figure():
     """matplotlib's Figure class, imported only when a PNG is wanted (an optional extra).
 
     The object-oriented API needs no pyplot, so no global backend is chosen or changed."""
-    try:
+    try:  # the optional viz extra
         from matplotlib.figure import Figure
     except ImportError:
         raise MiniGPTError("--png needs matplotlib, which is not installed: pip install 'minigpt[viz]'") from None
@@ -513,99 +511,5 @@ def write_png(maps: AttentionMaps, path: str | os.PathLike, layer: int | None = 
     ax.set_ylabel("query (attending)")
     ax.set_title(what)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise MiniGPTError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
-# ---- command line -----------------------------------------------------------------------------
-
-
-def _load_gpt(path: str, device: str):
-    """Load a checkpoint that has attention and a tokenizer, or fail in one line.
-
-    The model kind is read from config.json before anything is built, so a baseline
-    checkpoint is reported as "no attention" rather than as whatever building it fails on.
-    Weights are kept in float32 (not bf16 on CUDA): these are numbers people read.
-    """
-    from .checkpoint import CONFIG, resolve_checkpoint
-    from .inference import load_for_inference
-
-    p = resolve_checkpoint(path)
-    try:
-        kind = json.loads((p / CONFIG).read_text(encoding="utf-8")).get("model_type", "gpt")
-    except (OSError, ValueError, AttributeError):
-        kind = "gpt"  # let the loader report what is wrong with the file
-    if kind != "gpt":
-        raise MiniGPTError(f"{p}: {no_attention(kind)}")
-    ckpt, _ = load_for_inference(p, device, "float32")
-    _require_attention(ckpt.model)
-    return ckpt
-
-
-def _note(command: str, msg: str) -> None:
-    print(f"minigpt {command}: note: {msg}", file=sys.stderr)
-
-
-def run_attention_cli(args) -> int:
-    """`minigpt attention`: the terminal heatmap, and --npz/--html/--png files."""
-    if not args.prompt:
-        raise MiniGPTError("--prompt is empty: give at least one token of text to look at")
-    if args.top < 1:
-        raise MiniGPTError(f"--top must be >= 1, got {args.top}")
-    if args.png:
-        _matplotlib_figure()  # a missing extra is reported before any work or output
-    ckpt = _load_gpt(args.checkpoint, args.device)
-    cfg = ckpt.model.config
-    _check_index(args.layer, cfg.n_layer, "layer")  # before the forward pass: fail fast
-    _check_index(args.head, cfg.n_head, "head")
-    maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
-    if maps.dropped:
-        _note("attention", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
-    # Files first, terminal view after: `... | head` closing the pipe must not cost a file.
-    written = []
-    if args.npz:
-        written.append(maps.save(args.npz))
-    if args.html:
-        written.append(write_html(maps, args.html, title=str(ckpt.path)))
-    if args.png:
-        written.append(write_png(maps, args.png, args.layer, args.head))
-    print(format_attention(maps, args.layer, args.head, args.top))
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def run_heads_cli(args) -> int:
-    """`minigpt heads`: the per-head statistics table (or --json) and the named heads."""
-    if args.prompt is not None and not args.prompt:
-        raise MiniGPTError("--prompt is empty: leave it out to use the built-in passage")
-    ckpt = _load_gpt(args.checkpoint, args.device)
-    text = DEFAULT_PASSAGE if args.prompt is None else args.prompt
-    maps = attention_maps(ckpt.model, ckpt.tokenizer, text)
-    if len(maps) < 2:
-        raise MiniGPTError("--prompt is a single token: head statistics need at least 2")
-    if maps.dropped and args.prompt is not None:
-        _note("heads", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
-    special = [] if ckpt.tokenizer.eot_id is None else [ckpt.tokenizer.eot_id]
-    stats = maps.head_stats()
-    stats.induction = induction_scores(ckpt.model, seed=args.seed, exclude_ids=special)
-    if args.json:
-        n = min(INDUCTION_SEQ_LEN, ckpt.model.config.block_size // 2)
-        print(json.dumps({
-            "checkpoint": str(ckpt.path),
-            "tokens": len(maps), "dropped": maps.dropped,
-            "induction": {"seq_len": n, "batch": INDUCTION_BATCH, "seed": args.seed},
-            "thresholds": {"prev_token": PREV_TOKEN_THRESHOLD, "induction": INDUCTION_THRESHOLD},
-            "heads": stats.rows(),
-            "previous_token_heads": [list(x) for x in stats.previous_token_heads()],
-            "induction_heads": [list(x) for x in stats.induction_heads()],
-        }, indent=2))
-    else:
-        print(f"{ckpt.path}: {len(maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
-              f"induction on repeated random sequences (seed {args.seed})")
-        print(format_head_stats(stats))
-    return 0
+    files.save_png(fig, path, dpi=100)
+    return Path(path)

@@ -229,7 +229,9 @@ class GPTOutput(NamedTuple):
 
 
 class GPT(nn.Module):
-    model_type = "gpt"  # how checkpoints name this kind of model
+    model_type = "gpt"  # how checkpoints name this kind of model (see models.py)
+    has_attention = True  # `return_attention=True` gives every head's weights
+    learns_by = "gradient"
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -300,6 +302,12 @@ class GPT(nn.Module):
             c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim,
             device=device or w.device, dtype=dtype or w.dtype,
         )
+
+    def score_window(self) -> tuple[int, int]:
+        """(window, stride) for scoring a text: non-overlapping windows of block_size, so
+        each target sees the mix of context lengths it was trained on (see
+        `evaluate.window_plan`)."""
+        return self.config.block_size, self.config.block_size
 
     def _validate(self, idx: torch.Tensor, targets, kv_cache) -> None:
         c = self.config

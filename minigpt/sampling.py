@@ -266,7 +266,10 @@ def generate(
     stop_tensor = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
 
-    has_cache = use_cache and hasattr(model, "make_cache")
+    # A model without decoding state (the n-gram) returns no cache: it re-reads the last
+    # block_size tokens every step.
+    cache = model.make_cache(B, block) if use_cache else None
+    has_cache = cache is not None
     if not has_cache and len(set(lengths)) > 1:
         # Without a cache there is no padding mask: run the rows one at a time.
         yield from _generate_rows_separately(
@@ -276,7 +279,6 @@ def generate(
 
     decoder = None
     if has_cache:
-        cache = model.make_cache(B, block)
         cache_is_bounded = getattr(cache, "max_len", None) is not None
         decoder = _Decoder(model, cache, cuda_graph=cuda_graph and device.type == "cuda", compile=compile)
 

@@ -14,13 +14,14 @@ of N steps and a run of N/2 steps resumed for N/2 more produce the same losses (
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__
-from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, unwrap
-from .config import GPTConfig, ModelArgs, TrainConfig
+from . import __version__, files, models
+from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
+from .completion import complete
+from .config import TrainConfig
 from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare_from_recipe, windows
 from .errors import ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
 from .runtime import Runtime, configure_threads, enable_tf32, init_runtime
-
-METRICS = "metrics.jsonl"
-RUN_CONFIG = "train_config.json"  # the resolved settings (each checkpoint also has them in run.json)
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
@@ -73,22 +72,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     ]
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), **extra)
-
-
-def build_model(margs: ModelArgs, vocab_size: int) -> nn.Module:
-    if margs.model == "gpt":
-        from .model import GPT
-
-        return GPT(
-            GPTConfig(
-                vocab_size=vocab_size, block_size=margs.block_size, n_layer=margs.n_layer, n_head=margs.n_head,
-                n_embd=margs.n_embd, dropout=margs.dropout, bias=margs.bias, pos_encoding=margs.pos_encoding,
-                tie_weights=margs.tie_weights,
-            )
-        )
-    from . import baselines
-
-    return baselines.from_args(margs, vocab_size)
 
 
 @torch.no_grad()
@@ -141,9 +124,9 @@ def eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig,
     return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
 
 
-def write_eval_line(metrics_path: Path, ev: dict, *, time_s: float, tokens: int, tb=None) -> None:
+def write_eval_line(run_dir: RunDirectory, ev: dict, *, time_s: float, tokens: int, tb=None) -> None:
     """Append an evaluation line to metrics.jsonl and print it above the progress bar."""
-    _append_jsonl(metrics_path, {**ev, "time_s": round(time_s, 3), "tokens": tokens})
+    run_dir.append_metrics({**ev, "time_s": round(time_s, 3), "tokens": tokens})
     if tb:
         for k in ("train_loss", "val_loss", "val_bpb"):
             tb.add_scalar(f"eval/{k}", ev[k], ev["step"])
@@ -204,36 +187,25 @@ class _Stopwatch:
             self._since = time.perf_counter()
 
 
-def _append_jsonl(path: Path, obj: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines written after the checkpoint we resume from (they
-    belong to steps that will be redone)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _check_writable(out: Path) -> None:
+def _make_out(out: Path) -> Path | None:
+    """Create the run directory (and check it is writable, so a run never trains for
+    minutes and then fails to save). Returns the topmost directory this call created
+    (None if `out` existed), so a run that fails before saving anything can remove it."""
+    created = None
+    for p in [out, *out.parents]:
+        if p.exists():
+            break
+        created = p
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise MiniGPTError(f"cannot write to the output directory {out}: {e.strerror or e}") from None
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise files.os_error(e, out, "cannot write to the output directory") from None
+    return created
 
 
 def _rng_state() -> dict[str, Any]:
@@ -256,6 +228,51 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+# ---- the run --------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run training as configured; returns a summary (final step, losses, paths).
+
+    `explicit` lists the settings the user typed (used on --resume to apply only those
+    on top of the saved config). Every model kind goes through here: kinds that learn by
+    gradient descent run the step loop, kinds that learn by counting one `fit` pass; both
+    get the same run directory, metrics, checkpoints and final sample.
+    """
+    explicit = explicit or {}
+    models.kind(cfg.model.model)  # an unknown kind is refused before anything is written
+    if cfg.run.tensorboard:
+        _tensorboard_writer()  # a missing package is reported before anything is written
+    out = Path(cfg.run.out)
+    configure_threads(cfg.run.threads)
+    rt = init_runtime(cfg.run.device, cfg.run.dtype)
+    created = None
+    run_dir = RunDirectory(out)
+    try:
+        resume_from = None
+        if cfg.run.resume:  # the saved run's settings (its data directory among them), flags on top
+            cfg, resume_from = _resume_config(cfg, explicit, run_dir)
+        data = _open_data(cfg, rt, progress)  # before creating --out: bad data leaves nothing behind
+        if rt.is_main:
+            created = _make_out(out)
+        # From here on the directory is this process's: a second trainer is refused by the lock.
+        with run_dir.lock() if rt.is_main else nullcontext():
+            if resume_from is None and run_dir.last() is not None:
+                raise MiniGPTError(
+                    f"{out} already holds a training run; pass --resume to continue it, or choose another --out "
+                    f"(or delete {out}) to start afresh"
+                )
+            return _Run(cfg, rt, data, run_dir, resume_from, progress).run()
+    except BaseException:
+        # A run that failed before saving a checkpoint leaves no directory behind that it
+        # created (its metrics and config describe nothing that can be loaded).
+        if created is not None and rt.is_main and run_dir.last() is None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        rt.shutdown()
+
+
 def _open_data(cfg: TrainConfig, rt: Runtime, progress: bool = True) -> Dataset:
     data_dir = Path(cfg.data.data)
     if not (data_dir / "meta.json").exists() and (data_dir / RECIPE_FILE).exists():
@@ -266,17 +283,19 @@ def _open_data(cfg: TrainConfig, rt: Runtime, progress: bool = True) -> Dataset:
     return Dataset(data_dir)
 
 
-def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], out: Path) -> tuple[TrainConfig, Path]:
+def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirectory) -> tuple[TrainConfig, Path]:
     """The saved run's config, with the flags given now applied on top. Changing the
     model's shape (or kind) is refused: the weights would not fit."""
-    run_dir = RunDirectory(out)
     last = run_dir.last()
     if last is None:
-        raise MiniGPTError(f"--resume: no checkpoint to resume in {out} (expected {out}/last/); train without --resume first")
+        raise MiniGPTError(f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); train without --resume first")
+    run = read_run(last)
+    if not isinstance(run.get("config"), dict):
+        raise MiniGPTError(f"--resume: {last / 'run.json'} records no training config")
     try:
-        saved = TrainConfig.from_dict(json.loads((last / "run.json").read_text(encoding="utf-8"))["config"])
-    except (OSError, KeyError, ValueError) as e:
-        raise MiniGPTError(f"--resume: {last / 'run.json'} is missing or unreadable ({e})") from None
+        saved = TrainConfig.from_dict(run["config"])
+    except MiniGPTError as e:
+        raise MiniGPTError(f"--resume: {last / 'run.json'}: {e}") from None
     model_fields = set(saved.model.__dataclass_fields__)
     for k, v in explicit.items():
         if k in model_fields and getattr(saved.model, k) != v:
@@ -291,171 +310,240 @@ def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], out: Path) -> tup
     return saved, last
 
 
-# ---- the loop --------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint's trainer_state.pt saves and --resume restores."""
+
+    step: int = 0
+    best_val: float = float("inf")
+    tokens_seen: int = 0
+    train_time: float = 0.0
 
 
-def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run training as configured; returns a summary (final step, losses, paths).
+class _Run:
+    """One training run, in the order it happens:
 
-    `explicit` lists the settings the user typed (used on --resume to apply only those
-    on top of the saved config).
+    set-up     the data's shape checks, the model (fresh, or the checkpoint resumed),
+               the run's logs (train_config.json, metrics.jsonl)
+    descend    for kinds that learn by gradient: AdamW steps over random windows, with
+               evaluation and checkpoints every eval_interval steps (`_step`, `_evaluate`, `_save`)
+    fit        for kinds that learn by counting: one pass over the train split, then the
+               same evaluation and checkpoint as a step run's last step
+    finish     a sample printed from the final model
     """
-    explicit = explicit or {}
-    out = Path(cfg.run.out)
-    if cfg.run.resume:
-        cfg, resume_from = _resume_config(cfg, explicit, out)
-    else:
-        resume_from = None
-        if RunDirectory(out).last() is not None:
-            raise MiniGPTError(
-                f"{out} already holds a training run; pass --resume to continue it, or choose another --out "
-                f"(or delete {out}) to start afresh"
-            )
-    configure_threads(cfg.run.threads)
-    rt = init_runtime(cfg.run.device, cfg.run.dtype)
-    created = not out.exists()
-    try:
-        return _train(cfg, rt, out, resume_from, progress)
-    except BaseException:
-        if created and rt.is_main:  # a run that failed before writing anything leaves no empty --out behind
-            try:
-                out.rmdir()
-            except OSError:
-                pass  # not empty (or already gone): keep what is there
-        raise
-    finally:
-        rt.shutdown()
 
-
-def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, progress: bool) -> dict[str, Any]:
-    m, o, r = cfg.model, cfg.optim, cfg.run
-    if rt.is_main:
-        _check_writable(out)
-    enable_tf32()
-    data = _open_data(cfg, rt, progress)
-    tokenizer = data.tokenizer
-    train_tokens, val_tokens = data.tokens("train"), data.tokens("val")
-    for split, toks in (("train", train_tokens), ("val", val_tokens)):
-        if len(toks) < m.block_size + 1:
-            raise DataError(
-                f"the {split} split of {data.path} holds {len(toks)} tokens, fewer than one window of "
-                f"block_size {m.block_size} needs ({m.block_size + 1}); lower --block-size or prepare more text"
-            )
-    global_batch = o.batch_size * o.grad_accum * rt.world_size
-    if global_batch > len(train_tokens) - m.block_size:
-        raise DataError(
-            f"the train split has only {len(train_tokens) - m.block_size} distinct windows of block_size {m.block_size}, "
-            f"fewer than a global batch of {global_batch}; lower --batch-size/--grad-accum"
-        )
-
-    torch.manual_seed(r.seed)
-    model = build_model(m, data.vocab_size)
-    if data.meta.get("vocab_size", 0) > model.config.vocab_size:
-        raise DataError("the model's vocabulary is smaller than the dataset's")
-    start_step, best_val, tokens_seen, train_time = 0, float("inf"), 0, 0.0
-    trainer_state = None
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, need_tokenizer=False)
-        if ckpt.tokenizer is not None and ckpt.tokenizer.to_str() != tokenizer.to_str():
-            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {data.path}'s; resume with the data it was trained on")
-        model.load_state_dict(ckpt.model.state_dict())
-        trainer_state = load_trainer_state(resume_from)
-        start_step = int(trainer_state["step"])
-        best_val = float(trainer_state.get("best_val_loss", float("inf")))
-        tokens_seen = int(trainer_state.get("tokens_seen", 0))
-        train_time = float(trainer_state.get("train_time_s", 0.0))
-        if start_step >= o.max_steps:
-            rt.print(f"{out}: already trained for {start_step} steps (>= --max-steps {o.max_steps}); nothing to do")
-            return {"step": start_step, "out": str(out), "resumed": True}
-    if hasattr(model, "check_inputs"):
-        model.check_inputs = False  # the data were checked once below; skip the per-step sync
-    if int(max(train_tokens.max(initial=0), val_tokens.max(initial=0))) >= model.config.vocab_size:
-        raise DataError(f"{data.path}: token ids exceed the vocabulary size {model.config.vocab_size}")
-    model.to(rt.device)
-    metrics_path = out / METRICS
-    if rt.is_main:  # shared by every model kind
+    def __init__(self, cfg: TrainConfig, rt: Runtime, data: Dataset, run_dir: RunDirectory, resume_from: Path | None,
+                 progress: bool):
+        self.cfg, self.rt, self.data, self.run_dir, self.progress = cfg, rt, data, run_dir, progress
+        self.tokenizer = data.tokenizer
+        self.train_tokens, self.val_tokens = data.tokens("train"), data.tokens("val")
+        self._check_data()
+        self.pos = _Progress()
+        self.trainer_state: dict[str, Any] | None = None
         if resume_from is not None:
-            _truncate_metrics(metrics_path, start_step)
-        else:  # a new run: lines left by one that saved no checkpoint (e.g. stopped by a NaN) go
-            metrics_path.unlink(missing_ok=True)
-        (out / RUN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+            self.model = self._resume(resume_from)
+        else:
+            torch.manual_seed(cfg.run.seed)  # the model's initialisation depends only on the seed
+            self.model = models.from_args(cfg.model, data.vocab_size)
+        if int(max(self.train_tokens.max(initial=0), self.val_tokens.max(initial=0))) >= self.model.config.vocab_size:
+            raise DataError(f"{data.path}: token ids exceed the vocabulary size {self.model.config.vocab_size}")
+        self.model.check_inputs = False  # the data were checked once, above; skip the per-step host sync
+        self.model.to(rt.device)
+        self.byte_lengths = padded_byte_lengths(self.tokenizer, self.model.config.vocab_size)
+        self.clock = _Stopwatch(self.pos.train_time)
+        self.tb = None
 
-    if m.model == "ngram":
-        from .baselines import train_ngram
+    # ---- set-up ---------------------------------------------------------------------------
 
-        return train_ngram(model, cfg, rt, data, out, tokenizer, progress=progress)
+    def _check_data(self) -> None:
+        m, o = self.cfg.model, self.cfg.optim
+        for split, toks in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(toks) < m.block_size + 1:
+                raise DataError(
+                    f"the {split} split of {self.data.path} holds {len(toks)} tokens, fewer than one window of "
+                    f"block_size {m.block_size} needs ({m.block_size + 1}); lower --block-size or prepare more text"
+                )
+        global_batch = o.batch_size * o.grad_accum * self.rt.world_size
+        if global_batch > len(self.train_tokens) - m.block_size:
+            raise DataError(
+                f"the train split has only {len(self.train_tokens) - m.block_size} distinct windows of block_size "
+                f"{m.block_size}, fewer than a global batch of {global_batch}; lower --batch-size/--grad-accum"
+            )
 
-    optimizer = make_optimizer(model, cfg, rt.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
-    if trainer_state is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        if "scaler" in trainer_state and scaler.is_enabled():
-            scaler.load_state_dict(trainer_state["scaler"])
-        _set_rng_state(trainer_state["rng"])
+    def _resume(self, path: Path) -> nn.Module:
+        """The checkpoint's model and the progress saved beside it. Its tokenizer must be
+        the data's: the same ids must mean the same text."""
+        ckpt = load_checkpoint(path, need_tokenizer=False)
+        if ckpt.tokenizer is not None and ckpt.tokenizer.to_str() != self.tokenizer.to_str():
+            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with the data it was trained on")
+        state = load_trainer_state(path)
+        self.trainer_state = state
+        self.pos = _Progress(state["step"], state["best_val_loss"], state["tokens_seen"], state["train_time_s"])
+        return ckpt.model
 
-    use_compile = r.compile if r.compile is not None else rt.device.type == "cuda"
-    fwd_model = torch.compile(model) if use_compile else model
-    if rt.distributed:
-        fwd_model = nn.parallel.DistributedDataParallel(
-            fwd_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
-    sampler = WindowSampler(
-        train_tokens, m.block_size, o.batch_size, grad_accum=o.grad_accum, rank=rt.rank,
-        world_size=rt.world_size, seed=r.seed, device=rt.device,
-    )
-    decay_steps = o.lr_decay_steps or o.max_steps
-    byte_lengths = padded_byte_lengths(tokenizer, model.config.vocab_size)
-    run_dir = RunDirectory(out)
-    tb = _tensorboard(out, r.tensorboard) if rt.is_main else None
-    n_params = unwrap(model).num_params()
-    flops_tok = unwrap(model).flops_per_token(m.block_size) if hasattr(unwrap(model), "flops_per_token") else None
-    peak = _peak_flops(rt.device)
-    rt.print(
-        f"{m.model}: {n_params / 1e6:.2f}M parameters | data {data.path} ({len(train_tokens):,} train / "
-        f"{len(val_tokens):,} val tokens, vocab {data.vocab_size}) | device {rt.device} {str(rt.dtype).removeprefix('torch.')}"
-        f"{' compiled' if use_compile else ''}{f' x{rt.world_size} processes' if rt.distributed else ''}",
-        file=sys.stderr,
-    )
+    def _start_logs(self) -> None:
+        """train_config.json, and metrics.jsonl as the run continues it: a resumed run drops
+        the lines of steps it will redo; a new run starts an empty log."""
+        if not self.rt.is_main:
+            return
+        if self.trainer_state is not None:
+            self.run_dir.truncate_metrics(self.pos.step)
+        else:
+            self.run_dir.reset_metrics()
+        self.run_dir.write_train_config(self.cfg.to_dict())
+        if self.cfg.run.tensorboard:
+            self.tb = _tensorboard_writer()(str(self.run_dir.path / "tensorboard"))
 
-    def do_eval(step: int) -> dict[str, Any]:
-        return eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg, rt, step)
+    def run(self) -> dict[str, Any]:
+        m, o = self.cfg.model, self.cfg.optim
+        if self.trainer_state is not None and (self.model.learns_by == "counting" or self.pos.step >= o.max_steps):
+            if self.model.learns_by == "counting":
+                self.rt.print(f"{self.run_dir.path}: a model that learns by counting is complete after one pass; "
+                              f"nothing to resume", file=sys.stderr)
+            else:
+                self.rt.print(f"{self.run_dir.path}: already trained for {self.pos.step} steps (>= --max-steps "
+                              f"{o.max_steps}); nothing to do")
+            return {"step": self.pos.step, "out": str(self.run_dir.path), "resumed": True}
+        self._start_logs()
+        try:
+            with _Signals() as signals:
+                if self.model.learns_by == "counting":
+                    summary = self._fit(signals)
+                else:
+                    summary = self._descend(signals)
+        finally:
+            if self.tb:
+                self.tb.close()
+        if summary.get("interrupted") is None:
+            self._finish()
+        return summary
 
-    def run_info(step: int, ev: dict | None) -> dict[str, Any]:
+    # ---- evaluate and save -------------------------------------------------------------------
+
+    def _evaluate(self, step: int) -> dict[str, Any]:
+        """One evaluation line (train/val loss on fixed windows, val bits per byte), logged."""
+        ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, self.rt, step)
+        if self.rt.is_main:
+            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb)
+        return ev
+
+    def _run_info(self, step: int, ev: dict | None) -> dict[str, Any]:
+        """run.json: the config and where the run stands (read by --resume, eval, compare)."""
         return {
-            "config": cfg.to_dict(), "model_type": m.model, "step": step, "tokens_seen": tokens_seen,
-            "train_time_s": round(clock.elapsed, 3), "num_params": n_params, "best_val_loss": best_val,
+            "config": self.cfg.to_dict(), "model_type": self.model.model_type, "step": step,
+            "tokens_seen": self.pos.tokens_seen, "train_time_s": round(self.clock.elapsed, 3),
+            "num_params": models.unwrap(self.model).num_params(), "best_val_loss": self.pos.best_val,
             **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}), "minigpt_version": __version__,
         }
 
-    def save(step: int, ev: dict | None, is_best: bool) -> None:
-        if not rt.is_main:
+    def _save(self, step: int, ev: dict | None, is_best: bool, extra_state: dict[str, Any]) -> None:
+        if not self.rt.is_main:
             return
         state = {
-            "optimizer": optimizer.state_dict(), "step": step, "rng": _rng_state(), "best_val_loss": best_val,
-            "tokens_seen": tokens_seen, "train_time_s": clock.elapsed,
-            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+            "step": step, "rng": _rng_state(), "best_val_loss": self.pos.best_val,
+            "tokens_seen": self.pos.tokens_seen, "train_time_s": self.clock.elapsed, **extra_state,
         }
-        run_dir.save(step, model, tokenizer, run=run_info(step, ev), trainer_state=state, is_best=is_best)
+        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state, is_best=is_best)
 
-    def log_eval(ev: dict) -> None:
-        if rt.is_main:
-            write_eval_line(metrics_path, ev, time_s=clock.elapsed, tokens=tokens_seen, tb=tb)
+    def _evaluate_and_save(self, step: int, extra_state: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate, then checkpoint; the checkpoint is the new `best` if val loss improved.
+        Neither counts as training time."""
+        with self.clock.paused():
+            ev = self._evaluate(step)
+            improved = ev["val_loss"] < self.pos.best_val
+            self.pos.best_val = min(self.pos.best_val, ev["val_loss"])
+            self._save(step, ev, improved, extra_state)
+        return ev
 
-    clock = _Stopwatch(train_time)
-    last_eval = None
-    if start_step == 0:
-        last_eval = do_eval(0)
-        log_eval(last_eval)
-    model.train()
-    tokens_per_step = global_batch * m.block_size
-    step = start_step
-    loss_acc = torch.zeros((), device=rt.device)  # summed over steps since the last log
-    bad = torch.zeros((), dtype=torch.bool, device=rt.device)
-    steps_since_log, t_log = 0, clock.read()
-    interrupted = None
-    bar = tqdm(total=o.max_steps, initial=start_step, desc="train", unit="step", disable=not (progress and rt.is_main), dynamic_ncols=True)
-    with _Signals() as signals:
+    # ---- fit: kinds that learn by counting ----------------------------------------------------
+
+    def _fit(self, signals: "_Signals") -> dict[str, Any]:
+        """One counting pass over the train split, between an evaluation of the empty model
+        (uniform) at step 0 and one of the counted model at step 1. "Step 1" is that pass;
+        tokens_seen is the split's length and the training time is the counting time.
+        A Ctrl-C during counting lets the pass finish (it is one call), then saves and exits."""
+        rt, kind = self.rt, models.kind(self.model.model_type)
+        rt.print(
+            f"{kind.name} ({kind.describe}) | data {self.data.path} ({len(self.train_tokens):,} train / "
+            f"{len(self.val_tokens):,} val tokens, vocab {self.data.vocab_size}) | device {rt.device}",
+            file=sys.stderr,
+        )
+        with self.clock.paused():
+            self._evaluate(0)
+        self.model.fit(self.train_tokens)
+        self.pos.step, self.pos.tokens_seen = 1, len(self.train_tokens)
+        fit_time = self.clock.read()
+        with self.clock.paused():
+            ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, rt, 1)
+            if rt.is_main:  # the one "training line": the counted model's train loss, and the counting speed
+                tok_s = round(self.pos.tokens_seen / max(fit_time, 1e-9), 1)
+                self.run_dir.append_metrics({"step": 1, "loss": ev["train_loss"], "lr": 0.0, "tokens_per_s": tok_s})
+                write_eval_line(self.run_dir, ev, time_s=fit_time, tokens=self.pos.tokens_seen, tb=self.tb)
+            self.pos.best_val = ev["val_loss"]
+            self._save(1, ev, True, {})
+        sizes = ", ".join(f"{k}-grams {n:,}" for k, n in enumerate(self.model.config.sizes, start=1))
+        rt.print(f"{kind.name}: counted {self.pos.tokens_seen:,} tokens in {fit_time:.2f} s ({sizes}); "
+                 f"saved {self.run_dir.path}/last", file=sys.stderr)
+        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev, "train_time_s": fit_time}
+        if signals.received is not None:
+            summary["interrupted"] = signals.received
+            rt.print(f"{signal.Signals(signals.received).name}: the counting pass had finished; saved "
+                     f"{self.run_dir.path}/last", file=sys.stderr)
+        return summary
+
+    # ---- descend: kinds that learn by gradient ----------------------------------------------
+
+    def _descend(self, signals: "_Signals") -> dict[str, Any]:
+        cfg, rt, m, o, r = self.cfg, self.rt, self.cfg.model, self.cfg.optim, self.cfg.run
+        model = self.model
+        optimizer = make_optimizer(model, cfg, rt.device)
+        scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
+        if self.trainer_state is not None:
+            optimizer.load_state_dict(self.trainer_state["optimizer"])
+            if "scaler" in self.trainer_state and scaler.is_enabled():
+                scaler.load_state_dict(self.trainer_state["scaler"])
+            _set_rng_state(self.trainer_state["rng"])
+
+        use_compile = r.compile if r.compile is not None else rt.device.type == "cuda"
+        fwd_model = torch.compile(model) if use_compile else model
+        if rt.distributed:
+            fwd_model = nn.parallel.DistributedDataParallel(
+                fwd_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            )
+        sampler = WindowSampler(
+            self.train_tokens, m.block_size, o.batch_size, grad_accum=o.grad_accum, rank=rt.rank,
+            world_size=rt.world_size, seed=r.seed, device=rt.device,
+        )
+        decay_steps = o.lr_decay_steps or o.max_steps
+        n_params = model.num_params()
+        flops_tok = model.flops_per_token(m.block_size)
+        peak = _peak_flops(rt.device)
+        rt.print(
+            f"{m.model}: {n_params / 1e6:.2f}M parameters | data {self.data.path} ({len(self.train_tokens):,} train / "
+            f"{len(self.val_tokens):,} val tokens, vocab {self.data.vocab_size}) | device {rt.device} "
+            f"{str(rt.dtype).removeprefix('torch.')}{' compiled' if use_compile else ''}"
+            f"{f' x{rt.world_size} processes' if rt.distributed else ''}",
+            file=sys.stderr,
+        )
+
+        def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
+            return {"optimizer": optimizer.state_dict(), **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+
+        last_eval = None
+        if self.pos.step == 0:
+            with self.clock.paused():
+                last_eval = self._evaluate(0)
+        model.train()
+        tokens_per_step = o.batch_size * o.grad_accum * rt.world_size * m.block_size
+        step = self.pos.step
+        loss_acc = torch.zeros((), device=rt.device)  # summed over steps since the last log
+        bad = torch.zeros((), dtype=torch.bool, device=rt.device)
+        steps_since_log, t_log = 0, self.clock.read()
+        interrupted = None
+        bar = tqdm(total=o.max_steps, initial=step, desc="train", unit="step", disable=not (self.progress and rt.is_main),
+                   dynamic_ncols=True)
         while step < o.max_steps:
+            # -- one optimizer step: accumulate gradients over micro-batches, clip, update
             lr = lr_at(step, o.lr, o.min_lr, o.warmup_steps, decay_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -464,8 +552,7 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
                 x, y = sampler.get(step, micro)
                 # DDP: all-reduce gradients only on the last micro-step (no_sync before it).
                 sync = (not rt.distributed) or micro == o.grad_accum - 1
-                ctx = fwd_model.no_sync() if not sync else nullcontext()
-                with ctx:
+                with fwd_model.no_sync() if not sync else nullcontext():
                     with rt.autocast():
                         loss = fwd_model(x, y).loss / o.grad_accum
                     scaler.scale(loss).backward()
@@ -477,11 +564,13 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += tokens_per_step
+            self.pos.step = step
+            self.pos.tokens_seen += tokens_per_step
             bad |= ~torch.isfinite(step_loss)
             loss_acc += step_loss
             steps_since_log += 1
 
+            # -- a NaN check before anything is saved, a log line, an evaluation + checkpoint
             is_last = step == o.max_steps
             stop_now = rt.any(signals.received is not None) if rt.distributed else signals.received is not None
             will_save = step % r.eval_interval == 0 or is_last or stop_now
@@ -491,71 +580,66 @@ def _train(cfg: TrainConfig, rt: Runtime, out: Path, resume_from: Path | None, p
                 bad_any = rt.any(bool(bad.item())) if rt.distributed else bool(bad.item())
                 if bad_any:
                     bar.close()
+                    kept = (f"the last good checkpoint in {self.run_dir.path} is intact" if self.run_dir.last() is not None
+                            else "no checkpoint had been saved yet")
                     raise NonFiniteLoss(
                         f"the loss became {(loss_acc / max(1, steps_since_log)).item()} by step {step} "
-                        f"(learning rate {lr:.3g}); stopped without saving. "
-                        f"The last good checkpoint in {out} is intact: lower --lr, or check the data"
+                        f"(learning rate {lr:.3g}); stopped without saving ({kept}): lower --lr, or check the data"
                     )
             if step % r.log_interval == 0 or is_last:
                 if rt.distributed:
                     rt.all_reduce_sum(loss_acc)
                     loss_acc /= rt.world_size
                 mean_loss = (loss_acc / steps_since_log).item()
-                now = clock.read()
+                now = self.clock.read()
                 tok_s = steps_since_log * tokens_per_step / max(1e-9, now - t_log)
                 if rt.is_main:
                     line = {"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1)}
                     if flops_tok and peak:
                         line["mfu"] = round(flops_tok * tok_s / peak, 4)
-                    _append_jsonl(metrics_path, line)
-                    if tb:
-                        tb.add_scalar("train/loss", mean_loss, step)
-                        tb.add_scalar("train/lr", lr, step)
+                    self.run_dir.append_metrics(line)
+                    if self.tb:
+                        self.tb.add_scalar("train/loss", mean_loss, step)
+                        self.tb.add_scalar("train/lr", lr, step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 loss_acc.zero_()
                 steps_since_log, t_log = 0, now
             bar.update(1)
 
             if step % r.eval_interval == 0 or is_last:
-                with clock.paused():  # evaluation and saving are not training time
-                    last_eval = do_eval(step)
-                    log_eval(last_eval)
-                    improved = last_eval["val_loss"] < best_val
-                    best_val = min(best_val, last_eval["val_loss"])
-                    save(step, last_eval, improved)
+                last_eval = self._evaluate_and_save(step, state())
             elif stop_now:
-                with clock.paused():
-                    save(step, None, False)
+                with self.clock.paused():
+                    self._save(step, None, False, state())
             if stop_now:
                 interrupted = signals.received
                 break
-    bar.close()
-    if tb:
-        tb.close()
-    summary = {"step": step, "out": str(out), "best_val_loss": best_val, **(last_eval or {}), "train_time_s": clock.elapsed}
-    if interrupted is not None:
-        name = signal.Signals(interrupted).name if interrupted else "signal"
-        rt.print(f"{name}: saved {out}/last at step {step}; continue with --resume", file=sys.stderr)
-        summary["interrupted"] = interrupted
+        bar.close()
+        summary = {"step": step, "out": str(self.run_dir.path), "best_val_loss": self.pos.best_val, **(last_eval or {}),
+                   "train_time_s": self.clock.elapsed}
+        if interrupted is not None:
+            name = signal.Signals(interrupted).name if interrupted else "signal"
+            rt.print(f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume", file=sys.stderr)
+            summary["interrupted"] = interrupted
         return summary
-    if rt.is_main and r.sample_tokens > 0:
-        _print_sample(unwrap(model), tokenizer, r.sample_tokens, r.seed)
-    return summary
+
+    # ---- finish --------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Print a sample from the final model, so a run ends with something to read."""
+        r = self.cfg.run
+        if not (self.rt.is_main and r.sample_tokens > 0):
+            return
+        model = models.unwrap(self.model)
+        model.eval()
+        text = complete(model, self.tokenizer, "", max_new_tokens=r.sample_tokens, seed=r.seed)[0].text
+        print(f"--- sample ({r.sample_tokens} tokens) ---\n{text}\n---", flush=True)
 
 
-def _print_sample(model: nn.Module, tokenizer, n_tokens: int, seed: int) -> None:
-    from .completion import complete
-
-    model.eval()
-    text = complete(model, tokenizer, "", max_new_tokens=n_tokens, seed=seed)[0].text
-    print(f"--- sample ({n_tokens} tokens) ---\n{text}\n---", flush=True)
-
-
-def _tensorboard(out: Path, enabled: bool):
-    if not enabled:
-        return None
+def _tensorboard_writer():
+    """TensorBoard's SummaryWriter class (an optional package, imported only when asked for)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter

@@ -23,12 +23,13 @@ import pytest
 import torch
 
 from minigpt import cli
-from minigpt.baselines import NGramConfig, NGramLM, RNNConfig, RNNLM, build, kn_discount
+from minigpt.baselines import NGramConfig, NGramLM, RNNConfig, RNNLM, kn_discount
+from minigpt.models import build
 from minigpt.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.config import TrainConfig, apply_preset
 from minigpt.data import Dataset, prepare
 from minigpt.errors import MiniGPTError
-from minigpt.evaluate import eval_window, evaluate_tokens
+from minigpt.evaluate import evaluate_tokens
 from minigpt.sampling import SamplingParams, generate
 from minigpt.trainer import train
 
@@ -339,6 +340,6 @@ def test_a_trained_gpt_beats_the_bigram_on_bits_per_byte(tmp_path, dataset):
                               ("bigram", "ngram", dict(ngram_order=2))):
         train(tiny_config(dataset, tmp_path / name, model, **over), progress=False)
         m = load_checkpoint(tmp_path / name).model
-        window, stride = eval_window(m)
+        window, stride = m.score_window()
         bpb[name] = evaluate_tokens(m, data.tokens("val"), data.tokenizer.byte_lengths, window=window, stride=stride)["bpb"]
     assert bpb["gpt"] < 0.6 * bpb["bigram"], bpb

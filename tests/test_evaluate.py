@@ -23,7 +23,7 @@ from minigpt.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.config import GPTConfig, TrainConfig, apply_preset
 from minigpt.data import Dataset, prepare
 from minigpt.evaluate import (
-    bits_per_byte, distinct_n, eval_window, evaluate_tokens, loss_sums, memorization, metrics_from_sums,
+    bits_per_byte, distinct_n, evaluate_tokens, loss_sums, memorization, metrics_from_sums,
     repetition_rate, window_plan,
 )
 from minigpt.model import GPT, GPTOutput
@@ -165,7 +165,7 @@ def test_ngram_eval_gives_every_target_its_full_context():
     tokens = rng.choice(6, size=1000, p=[0.3, 0.3, 0.2, 0.1, 0.05, 0.05])
     model = minigpt.baselines.NGramLM(minigpt.baselines.NGramConfig(vocab_size=6, order=4)).fit(tokens[:700])
     val = tokens[700:]
-    window, stride = eval_window(model)
+    window, stride = model.score_window()
     assert stride == window - 2
     r = evaluate_tokens(model, val, np.ones(6, dtype=np.int64), window=window, stride=stride, batch_size=1)
     p = model.probs(torch.from_numpy(val[None, :-1]))[0]
@@ -323,7 +323,7 @@ def test_eval_refuses_a_dataset_with_another_tokenizer(ngram_run, tmp_path, caps
 
 
 def test_eval_refuses_zero_samples(ngram_run, capsys):
-    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "0"], "--samples must be >= 1")
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "0"], "--samples: must be between 1 and")
 
 
 def test_eval_refuses_an_empty_validation_split(ngram_run, dataset, tmp_path, capsys):

@@ -186,8 +186,9 @@ def test_bad_api_input(tok):
         attention_maps(model, tok, TEXT, device="cuda")  # never moves the caller's model
     assert attention_maps(model, tok, TEXT, device="cpu").weights.shape[0] == 2
 
-    class LSTM(torch.nn.Module):
+    class LSTM(torch.nn.Module):  # a model that declares it has no attention (models.LanguageModel)
         model_type = "lstm"
+        has_attention = False
 
     with pytest.raises(MiniGPTError, match="an LSTM has no attention"):
         attention_maps(LSTM(), tok, TEXT)

@@ -220,6 +220,9 @@ class ScriptedLM(nn.Module):
             nxt[a] = b
         self.register_buffer("nxt", nxt)
 
+    def make_cache(self, batch_size, max_len=None, *, device=None, dtype=None):
+        return None  # no decoding state (models.LanguageModel): the sampler re-reads the context
+
     def forward(self, idx, targets=None, *, kv_cache=None, return_attention=False):
         logits = torch.full((*idx.shape, self.config.vocab_size), -30.0)
         logits.scatter_(-1, self.nxt[idx][..., None], 30.0)

@@ -267,7 +267,7 @@ def test_bad_inputs(tmp_path, dataset_dir):
     (tmp_path / "empty").mkdir()
     check([*base, "--data", str(tmp_path / "empty")], "not a prepared dataset", "minigpt prepare")
     check([*base, "--block-size", "100000"], "fewer than one window", "--block-size")
-    check([*base, "--batch-size", "100000"], "distinct windows", "--batch-size")
+    check([*base, "--batch-size", "50000"], "distinct windows", "--batch-size")
     check([*base, "--resume"], "no checkpoint to resume")
     check([*base, "--device", "cuda"], "not available")
     check([*base, "--n-head", "3"], "n_embd: must be divisible by n_head")
