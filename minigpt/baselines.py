@@ -31,26 +31,13 @@ import torch.nn.functional as F
 
 from .config import check_field as _check
 from .errors import MiniGPTError, NoAttention
-from .model import GPTOutput
+from .model import GPTOutput, check_token_ids
 
 CELLS = ("lstm", "gru")
 
 
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _check_ids(idx: torch.Tensor, targets: torch.Tensor | None, vocab_size: int, check_values: bool) -> None:
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must be a non-empty [batch, time] tensor of token ids, got {getattr(idx, 'shape', type(idx))}")
-    if idx.is_floating_point():
-        raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
-    if targets is not None and targets.shape != idx.shape:
-        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-    if check_values:
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"token id {lo if lo < 0 else hi} is out of range for vocab_size {vocab_size}")
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | None:
@@ -321,7 +308,7 @@ class NGramLM(nn.Module):
             raise NoAttention("ngram")
         if kv_cache is not None:
             raise ValueError("the n-gram model keeps no cache; call it on the last order - 1 tokens")
-        _check_ids(idx, targets, self.config.vocab_size, self.check_inputs)
+        check_token_ids(idx, targets, self.config.vocab_size, check_values=self.check_inputs)
         logits = self.probs(idx).log_().float().to(idx.device)
         return GPTOutput(logits, _loss(logits, targets), None)
 
@@ -547,7 +534,7 @@ class RNNLM(nn.Module):
         advances past it); without, the text starts from a zero state."""
         if return_attention:
             raise NoAttention(self.config.cell)
-        _check_ids(idx, targets, self.config.vocab_size, self.check_inputs and not torch.compiler.is_compiling())
+        check_token_ids(idx, targets, self.config.vocab_size, check_values=self.check_inputs and not torch.compiler.is_compiling())
         x = self.drop(self.wte(idx))  # [B, T, C]
         h = self._run(x, kv_cache)  # [B, T, C]
         logits = self.lm_head(self.drop(h))  # [B, T, V]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .config import GPTConfig
 from .errors import ConfigError
 
-__all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "sinusoidal_table", "apply_rope"]
+__all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "sinusoidal_table", "apply_rope", "check_token_ids"]
 
 
 # ---- positional encodings -------------------------------------------------------------
@@ -220,6 +220,27 @@ class Block(nn.Module):
 # ---- the GPT -------------------------------------------------------------------------------
 
 
+def check_token_ids(idx, targets, vocab_size: int, *, check_values: bool) -> None:
+    """The one check of a model's input, shared by every kind (see models.py): idx is a
+    non-empty [batch, time] tensor of integer ids, targets (if any) has its shape, and, if
+    `check_values`, every id is in [0, vocab_size) — reading the values back costs a
+    device sync, so the trainer checks its data once and turns that part off."""
+    if not isinstance(idx, torch.Tensor):
+        raise ValueError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+        raise ValueError(f"idx must hold integer token ids (int64), got dtype {idx.dtype}")
+    if idx.dim() != 2:
+        raise ValueError(f"idx must have shape [batch, time], got {tuple(idx.shape)}")
+    if idx.shape[1] == 0:
+        raise ValueError("idx is empty: give at least one token")
+    if targets is not None and targets.shape != idx.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+    if check_values:
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is out of range for vocab_size {vocab_size}")
+
+
 class GPTOutput(NamedTuple):
     """What `GPT.forward` returns, always (fields are None when not asked for)."""
 
@@ -311,32 +332,19 @@ class GPT(nn.Module):
 
     def _validate(self, idx: torch.Tensor, targets, kv_cache) -> None:
         c = self.config
-        if not isinstance(idx, torch.Tensor):
-            raise ValueError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
-        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
-            raise ValueError(f"idx must hold integer token ids (int64), got dtype {idx.dtype}")
-        if idx.dim() != 2:
-            raise ValueError(f"idx must have shape [batch, time], got {tuple(idx.shape)}")
-        if idx.shape[1] == 0:
-            raise ValueError("idx is empty: give at least one token")
+        values = self.check_inputs and not torch.compiler.is_compiling()
+        check_token_ids(idx, targets, c.vocab_size, check_values=values)
         T = idx.shape[1]
         if kv_cache is None and T > c.block_size:
             raise ValueError(
                 f"sequence of {T} tokens is longer than block_size {c.block_size}; "
                 f"crop it to the last {c.block_size} tokens (the sampler does this)"
             )
-        if targets is not None and targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
-        if self.check_inputs and not torch.compiler.is_compiling():
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= c.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is out of range for vocab_size {c.vocab_size}")
-            if kv_cache is not None:
-                if kv_cache.batch_size != idx.shape[0]:
-                    raise ValueError(f"KV cache is for batch {kv_cache.batch_size}, got batch {idx.shape[0]}")
-                if int(kv_cache.pos) + T > kv_cache.max_len:
-                    raise ValueError(f"KV cache holds {kv_cache.max_len} slots; {int(kv_cache.pos)} used + {T} new do not fit")
+        if values and kv_cache is not None:
+            if kv_cache.batch_size != idx.shape[0]:
+                raise ValueError(f"KV cache is for batch {kv_cache.batch_size}, got batch {idx.shape[0]}")
+            if int(kv_cache.pos) + T > kv_cache.max_len:
+                raise ValueError(f"KV cache holds {kv_cache.max_len} slots; {int(kv_cache.pos)} used + {T} new do not fit")
 
     def forward(
         self,
