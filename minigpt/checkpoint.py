@@ -29,7 +29,10 @@ import contextlib
 import json
 import math
 import os
+import pickle
+import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +261,27 @@ def _number(state: dict, key: str, f: Path, kind: type, default=None):
     return kind(v)
 
 
+def safe_torch_load(path: Path) -> Any:
+    """The one place minigpt calls torch.load: weights_only=True, whose unpickler accepts
+    tensors, dicts, lists and numbers only, so a planted pickle cannot run code. A refused
+    or unreadable file is one CheckpointError; torch's own advice to retry with
+    weights_only=False (which must never be followed for a file one did not write) and its
+    pickle-protocol warning are not passed on."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol ...": noise before the refusal
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = re.search(r"WeightsUnpickler error: ([^\n]*?\.)(?: |$)", str(e))
+        reason = why.group(1) if why else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: this pickle holds objects other than tensors, which could run code ({reason})"
+        ) from None
+    except Exception as e:  # EOFError/RuntimeError/zipfile errors for truncated or foreign files
+        first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable (truncated or not a PyTorch file?): {first}") from None
+
+
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     """The optimizer/step/RNG state saved beside a training checkpoint (no code runs),
     with its fields checked: step, tokens_seen (integers), best_val_loss and train_time_s
@@ -265,14 +289,7 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     f = Path(path) / TRAINER_STATE
     if not f.is_file():
         raise CheckpointError(f"{f}: missing (this checkpoint cannot be resumed)")
-    try:
-        state = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a planted pickle, EOFError/RuntimeError for truncation
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        # torch's message opens by advising weights_only=False, which must never be followed
-        # for a file one did not write; keep only the reason.
-        first = first.split(" Re-running `torch.load` with")[0]
-        raise CheckpointError(f"{f}: refused or unreadable ({first})") from None
+    state = safe_torch_load(f)
     if not isinstance(state, dict):
         raise CheckpointError(f"{f}: expected a dict of training state, got {type(state).__name__}")
     state["step"] = _number(state, "step", f, int)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import files, models
-from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint, save_checkpoint
+from .checkpoint import (
+    CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint, safe_torch_load, save_checkpoint,
+)
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
@@ -189,20 +190,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    # weights_only=True: the unpickler accepts tensors, dicts, lists and numbers only, so a
-    # planted pickle cannot run code. Never load these files with plain torch.load.
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message opens by suggesting weights_only=False; quote only the reason.
-        why = re.search(r"WeightsUnpickler error: ([^\n]*?\.)(?: |$)", str(e))
-        reason = why.group(1) if why else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused: this pickle holds objects other than tensors, which could run code ({reason})"
-        ) from None
-    except Exception as e:  # EOFError/RuntimeError/zipfile errors for truncated or foreign files
-        first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: unreadable (truncated or not a PyTorch file?): {first}") from None
+    obj = safe_torch_load(path)  # weights_only: a planted pickle cannot run code
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     return obj
