@@ -74,6 +74,17 @@ def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (a full disk) raised as the FileError
+    every other write raises: safetensors reports them as SafetensorError("... os error N")."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})  # "pt": transformers checks it
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        n = int(code.group(1)) if code else None
+        raise files.FileError(f"cannot write {path}: {os.strerror(n) if n else e}", n) from None
+
+
 def _json_text(obj: Any) -> str:
     return json_dumps(obj, indent=2) + "\n"
 
@@ -108,7 +119,7 @@ def save_checkpoint(
     An existing directory at `path` is replaced only once the new one is complete."""
     model = models.unwrap(model)
     with files.atomic_directory(path) as tmp:
-        save_file(_tensors_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_tensors(_tensors_to_save(model), tmp / WEIGHTS)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict()}
         (tmp / CONFIG).write_text(_json_text(meta), encoding="utf-8")
         if tokenizer is not None:

@@ -55,7 +55,12 @@ def os_error(e: OSError, path: str | os.PathLike | None = None, action: str = "c
     *directory* is not reported as a missing file)."""
     where = path if path is not None else (e.filename or "")
     reason = e.strerror or str(e) or type(e).__name__
-    if isinstance(e, NotADirectoryError) or e.errno == errno.ENOTDIR:
+    # mkdir(parents=True) under a regular file fails with EEXIST, and opening a file there
+    # with ENOTDIR: either way the user's mistake is a file where a directory should be.
+    under_file = next((str(p) for p in Path(os.fsdecode(where)).parents if p.is_file()), None) if where else None
+    if under_file is not None and e.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = f"{under_file} is a file, not a directory"
+    elif isinstance(e, NotADirectoryError) or e.errno == errno.ENOTDIR:
         reason = "a path component is a file, not a directory"
     elif e.errno == errno.EROFS:
         reason = "read-only file system"

@@ -35,11 +35,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import files, models
 from .checkpoint import (
     CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint, safe_torch_load, save_checkpoint,
+    save_tensors,
 )
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
@@ -382,8 +383,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     # Written under a temporary name beside `out`, then renamed: an interrupted export
     # never leaves a half-written directory that from_pretrained would half-load.
     with files.atomic_directory(out) as tmp:
-        # metadata format "pt": transformers checks it to know the file holds PyTorch tensors.
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_tensors(tensors, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
