@@ -169,3 +169,10 @@ def test_registry_builds_every_kind_from_flags_and_from_its_json():
         assert type(again) is type(m) and again.config.to_dict() == m.config.to_dict()
     with pytest.raises(models.ConfigError, match="unknown model kind 'transformer-xl'"):
         models.kind("transformer-xl")
+
+
+def test_readme_layout_lists_every_module():
+    readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Repository layout"):]
+    missing = [p.name for p in PKG.glob("*.py") if p.name != "__init__.py" and f"  {p.name}" not in layout]
+    assert not missing, f"README's layout section does not list {missing}"
