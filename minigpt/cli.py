@@ -661,9 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MiniGPTError as e:
         print(f"{PROG} {name}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG} {name}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as data.Terminated (it carries its signum)
+        sig = getattr(e, "signum", signal.SIGINT)
+        print(f"{PROG} {name}: {'terminated' if sig == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + int(sig)
     except OSError as e:
         # The one place a stray OS error becomes a line: a write to standard output on a
         # full disk, a file that vanished, a device that failed. (Files minigpt writes

@@ -368,11 +368,8 @@ def evaluate_checkpoint(
         raise DataError(f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction")
     if samples < 1:
         raise MiniGPTError(f"--samples must be >= 1, got {samples}")
-    vocab = model.config.vocab_size
     for split in ("val", "train"):  # an id past the model's vocabulary would index out of its tables
-        top = int(data.tokens(split).max(initial=0))
-        if top >= vocab:
-            raise DataError(f"{data.path}: the {split} split holds token id {top}, past the model's vocabulary of {vocab}")
+        data.check_token_ids(split, model.config.vocab_size)
     window, stride = model.score_window()
     ev = evaluate_tokens(
         model, val, tokenizer.byte_lengths, window=window, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
