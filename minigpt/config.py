@@ -6,6 +6,9 @@ line (`n_embd` <-> `--n-embd`). A run's settings are resolved in this order, eac
 overriding the one before:
 
     dataclass defaults  <  --preset  <  --config FILE.toml  <  explicit command-line flags
+
+A fine-tune (`--init-from SOURCE`) starts from the `finetune` preset instead of `cpu`
+unless a preset is named; its model's shape comes from SOURCE, not from these settings.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ _check = check_field
 
 
 DEFAULT_PRESET = "cpu"  # what `python train.py` with no arguments trains
+FINETUNE_PRESET = "finetune"  # what `python train.py --init-from SOURCE` starts from
+SHA256_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass
@@ -150,7 +155,7 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
 
 
 def _opt(default, help: str, **kw):
-    """A dataclass field that carries its command-line help (and optional choices)."""
+    """A dataclass field that carries its command-line help (and optional choices or metavar)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -159,11 +164,24 @@ class ModelArgs:
     """What to train: the model kind and its shape (vocab_size comes from the data)."""
 
     model: str = _opt("gpt", "model kind: gpt, or a baseline (lstm, gru, ngram; see models.py)")
+    init_from: str | None = _opt(
+        None,
+        "fine-tune: start from this model's weights instead of random ones. SOURCE is a minigpt run or checkpoint "
+        "directory (a run's best, else last), a Hugging Face GPT-2 directory (config.json + safetensors), or a model "
+        "name found in the local Hugging Face cache (gpt2, distilgpt2, openai-community/gpt2-medium; offline). The "
+        "model's kind, shape and tokenizer come from SOURCE, and the defaults become the finetune preset's "
+        "(shown as 'with --init-from' below)",
+        metavar="SOURCE",
+    )
+    init_from_sha256: str | None = _opt(
+        None, "refuse --init-from SOURCE unless its weights have this SHA-256 (every fine-tune records it)",
+        metavar="HEX",
+    )
     n_layer: int = _opt(4, "number of Transformer blocks (or recurrent layers)")
     n_head: int = _opt(4, "attention heads per block")
     n_embd: int = _opt(128, "width of the residual stream (embedding size)")
-    block_size: int = _opt(64, "context length in tokens")
-    dropout: float = _opt(0.0, "dropout probability (0 disables it)")
+    block_size: int = _opt(64, "context length in tokens; an --init-from model's can be cropped, not grown")
+    dropout: float = _opt(0.0, "dropout probability (0 disables it; applied to an --init-from model too)")
     bias: bool = _opt(True, "use biases in Linear layers and LayerNorms")
     pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)
     tie_weights: bool = _opt(True, "share the token-embedding matrix with the output head")
@@ -172,7 +190,14 @@ class ModelArgs:
 
 @dataclass
 class DataArgs:
-    data: str = _opt("data/shakespeare", "prepared dataset directory (see `minigpt prepare`)")
+    data: str = _opt(
+        "data/shakespeare",
+        "prepared dataset directory (see `minigpt prepare`), or text to prepare first, as `minigpt prepare` "
+        "takes it: a file, a .gz, a directory of text files or a glob (quoted). Text is prepared with "
+        "--init-from's tokenizer, else with a new one of --vocab-size tokens",
+    )
+    data_out: str | None = _opt(None, "where text given as --data is prepared (default: OUT/data)", metavar="DIR")
+    vocab_size: int = _opt(4096, "tokenizer size when text given as --data is prepared without --init-from")
 
 
 @dataclass
@@ -188,6 +213,10 @@ class OptimArgs:
     beta1: float = _opt(0.9, "AdamW beta1")
     beta2: float = _opt(0.99, "AdamW beta2")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 disables)")
+    freeze_embeddings: bool = _opt(
+        False, "with --init-from: keep the token and position embeddings as loaded (a tied output head with them)"
+    )
+    freeze_layers: int = _opt(0, "with --init-from: keep the first N Transformer blocks as loaded", metavar="N")
 
 
 @dataclass
@@ -251,6 +280,8 @@ class TrainConfig:
         for name, cap in (("n_layer", MAX_LAYERS), ("n_head", MAX_WIDTH), ("n_embd", MAX_WIDTH),
                           ("block_size", MAX_CONTEXT), ("ngram_order", MAX_NGRAM_ORDER)):
             v = getattr(m, name)
+            if name == "block_size" and v == 0:
+                continue  # 0: the --init-from model's own context length (checked in _validate_finetune)
             _check(0 < v <= cap, name, f"must be between 1 and {cap:,}, got {v:,}")
         check_model_size(0, m.n_layer, m.n_embd)
         _check(m.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}")
@@ -278,6 +309,25 @@ class TrainConfig:
         for name in ("out", "data"):
             v = getattr(r, name) if name == "out" else self.data.data
             _check(v.strip() != "", name, "must not be empty (name a directory)")
+        self._validate_finetune()
+
+    def _validate_finetune(self) -> None:
+        """The settings of a fine-tune and of text given as --data."""
+        m, d, o = self.model, self.data, self.optim
+        if m.init_from is not None:
+            _check(m.init_from.strip() != "", "init_from", "must not be empty (name a run, a model directory or a model name)")
+        if m.init_from_sha256 is not None:
+            _check(m.init_from is not None, "init_from_sha256", "only means something with --init-from")
+            _check(len(m.init_from_sha256) == 64 and set(m.init_from_sha256.lower()) <= SHA256_HEX, "init_from_sha256",
+                   f"must be 64 hexadecimal digits, got {m.init_from_sha256!r}")
+        _check(m.block_size != 0 or m.init_from is not None, "block_size", "0 (the source's) needs --init-from")
+        if d.data_out is not None:
+            _check(d.data_out.strip() != "", "data_out", "must not be empty (name a directory)")
+        _check(257 <= d.vocab_size <= MAX_VOCAB, "vocab_size", f"must be between 257 and {MAX_VOCAB:,}, got {d.vocab_size:,}")
+        _check(0 <= o.freeze_layers <= MAX_LAYERS, "freeze_layers", f"must be between 0 and {MAX_LAYERS:,}, got {o.freeze_layers:,}")
+        for name in ("freeze_embeddings", "freeze_layers"):
+            _check(not getattr(o, name) or m.init_from is not None, name,
+                   "only with --init-from (freezing randomly initialised weights keeps them random)")
 
 
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
@@ -303,6 +353,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
         max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
         eval_interval=250, eval_steps=200,
+    ),
+    # What `--init-from SOURCE` starts from: nanoGPT's finetune_shakespeare.py optimisation
+    # (a constant 3e-5, no warmup: the weights are already trained, and a large first
+    # step would undo some of that), evaluated often enough to see what fine-tuning buys.
+    # The shape comes from SOURCE (block_size 0: its own context); batch 4 so that a
+    # GPT-2 124M step fits a laptop (crop with --block-size for speed). Dropout stays 0,
+    # as in nanoGPT: --dropout turns it on for the loaded model. Runs go beside the default
+    # run (out/shakespeare), not into it.
+    FINETUNE_PRESET: dict(
+        block_size=0, dropout=0.0, max_steps=200, batch_size=4, grad_accum=1, lr=3e-5, min_lr=3e-5,
+        warmup_steps=0, weight_decay=0.1, beta2=0.99, eval_interval=50, eval_steps=10, log_interval=1,
+        out="out/finetune",
     ),
     # GPT-2 small (124M): 12 x 768, block 1024; nanoGPT's train_gpt2.py optimisation.
     "gpt2": dict(
@@ -343,7 +405,8 @@ def _flag(name: str) -> str:
 
 def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[str] = ()) -> None:
     """One flag per training setting, generated from the dataclasses. The defaults shown are
-    what a run gets with no flags: the dataclass defaults under the default `cpu` preset.
+    what a run gets with no flags: the dataclass defaults under the default `cpu` preset;
+    where a fine-tune (--init-from) starts elsewhere, "(with --init-from: X)" says so.
     `model_kinds` (the registry's names, see models.py) become --model's choices."""
     parser.add_argument("--preset", choices=list(PRESETS), default=None, help=f"named starting point (default: {DEFAULT_PRESET})")
     parser.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)")
@@ -360,11 +423,18 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[s
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw["type"] = typ or str
-                kw["metavar"] = f.name.upper()
+                kw["metavar"] = f.metadata.get("metavar", f.name.upper())
             default = PRESETS[DEFAULT_PRESET].get(f.name, f.default)
+            tuned = PRESETS[FINETUNE_PRESET].get(f.name, f.default)
+            if f.name in PRESETS[FINETUNE_PRESET] and tuned != default:
+                kw["help"] += f" (with --init-from: {_FINETUNE_SHOWN.get(f.name, tuned)})"
             if default is not None and not isinstance(default, bool):
                 kw["help"] += f" (default: {default})"
             group.add_argument(_flag(f.name), **kw)
+
+
+# How --help shows the finetune defaults that are not plain values.
+_FINETUNE_SHOWN = {"block_size": "the source's", "min_lr": "--lr, a constant rate"}
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -374,16 +444,21 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
-    """defaults < preset < --config TOML < flags."""
+    """defaults < preset < --config TOML < flags. With --init-from (a flag or a key of the
+    file) and no preset named, the preset is `finetune`."""
     file_values = load_toml(args.config) if getattr(args, "config", None) else {}
-    preset = args.preset or file_values.pop("preset", None) or DEFAULT_PRESET
+    fine_tune = getattr(args, "init_from", None) is not None or file_values.get("init_from") is not None
+    preset = args.preset or file_values.pop("preset", None) or (FINETUNE_PRESET if fine_tune else DEFAULT_PRESET)
     file_values.pop("preset", None)
     cfg = TrainConfig()
     apply_preset(cfg, preset)
     for k, v in file_values.items():
         cfg.set(k, v)
-    for k, v in explicit_overrides(args).items():
+    explicit = explicit_overrides(args)
+    for k, v in explicit.items():
         cfg.set(k, v)
+    if preset == FINETUNE_PRESET and "min_lr" not in file_values and "min_lr" not in explicit:
+        cfg.optim.min_lr = cfg.optim.lr  # the fine-tune schedule is constant, at whatever --lr says
     cfg.validate()
     return cfg
 
@@ -407,3 +482,5 @@ def _coerce_types(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{f.name}: must be true or false, got {v!r}")
             elif want == "bool | None" and not (v is None or isinstance(v, bool)):
                 raise ConfigError(f"{f.name}: must be true or false, got {v!r}")
+            elif want == "str | None" and not (v is None or isinstance(v, str)):
+                raise ConfigError(f"{f.name}: must be a string, got {v!r}")

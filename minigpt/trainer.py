@@ -10,10 +10,18 @@ on s, and the optimizer moments and RNG states are saved with every checkpoint. 
 of N steps and a run of N/2 steps resumed for N/2 more produce the same losses (set
 --lr-decay-steps so that both runs share one schedule; by default the schedule ends at
 --max-steps, which the two runs set differently).
+
+Fine-tuning (`--init-from SOURCE`, see pretrained.py) is the same run with another
+starting point: SOURCE's weights instead of random ones (its kind and shape, its context
+cropped to --block-size, --dropout applied, parts frozen on request), data that speaks
+SOURCE's tokenizer (text given as --data is prepared with it first), and the finetune
+preset's defaults. The step-0 evaluation every run makes is then SOURCE's loss on the new
+data, and run.json records where the run started (`init_from`, with the weights' SHA-256).
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import shutil
@@ -30,14 +38,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__, files, models
+from . import __version__, files, models, pretrained
 from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
 from .completion import complete
-from .config import TrainConfig
-from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare_from_recipe, windows
-from .errors import ConfigError, DataError, MiniGPTError
+from .config import ModelArgs, TrainConfig
+from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows
+from .errors import CheckpointError, ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
 from .runtime import Runtime, configure_threads, enable_tf32, init_runtime
+
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
@@ -124,15 +133,16 @@ def eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig,
     return {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "val_bpb": va["bpb"]}
 
 
-def write_eval_line(run_dir: RunDirectory, ev: dict, *, time_s: float, tokens: int, tb=None) -> None:
-    """Append an evaluation line to metrics.jsonl and print it above the progress bar."""
+def write_eval_line(run_dir: RunDirectory, ev: dict, *, time_s: float, tokens: int, tb=None, note: str = "") -> None:
+    """Append an evaluation line to metrics.jsonl and print it above the progress bar
+    (`note`, e.g. "gpt2 before fine-tuning", is printed after it, not logged)."""
     run_dir.append_metrics({**ev, "time_s": round(time_s, 3), "tokens": tokens})
     if tb:
         for k in ("train_loss", "val_loss", "val_bpb"):
             tb.add_scalar(f"eval/{k}", ev[k], ev["step"])
     tqdm.write(
         f"step {ev['step']:>6}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}, "
-        f"val {ev['val_bpb']:.4f} bits/byte",
+        f"val {ev['val_bpb']:.4f} bits/byte{f' ({note})' if note else ''}",
         file=sys.stderr,
     )
 
@@ -221,6 +231,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (None where the OS does not say)."""
+    try:
+        import resource  # not POSIX (Windows): no resource module, and no figure
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -235,24 +255,42 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
     """Run training as configured; returns a summary (final step, losses, paths).
 
     `explicit` lists the settings the user typed (used on --resume to apply only those
-    on top of the saved config). Every model kind goes through here: kinds that learn by
-    gradient descent run the step loop, kinds that learn by counting one `fit` pass; both
-    get the same run directory, metrics, checkpoints and final sample.
+    on top of the saved config, and with --init-from to refuse those that would change
+    SOURCE's shape). Every model kind goes through here: kinds that learn by gradient
+    descent run the step loop, kinds that learn by counting one `fit` pass; both get the
+    same run directory, metrics, checkpoints and final sample.
+
+    Bad input (a missing or foreign SOURCE, data in another tokenizer, a shape flag with
+    --init-from, ...) is refused before anything is written to --out; text given as
+    --data is prepared once --out exists, and a run that fails before its first
+    checkpoint removes what it created.
     """
     explicit = explicit or {}
     models.kind(cfg.model.model)  # an unknown kind is refused before anything is written
+    if cfg.run.resume and cfg.model.init_from is not None:
+        raise ConfigError(
+            f"--init-from and --resume: --resume continues the run in {cfg.run.out} from its last checkpoint (a "
+            f"fine-tuned run remembers its source); --init-from starts a new fine-tune from {cfg.model.init_from} "
+            f"(into a new --out); pass one of them"
+        )
     if cfg.run.tensorboard:
         _tensorboard_writer()  # a missing package is reported before anything is written
     out = Path(cfg.run.out)
     configure_threads(cfg.run.threads)
     rt = init_runtime(cfg.run.device, cfg.run.dtype)
-    created = None
+    created = data_created = None
     run_dir = RunDirectory(out)
     try:
-        resume_from = None
+        resume_from, source = None, None
         if cfg.run.resume:  # the saved run's settings (its data directory among them), flags on top
             cfg, resume_from = _resume_config(cfg, explicit, run_dir)
-        data = _open_data(cfg, rt, progress)  # before creating --out: bad data leaves nothing behind
+        elif cfg.model.init_from is not None:  # SOURCE's kind and shape, weights and tokenizer
+            cfg, source = _finetune_config(cfg, explicit)
+        plan = _plan_data(cfg, source, resuming=resume_from is not None)
+        data = None
+        if plan.inputs is None:  # a prepared dataset: opened (and checked) before creating --out
+            data = _open_data(cfg, rt, progress)
+            _check_tokenizer(data, source)
         if rt.is_main:
             created = _make_out(out)
         # From here on the directory is this process's: a second trainer is refused by the lock.
@@ -262,12 +300,19 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
                     f"{out} already holds a training run; pass --resume to continue it, or choose another --out "
                     f"(or delete {out}) to start afresh"
                 )
-            return _Run(cfg, rt, data, run_dir, resume_from, progress).run()
+            if data is None:  # text: prepared with SOURCE's tokenizer (or a new one) into --data-out
+                data_created = _topmost_missing(plan.out)
+                data = _prepare_text(plan, rt, progress)
+                cfg.data.data = str(plan.out)  # what --resume, eval and compare read from run.json
+                _check_tokenizer(data, source)
+            return _Run(cfg, rt, data, run_dir, resume_from, progress, source).run()
     except BaseException:
         # A run that failed before saving a checkpoint leaves no directory behind that it
         # created (its metrics and config describe nothing that can be loaded).
-        if created is not None and rt.is_main and run_dir.last() is None:
-            shutil.rmtree(created, ignore_errors=True)
+        if rt.is_main and run_dir.last() is None:
+            for d in (data_created, created):
+                if d is not None:
+                    shutil.rmtree(d, ignore_errors=True)
         raise
     finally:
         rt.shutdown()
@@ -281,6 +326,147 @@ def _open_data(cfg: TrainConfig, rt: Runtime, progress: bool = True) -> Dataset:
             prepare_from_recipe(data_dir, progress=progress)
         rt.barrier()
     return Dataset(data_dir)
+
+
+# ---- fine-tuning: SOURCE, and data in its tokenizer -----------------------------------------
+
+
+def _finetune_config(cfg: TrainConfig, explicit: dict[str, Any]) -> tuple[TrainConfig, pretrained.Source]:
+    """SOURCE loaded, and the run's config made to describe the model it is: SOURCE's kind
+    and shape (flags the user typed that would change them are refused; a preset's or a
+    file's are replaced), --block-size (0: SOURCE's) and --dropout, and the weights'
+    SHA-256 in `init_from_sha256` (checked against it when the user gave one)."""
+    m = cfg.model
+    spec = pretrained.inspect_source(m.init_from)  # config.json only: refusals come before reading weights
+    pretrained.check_flags(spec, explicit)
+    block_size = m.block_size or spec.block_size
+    pretrained.check_block_size(spec, block_size)
+    pretrained.check_freeze(spec, cfg.optim.freeze_layers)
+    source = pretrained.load_source(spec, block_size=block_size, dropout=m.dropout)
+    source.require_tokenizer()
+    if m.init_from_sha256 is not None and m.init_from_sha256.lower() != source.weights_sha256:
+        raise CheckpointError(
+            f"--init-from {spec.name}: its weights' SHA-256 is {source.weights_sha256}, not the "
+            f"--init-from-sha256 given ({m.init_from_sha256})"
+        )
+    cfg = TrainConfig.from_dict(cfg.to_dict())  # the caller's config is left as it was
+    settings = source.model.config.to_dict()
+    for name in ModelArgs.__dataclass_fields__:
+        if name in settings and name not in ("block_size", "dropout"):
+            cfg.set(name, settings[name])
+    cfg.set("model", spec.kind)
+    cfg.set("block_size", block_size)
+    cfg.set("init_from_sha256", source.weights_sha256)
+    cfg.validate()
+    return cfg, source
+
+
+@dataclass
+class _DataPlan:
+    """Text given as --data, to prepare into `out` once --out exists (`inputs` None: --data
+    is a prepared dataset, or a directory with a recipe that prepares itself in place)."""
+
+    inputs: list[str] | None = None
+    out: Path | None = None
+    tokenizer: Path | None = None  # tokenizer.json to encode with; None: train one of vocab_size
+    vocab_size: int = 4096
+    val_fraction: float = 0.1
+
+
+def _has_text_files(d: Path) -> bool:
+    return any(q.is_file() and not any(part.startswith(".") for part in q.relative_to(d).parts) for q in d.rglob("*"))
+
+
+def _plan_data(cfg: TrainConfig, source: pretrained.Source | None, *, resuming: bool) -> _DataPlan:
+    """What --data is. A prepared dataset (meta.json) is used as it is, and so is a
+    directory with a dataset.toml recipe (prepared in place on first use), except in a
+    fine-tune, where the recipe's sources are text for SOURCE's tokenizer. A file, a
+    glob or a directory of text files is text to prepare. A path that does not exist is
+    left to `Dataset` to report."""
+    d = Path(cfg.data.data)
+    recipe = d / RECIPE_FILE
+    inputs: list[str] | None = None
+    val_fraction = 0.1
+    if d.is_dir():
+        prepared = (d / "meta.json").exists() or (d / "train.bin").exists()
+        if source is not None and recipe.is_file() and not (prepared and _speaks(d, source)):
+            raw = files.load_toml(recipe, "dataset recipe")
+            sources = raw.get("sources")
+            if not isinstance(sources, list) or not sources or not all(isinstance(x, str) for x in sources):
+                raise DataError(f"{recipe}: lists no sources (expected sources = [\"file.txt\", ...])")
+            inputs = [str(d / x) for x in sources]
+            val_fraction = raw.get("val_fraction", 0.1)
+            if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool):
+                raise DataError(f"{recipe}: val_fraction must be a number, got {val_fraction!r}")
+        elif not prepared and not recipe.is_file() and _has_text_files(d):
+            inputs = [str(d)]
+    elif d.is_file() or (not d.exists() and glob.has_magic(str(d))):
+        inputs = [str(d)]
+    if inputs is None:
+        return _DataPlan()
+    if resuming:
+        raise DataError(
+            f"--data {d}: is text to prepare, but --resume continues on the prepared dataset its run recorded; "
+            f"drop --data (or name a prepared dataset directory)"
+        )
+    out = Path(cfg.data.data_out) if cfg.data.data_out else Path(cfg.run.out) / "data"
+    resolve_inputs(inputs, exclude=out)  # missing or empty inputs are refused before anything is written
+    return _DataPlan(
+        inputs, out, source.tokenizer_path if source is not None else None, cfg.data.vocab_size, val_fraction
+    )
+
+
+def _speaks(d: Path, source: pretrained.Source) -> bool:
+    """Whether the prepared dataset in `d` is in SOURCE's tokenizer."""
+    try:
+        return Dataset(d).tokenizer.to_str() == source.require_tokenizer().to_str()
+    except MiniGPTError:
+        return False
+
+
+def _check_tokenizer(data: Dataset, source: pretrained.Source | None) -> None:
+    """A fine-tune's data must be in SOURCE's tokenizer: the same ids must mean the same text."""
+    if source is None:
+        return
+    ours, theirs = data.tokenizer, source.require_tokenizer()
+    if ours.to_str() != theirs.to_str():
+        how = f"{ours.vocab_size} vs {theirs.vocab_size} tokens" if ours.vocab_size != theirs.vocab_size else "other merges"
+        raise DataError(
+            f"--data {data.path}: prepared with another tokenizer than --init-from {source.name}'s ({how}); "
+            f"give the text itself as --data and it is prepared with {source.name}'s tokenizer"
+        )
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost directory that creating `path` would create (None if it exists)."""
+    created = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        created = p
+    return created
+
+
+def _prepare_text(plan: _DataPlan, rt: Runtime, progress: bool) -> Dataset:
+    """`minigpt prepare` of the text into plan.out (on the main process; the others wait),
+    with SOURCE's tokenizer or a new one. A directory that already holds this dataset is
+    reused as it is."""
+    if rt.is_main:
+        if progress:  # (with --quiet, a text that turns out bad leaves its error as the one line on stderr)
+            how = f"with {plan.tokenizer}" if plan.tokenizer else f"with a new tokenizer of {plan.vocab_size} tokens"
+            rt.print(f"preparing {', '.join(plan.inputs)} into {plan.out} ({how})", file=sys.stderr)
+        try:
+            prepare(plan.inputs, plan.out, vocab_size=plan.vocab_size, val_fraction=plan.val_fraction,
+                    tokenizer=plan.tokenizer, progress=progress)
+        except DataError as e:
+            if "already holds" in str(e):  # prepare's advice names its own flags (--out, --force)
+                raise DataError(
+                    f"--data-out {plan.out}: already holds another dataset (other text, settings or tokenizer); "
+                    f"choose another --data-out"
+                ) from None
+            raise
+    rt.barrier()
+    return Dataset(plan.out)
 
 
 def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirectory) -> tuple[TrainConfig, Path]:
@@ -297,11 +483,17 @@ def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirec
     except MiniGPTError as e:
         raise MiniGPTError(f"--resume: {last / 'run.json'}: {e}") from None
     model_fields = set(saved.model.__dataclass_fields__)
+    frozen_fields = {"freeze_embeddings", "freeze_layers"}  # the optimizer state covers exactly the trainable weights
     for k, v in explicit.items():
         if k in model_fields and getattr(saved.model, k) != v:
             raise MiniGPTError(
                 f"--resume: the checkpoint in {last} has {k}={getattr(saved.model, k)!r}, not {v!r}; "
                 f"a different model needs a new --out"
+            )
+        if k in frozen_fields and getattr(saved.optim, k) != v:
+            raise MiniGPTError(
+                f"--resume: the run in {run_dir.path} trains with {k}={getattr(saved.optim, k)!r}, not {v!r}; "
+                f"freezing other weights is a new fine-tune (a new --out)"
             )
         if k not in ("resume",):
             saved.set(k, v)
@@ -333,20 +525,29 @@ class _Run:
     """
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, data: Dataset, run_dir: RunDirectory, resume_from: Path | None,
-                 progress: bool):
+                 progress: bool, source: pretrained.Source | None = None):
         self.cfg, self.rt, self.data, self.run_dir, self.progress = cfg, rt, data, run_dir, progress
         self.tokenizer = data.tokenizer
         self.train_tokens, self.val_tokens = data.tokens("train"), data.tokens("val")
         self._check_data()
         self.pos = _Progress()
         self.trainer_state: dict[str, Any] | None = None
+        # Where a fine-tune started (run.json "init_from"); a resumed run carries it on.
+        self.init_from: dict[str, Any] | None = source.record() if source is not None else None
         if resume_from is not None:
             self.model = self._resume(resume_from)
+        elif source is not None:
+            self.model = source.model
+            torch.manual_seed(cfg.run.seed)  # dropout masks depend only on the seed, as in a fresh run
         else:
             torch.manual_seed(cfg.run.seed)  # the model's initialisation depends only on the seed
             self.model = models.from_args(cfg.model, data.vocab_size)
-        if int(max(self.train_tokens.max(initial=0), self.val_tokens.max(initial=0))) >= self.model.config.vocab_size:
-            raise DataError(f"{data.path}: token ids exceed the vocabulary size {self.model.config.vocab_size}")
+        # Frozen parts get no gradient, so the optimizer (fresh or resumed) holds only the rest.
+        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings, layers=cfg.optim.freeze_layers)
+        if self.frozen and not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("freeze_layers: with these freezes no weight is left to train")
+        for split in ("train", "val"):  # one vectorised pass per split (cached), naming the file at fault
+            data.check_token_ids(split, self.model.config.vocab_size)
         self.model.check_inputs = False  # the data were checked once, above; skip the per-step host sync
         self.model.to(rt.device)
         self.byte_lengths = padded_byte_lengths(self.tokenizer, self.model.config.vocab_size)
@@ -378,6 +579,8 @@ class _Run:
             raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with the data it was trained on")
         state = load_trainer_state(path)
         self.trainer_state = state
+        if ckpt.run is not None and isinstance(ckpt.run.get("init_from"), dict):
+            self.init_from = ckpt.run["init_from"]
         self.pos = _Progress(state["step"], state["best_val_loss"], state["tokens_seen"], state["train_time_s"])
         return ckpt.model
 
@@ -421,10 +624,12 @@ class _Run:
     # ---- evaluate and save -------------------------------------------------------------------
 
     def _evaluate(self, step: int) -> dict[str, Any]:
-        """One evaluation line (train/val loss on fixed windows, val bits per byte), logged."""
+        """One evaluation line (train/val loss on fixed windows, val bits per byte), logged.
+        A fine-tune's step 0 is SOURCE's loss on the new data, before any step."""
         ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, self.rt, step)
         if self.rt.is_main:
-            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb)
+            note = f"{self.init_from['source']} before fine-tuning" if step == 0 and self.init_from else ""
+            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb, note=note)
         return ev
 
     def _run_info(self, step: int, ev: dict | None) -> dict[str, Any]:
@@ -434,6 +639,7 @@ class _Run:
             "tokens_seen": self.pos.tokens_seen, "train_time_s": round(self.clock.elapsed, 3),
             "num_params": models.unwrap(self.model).num_params(), "best_val_loss": self.pos.best_val,
             **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}), "minigpt_version": __version__,
+            **({"init_from": self.init_from} if self.init_from else {}),
         }
 
     def _save(self, step: int, ev: dict | None, is_best: bool, extra_state: dict[str, Any]) -> None:
@@ -525,6 +731,18 @@ class _Run:
             f"{f' x{rt.world_size} processes' if rt.distributed else ''}",
             file=sys.stderr,
         )
+        if self.init_from:  # where it starts, what it trains, and how
+            src = self.init_from
+            where = src["source"] if src["path"] == src["source"] else f"{src['source']} ({src['path']})"
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            frozen = f"; frozen: {', '.join(self.frozen)}" if self.frozen else ""
+            constant = " constant" if o.min_lr == o.lr and not o.warmup_steps else ""
+            rt.print(
+                f"fine-tuning {where}, weights sha256 {src['weights_sha256'][:16]}... | training {trainable / 1e6:.2f}M "
+                f"of {n_params / 1e6:.2f}M parameters{frozen} | block {m.block_size}, lr {o.lr:g}{constant}, "
+                f"{o.max_steps} steps",
+                file=sys.stderr,
+            )
 
         def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
             return {"optimizer": optimizer.state_dict(), **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
@@ -617,11 +835,26 @@ class _Run:
         bar.close()
         summary = {"step": step, "out": str(self.run_dir.path), "best_val_loss": self.pos.best_val, **(last_eval or {}),
                    "train_time_s": self.clock.elapsed}
+        if self.init_from and last_eval and rt.is_main:
+            self._report_finetune(step, last_eval)
         if interrupted is not None:
             name = signal.Signals(interrupted).name if interrupted else "signal"
             rt.print(f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume", file=sys.stderr)
             summary["interrupted"] = interrupted
         return summary
+
+    def _report_finetune(self, step: int, last_eval: dict[str, Any]) -> None:
+        """One line: what fine-tuning bought (SOURCE's val loss at step 0 -> now), and the
+        peak memory it took."""
+        start = next((l for l in self.run_dir.read_metrics() if l["step"] == 0 and "val_loss" in l), None)
+        now = f"{last_eval['val_loss']:.4f} at step {last_eval['step']}"
+        gain = f"val loss {start['val_loss']:.4f} before -> {now}" if start else f"val loss {now}"
+        rss = peak_rss_bytes()
+        memory = f", peak memory {rss / 2**30:.2f} GiB" if rss else ""
+        self.rt.print(
+            f"fine-tuned {self.init_from['source']} for {step} steps: {gain} ({self.clock.elapsed:.1f} s of training{memory})",
+            file=sys.stderr,
+        )
 
     # ---- finish --------------------------------------------------------------------------------
 
