@@ -43,8 +43,11 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-class _RowText:
-    """One sample's text, built token by token."""
+class RowText:
+    """One sample's text, built token by token: UTF-8 decoded incrementally (a character
+    split across tokens waits for its last byte), cut at the first stop string, ended
+    by <|endoftext|>. `on_text` gets each piece once it is final (`minigpt serve`
+    streams them)."""
 
     def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], on_text: Callable[[str], None] | None):
         self.tok, self.stops, self.on_text = tokenizer, [s for s in stops if s], on_text
@@ -110,7 +113,7 @@ def complete(
         raise ConfigError(f"num-samples must be >= 1, got {num_samples}")
     ids = encode_prompt(tokenizer, prompt)
     rows = [
-        _RowText(tokenizer, stop, (lambda text, b=b: on_text(b, text)) if on_text else None) for b in range(num_samples)
+        RowText(tokenizer, stop, (lambda text, b=b: on_text(b, text)) if on_text else None) for b in range(num_samples)
     ]
     out = [Completion(prompt=prompt, text="") for _ in range(num_samples)]
 

@@ -13,67 +13,103 @@ Decoding uses the model's static KV cache: the prompt goes through the model onc
 `block_size`, the context slides: every further step recomputes the last `block_size`
 tokens (exactly what cropping the input to the last block_size tokens would give), so
 long generations stay correct at the cost of a full pass per step past that point.
+
+Every row of a batch may shape its die differently (its own `SamplingParams`) and roll
+with its own random generator, and rows may join and leave a running `Batch` between
+steps (continuous batching, as `minigpt serve` uses it): a joining row's prompt is
+prefilled on its own and slotted into the shared cache, so nobody else's text is
+recomputed. With its own generator a row draws exactly the tokens it would draw alone,
+whoever else is in the batch. `generate` is the simple case: a fixed set of rows.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from .baselines import RecurrentState
 from .errors import ConfigError
+from .model import KVCache
 
 # ---- the transforms (pure functions over [B, V] logits) ---------------------------------
+#
+# Each parameter is a number (every row alike) or a tensor with one value per row
+# ([B, 1] for the float ones, [B] for top-k), which is how a batch of requests with
+# different settings is shaped in one go. A row whose value means "off" is left as is.
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty) -> torch.Tensor:
     """CTRL's repetition penalty (Keskar et al. 2019), as in Hugging Face: for each token
     already in the text (`seen` [B, V] bool), a positive logit is divided by `penalty`
     and a negative one multiplied by it, so either way the token gets less likely.
     penalty 1.0 changes nothing."""
-    if penalty == 1.0:
+    if not isinstance(penalty, torch.Tensor) and penalty == 1.0:
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
     """Divide by T: T < 1 sharpens the distribution, T > 1 flattens it (T > 0)."""
-    return logits if temperature == 1.0 else logits / temperature
+    if not isinstance(temperature, torch.Tensor) and temperature == 1.0:
+        return logits
+    return logits / temperature
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_filter(logits: torch.Tensor, k) -> torch.Tensor:
     """Keep the k largest logits, set the rest to -inf. k = 0 keeps everything.
-    Ties at the k-th value are all kept."""
-    if k <= 0 or k >= logits.size(-1):
+    Ties at the k-th value are all kept.
+
+    >>> top_k_filter(torch.tensor([[1.0, 3.0, 2.0]]), 2)
+    tensor([[-inf, 3., 2.]])
+    """
+    V = logits.size(-1)
+    if isinstance(k, torch.Tensor):  # one k per row
+        off = (k <= 0) | (k >= V)
+        if bool(off.all()):
+            return logits
+        k = torch.where(off, 1, k)
+        kth = torch.topk(logits, int(k.max()), dim=-1).values.gather(-1, (k - 1)[:, None])
+        kth = torch.where(off[:, None], float("-inf"), kth)  # nothing is below -inf: the row keeps all
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if k <= 0 or k >= V:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+def top_p_filter(logits: torch.Tensor, p) -> torch.Tensor:
     """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely
     tokens whose probabilities sum to at least p. p = 1 keeps everything.
 
     Example: probs [0.5, 0.3, 0.15, 0.05], p = 0.8 -> keeps the first two (0.5 + 0.3 >= 0.8).
+    The most likely token is always kept, however small p is.
     """
-    if p >= 1.0:
+    if not isinstance(p, torch.Tensor) and p >= 1.0:
         return logits
     probs = torch.softmax(logits.float(), dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the strictly more likely tokens
-    drop_sorted = mass_before >= p  # already reached p without this token (the top token is always kept)
+    drop_sorted = mass_before >= p  # already reached p without this token
+    # ... but never the top token: a p below float32's smallest number (1e-46) rounds to 0,
+    # and 0 >= 0 would otherwise drop every token and leave nothing to roll.
+    drop_sorted[..., 0] = False
+    if isinstance(p, torch.Tensor):
+        drop_sorted &= p < 1.0  # p = 1 is "off": float rounding in the cumsum must not cut the tail
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
 
-def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+def min_p_filter(logits: torch.Tensor, min_p) -> torch.Tensor:
     """Min-p sampling (Nguyen et al. 2024): drop tokens whose probability is below
     min_p times the most likely token's. min_p = 0 keeps everything."""
-    if min_p <= 0.0:
+    if not isinstance(min_p, torch.Tensor) and min_p <= 0.0:
         return logits
     probs = torch.softmax(logits.float(), dim=-1)
     threshold = min_p * probs.max(dim=-1, keepdim=True).values
@@ -119,17 +155,65 @@ class SamplingParams:
             raise ConfigError(f"--{e}") from None
 
 
-def shape_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+class Dice:
+    """The `SamplingParams` of every row of a batch, as tensors (one value per row), plus
+    which transforms any row uses at all, so the others cost nothing.
+
+    >>> d = Dice([SamplingParams(temperature=0), SamplingParams(top_k=5)], torch.device("cpu"))
+    >>> d.greedy, d.top_k
+    ([True, False], tensor([5, 0]))
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], device: torch.device):
+        def column(values, default, dtype=torch.float32):
+            if all(v == default for v in values):
+                return None  # no row uses this transform
+            t = torch.tensor(values, dtype=dtype, device=device)
+            return t if dtype == torch.long else t[:, None]
+
+        self.params = list(params)
+        self.greedy = [p.greedy for p in self.params]
+        self.greedy_mask = torch.tensor(self.greedy, device=device)
+        # A greedy row skips the temperature step (its die is the untempered one).
+        self.temperature = column([1.0 if p.greedy else float(p.temperature) for p in self.params], 1.0)
+        self.top_k = column([p.top_k for p in self.params], 0, torch.long)
+        self.top_p = column([float(p.top_p) for p in self.params], 1.0)
+        self.min_p = column([float(p.min_p) for p in self.params], 0.0)
+        self.penalty = column([float(p.repetition_penalty) for p in self.params], 1.0)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+_BIG = torch.finfo(torch.float32).max / 2  # finite, and far enough from the edge that x - max stays finite
+
+
+def shape_logits(logits: torch.Tensor, params: SamplingParams | Dice, seen: torch.Tensor | None = None) -> torch.Tensor:
     """Apply every transform, in Hugging Face's order; returns float32 logits whose
-    softmax is the die. (For greedy decoding the temperature step is skipped.)"""
+    softmax is the die. (For greedy decoding the temperature step is skipped.)
+
+    `params`: one `SamplingParams` for every row, or a `Dice` (one per row). Extreme
+    settings never give NaN: a logit that a tiny repetition penalty pushes past float32's
+    range is held at a large finite value, and the temperature divides logits *minus
+    their maximum* (the same softmax), so a temperature whose quotient would overflow
+    (1e-38) gives the greedy die instead of inf - inf.
+    """
+    dice = params if isinstance(params, Dice) else Dice([params] * logits.shape[0], logits.device)
     x = logits.float()
-    if seen is not None:
-        x = apply_repetition_penalty(x, seen, params.repetition_penalty)
-    if not params.greedy:
-        x = apply_temperature(x, params.temperature)
-    x = top_k_filter(x, params.top_k)
-    x = top_p_filter(x, params.top_p)
-    return min_p_filter(x, params.min_p)
+    if seen is not None and dice.penalty is not None:
+        x = apply_repetition_penalty(x, seen, dice.penalty)
+        x = torch.where(x > _BIG, _BIG, x)
+    if dice.temperature is not None:
+        top = x.amax(dim=-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, 0.0)  # a row of -inf stays -inf, not NaN
+        x = apply_temperature(x - top, dice.temperature)
+    if dice.top_k is not None:
+        x = top_k_filter(x, dice.top_k)
+    if dice.top_p is not None:
+        x = top_p_filter(x, dice.top_p)
+    if dice.min_p is not None:
+        x = min_p_filter(x, dice.min_p)
+    return x
 
 
 def roll(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,7 +225,13 @@ def roll(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     host synchronisation, so it can run inside a CUDA graph (gpt-fast does the same).
     """
     e = torch.empty_like(probs, dtype=torch.float32).exponential_(1.0, generator=generator)
-    return torch.argmax(probs.float() / e, dim=-1)
+    return _race(probs, e)
+
+
+def _race(probs: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    # A face of probability 0 never wins, not even against a noise of exactly 0 (0 / 0 is
+    # NaN, which argmax would take for the largest value).
+    return torch.argmax(torch.where(probs > 0, probs.float() / e, -1.0), dim=-1)
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -210,15 +300,368 @@ class _Decoder:
         self.cache.pos.copy_(pos)  # capture does not run the kernels; pos is as before
 
 
+@dataclass(eq=False)
+class Row:
+    """One text that a `Batch` continues."""
+
+    ids: list[int]  # the prompt, then every token drawn (the model reads the last block_size)
+    params: SamplingParams
+    generator: torch.Generator | None = None
+    tag: Any = None  # the caller's: e.g. which request and which choice this is
+    done: bool = False  # a done row rides along repeating its last token (`generate` keeps its rows)
+    n_prompt: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_prompt = len(self.ids)
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.ids[self.n_prompt :]
+
+
+@dataclass
+class Draw:
+    """One row's token from one step of a `Batch`."""
+
+    row: Row
+    token: int
+    logprob: float  # log-probability of the token under the row's die (always finite)
+    top_ids: list[int] | None = None  # the die's most likely faces ...
+    top_probs: list[float] | None = None  # ... and their probabilities
+    entropy: float | None = None  # of the whole die, in nats
+
+
+def _cache_kind(cache) -> str:
+    """How rows are added to and taken out of a cache without recomputing the others:
+    "kv" (a slot per token, `model.KVCache`), "state" (a recurrent state with one column
+    per row, `baselines.RecurrentState`), or "" (another kind: every change re-prefills)."""
+    if isinstance(cache, KVCache):
+        return "kv"
+    if isinstance(cache, RecurrentState):
+        return "state"
+    return ""
+
+
+def _state_map(state, fn):
+    """Apply fn to a recurrent state: one tensor (GRU) or a tuple of them (LSTM's h, c)."""
+    return tuple(fn(*parts) for parts in zip(*state)) if isinstance(state[0], tuple) else fn(*state)
+
+
+class Batch:
+    """Rows decoded together, one token per row per step. Rows may join (`add`) and
+    leave (`remove`) between steps, and the cache is kept rather than recomputed:
+
+    - a joining row's window (its last block_size ids) is prefilled on its own and put
+      into the shared KV cache so that it ends at the next free slot, like a left-padded
+      row. If it is longer than what the others hold, they all move right first:
+      positions count from each row's own start, so moving slots changes no number.
+      (A recurrent state just gets one more column.)
+    - a leaving row's slots are dropped (the others are copied into a smaller cache).
+    - a full cache moves everyone left by the padding all rows have; only when a row's
+      window really fills block_size does every step re-prefill (the sliding window).
+
+    Each row rolls with its own generator (so it draws what it would draw alone), or with
+    the batch's shared one; rows sharing a generator draw the whole batch's noise in
+    one call, which is `generate`'s behaviour with one seed.
+
+    >>> batch = Batch(model)                                  # doctest: +SKIP
+    >>> a = batch.add([1, 2, 3], SamplingParams(temperature=0))
+    >>> [d.token for d in batch.step()]                      # a's first token
+    >>> b = batch.add([4, 5], SamplingParams(), torch.Generator().manual_seed(0))
+    >>> [d.row is b for d in batch.step()]                   # a and b in one forward pass
+    [False, True]
+    """
+
+    def __init__(self, model, *, use_cache: bool = True, cuda_graph: bool = True, compile: bool = False,
+                 vocab_limit: int | None = None, generator: torch.Generator | None = None):
+        self.model = model
+        self.block = model.config.block_size
+        self.vocab = model.config.vocab_size
+        self.device = next(model.parameters()).device
+        self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < self.vocab else None
+        self.use_cache = use_cache
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.compile = compile
+        self.generator = generator  # for rows added without their own
+        self.rows: list[Row] = []  # in the cache's row order
+        self._joining: list[Row] = []
+        self._leaving: set[int] = set()  # id() of rows to drop before the next step
+        self.cache = None
+        self._cached: bool | None = None if use_cache else False  # None: make_cache not asked yet
+        self._kind, self._max_len, self._decoder = "", None, None
+        self._fill = 0  # cache slots in use (== cache.pos, kept on the host)
+        self._needs_prefill = True
+        self._last: torch.Tensor | None = None  # [B] each row's last token: the next decode input
+        self._dice: Dice | None = None
+        self._seen: torch.Tensor | None = None
+        self.steps = self.prefills = self.joins = 0  # counters, for tests and `minigpt serve`'s /health
+
+    def __len__(self) -> int:
+        return len(self.rows) - len(self._leaving) + len(self._joining)
+
+    def add(self, prompt: Sequence[int], params: SamplingParams | None = None,
+            generator: torch.Generator | None = None, tag: Any = None) -> Row:
+        """A new row; it gets its first token at the next `step`."""
+        if len(prompt) == 0:
+            raise ConfigError("every prompt needs at least one token (start from <|endoftext|> for an empty prompt)")
+        if generator is None:
+            if self.generator is None:
+                self.generator = torch.Generator(device=self.device)
+                self.generator.manual_seed(torch.seed() % (1 << 63))
+            generator = self.generator
+        row = Row([int(t) for t in prompt], params or SamplingParams(), generator, tag)
+        self._joining.append(row)
+        return row
+
+    def remove(self, row: Row) -> None:
+        """Take a row out; from the next step on it costs nothing."""
+        if any(r is row for r in self._joining):
+            self._joining = [r for r in self._joining if r is not row]
+        elif any(r is row for r in self.rows):
+            self._leaving.add(id(row))
+
+    # ---- one step ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, top: int = 0, entropy: bool = False) -> list[Draw]:
+        """Draw one token for every row (in `self.rows` order, joiners last). `top` > 0
+        adds each die's `top` most likely faces, `entropy` its entropy."""
+        if self._leaving:
+            self._drop()
+        if not self.rows and not self._joining:
+            return []
+        logits = self._logits()
+        rows, dice, B = self.rows, self._dice, len(self.rows)
+        if self.vocab_limit is not None:
+            logits = logits.clone()
+            logits[:, self.vocab_limit :] = float("-inf")
+        shaped = shape_logits(logits, dice, self._seen)
+        probs = torch.softmax(shaped, dim=-1)
+        tok = torch.argmax(shaped, dim=-1) if any(dice.greedy) else None
+        if not all(dice.greedy):
+            first = rows[0].generator
+            if all(r.generator is first for r in rows):
+                rolled = roll(probs, first)  # one draw for the batch: `generate` with one seed
+            else:
+                # One generator per row: each row draws a [1, V] noise of its own, exactly as
+                # it would alone, so its tokens do not depend on who else is in the batch.
+                e = torch.ones(B, probs.shape[-1], dtype=torch.float32, device=probs.device)
+                for b, r in enumerate(rows):
+                    if not dice.greedy[b] and not r.done:
+                        e[b : b + 1] = torch.empty(1, probs.shape[-1], dtype=torch.float32, device=probs.device) \
+                            .exponential_(1.0, generator=r.generator)
+                rolled = _race(probs, e)
+            tok = rolled if tok is None else torch.where(dice.greedy_mask, tok, rolled)
+        if self._last is not None and len(self._last) == B and any(r.done for r in rows):
+            done = torch.tensor([r.done for r in rows], device=tok.device)
+            tok = torch.where(done, self._last, tok)  # finished rows just repeat
+        lse = torch.logsumexp(shaped, dim=-1)
+        # The picked face always has a probability > 0, so this is finite; the clamp keeps
+        # a repeated token of a finished row (which may have none) finite too.
+        logprob = (shaped.gather(1, tok[:, None]).squeeze(1) - lse).clamp_min(torch.finfo(torch.float32).min)
+        tops = probs.topk(min(top, probs.shape[-1]), dim=-1) if top else None
+        ent = None
+        if entropy:
+            ent = -torch.where(probs > 0, probs * (shaped - lse[:, None]), 0.0).sum(dim=-1)
+
+        # The one host synchronisation per step: hand the tokens to the caller.
+        tokens, logprobs = tok.tolist(), logprob.tolist()
+        top_ids, top_probs = (tops.indices.tolist(), tops.values.tolist()) if top else ([None] * B, [None] * B)
+        ents = ent.tolist() if entropy else [None] * B
+        for r, t in zip(rows, tokens):
+            r.ids.append(t)
+        if self._seen is not None:
+            self._seen.scatter_(1, tok[:, None], True)
+        self._last = tok
+        self.steps += 1
+        return [Draw(r, t, lp, ti, tp, h) for r, t, lp, ti, tp, h in zip(rows, tokens, logprobs, top_ids, top_probs, ents)]
+
+    # ---- the model's side -------------------------------------------------------------
+
+    def _logits(self) -> torch.Tensor:
+        """[B, V] logits of the next token of every row, joiners included."""
+        if self._cached is False:  # no cache: every step reads each row's window afresh
+            self._take_joiners()
+            return self._recompute()
+        if self._needs_prefill or not self.rows or (self._joining and not self._kind):
+            self._take_joiners()
+            return self._prefill()
+        if self._max_len is not None and self._fill >= self._max_len and not self._make_room():
+            self._take_joiners()
+            return self._prefill()  # some row's window fills block_size: slide by recomputing
+        logits = self._decoder.decode(self._last[:, None])
+        self._fill += 1
+        if self._joining:
+            logits = torch.cat([logits, self._join()])
+        return logits
+
+    def _take_joiners(self) -> None:
+        if self._joining or self._dice is None:
+            self.rows += self._joining
+            self.joins += len(self._joining)
+            self._joining = []
+            self._changed()
+
+    def _windows(self, rows: list[Row]) -> tuple[torch.Tensor, list[int]]:
+        """Each row's last block_size ids, left-padded to one length: (idx [B, P], pads)."""
+        windows = [r.ids[-self.block :] for r in rows]
+        P = max(len(w) for w in windows)
+        idx = torch.tensor([[0] * (P - len(w)) + w for w in windows], dtype=torch.long, device=self.device)
+        return idx, [P - len(w) for w in windows]
+
+    def _set_cache(self, cache, n_rows: int) -> None:
+        self.cache, self._cache_rows = cache, n_rows
+        self._kind, self._max_len = _cache_kind(cache), getattr(cache, "max_len", None)
+        self._decoder = _Decoder(self.model, cache, cuda_graph=self.cuda_graph, compile=self.compile)
+
+    def _prefill(self) -> torch.Tensor:
+        """Run every row's window through a fresh cache (at the start, and to slide)."""
+        B = len(self.rows)
+        if self.cache is None or self._cache_rows != B:
+            cache = self.model.make_cache(B, self.block) if self.use_cache else None
+            if cache is None:  # a model without one (the n-gram): recompute every step
+                self._cached = False
+                self._changed()
+                return self._recompute()
+            self._cached = True
+            self._set_cache(cache, B)
+        idx, pads = self._windows(self.rows)
+        logits = self._decoder.prefill(idx, torch.tensor(pads, device=self.device))
+        self._fill = idx.shape[1]
+        self._needs_prefill = False
+        self.prefills += 1
+        self._changed()
+        return logits
+
+    def _recompute(self) -> torch.Tensor:
+        """Without a cache: a full pass over each row's window. There is no padding mask
+        then, so rows whose windows differ in length run in separate passes."""
+        windows = [r.ids[-self.block :] for r in self.rows]
+        lengths = sorted({len(w) for w in windows})
+        if len(lengths) == 1:
+            return self.model(torch.tensor(windows, device=self.device)).logits[:, -1, :]
+        out = None
+        for n in lengths:
+            which = [b for b, w in enumerate(windows) if len(w) == n]
+            logits = self.model(torch.tensor([windows[b] for b in which], device=self.device)).logits[:, -1, :]
+            if out is None:
+                out = logits.new_empty(len(windows), logits.shape[-1])
+            out[torch.tensor(which, device=self.device)] = logits
+        return out
+
+    def _shift(self, d: int) -> None:
+        """Move every row's slots d to the right (d < 0: left). Positions are slot - start,
+        so no key, value or position changes; only free slots move to the other end."""
+        c, f = self.cache, self._fill
+        for t in (c.k, c.v):
+            if d > 0:
+                t[:, :, :, d : d + f] = t[:, :, :, :f].clone()
+            else:
+                t[:, :, :, : f + d] = t[:, :, :, -d:f].clone()
+        c.start.add_(d)
+        c.pos.add_(d)
+        self._fill += d
+
+    def _make_room(self) -> bool:
+        """The cache is full: shift left by the padding every row has, if there is some."""
+        if self._kind != "kv":
+            return False
+        m = int(self.cache.start.min())
+        if m <= 0:
+            return False
+        self._shift(-m)
+        return True
+
+    def _join(self) -> torch.Tensor:
+        """Prefill the joiners on their own and merge them into the cache (after the
+        others' decode step); returns their next-token logits."""
+        new, B = self._joining, len(self.rows)
+        idx, pads = self._windows(new)
+        n, P = len(new), idx.shape[1]
+        c = self.cache
+        if self._kind == "kv":
+            if P > self._fill:
+                self._shift(P - self._fill)
+            f = self._fill
+            temp = self.model.make_cache(n, self._max_len)
+            temp.reset(torch.tensor([f - (P - p) for p in pads], device=self.device))
+            temp.pos.fill_(f - P)  # the window ends at slot f, where the others' next token goes
+            logits = self.model(idx, kv_cache=temp).logits[:, -1, :]
+            merged = self.model.make_cache(B + n, self._max_len)
+            for dst, a, b in ((merged.k, c.k, temp.k), (merged.v, c.v, temp.v)):
+                dst[:, :B] = a
+                dst[:, B:] = b
+            merged.start.copy_(torch.cat([c.start, temp.start]))
+            merged.pos.fill_(f)
+        else:
+            temp = self.model.make_cache(n)
+            temp.reset(torch.tensor(pads, device=self.device))
+            logits = self.model(idx, kv_cache=temp).logits[:, -1, :]
+            merged = self.model.make_cache(B + n)
+            merged.state = _state_map((c.state, temp.state), lambda a, b: torch.cat([a, b], dim=1))
+        self.rows += new
+        self.joins += n
+        self._joining = []
+        self._set_cache(merged, B + n)
+        self._changed()
+        return logits
+
+    def _drop(self) -> None:
+        keep = [b for b, r in enumerate(self.rows) if id(r) not in self._leaving]
+        self._leaving.clear()
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[b] for b in keep]
+        if not self.rows:
+            self._last, self._needs_prefill = None, True
+            return
+        kt = torch.tensor(keep, device=self.device)
+        c = self.cache
+        if self._cached and self._kind == "kv":
+            merged = self.model.make_cache(len(keep), self._max_len)
+            merged.k.copy_(c.k[:, kt])
+            merged.v.copy_(c.v[:, kt])
+            merged.start.copy_(c.start[kt])
+            merged.pos.fill_(self._fill)
+            self._set_cache(merged, len(keep))
+        elif self._cached and self._kind == "state":
+            merged = self.model.make_cache(len(keep))
+            merged.state = _state_map((c.state,), lambda a: a.index_select(1, kt))
+            self._set_cache(merged, len(keep))
+        elif self._cached:
+            self._needs_prefill = True
+        self._last = self._last[kt] if self._last is not None else None
+        self._changed()
+
+    def _changed(self) -> None:
+        """The rows changed: rebuild their dice and the tokens each has seen."""
+        self._dice = Dice([r.params for r in self.rows], self.device)
+        self._seen = None
+        if self._dice.penalty is not None:
+            self._seen = torch.zeros(len(self.rows), self.vocab, dtype=torch.bool, device=self.device)
+            for b, r in enumerate(self.rows):
+                self._seen[b, torch.tensor(r.ids, device=self.device)] = True
+
+
+def _per_row(value, B: int, what: str) -> list | None:
+    """A sequence with one value per row, checked; None for a single value."""
+    if value is None or isinstance(value, (SamplingParams, torch.Generator, numbers.Integral)):
+        return None
+    value = list(value)
+    if len(value) != B:
+        raise ConfigError(f"{what}: got {len(value)} values for {B} prompts (give one, or one per prompt)")
+    return value
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    params: SamplingParams | None = None,
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
     *,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    seed: int | Sequence[int] | None = None,
     stop_ids: Sequence[int] = (),
     stop: Callable[[int, int], bool] | None = None,
     use_cache: bool = True,
@@ -230,133 +673,53 @@ def generate(
     """Generate up to `max_new_tokens` tokens after each prompt, yielding a `Step` per token.
 
     prompts: one list of ids per row (non-empty; they may differ in length: shorter ones
-    are left-padded and the padding is masked). `generator` (or `seed`) makes the draws
-    reproducible. A row finishes when it draws one of `stop_ids` or when
+    are left-padded and the padding is masked). `params`: one `SamplingParams` for every
+    row, or one per row. `generator` (or `seed`) makes the draws reproducible: one for
+    the batch (the rows share its draws), or one per row (each row then draws exactly
+    what it would draw alone). A row finishes when it draws one of `stop_ids` or when
     `stop(row, token)` returns True; generation ends when every row has finished.
     `top` > 0 adds each step's `top` most likely candidates and their probabilities.
     `use_cache=False` recomputes the whole (cropped) context every step: slow, and the
     oracle the cached path is tested against. `vocab_limit` forbids ids >= it (a model
     whose embedding table is padded past the tokenizer's vocabulary).
+
+    Memory grows with the tokens actually generated, never with `max_new_tokens` up front.
+
+    >>> steps = generate(model, [[1, 2, 3]], 5, SamplingParams(temperature=0))  # doctest: +SKIP
+    >>> [s.tokens[0] for s in steps]                                             # five greedy ids
     """
-    params = params or SamplingParams()
     if max_new_tokens < 0:
         raise ConfigError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("every prompt needs at least one token (start from <|endoftext|> for an empty prompt)")
-    cfg = model.config
-    block = cfg.block_size
-    device = next(model.parameters()).device
-    V = cfg.vocab_size
-    if generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else torch.seed() % (1 << 63))
-
     B = len(prompts)
-    lengths = [len(p) for p in prompts]
-    P = max(lengths)
-    # The whole text of every row, right-aligned: [B, P + max_new_tokens].
-    seq = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
-    pad = torch.tensor([P - n for n in lengths], device=device)
-    for b, p in enumerate(prompts):
-        seq[b, P - len(p) : P] = torch.as_tensor(list(p), dtype=torch.long, device=device)
-    seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-    if params.repetition_penalty != 1.0:
-        for b, p in enumerate(prompts):
-            seen[b, torch.as_tensor(list(p), device=device)] = True
-    stop_tensor = torch.as_tensor(list(stop_ids), dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    device = next(model.parameters()).device
+    row_params = _per_row(params, B, "params") or [params or SamplingParams()] * B
+    generators = _per_row(generator, B, "generator")
+    seeds = _per_row(seed, B, "seed")
+    if seeds is not None and generators is None:
+        generators = [torch.Generator(device=device) for _ in seeds]
+        for g, s in zip(generators, seeds):
+            g.manual_seed(s)
+    if generators is None:
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else torch.seed() % (1 << 63))
+        generators = [generator] * B
 
-    # A model without decoding state (the n-gram) returns no cache: it re-reads the last
-    # block_size tokens every step.
-    cache = model.make_cache(B, block) if use_cache else None
-    has_cache = cache is not None
-    if not has_cache and len(set(lengths)) > 1:
-        # Without a cache there is no padding mask: run the rows one at a time.
-        yield from _generate_rows_separately(
-            model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top, vocab_limit
-        )
-        return
-
-    decoder = None
-    if has_cache:
-        cache_is_bounded = getattr(cache, "max_len", None) is not None
-        decoder = _Decoder(model, cache, cuda_graph=cuda_graph and device.type == "cuda", compile=compile)
-
-    length = P  # columns of seq filled so far
-    in_cache = 0  # tokens currently in the cache
+    batch = Batch(model, use_cache=use_cache, cuda_graph=cuda_graph, compile=compile, vocab_limit=vocab_limit)
+    rows = [batch.add(p, prm, g) for p, prm, g in zip(prompts, row_params, generators)]
+    stop_set = set(stop_ids)
     for _ in range(max_new_tokens):
-        if decoder is None:
-            lo = max(0, length - block)
-            logits = model(seq[:, lo:length]).logits[:, -1, :]
-        elif in_cache == 0 or (cache_is_bounded and in_cache >= cache.max_len):
-            # Prefill the (last block_size tokens of the) text: at the start, and on every
-            # step once the context has outgrown the cache (the sliding window).
-            lo = max(0, length - block)
-            start = (pad - lo).clamp_min(0)
-            logits = decoder.prefill(seq[:, lo:length], start)
-            in_cache = length - lo
-        else:
-            logits = decoder.decode(seq[:, length - 1 : length])
-            in_cache += 1
-
-        if vocab_limit is not None and vocab_limit < V:
-            logits = logits.clone()
-            logits[:, vocab_limit:] = float("-inf")
-        shaped = shape_logits(logits, params, seen if params.repetition_penalty != 1.0 else None)
-        probs = torch.softmax(shaped, dim=-1)
-        if params.greedy:
-            tok = torch.argmax(shaped, dim=-1)
-        else:
-            tok = roll(probs, generator)
-        tok = torch.where(finished, seq[:, length - 1], tok)  # finished rows just repeat
-        seq[:, length] = tok
-        length += 1
-        if params.repetition_penalty != 1.0:
-            seen.scatter_(1, tok[:, None], True)
-        logprob = torch.log(probs.gather(1, tok[:, None]).squeeze(1).clamp_min(1e-45))
-        newly = torch.isin(tok, stop_tensor) & ~finished if len(stop_ids) else torch.zeros_like(finished)
-
-        # The one host synchronisation per step: hand the tokens to the caller.
-        packed = [tok, logprob, finished, newly]
+        draws = batch.step(top=top)
+        was = [r.done for r in rows]
+        for b, (r, d) in enumerate(zip(rows, draws)):
+            if not r.done and (d.token in stop_set or (stop is not None and stop(b, d.token))):
+                r.done = True
+        finished = [r.done for r in rows]
+        step = Step([d.token for d in draws], [d.logprob for d in draws], finished, [not w for w in was])
         if top:
-            tp, ti = probs.topk(min(top, V), dim=-1)
-        tokens, logprobs, was_finished, hit_stop = (t.tolist() for t in packed)
-        done_now = [bool(f) or bool(h) for f, h in zip(was_finished, hit_stop)]
-        if stop is not None:
-            for b in range(B):
-                if not was_finished[b] and not done_now[b] and stop(b, tokens[b]):
-                    done_now[b] = True
-        finished = torch.tensor(done_now, device=device)
-        step = Step(tokens, logprobs, done_now, [not f for f in was_finished])
-        if top:
-            step.top_ids, step.top_probs = ti.tolist(), tp.tolist()
+            step.top_ids, step.top_probs = [d.top_ids for d in draws], [d.top_probs for d in draws]
         yield step
-        if all(done_now):
-            return
-
-
-def _generate_rows_separately(model, prompts, max_new_tokens, params, generator, stop_ids, stop, use_cache, top, vocab_limit):
-    """Rows of different lengths without a KV cache: one row at a time, merged per step."""
-    streams = [
-        generate(
-            model, [p], max_new_tokens, params, generator=generator, stop_ids=stop_ids,
-            stop=(lambda _r, t, b=b: stop(b, t)) if stop else None, use_cache=use_cache, top=top,
-            vocab_limit=vocab_limit,
-        )
-        for b, p in enumerate(prompts)
-    ]
-    last: list[Step | None] = [None] * len(prompts)
-    for _ in range(max_new_tokens):
-        before = list(last)
-        for b, s in enumerate(streams):
-            if last[b] is None or not last[b].finished[0]:
-                last[b] = next(s, last[b])
-        steps = [s for s in last if s is not None]
-        merged = Step(
-            [s.tokens[0] for s in steps], [s.logprobs[0] for s in steps], [s.finished[0] for s in steps],
-            [s.new[0] and not (prev is not None and prev.finished[0]) for s, prev in zip(steps, before)],
-            [s.top_ids[0] for s in steps] if top else None, [s.top_probs[0] for s in steps] if top else None,
-        )
-        yield merged
-        if all(merged.finished):
+        if all(finished):
             return

@@ -1,6 +1,8 @@
 """The sampler: each transform against its definition, a fair die, cache == recompute,
 stop strings, and the text layer on a model whose output is known in advance."""
 
+import itertools
+import json
 import math
 from types import SimpleNamespace
 
@@ -12,8 +14,8 @@ from minigpt.completion import complete, encode_prompt
 from minigpt.errors import ConfigError
 from minigpt.model import GPTOutput
 from minigpt.sampling import (
-    SamplingParams, apply_repetition_penalty, apply_temperature, generate, min_p_filter, roll, shape_logits,
-    top_k_filter, top_p_filter,
+    Batch, Dice, SamplingParams, apply_repetition_penalty, apply_temperature, generate, min_p_filter, roll,
+    shape_logits, top_k_filter, top_p_filter,
 )
 from minigpt.tokenizer import Tokenizer
 
@@ -204,6 +206,141 @@ def test_bad_generate_arguments():
         list(generate(m, [[]], 3))
 
 
+def test_max_new_tokens_costs_only_what_is_generated():
+    """10**12 new tokens would be 8 TB of ids allocated up front; the buffer grows instead,
+    so the first steps come at once and are the steps of a short run."""
+    m = tiny_gpt()
+    huge = list(itertools.islice(generate(m, [[1, 2], [3]], 10**12, SamplingParams(temperature=0.9), seed=5), 6))
+    short = list(generate(m, [[1, 2], [3]], 6, SamplingParams(temperature=0.9), seed=5))
+    assert [s.tokens for s in huge] == [s.tokens for s in short]
+
+
+# ---- per-row dice, per-row generators, rows joining and leaving ---------------------------------
+
+
+ROW_PARAMS = [
+    SamplingParams(temperature=0),
+    SamplingParams(temperature=0.7, top_k=20),
+    SamplingParams(temperature=1.3, top_p=0.9, repetition_penalty=1.3),
+    SamplingParams(temperature=1.0, min_p=0.05),
+]
+
+
+def test_dice_shapes_each_row_like_its_own_params():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 300) * 3
+    seen = torch.rand(4, 300) < 0.2
+    together = shape_logits(logits, Dice(ROW_PARAMS, torch.device("cpu")), seen)
+    for b, p in enumerate(ROW_PARAMS):
+        alone = shape_logits(logits[b : b + 1], p, seen[b : b + 1])
+        torch.testing.assert_close(torch.softmax(together[b], -1), torch.softmax(alone[0], -1))
+        assert torch.equal(torch.isfinite(together[b]), torch.isfinite(alone[0]))
+
+
+def test_rows_with_their_own_params_and_seeds_draw_what_they_would_alone():
+    m = tiny_gpt()
+    prompts = [torch.randint(0, 300, (n,)).tolist() for n in (4, 9, 2, 6)]
+    seeds = [11, 12, 13, 14]
+    together = list(generate(m, prompts, 15, ROW_PARAMS, seed=seeds, top=3))
+    for b, (p, prm, s) in enumerate(zip(prompts, ROW_PARAMS, seeds)):
+        alone = list(generate(m, [p], 15, prm, seed=s, top=3))
+        assert ids(together, b) == ids(alone)
+        assert [t.logprobs[b] for t in together] == pytest.approx([t.logprobs[0] for t in alone], abs=1e-5)
+    # A row with its own generator draws the noise a one-row batch with that seed draws.
+    one = ids(list(generate(m, [prompts[1]], 15, ROW_PARAMS[1], seed=[12])))
+    assert one == ids(list(generate(m, [prompts[1]], 15, ROW_PARAMS[1], seed=12)))
+
+
+def _alone(model, prompt, params, seed, n):
+    return ids(list(generate(model, [prompt], n, params, seed=seed)))
+
+
+@pytest.mark.parametrize("pe", ["learned", "rope"])
+def test_rows_join_and_leave_a_running_batch(pe):
+    """Rows join mid-run (one longer than what the batch holds, one shorter), one leaves,
+    the cache fills up and slides past block_size (32): every row still draws exactly
+    what it draws alone, and joining never re-prefills the rows already running."""
+    m = tiny_gpt(pos_encoding=pe)
+    g = torch.Generator().manual_seed(0)
+    prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
+    plan = {  # step at which it joins: (prompt, params, seed, steps it stays)
+        0: [(prompt(5), ROW_PARAMS[1], 1, 40)],
+        3: [(prompt(20), ROW_PARAMS[2], 2, 12), (prompt(2), ROW_PARAMS[0], 3, 25)],
+        9: [(prompt(30), ROW_PARAMS[3], 4, 30)],
+    }
+    batch = Batch(m)
+    got, want, prefills_before_joins = {}, {}, None
+    for step in range(45):
+        for p, prm, s, n in plan.get(step, []):
+            row = batch.add(p, prm, torch.Generator().manual_seed(s), tag=(step, s))
+            got[row.tag], want[row.tag] = row, (_alone(m, p, prm, s, n), n)
+        if step == 3:
+            prefills_before_joins = batch.prefills
+        for d in batch.step():
+            if len(d.row.new_ids) == want[d.row.tag][1]:
+                batch.remove(d.row)
+        if step == 4:
+            assert batch.prefills == prefills_before_joins  # the joiners did not re-prefill the others
+    for tag, row in got.items():
+        assert row.new_ids == want[tag][0], tag
+    assert len(batch) == 0 and batch.joins == 4
+
+
+def test_rnn_rows_join_and_leave_a_running_batch():
+    from minigpt.baselines import RNNConfig, RNNLM
+
+    torch.manual_seed(2)
+    m = RNNLM(RNNConfig(vocab_size=40, block_size=16, n_layer=2, n_embd=32, cell="lstm")).eval()
+    p = SamplingParams(temperature=1.0)
+    batch = Batch(m)
+    a = batch.add([1, 2, 3], p, torch.Generator().manual_seed(1))
+    for _ in range(4):
+        batch.step()
+    b = batch.add([5, 6, 7, 8, 9], p, torch.Generator().manual_seed(2))
+    for _ in range(3):
+        batch.step()
+    batch.remove(a)
+    for _ in range(5):
+        batch.step()
+    assert a.new_ids == _alone(m, [1, 2, 3], p, 1, 7)
+    assert b.new_ids == _alone(m, [5, 6, 7, 8, 9], p, 2, 8)
+    assert batch.prefills == 1
+
+
+# ---- extreme settings stay finite -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46), SamplingParams(repetition_penalty=1e-38),
+     SamplingParams(temperature=1e-38, top_p=1e-46, repetition_penalty=1e-38, min_p=1.0),
+     SamplingParams(temperature=1e30, repetition_penalty=1e38)],
+)
+def test_extreme_settings_give_finite_logprobs_and_valid_json(params, byte_tok):
+    m = tiny_gpt(vocab_size=byte_tok.vocab_size)
+    with torch.no_grad():
+        m.transformer.ln_f.weight.mul_(300)  # logits of +-10s: divided by 1e-38 they overflow float32
+    steps = list(generate(m, [[5, 6, 7], [8]], 12, params, seed=0, top=5))
+    for s in steps:
+        assert all(math.isfinite(x) and x <= 0 for x in s.logprobs)
+        assert all(math.isfinite(p) for row in s.top_probs for p in row)
+        assert all(abs(sum(row) - 1) < 1e-3 or sum(row) <= 1 + 1e-3 for row in s.top_probs)
+    outs = complete(m, byte_tok, "ab", num_samples=2, max_new_tokens=12, params=params, seed=0)
+    json.dumps([o.__dict__ for o in outs], allow_nan=False)  # NaN or inf would raise here
+    if params in (SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46)):
+        # Both are the greedy die in the limit: only the most likely token is left.
+        greedy = list(generate(m, [[5, 6, 7], [8]], 12, SamplingParams(temperature=0)))
+        assert [s.tokens for s in steps] == [s.tokens for s in greedy]
+
+
+def test_a_face_of_probability_zero_never_wins_even_against_zero_noise():
+    from minigpt.sampling import _race
+
+    probs = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.25, 0.0, 0.75]])
+    assert _race(probs, torch.zeros(2, 4)).tolist() in ([2, 1], [2, 3])
+    assert _race(probs, torch.tensor([[0.0, 0.0, 5.0, 0.0], [0.0, 1.0, 1.0, 9.0]])).tolist() == [2, 1]
+
+
 # ---- the text layer, on a model that follows a script -------------------------------------------
 
 
@@ -222,6 +359,9 @@ class ScriptedLM(nn.Module):
 
     def make_cache(self, batch_size, max_len=None, *, device=None, dtype=None):
         return None  # no decoding state (models.LanguageModel): the sampler re-reads the context
+
+    def make_cache(self, batch_size, max_len=None, *, device=None, dtype=None):
+        return None  # no cache: the sampler re-reads the window every step (as for the n-gram)
 
     def forward(self, idx, targets=None, *, kv_cache=None, return_attention=False):
         logits = torch.full((*idx.shape, self.config.vocab_size), -30.0)
