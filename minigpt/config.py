@@ -339,13 +339,17 @@ class TrainConfig:
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
 # --config still override them. Sizes are chosen by measurement (see BENCHMARKS.md).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The zero-argument default: ~4 minutes on a 2-core laptop CPU with the bundled corpus
-    # (vocab 2048). Chosen by a sweep on these machines (BENCHMARKS.md): with minutes to
-    # spend, a shallow, wide model at a high learning rate wins; 4+ layers train too few
-    # steps, width 256 was unstable at lr 2e-3, dropout only slowed learning.
+    # The zero-argument default: ~4.5 minutes on a 2-core laptop CPU with the bundled corpus
+    # (vocab 2048). The shape was chosen by a sweep (BENCHMARKS.md): with minutes to spend,
+    # a shallow, wide model wins. The recipe by A/B runs at equal steps (BENCHMARKS.md,
+    # "The recipe"): Muon for the block matrices (the largest gain), then rotary positions,
+    # RMSNorm + QK-norm + SwiGLU + zero-initialised projections without biases (which is
+    # also exactly Qwen3, so it exports), and a warmup-stable-decay schedule.
     "cpu": dict(
         n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
-        max_steps=3600, batch_size=12, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
+        pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
+        optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
+        max_steps=3600, batch_size=12, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
         eval_interval=300, eval_steps=20,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
