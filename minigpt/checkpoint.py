@@ -312,9 +312,12 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(best, (int, float)) or isinstance(best, bool):
         raise CheckpointError(f"{f}: best_val_loss must be a number, got {best!r}")
     state["best_val_loss"] = float(best)
-    for key in ("optimizer", "rng", "scaler"):
+    for key in ("rng", "scaler"):
         if key in state and not isinstance(state[key], dict):
             raise CheckpointError(f"{f}: {key} must be a dict, got {type(state[key]).__name__}")
+    opt = state.get("optimizer")  # one optimizer's state, or a list (Muon + AdamW)
+    if opt is not None and not (isinstance(opt, dict) or (isinstance(opt, list) and opt and all(isinstance(o, dict) for o in opt))):
+        raise CheckpointError(f"{f}: optimizer must be a state dict or a list of them, got {type(opt).__name__}")
     rng = state.get("rng")
     if rng is not None and not isinstance(rng.get("torch"), torch.Tensor):
         raise CheckpointError(f"{f}: rng must hold the torch generator state as a tensor")

@@ -26,6 +26,10 @@ from . import files
 from .errors import ConfigError
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
+MLPS = ("gelu", "relu2", "swiglu")
 
 # Caps on every size a user can type. They are far beyond what a laptop (or one GPU node)
 # trains, and catch typos such as `--n-layer 100000000` before minutes go into building
@@ -71,6 +75,13 @@ class GPTConfig:
     tie_weights: bool = True  # the output head shares the token-embedding matrix
     rope_base: float = 10000.0
     layer_norm_eps: float = 1e-5
+    # The block's parts (GPT-2's are the defaults; see model.py for each alternative):
+    norm: str = "layernorm"  # layernorm (GPT-2) | rmsnorm (Llama, Qwen)
+    mlp: str = "gelu"  # gelu: C -> 4C -> GELU -> C (GPT-2) | relu2: ReLU(x)^2 | swiglu: gated SiLU (Llama)
+    mlp_hidden: int = 0  # hidden width of the MLP; 0: 4C (gelu, relu2) or the 2/3 of it SwiGLU uses (8C/3, to 64)
+    qk_norm: bool = False  # normalise q and k per head before attention (Qwen3, modded-nanogpt)
+    logit_softcap: float = 0.0  # cap logits smoothly at +-this with tanh (Gemma 2); 0: off
+    zero_init_proj: bool = False  # projections into the residual stream start at zero (modded-nanogpt)
 
     def __post_init__(self) -> None:
         for name, cap in (("vocab_size", MAX_VOCAB), ("block_size", MAX_CONTEXT), ("n_layer", MAX_LAYERS),
@@ -102,11 +113,29 @@ class GPTConfig:
         for name in ("bias", "tie_weights"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         _check(isinstance(self.pos_encoding, str), "pos_encoding", f"must be a string, got {self.pos_encoding!r}")
+        _check(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        _check(self.mlp in MLPS, "mlp", f"must be one of {', '.join(MLPS)}; got {self.mlp!r}")
+        _check(isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool) and 0 <= self.mlp_hidden <= 8 * MAX_WIDTH,
+               "mlp_hidden", f"must be 0 (automatic) or a positive width, got {self.mlp_hidden!r}")
+        _check(isinstance(self.logit_softcap, (int, float)) and 0 <= self.logit_softcap < 1e4, "logit_softcap",
+               f"must be >= 0 (0 = off), got {self.logit_softcap!r}")
+        for name in ("qk_norm", "zero_init_proj"):
+            _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         check_model_size(self.vocab_size, self.n_layer, self.n_embd)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        """The MLP's hidden width: 4C, or for SwiGLU 2/3 of that rounded up to a multiple
+        of 64 (three matrices instead of two, so the same parameter count; Llama's rule)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-int(8 * self.n_embd / 3) // 64) * 64
+        return 4 * self.n_embd
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +183,14 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
 # ---- training configuration -----------------------------------------------------------
 
 
+def _duration(text: str) -> float:
+    """argparse's type for --max-time (named so a bad value reads "invalid duration value")."""
+    return parse_duration(text)
+
+
+_duration.__name__ = "duration"
+
+
 def _opt(default, help: str, **kw):
     """A dataclass field that carries its command-line help (and optional choices or metavar)."""
     return field(default=default, metadata={"help": help, **kw})
@@ -185,6 +222,11 @@ class ModelArgs:
     bias: bool = _opt(True, "use biases in Linear layers and LayerNorms")
     pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)
     tie_weights: bool = _opt(True, "share the token-embedding matrix with the output head")
+    norm: str = _opt("layernorm", "normalisation: layernorm (GPT-2) or rmsnorm (Llama, Qwen)", choices=NORMS)
+    mlp: str = _opt("gelu", "MLP: gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated, Llama)", choices=MLPS)
+    qk_norm: bool = _opt(False, "normalise queries and keys per head before attention (Qwen3)")
+    logit_softcap: float = _opt(0.0, "bound the logits to +-this with tanh (0: off)")
+    zero_init_proj: bool = _opt(False, "start the projections into the residual stream at zero")
     ngram_order: int = _opt(3, "n for --model ngram (3 = trigram)")
 
 
@@ -217,6 +259,12 @@ class OptimArgs:
         False, "with --init-from: keep the token and position embeddings as loaded (a tied output head with them)"
     )
     freeze_layers: int = _opt(0, "with --init-from: keep the first N Transformer blocks as loaded", metavar="N")
+    optimizer: str = _opt("adamw", "adamw, or muon: Muon for the blocks' matrices, AdamW for embeddings, head and gains",
+                          choices=OPTIMIZERS)
+    muon_lr: float = _opt(0.02, "Muon's learning rate (with --optimizer muon)")
+    schedule: str = _opt("cosine", "learning-rate schedule after warmup: cosine decay, or wsd (constant, then a "
+                         "linear cooldown to --min-lr over the last --cooldown of the steps)", choices=SCHEDULES)
+    cooldown: float = _opt(0.4, "share of the steps the wsd schedule spends cooling down")
 
 
 @dataclass
@@ -233,6 +281,9 @@ class RunArgs:
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
     sample_tokens: int = _opt(200, "tokens to sample at the end of training (0: none)")
     threads: int = _opt(0, "CPU threads for torch (0: one per physical core)")
+    max_time: float = _opt(0.0, "train for this wall-clock budget (seconds, or with a unit: 175, 3m, 1h): the step "
+                           "count is fixed from the speed of the first steps, so the schedule ends on time (0: off)",
+                           parse=_duration)
 
 
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
@@ -299,6 +350,11 @@ class TrainConfig:
         _check(o.weight_decay >= 0, "weight_decay", f"must be >= 0, got {o.weight_decay}")
         _check(0 <= o.beta1 < 1, "beta1", f"must be in [0, 1), got {o.beta1}")
         _check(0 <= o.beta2 < 1, "beta2", f"must be in [0, 1), got {o.beta2}")
+        _check(o.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {o.optimizer!r}")
+        _check(o.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}; got {o.schedule!r}")
+        _check(math.isfinite(o.muon_lr) and 0 < o.muon_lr <= 10, "muon_lr", f"must be in (0, 10], got {o.muon_lr}")
+        _check(math.isfinite(o.cooldown) and 0 <= o.cooldown <= 1, "cooldown", f"must be in [0, 1], got {o.cooldown}")
+        _check(math.isfinite(r.max_time) and r.max_time >= 0, "max_time", f"must be >= 0 seconds, got {r.max_time}")
         _check(o.grad_clip >= 0, "grad_clip", f"must be >= 0, got {o.grad_clip}")
         for name in ("eval_interval", "eval_steps", "log_interval"):
             v = getattr(r, name)
@@ -333,13 +389,17 @@ class TrainConfig:
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
 # --config still override them. Sizes are chosen by measurement (see BENCHMARKS.md).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The zero-argument default: ~4 minutes on a 2-core laptop CPU with the bundled corpus
-    # (vocab 2048). Chosen by a sweep on these machines (BENCHMARKS.md): with minutes to
-    # spend, a shallow, wide model at a high learning rate wins; 4+ layers train too few
-    # steps, width 256 was unstable at lr 2e-3, dropout only slowed learning.
+    # The zero-argument default: ~4.5 minutes on a 2-core laptop CPU with the bundled corpus
+    # (vocab 2048). The shape was chosen by a sweep (BENCHMARKS.md): with minutes to spend,
+    # a shallow, wide model wins. The recipe by A/B runs at equal steps (BENCHMARKS.md,
+    # "The recipe"): Muon for the block matrices (the largest gain), then rotary positions,
+    # RMSNorm + QK-norm + SwiGLU + zero-initialised projections without biases (which is
+    # also exactly Qwen3, so it exports), and a warmup-stable-decay schedule.
     "cpu": dict(
         n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
-        max_steps=3600, batch_size=12, lr=2e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
+        pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
+        optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
+        max_steps=2700, batch_size=12, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
         eval_interval=300, eval_steps=20,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
@@ -422,7 +482,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[s
             if f.type in (bool, "bool", "bool | None"):
                 kw["action"] = argparse.BooleanOptionalAction
             else:
-                kw["type"] = typ or str
+                kw["type"] = f.metadata.get("parse") or typ or str
                 kw["metavar"] = f.metadata.get("metavar", f.name.upper())
             default = PRESETS[DEFAULT_PRESET].get(f.name, f.default)
             tuned = PRESETS[FINETUNE_PRESET].get(f.name, f.default)
@@ -463,8 +523,30 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def parse_duration(text) -> float:
+    """Seconds from "175", "175s", "3m", "1.5h" (or a number). A ConfigError names max_time.
+
+    >>> parse_duration("3m"), parse_duration("175"), parse_duration(90)
+    (180.0, 175.0, 90.0)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = str(text).strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise ConfigError(f"max_time: expected seconds or a duration such as 175, 3m or 1h, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"max_time: must be >= 0 seconds, got {text!r}")
+    return value
+
+
 def _coerce_types(cfg: TrainConfig) -> None:
     """TOML gives 1 where a float is meant, or "3" by mistake: check every value's type."""
+    if isinstance(cfg.run.max_time, str):  # a duration such as "3m" (TOML or run.json)
+        cfg.run.max_time = parse_duration(cfg.run.max_time)
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in fields(obj):

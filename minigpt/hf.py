@@ -85,7 +85,7 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         raise CheckpointError(
-            f"{where}: model_type is {model_type!r}; import-hf reads GPT-2 models only (model_type \"gpt2\")"
+            f"{where}: model_type is {model_type!r}; supported: GPT-2 (model_type \"gpt2\") and Qwen3 (\"qwen3\")"
         )
     archs = hf.get("architectures") or []
     archs = [archs] if isinstance(archs, str) else archs
@@ -178,6 +178,161 @@ _POSITION_REFUSAL = {
         "and GPT-2's architecture only adds a position vector once, at the input; no GPT-2 weights reproduce it"
     ),
 }
+
+
+# ---- the Qwen3 architecture: minigpt's modern block ------------------------------------
+#
+# A GPT with rotary positions, RMSNorm, QK-norm and a SwiGLU MLP without biases is exactly
+# Hugging Face's Qwen3 (Qwen3ForCausalLM): the same per-head RMSNorm on q and k before the
+# rotation, the same "rotate half" pairing and inverse frequencies, the same gated MLP
+# (down(silu(gate(x)) * up(x))). Our fused c_attn [3C, C] is q_proj, k_proj and v_proj
+# stacked; nothing else changes but names (and nn.Linear stores [out, in] here and there:
+# no transpose).
+
+QWEN3_LAYER = {  # minigpt name in block i -> Qwen3 name in layer i
+    "ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
+    "attn.c_proj.weight": "self_attn.o_proj.weight", "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.k_norm.weight": "self_attn.k_norm.weight", "mlp.c_gate.weight": "mlp.gate_proj.weight",
+    "mlp.c_fc.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight",
+}
+
+
+def export_architecture(cfg: GPTConfig) -> str:
+    """Which Hugging Face architecture expresses this GPT exactly: "gpt2" (learned
+    positions, LayerNorm, GELU MLP) or "qwen3" (RoPE, RMSNorm, QK-norm, SwiGLU, no biases);
+    anything else is refused, naming the setting that no architecture here expresses."""
+    gpt2 = cfg.pos_encoding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and not cfg.qk_norm
+    qwen3 = cfg.pos_encoding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.qk_norm and not cfg.bias
+    if cfg.logit_softcap > 0:
+        raise CheckpointError("cannot export logit_softcap: neither GPT-2 nor Qwen3 caps their logits (train with "
+                              "--logit-softcap 0 to export)")
+    if gpt2:
+        if cfg.mlp_hidden not in (0, 4 * cfg.n_embd):
+            raise CheckpointError(f"cannot export mlp_hidden {cfg.mlp_hidden} as GPT-2 (its MLP is 4 * n_embd)")
+        return "gpt2"
+    if qwen3:
+        return "qwen3"
+    if cfg.pos_encoding in _POSITION_REFUSAL and cfg.norm == "layernorm" and cfg.mlp == "gelu":
+        raise CheckpointError(_POSITION_REFUSAL[cfg.pos_encoding])
+    raise CheckpointError(
+        f"cannot export this block (pos_encoding {cfg.pos_encoding}, norm {cfg.norm}, mlp {cfg.mlp}, qk_norm "
+        f"{cfg.qk_norm}, bias {cfg.bias}): GPT-2 needs learned/layernorm/gelu without qk_norm, Qwen3 needs "
+        f"rope/rmsnorm/swiglu with qk_norm and no biases"
+    )
+
+
+def qwen3_config_from_gpt(cfg: GPTConfig, eot_id: int | None = None) -> dict[str, Any]:
+    """A config.json that `transformers.Qwen3Config` reads as the same model."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.hidden_dim,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": cfg.layer_norm_eps,
+        "rope_theta": cfg.rope_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base},
+        "attention_bias": False,
+        "attention_dropout": cfg.dropout,
+        "use_sliding_window": False,
+        "tie_word_embeddings": cfg.tie_weights,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+
+
+def gpt_config_from_qwen3(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
+    """The GPTConfig of a Qwen3 config.json, or a CheckpointError naming what differs."""
+    need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in need if k not in hf]
+    if missing:
+        raise CheckpointError(f"{where}: {missing[0]} is missing")
+    C, H = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("num_key_value_heads", H) != H:
+        raise CheckpointError(f"{where}: grouped-query attention (num_key_value_heads {hf['num_key_value_heads']} != "
+                              f"{H} heads) is not supported")
+    if isinstance(C, int) and isinstance(H, int) and H > 0 and hf.get("head_dim", C // H) != C // H:
+        raise CheckpointError(f"{where}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (minigpt's SwiGLU uses silu)")
+    if hf.get("attention_bias", False):
+        raise CheckpointError(f"{where}: attention_bias true is not supported")
+    if hf.get("use_sliding_window", False):
+        raise CheckpointError(f"{where}: use_sliding_window true is not supported")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise CheckpointError(f"{where}: rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported")
+    theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0)
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048), n_layer=hf["num_hidden_layers"],
+            n_head=H, n_embd=C, dropout=float(hf.get("attention_dropout", 0.0)), bias=False, pos_encoding="rope",
+            tie_weights=bool(hf.get("tie_word_embeddings", False)), rope_base=float(theta),
+            layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm="rmsnorm", mlp="swiglu",
+            mlp_hidden=hf["intermediate_size"], qk_norm=True,
+        )
+    except (MiniGPTError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def qwen3_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
+    """Qwen3ForCausalLM's state dict for a minigpt GPT of the Qwen3 shape (fp32)."""
+    sd = {n: t.detach().float().cpu() for n, t in model.state_dict().items()}
+    cfg = model.config
+    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "model.norm.weight": sd["transformer.ln_f.weight"]}
+    if not cfg.tie_weights:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.c_attn.weight"].split(cfg.n_embd, dim=0)
+        out.update({theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
+                    theirs + "self_attn.v_proj.weight": v})
+        for a, b in QWEN3_LAYER.items():
+            out[theirs + b] = sd[ours + a]
+    return {n: t.contiguous() for n, t in out.items()}
+
+
+def gpt_state_from_qwen3(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights") -> dict[str, torch.Tensor]:
+    """The inverse of `qwen3_state_from_gpt`, checking names, shapes and finiteness."""
+    shapes = _expected_shapes(cfg)
+    t = dict(tensors)
+    out: dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in t:
+            raise CheckpointError(f"{where}: missing tensor {name!r}")
+        return t.pop(name)
+
+    out["transformer.wte.weight"] = take("model.embed_tokens.weight")
+    out["transformer.ln_f.weight"] = take("model.norm.weight")
+    if cfg.tie_weights:
+        t.pop("lm_head.weight", None)
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    else:
+        out["lm_head.weight"] = take("lm_head.weight")
+    for i in range(cfg.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        out[ours + "attn.c_attn.weight"] = torch.cat(
+            [take(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"], dim=0)
+        for a, b in QWEN3_LAYER.items():
+            out[ours + a] = take(theirs + b)
+    t = {n: v for n, v in t.items() if not n.endswith("rotary_emb.inv_freq")}
+    if t:
+        raise CheckpointError(f"{where}: unexpected tensor {sorted(t)[0]!r} (not part of a Qwen3 with this config.json)")
+    for name, v in out.items():
+        if tuple(v.shape) != shapes[name]:
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(v.shape)} but config.json implies {shapes[name]}")
+        if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: tensor {name!r} is not finite floating point")
+    return {n: v.float().contiguous() for n, v in out.items()}
 
 
 # ---- weights --------------------------------------------------------------------------
@@ -320,6 +475,19 @@ def _check_out(out: Path, src: Path, force: bool) -> None:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
 
 
+HF_MODEL_TYPES = ("gpt2", "qwen3")  # the Hugging Face architectures minigpt's GPT reproduces exactly
+
+
+def hf_architecture(hf: Any, where: str = CONFIG):
+    """(GPTConfig, the function that converts its weights) for a Hugging Face config.json:
+    GPT-2 or Qwen3; anything else is a CheckpointError naming model_type and what is
+    supported. The one place that dispatches on the HF architecture (import-hf and
+    --init-from both use it)."""
+    if isinstance(hf, dict) and hf.get("model_type") == "qwen3":
+        return gpt_config_from_qwen3(hf, where), gpt_state_from_qwen3
+    return gpt_config_from_hf(hf, where), gpt_state_from_hf  # GPT-2, or a refusal naming model_type
+
+
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """Convert a Hugging Face GPT-2 directory into a minigpt checkpoint directory at `out`.
 
@@ -333,9 +501,10 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 directory)")
     _check_out(out, hf_dir, force)
-    cfg = gpt_config_from_hf(files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError), str(hf_dir / CONFIG))
+    hf_cfg = files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)
+    cfg, from_hf = hf_architecture(hf_cfg, str(hf_dir / CONFIG))
     tensors, source = read_hf_weights(hf_dir)
-    state = gpt_state_from_hf(tensors, cfg, where=str(source))
+    state = from_hf(tensors, cfg, where=str(source))
     del tensors
 
     tokenizer = None
@@ -356,11 +525,12 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write a minigpt GPT checkpoint (or a run directory's best/last) as a Hugging Face
-    GPT-2 directory: config.json, model.safetensors and tokenizer.json, loadable with
-    `transformers.GPT2LMHeadModel.from_pretrained(out_dir)` and
+    directory: config.json, model.safetensors and tokenizer.json, loadable with
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` and
     `tokenizers.Tokenizer.from_file(out_dir / "tokenizer.json")`. Returns `out_dir`.
 
-    Only learned positions can be exported (GPT-2 has no other kind); the error says why.
+    The architecture is the one that computes the same function (`export_architecture`):
+    GPT-2 for GPT-2's block, Qwen3 for the modern block; anything else is refused, saying why.
 
     >>> export_hf("out/shakespeare", "shakespeare-hf")      # doctest: +SKIP
     PosixPath('shakespeare-hf')
@@ -370,15 +540,18 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     kind, settings = read_model_config(path)
     if not issubclass(models.kind(kind, "model_type").cls, GPT):
         raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2")
-    pos = settings.get("pos_encoding", "learned")
-    if pos in _POSITION_REFUSAL:
-        raise CheckpointError(f"{path}: {_POSITION_REFUSAL[pos]}")
+    try:
+        arch = export_architecture(GPTConfig.from_dict(settings))
+    except MiniGPTError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     _check_out(out, path, force)
     ckpt = load_checkpoint(path, "cpu", need_tokenizer=False)
     model: GPT = ckpt.model
     eot_id = ckpt.tokenizer.eot_id if ckpt.tokenizer is not None else None
-    hf_config = hf_config_from_gpt(model.config, eot_id)  # refuses sinusoidal/rope
-    tensors = hf_state_from_gpt(model)
+    if arch == "qwen3":
+        hf_config, tensors = qwen3_config_from_gpt(model.config, eot_id), qwen3_state_from_gpt(model)
+    else:
+        hf_config, tensors = hf_config_from_gpt(model.config, eot_id), hf_state_from_gpt(model)
 
     # Written under a temporary name beside `out`, then renamed: an interrupted export
     # never leaves a half-written directory that from_pretrained would half-load.

@@ -116,6 +116,19 @@ class KVCache:
             self.start.copy_(start)
 
 
+# ---- normalisation --------------------------------------------------------------------------
+
+
+def make_norm(cfg: GPTConfig, dim: int | None = None) -> nn.Module:
+    """LayerNorm (GPT-2: subtract the mean, divide by the standard deviation, scale, shift)
+    or RMSNorm (Llama, Qwen: divide by the root mean square and scale; no mean, no bias:
+    cheaper, and as good in practice). `dim`: the width normalised (default n_embd)."""
+    dim = dim or cfg.n_embd
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.bias)
+
+
 # ---- attention ---------------------------------------------------------------------------
 
 
@@ -127,6 +140,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        # QK-norm (Qwen3; modded-nanogpt): normalise each head's q and k before the dot
+        # product, so attention logits cannot grow without bound as training sharpens them.
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -144,6 +161,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:  # before RoPE, as Qwen3 does
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -186,18 +205,33 @@ def explicit_attention(q, k, v, mask=None, dropout_p=0.0):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> 4C -> GELU -> C."""
+    """Position-wise feed-forward, one of three (`cfg.mlp`), H = cfg.hidden_dim:
+
+        gelu    C -> H -> GELU (tanh approximation) -> C       GPT-2
+        relu2   C -> H -> ReLU(x)^2 -> C                       Primer; modded-nanogpt
+        swiglu  C -> (SiLU(x W_gate) * x W_up) -> H -> C       Llama, Qwen (gated: three matrices)
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        H = cfg.hidden_dim
+        self.kind = cfg.mlp
+        self.c_fc = nn.Linear(cfg.n_embd, H, bias=cfg.bias)
+        self.c_gate = nn.Linear(cfg.n_embd, H, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.c_proj = nn.Linear(H, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers); exact
-        # GELU would differ from imported GPT-2 weights by ~1e-3.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers); exact
+            # GELU would differ from imported GPT-2 weights by ~1e-3.
+            h = F.gelu(h, approximate="tanh")
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:  # swiglu: c_fc is the "up" projection, c_gate the gate
+            h = F.silu(self.c_gate(x)) * h
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -205,9 +239,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x, rope, mask, cache, need_weights):
@@ -262,7 +296,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias),
+                ln_f=make_norm(cfg),
             )
         )
         if cfg.pos_encoding == "learned":
@@ -290,7 +324,11 @@ class GPT(nn.Module):
         write into the residual stream scaled by 1/sqrt(2 * n_layer), so the stream's
         variance does not grow with depth."""
         for name, p in self.named_parameters():
-            if p.dim() >= 2:
+            if p.dim() >= 2 and name.endswith("c_proj.weight") and self.config.zero_init_proj:
+                # Every block starts as the identity: the residual stream carries the
+                # embedding through, and each block learns what to add (modded-nanogpt).
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
             elif name.endswith("bias"):
@@ -419,6 +457,10 @@ class GPT(nn.Module):
             kv_cache.pos.add_(T)
 
         logits = self.lm_head(self.transformer.ln_f(x))  # [B, T, V]
+        if c.logit_softcap > 0:
+            # Smoothly bound the logits to (-cap, cap) (Gemma 2; modded-nanogpt): the model
+            # cannot become over-confident by inflating a few logits.
+            logits = c.logit_softcap * torch.tanh(logits / c.logit_softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)

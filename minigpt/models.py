@@ -86,7 +86,8 @@ class Kind:
 def _gpt_config(a: ModelArgs, vocab_size: int) -> GPTConfig:
     return GPTConfig(
         vocab_size=vocab_size, block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
-        dropout=a.dropout, bias=a.bias, pos_encoding=a.pos_encoding, tie_weights=a.tie_weights,
+        dropout=a.dropout, bias=a.bias, pos_encoding=a.pos_encoding, tie_weights=a.tie_weights, norm=a.norm,
+        mlp=a.mlp, qk_norm=a.qk_norm, logit_softcap=a.logit_softcap, zero_init_proj=a.zero_init_proj,
     )
 
 

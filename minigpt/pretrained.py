@@ -51,7 +51,7 @@ from .checkpoint import (
 )
 from .config import GPTConfig, dataclass_from_dict
 from .errors import CheckpointError, ConfigError, MiniGPTError
-from .hf import gpt_config_from_hf, gpt_state_from_hf, read_hf_weights
+from .hf import HF_MODEL_TYPES, hf_architecture, read_hf_weights
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -73,7 +73,8 @@ HUB_ALIASES = {
 # A hub repo id: NAME or ORG/NAME, letters, digits, '-', '_', '.' (huggingface_hub's rule).
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 # Flags that would give the model another shape (or kind) than SOURCE's.
-SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "bias", "pos_encoding", "tie_weights", "ngram_order")
+SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "bias", "pos_encoding", "tie_weights", "ngram_order", "norm", "mlp",
+               "qk_norm", "logit_softcap")
 FORMS = {"minigpt": "a minigpt checkpoint", "hf": "a Hugging Face GPT-2 directory", "hf-cache": "a Hugging Face cache snapshot"}
 READ_BLOCK = 1 << 20
 
@@ -168,7 +169,8 @@ class SourceSpec:
 def _supported() -> str:
     kinds = [k.name for k in models.KINDS.values() if k.cls.learns_by == "gradient"]
     return (f"--init-from takes GPT-2 models (Hugging Face model_type \"{HF_GPT2}\": gpt2, distilgpt2, "
-            f"gpt2-medium/-large/-xl and their fine-tunes) and minigpt checkpoints ({', '.join(kinds)})")
+            f"gpt2-medium/-large/-xl and their fine-tunes), Qwen3 models of the shape minigpt exports (\"qwen3\"), "
+            f"and minigpt checkpoints ({', '.join(kinds)})")
 
 
 def _directory_form(p: Path) -> tuple[Path, str]:
@@ -221,9 +223,9 @@ def inspect_source(name: str) -> SourceSpec:
 
     hf = files.read_json_object(path / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)
     model_type = hf.get("model_type")
-    if model_type != HF_GPT2:
+    if model_type not in HF_MODEL_TYPES:
         raise CheckpointError(f"{path / CONFIG}: model_type {model_type!r} is not supported: {_supported()}")
-    cfg = gpt_config_from_hf(hf, str(path / CONFIG))  # names any setting minigpt cannot reproduce
+    cfg, _ = hf_architecture(hf, str(path / CONFIG))  # names any setting minigpt cannot reproduce
     return SourceSpec(name, path, form, GPT.model_type, cfg.to_dict())
 
 
@@ -362,7 +364,9 @@ def _load_hf(spec: SourceSpec, cfg: GPTConfig) -> tuple[nn.Module, list[Path]]:
     """A GPT of shape `cfg` (SOURCE's, context possibly cropped, dropout set) holding a
     Hugging Face GPT-2 directory's weights, and the files they came from."""
     tensors, source = read_hf_weights(spec.path)  # safetensors, or a pickle under weights_only=True
-    state = gpt_state_from_hf(tensors, GPTConfig.from_dict(spec.config), where=str(source))  # checked against config.json
+    hf = files.read_json_object(spec.path / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)
+    _, from_hf = hf_architecture(hf, str(spec.path / CONFIG))
+    state = from_hf(tensors, GPTConfig.from_dict(spec.config), where=str(source))  # checked against config.json
     del tensors
     model = GPT(cfg)
     model.load_state_dict(_fit_state(state, model, str(source)))

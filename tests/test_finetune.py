@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from minigpt import pretrained
 from minigpt.checkpoint import load_checkpoint
 from minigpt.cli import _build_train, _Parser, main
-from minigpt.config import resolve_train_config
+from minigpt.config import PRESETS, resolve_train_config
 from minigpt.data import eval_offsets, prepare, windows
 from minigpt.evaluate import window_plan
 from minigpt.tokenizer import Tokenizer
@@ -515,5 +515,5 @@ def test_help_and_defaults_of_a_fine_tune():
     cfg = resolve_train_config(p.parse_args(["--init-from", "gpt2", "--lr", "1e-4", "--min-lr", "1e-5"]))
     assert cfg.optim.min_lr == 1e-5
     cfg = resolve_train_config(p.parse_args(["--init-from", "gpt2", "--preset", "cpu"]))
-    assert cfg.preset == "cpu" and cfg.optim.lr == 2e-3
+    assert cfg.preset == "cpu" and cfg.optim.lr == PRESETS["cpu"]["lr"]  # a named preset wins over finetune
     assert resolve_train_config(p.parse_args([])).preset == "cpu"

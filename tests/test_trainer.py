@@ -320,9 +320,13 @@ def test_zero_argument_default_on_the_bundled_corpus(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_two_processes_match_one(tmp_path, dataset_dir):
-    """2 CPU processes (Gloo) with batch 4 each == 1 process with batch 8."""
-    common = tiny_flags(tmp_path / "x", dataset_dir, max_steps=8, eval_interval=4, dropout=0.0)
+@pytest.mark.parametrize("optimizer, tol", [("adamw", 1e-5), ("muon", 2e-3)])
+def test_torchrun_two_processes_match_one(tmp_path, dataset_dir, optimizer, tol):
+    """2 CPU processes (Gloo) with batch 4 each == 1 process with batch 8. With AdamW to
+    float rounding; with Muon only closely: its Newton-Schulz iteration runs in bfloat16
+    (torch.optim.Muon), where the all-reduced gradient's last-bit differences from a
+    one-process sum can round the other way."""
+    common = tiny_flags(tmp_path / "x", dataset_dir, max_steps=8, eval_interval=4, dropout=0.0, optimizer=optimizer)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
@@ -339,7 +343,7 @@ def test_torchrun_two_processes_match_one(tmp_path, dataset_dir):
     b, eb = metrics(tmp_path / "one")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for s in a:
-        assert abs(a[s] - b[s]) < 1e-5, (s, a[s], b[s])
+        assert abs(a[s] - b[s]) < tol, (s, a[s], b[s])
     for s in ea:
-        assert abs(ea[s]["val_loss"] - eb[s]["val_loss"]) < 1e-5
+        assert abs(ea[s]["val_loss"] - eb[s]["val_loss"]) < tol
     assert "x2 processes" in ddp.stderr
