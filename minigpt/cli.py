@@ -154,6 +154,8 @@ def _build_train(p: argparse.ArgumentParser) -> None:
         "  python train.py --preset shakespeare-char --out out/big\n"
         "  python train.py --resume --max-steps 4000          # continue out/shakespeare\n"
         "  python train.py --model lstm --out out/lstm        # a baseline on the same data\n"
+        "  python train.py --init-from gpt2 --data my_texts/ --block-size 256   # fine-tune GPT-2 on a folder of text\n"
+        "  python train.py --data my_texts/ --max-time 3m     # train from scratch on text, for three minutes\n"
         "  torchrun --nproc_per_node=4 train.py --preset gpt2 --data data/owt --out out/gpt2\n"
         "\n"
         "Ctrl-C or SIGTERM saves a checkpoint and exits (130/143); --resume continues."
@@ -573,7 +575,7 @@ def _run_serve(args) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "prepare": ("tokenize a text corpus into train/val token files", _build_prepare, _run_prepare),
-    "train": ("train a GPT (or a baseline) on a prepared dataset", _build_train, _run_train),
+    "train": ("train or fine-tune a GPT (or a baseline) on a prepared dataset or on text", _build_train, _run_train),
     "sample": ("generate text from a checkpoint", _build_sample, _run_sample),
     "eval": ("bits per byte, perplexity, diversity and memorisation of a checkpoint", _build_eval, _run_eval),
     "compare": ("compare training runs side by side", _build_compare, _run_compare),

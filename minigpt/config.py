@@ -399,8 +399,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
         pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
         optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
-        max_steps=2700, batch_size=12, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=300, eval_steps=20,
+        max_steps=2600, batch_size=12, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=500, eval_steps=20,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
     "nanogpt-cpu": dict(
