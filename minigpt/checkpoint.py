@@ -90,20 +90,9 @@ def _json_text(obj: Any) -> str:
 
 
 def json_dumps(obj: Any, indent: int | None = None) -> str:
-    """JSON with non-finite floats as null: NaN and Infinity are not JSON, and a reader in
-    another language would refuse the file (an infinite best loss before any evaluation
-    is written as null and read back as infinity)."""
-
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    return json.dumps(clean(obj), indent=indent, allow_nan=False)
+    """JSON with non-finite floats as null (`files.json_safe`): an infinite best loss
+    before any evaluation is written as null and read back as infinity."""
+    return json.dumps(files.json_safe(obj), indent=indent, allow_nan=False)
 
 
 def save_checkpoint(

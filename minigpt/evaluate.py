@@ -431,15 +431,7 @@ def format_eval(r: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def json_safe(obj):
-    """NaN and inf are not JSON: write null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+json_safe = files.json_safe  # what `eval --json` and `compare --json` print through
 
 
 # ---- `minigpt compare` -----------------------------------------------------------------------------

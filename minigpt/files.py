@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -199,6 +201,31 @@ def save_png(fig, path: str | os.PathLike, **kw) -> Path:
     with atomic_output(p, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", **kw)
     return p
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (what `sha256sum` prints), read in blocks; an OS
+    error is one line naming the file."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(block), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise os_error(e, path, "cannot read") from None
+    return h.hexdigest()
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None: they are not JSON, and a
+    reader in another language would refuse the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

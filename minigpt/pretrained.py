@@ -290,14 +290,7 @@ def weights_files(source: Path) -> list[Path]:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(READ_BLOCK), b""):
-                h.update(block)
-    except OSError as e:
-        raise files.os_error(e, path, "cannot read") from None
-    return h.hexdigest()
+    return files.sha256_file(path, READ_BLOCK)
 
 
 def weights_sha256(paths: list[Path]) -> str:

@@ -93,3 +93,29 @@ def assert_one_line_error(proc, *needles: str) -> None:
     assert len(err.splitlines()) == 1, proc.stderr
     for n in needles:
         assert n in err, (n, err)
+
+
+# ---- headless Chromium (Debian's), for the page tests ----------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+def need_browser():
+    """Playwright's sync API, or a skip (a failure where MINIGPT_REQUIRE_BROWSER=1, as in CI)
+    when Debian's chromium or the playwright package is missing. Never downloads a browser."""
+    required = os.environ.get("MINIGPT_REQUIRE_BROWSER") == "1"
+    if not CHROMIUM.exists():
+        if required:
+            pytest.fail(f"MINIGPT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            pytest.fail("MINIGPT_REQUIRE_BROWSER=1 but the playwright package is missing (pip install -e '.[dev]')")
+        pytest.skip("playwright is not installed")
+    return sync_playwright

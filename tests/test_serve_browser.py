@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from . import conftest
+
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
@@ -33,28 +35,12 @@ from .test_serve import live  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
+CHROMIUM, ARGS = conftest.CHROMIUM, conftest.CHROMIUM_ARGS
 SETTINGS = {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.1}
 MAX_TOKENS, SEED = 12, 5
 
 
-def _need_browser():
-    required = os.environ.get("MINIGPT_REQUIRE_BROWSER") == "1"
-    if not CHROMIUM.exists():
-        if required:
-            pytest.fail(f"MINIGPT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("MINIGPT_REQUIRE_BROWSER=1 but the playwright package is missing (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed")
-    return sync_playwright
+_need_browser = conftest.need_browser
 
 
 def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenizer):

@@ -19,33 +19,19 @@ import numpy as np
 import pytest
 import torch
 
+from . import conftest
+
 from minigpt.inspection import attention_maps, write_html
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
+CHROMIUM, ARGS = conftest.CHROMIUM, conftest.CHROMIUM_ARGS
 TEXT = 'if a < b && c:\n    print("</script>")  # tabs\tand spaces'
 
 
-def _need_browser():
-    required = os.environ.get("MINIGPT_REQUIRE_BROWSER") == "1"
-    if not CHROMIUM.exists():
-        if required:
-            pytest.fail(f"MINIGPT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if required:
-            pytest.fail("MINIGPT_REQUIRE_BROWSER=1 but the playwright package is missing (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed")
-    return sync_playwright
+_need_browser = conftest.need_browser
 
 
 def visible(s: str) -> str:
