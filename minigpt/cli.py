@@ -424,8 +424,9 @@ def _run_attention(args) -> int:
     if args.top < 1:
         raise MiniGPTError(f"--top must be >= 1, got {args.top}")
     if args.png:
-        if not args.png.lower().endswith(".png"):  # files.save_png's rule, checked before any work
-            raise MiniGPTError(f"--png {args.png}: the file name must end in .png")
+        from .files import check_png_name
+
+        check_png_name(args.png)  # before any work, as save_png checks it again on writing
         try:  # a missing extra is reported before any work or output
             import matplotlib.figure  # noqa: F401  (the viz extra, imported only when --png is asked for)
         except ImportError:

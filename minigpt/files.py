@@ -191,13 +191,19 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterat
         raise
 
 
+def check_png_name(path: str | os.PathLike) -> Path:
+    """The rule for --png: the name ends in .png (checked before any work, and on save)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise MiniGPTError(f"--png {p}: the file name must end in .png")
+    return p
+
+
 def save_png(fig, path: str | os.PathLike, **kw) -> Path:
     """Save a matplotlib figure as PNG, atomically. The format is PNG whatever the name
     says, so a name with another suffix (`c.xyz`, `c.jpg`) is refused in one line rather
     than left to matplotlib's format guessing (which fails with a ValueError)."""
-    p = Path(path)
-    if p.suffix.lower() != ".png":
-        raise MiniGPTError(f"--png {p}: the file name must end in .png")
+    p = check_png_name(path)
     with atomic_output(p, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", **kw)
     return p

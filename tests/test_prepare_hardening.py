@@ -501,8 +501,9 @@ def test_malformed_meta_json_is_one_line(prepared, small, mutate, needle):
 
 def test_damaged_dataset_is_replaced_with_force(prepared, small):
     _write_meta(prepared, "[" * 100_000)
-    prepare([small], prepared, vocab_size=280, force=True, progress=False)
-    Dataset(prepared)
+    meta = prepare([small], prepared, vocab_size=280, force=True, progress=False)
+    ds = Dataset(prepared)  # a whole dataset again: meta.json and the token files agree
+    assert ds.meta == meta and len(ds.tokens("train")) == meta["splits"]["train"]["tokens"] > 0
 
 
 _JSON = st.recursive(
