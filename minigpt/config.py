@@ -29,7 +29,7 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
-MLPS = ("gelu", "relu2", "swiglu")
+MLPS = ("gelu", "gelu_exact", "relu2", "swiglu")
 
 # Caps on every size a user can type. They are far beyond what a laptop (or one GPU node)
 # trains, and catch typos such as `--n-layer 100000000` before minutes go into building
@@ -223,7 +223,7 @@ class ModelArgs:
     pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)
     tie_weights: bool = _opt(True, "share the token-embedding matrix with the output head")
     norm: str = _opt("layernorm", "normalisation: layernorm (GPT-2) or rmsnorm (Llama, Qwen)", choices=NORMS)
-    mlp: str = _opt("gelu", "MLP: gelu (GPT-2), relu2 (ReLU squared) or swiglu (gated, Llama)", choices=MLPS)
+    mlp: str = _opt("gelu", "MLP: gelu (tanh form, GPT-2), gelu_exact (erf, nanoGPT), relu2 (ReLU squared) or swiglu (gated, Llama)", choices=MLPS)
     qk_norm: bool = _opt(False, "normalise queries and keys per head before attention (Qwen3)")
     logit_softcap: float = _opt(0.0, "bound the logits to +-this with tanh (0: off)")
     zero_init_proj: bool = _opt(False, "start the projections into the residual stream at zero")
@@ -271,7 +271,7 @@ class OptimArgs:
 class RunArgs:
     out: str = _opt("out/shakespeare", "run directory: checkpoints, metrics.jsonl, config")
     device: str = _opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; fp32 elsewhere), float32, bfloat16, float16", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool | None = _opt(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     eval_interval: int = _opt(250, "evaluate (and checkpoint) every this many steps")
     eval_steps: int = _opt(20, "batches per evaluation of train and val loss")
@@ -403,8 +403,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_interval=500, eval_steps=20,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
+    # Its model too: nanoGPT's train.py defaults to no biases and its MLP uses nn.GELU(),
+    # the exact (erf) GELU; both export to GPT-2 (activation_function "gelu").
     "nanogpt-cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, mlp="gelu_exact",
         max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
         eval_interval=250, eval_steps=20,
     ),

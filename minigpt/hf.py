@@ -56,9 +56,11 @@ HF_BIN, HF_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Non-parameter buffers found in old GPT-2 pickles: the causal mask and the -1e4 fill value.
 BUFFER_RE = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-# Activations that compute 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as model.py does.
-# Exact "gelu" (erf) differs by up to ~1e-3 per activation: not the same function.
+# Activations that compute 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), our mlp "gelu".
+# Exact "gelu" (erf) differs by up to ~1e-3 per activation: not the same function, so it
+# maps to our mlp "gelu_exact" (nanoGPT's nn.GELU()).
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+GELU_KINDS = {**{name: "gelu" for name in TANH_GELUS}, "gelu": "gelu_exact"}
 # GPT2Config's defaults, which transformers applies to keys a config.json leaves out.
 HF_DEFAULTS = {
     "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
@@ -95,10 +97,10 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     c = {**HF_DEFAULTS, **hf}
 
     # Settings that would make transformers compute a different function from ours.
-    if c["activation_function"] not in TANH_GELUS:
+    if c["activation_function"] not in GELU_KINDS:
         raise CheckpointError(
             f"{where}: activation_function {c['activation_function']!r} is not supported "
-            f"(minigpt uses GPT-2's tanh GELU: {', '.join(TANH_GELUS)})"
+            f"(minigpt's GPT-2 block computes GELU: {', '.join(GELU_KINDS)})"
         )
     if c["n_inner"] is not None and c["n_inner"] != 4 * c["n_embd"]:
         raise CheckpointError(f"{where}: n_inner {c['n_inner']} is not supported (minigpt's MLP is 4 * n_embd = {4 * c['n_embd']})")
@@ -125,6 +127,7 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
             pos_encoding="learned",
             tie_weights=bool(c["tie_word_embeddings"]),
             layer_norm_eps=float(c["layer_norm_epsilon"]),
+            mlp=GELU_KINDS[c["activation_function"]],
         )
     except (MiniGPTError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
@@ -148,7 +151,7 @@ def hf_config_from_gpt(cfg: GPTConfig, eot_id: int | None = None) -> dict[str, A
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": None,  # = 4 * n_embd, like ours
-        "activation_function": "gelu_new",
+        "activation_function": "gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
@@ -201,7 +204,8 @@ def export_architecture(cfg: GPTConfig) -> str:
     """Which Hugging Face architecture expresses this GPT exactly: "gpt2" (learned
     positions, LayerNorm, GELU MLP) or "qwen3" (RoPE, RMSNorm, QK-norm, SwiGLU, no biases);
     anything else is refused, naming the setting that no architecture here expresses."""
-    gpt2 = cfg.pos_encoding == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu" and not cfg.qk_norm
+    gelu = cfg.mlp in ("gelu", "gelu_exact")
+    gpt2 = cfg.pos_encoding == "learned" and cfg.norm == "layernorm" and gelu and not cfg.qk_norm
     qwen3 = cfg.pos_encoding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.qk_norm and not cfg.bias
     if cfg.logit_softcap > 0:
         raise CheckpointError("cannot export logit_softcap: neither GPT-2 nor Qwen3 caps their logits (train with "
@@ -212,7 +216,7 @@ def export_architecture(cfg: GPTConfig) -> str:
         return "gpt2"
     if qwen3:
         return "qwen3"
-    if cfg.pos_encoding in _POSITION_REFUSAL and cfg.norm == "layernorm" and cfg.mlp == "gelu":
+    if cfg.pos_encoding in _POSITION_REFUSAL and cfg.norm == "layernorm" and gelu:
         raise CheckpointError(_POSITION_REFUSAL[cfg.pos_encoding])
     raise CheckpointError(
         f"cannot export this block (pos_encoding {cfg.pos_encoding}, norm {cfg.norm}, mlp {cfg.mlp}, qk_norm "

@@ -45,7 +45,7 @@ from .config import ModelArgs, TrainConfig
 from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows
 from .errors import CheckpointError, ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
-from .runtime import Runtime, configure_threads, enable_tf32, init_runtime
+from .runtime import Runtime, configure_threads, enable_tf32, init_runtime, keep_freed_memory
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -159,7 +159,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=rt.device)  # see evaluate.loss_sums
     for i in range(rt.rank, n_batches, rt.world_size):
         x, y = windows(tokens, offs[i * batch_size : (i + 1) * batch_size], block_size, rt.device)
-        with rt.autocast():
+        with rt.eval_autocast():
             logits = model(x).logits
         sums += loss_sums(logits, y, blen)
     if rt.distributed:
@@ -360,6 +360,7 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
         _tensorboard_writer()  # a missing package is reported before anything is written
     out = Path(cfg.run.out)
     configure_threads(cfg.run.threads)
+    keep_freed_memory()
     rt = init_runtime(cfg.run.device, cfg.run.dtype)
     created = data_created = None
     run_dir = RunDirectory(out)

@@ -88,10 +88,12 @@ CONFIGS = [
     # only in transformers' eager attention, hence that implementation here.
     ((3, 2, 48, 32, 1000), {"activation_function": "gelu_pytorch_tanh", "reorder_and_upcast_attn": True,
                             "attn_implementation": "eager"}),
+    # nanoGPT's exact (erf) GELU: our mlp "gelu_exact".
+    ((2, 2, 32, 32, 300), {"activation_function": "gelu"}),
 ]
 
 
-@pytest.mark.parametrize("shape,extra", CONFIGS, ids=["tiny", "untied-eps", "3layer"])
+@pytest.mark.parametrize("shape,extra", CONFIGS, ids=["tiny", "untied-eps", "3layer", "exact-gelu"])
 def test_import_matches_transformers(tmp_path, capsys, shape, extra):
     hf = hf_gpt2(*shape, **extra)
     hf.save_pretrained(tmp_path / "hf")
@@ -105,6 +107,7 @@ def test_import_matches_transformers(tmp_path, capsys, shape, extra):
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == shape
     assert c.tie_weights == extra.get("tie_word_embeddings", True)
     assert c.layer_norm_eps == extra.get("layer_norm_epsilon", 1e-5)
+    assert c.mlp == ("gelu_exact" if extra.get("activation_function") == "gelu" else "gelu")
     assert hf.config._attn_implementation == extra.get("attn_implementation", hf.config._attn_implementation)
     assert ckpt.tokenizer is None  # the HF directory had none
     assert_same_logits(ckpt.model, hf, vocab, n_positions)
@@ -201,9 +204,9 @@ def _break(tmp_path, how: str):
         w.unlink()
         (d / "pytorch_model.bin").write_bytes((d / "pytorch_model.bin").read_bytes()[:300])
         return d, ["pytorch_model.bin", "unreadable"]
-    elif how == "exact-gelu":
-        cfg["activation_function"] = "gelu"
-        needles = ["activation_function", "'gelu'"]
+    elif how == "relu":
+        cfg["activation_function"] = "relu"
+        needles = ["activation_function", "'relu'", "gelu_new"]
     elif how == "n-inner":
         cfg["n_inner"] = 24
         needles = ["n_inner", "24", "4 * n_embd"]
@@ -234,7 +237,7 @@ def _break(tmp_path, how: str):
 
 
 BROKEN = [
-    "llama", "no-config", "config-not-json", "no-weights", "truncated-weights", "truncated-pickle", "exact-gelu", "n-inner",
+    "llama", "no-config", "config-not-json", "no-weights", "truncated-weights", "truncated-pickle", "relu", "n-inner",
     "inverse-layer-scaling", "unscaled-attention", "shape-mismatch", "classifier", "extra-tensor",
     "untied-without-head",
 ]
@@ -299,12 +302,16 @@ def test_import_refuses_non_tensor_pickle(tmp_path, capsys):
 # ---- export: parity with transformers ------------------------------------------------------
 
 
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie):
+EXPORTS = [(bias, tie, "gelu") for bias in (True, False) for tie in (True, False)] + [(False, True, "gelu_exact")]
+
+
+# The last is the nanogpt-cpu preset's block: nanoGPT's exact GELU, no biases.
+@pytest.mark.parametrize("bias,tie,mlp", EXPORTS,
+                         ids=[f"{'' if b else 'no'}bias-{'tied' if t else 'untied'}-{m}" for b, t, m in EXPORTS])
+def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie, mlp):
     import tokenizers
 
-    ours = randomise_(tiny_gpt(vocab_size=300, bias=bias, tie_weights=tie, layer_norm_eps=1e-4), seed=2)
+    ours = randomise_(tiny_gpt(vocab_size=300, bias=bias, tie_weights=tie, layer_norm_eps=1e-4, mlp=mlp), seed=2)
     save_checkpoint(tmp_path / "ckpt", ours, tokenizer)
     code, out, err = cli(capsys, "export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"))
     assert code == 0, err
@@ -316,6 +323,7 @@ def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie):
     assert hf.config.tie_word_embeddings == tie
     assert hf.config.eos_token_id == hf.config.bos_token_id == tokenizer.eot_id
     assert hf.config.layer_norm_epsilon == 1e-4
+    assert hf.config.activation_function == {"gelu": "gelu_new", "gelu_exact": "gelu"}[mlp]
     assert_same_logits(ours, hf.eval(), 300, 32)
 
     # HF's tokenizer library, and transformers' AutoTokenizer on top of it, read the

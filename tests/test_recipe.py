@@ -22,6 +22,7 @@ VARIANTS = [
     dict(),
     dict(norm="rmsnorm"),
     dict(mlp="relu2"),
+    dict(mlp="gelu_exact", bias=False),
     dict(mlp="swiglu"),
     dict(qk_norm=True),
     dict(logit_softcap=15.0),
