@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__, files, models, pretrained
+from . import __version__, files, models, onednn, pretrained
 from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
 from .completion import complete
 from .config import ModelArgs, TrainConfig
@@ -802,6 +802,10 @@ class _Run:
             _set_rng_state(self.trainer_state["rng"])
 
         use_compile = r.compile if r.compile is not None else rt.device.type == "cuda"
+        if rt.device.type == "cpu" and not use_compile:
+            # fp32 matrix products by oneDNN (AVX-512) instead of MKL: ~1.9x a GPT-2-sized
+            # layer's forward + backward here; parameters and state_dict are untouched.
+            onednn.use_onednn_linears(model)
         fwd_model = torch.compile(model) if use_compile else model
         if rt.distributed:
             fwd_model = nn.parallel.DistributedDataParallel(

@@ -251,7 +251,7 @@ def test_prepacked_cpu_model_gives_the_same_logits(dtype, tmp_path, tokenizer):
 
     from minigpt.checkpoint import save_checkpoint
     from minigpt.inference import load_for_inference
-    from minigpt.inference import prepack_for_cpu
+    from minigpt.onednn import prepack_for_cpu
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("oneDNN is not available in this torch build")
