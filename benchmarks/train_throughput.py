@@ -19,6 +19,11 @@ checkpoints, as nanoGPT's per-iteration time excludes them except on the rare ev
 iteration, which the median ignores) and the whole process's wall time. The ratio is
 minigpt's median over nanoGPT's, per round, then the median over rounds.
 
+Variants: `eager` is fp32 (on the CPU its matrix products by oneDNN, as the trainer does);
+`bf16` is bf16 autocast, what `--dtype auto` picks on a CPU with native bf16 (attention,
+norms and the loss stay fp32); `compile*` add `torch.compile`. The `nanogpt-cpu` preset is
+nanoGPT's model as well as its shape (no biases, exact GELU), so both train the same net.
+
 Never divide by a figure recorded on another day: these machines drift by 2x.
 `--synthetic-vocab N` trains minigpt on random tokens of an N-token vocabulary instead
 (as nanoGPT's bench.py does), for the GPT-2 shape on a GPU.

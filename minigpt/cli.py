@@ -118,7 +118,7 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="tokenizer vocabulary: 256 bytes + <|endoftext|> + merges; 257 = plain bytes (default: 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of the text (at its end) held out for validation (default: 0.1)")
-    p.add_argument("--tokenizer", metavar="FILE", help="reuse this tokenizer.json instead of training one (e.g. GPT-2's)")
+    p.add_argument("--tokenizer", metavar="FILE", help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), GPT-2's vocab.json (with merges.txt beside it), or a directory holding either")
     p.add_argument("--force", action="store_true", help="replace a different dataset already in DIR")
     p.add_argument("--replace-invalid", action="store_true", help="replace bytes that are not UTF-8 with U+FFFD (with a warning) instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

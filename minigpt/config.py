@@ -394,13 +394,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a shallow, wide model wins. The recipe by A/B runs at equal steps (BENCHMARKS.md,
     # "The recipe"): Muon for the block matrices (the largest gain), then rotary positions,
     # RMSNorm + QK-norm + SwiGLU + zero-initialised projections without biases (which is
-    # also exactly Qwen3, so it exports), and a warmup-stable-decay schedule.
+    # also exactly Qwen3, so it exports), and a warmup-stable-decay schedule. Batch 32 by
+    # A/B runs at equal wall time (BENCHMARKS.md): Muon's Newton-Schulz costs the same per
+    # step whatever the batch, so larger batches spend more of the time on the model
+    # (batch 12 / 16 / 24 / 32 / 48 in ~200-245 s: 2.006 / 1.999 / 1.998 / 1.979 / 1.974).
     "cpu": dict(
         n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
         pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
         optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
-        max_steps=2600, batch_size=12, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=500, eval_steps=20,
+        max_steps=2300, batch_size=32, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
+        eval_interval=500, eval_steps=8,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
     # Its model too: nanoGPT's train.py defaults to no biases and its MLP uses nn.GELU(),

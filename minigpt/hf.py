@@ -18,7 +18,9 @@ A Hugging Face GPT-2 directory holds:
                          or model.safetensors.index.json + shards; or pytorch_model.bin
                          (a pickle: read with torch.load(weights_only=True), which refuses
                          anything but tensors and containers, so no code runs)
-    tokenizer.json       optional: a byte-level BPE tokenizer, read by `Tokenizer`
+    tokenizer.json       optional: a byte-level BPE tokenizer, read by `Tokenizer`; or,
+    vocab.json +         as OpenAI released GPT-2 (and older directories hold it), its
+    merges.txt           two original files, converted to the same tokenizer
 
 Old pickled GPT-2 files also hold the causal mask as a buffer named like a parameter
 (`h.0.attn.bias`, [1, 1, n_positions, n_positions]) and `h.0.attn.masked_bias`; they
@@ -45,7 +47,7 @@ from .checkpoint import (
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
-from .tokenizer import Tokenizer
+from .tokenizer import MERGES_FILE, VOCAB_FILE, Tokenizer
 
 __all__ = ["import_hf", "export_hf", "gpt_config_from_hf", "hf_config_from_gpt", "gpt_state_from_hf", "hf_state_from_gpt"]
 
@@ -492,10 +494,32 @@ def hf_architecture(hf: Any, where: str = CONFIG):
     return gpt_config_from_hf(hf, where), gpt_state_from_hf  # GPT-2, or a refusal naming model_type
 
 
+def hf_tokenizer(hf_dir: Path, vocab_size: int) -> tuple[Tokenizer | None, Path | None]:
+    """The tokenizer of a Hugging Face model directory and where it was read (for
+    `prepare --tokenizer`): its tokenizer.json, else GPT-2's vocab.json + merges.txt
+    (the directory is then the path), else (None, None): the weights can be scored on
+    token ids, but text needs a tokenizer. CheckpointError if it is unusable or larger
+    than the model's vocabulary (`vocab_size`)."""
+    if (hf_dir / TOKENIZER).is_file():
+        path = hf_dir / TOKENIZER
+    elif (hf_dir / VOCAB_FILE).is_file() and (hf_dir / MERGES_FILE).is_file():
+        path = hf_dir
+    else:
+        return None, None
+    try:
+        tokenizer = Tokenizer.load(path)
+    except MiniGPTError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size > vocab_size:
+        raise CheckpointError(f"{path}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is {vocab_size} "
+                              f"(mismatched files?)")
+    return tokenizer, path
+
+
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """Convert a Hugging Face GPT-2 directory into a minigpt checkpoint directory at `out`.
 
-    The tokenizer.json is copied when there is one; otherwise the checkpoint has none
+    The tokenizer (`hf_tokenizer`) is kept when there is one; otherwise the checkpoint has none
     (it can be scored on token ids, but `sample` needs text). Returns `out`.
 
     >>> import_hf("gpt2-hf/", "ckpt/gpt2")      # doctest: +SKIP
@@ -511,17 +535,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     state = from_hf(tensors, cfg, where=str(source))
     del tensors
 
-    tokenizer = None
-    if (hf_dir / TOKENIZER).is_file():
-        try:
-            tokenizer = Tokenizer.load(hf_dir / TOKENIZER)
-        except MiniGPTError as e:
-            raise CheckpointError(str(e)) from None
-        if tokenizer.vocab_size > cfg.vocab_size:
-            raise CheckpointError(
-                f"{hf_dir / TOKENIZER}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is {cfg.vocab_size}"
-            )
-
+    tokenizer, _ = hf_tokenizer(hf_dir, cfg.vocab_size)
     model = GPT(cfg)
     model.load_state_dict(state)  # strict: gpt_state_from_hf checked names and shapes
     return save_checkpoint(out, model, tokenizer)

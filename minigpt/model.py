@@ -172,7 +172,10 @@ class CausalSelfAttention(nn.Module):
             # whose fused kernel wants its input in its weight's dtype).
             q, k, v = q.float(), k.float(), v.float()
         if self.q_norm is not None:  # before RoPE, as Qwen3 does
-            q, k = self.q_norm(q), self.k_norm(k)
+            # In the gains' dtype: a norm fed bf16 (autocast's products) with fp32 gains
+            # falls off its fused kernel.
+            g = self.q_norm.weight.dtype
+            q, k = self.q_norm(q.to(g)).to(q.dtype), self.k_norm(k.to(g)).to(k.dtype)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

@@ -34,7 +34,7 @@ __all__ = ["available", "OneDNNLinear", "use_onednn_linears", "can_prepack", "pr
 
 def available() -> bool:
     """oneDNN is built into this torch and exposes the linear kernel inductor uses too."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, "_linear_pointwise", None) is not None
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

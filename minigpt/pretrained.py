@@ -51,7 +51,7 @@ from .checkpoint import (
 )
 from .config import GPTConfig, dataclass_from_dict
 from .errors import CheckpointError, ConfigError, MiniGPTError
-from .hf import HF_MODEL_TYPES, hf_architecture, read_hf_weights
+from .hf import HF_MODEL_TYPES, hf_architecture, hf_tokenizer, read_hf_weights
 from .model import GPT
 from .tokenizer import Tokenizer
 
@@ -347,8 +347,8 @@ class Source:
         """The tokenizer the data must speak, or one line saying that SOURCE has none."""
         if self.tokenizer is None:
             raise CheckpointError(
-                f"--init-from {self.spec.name}: {self.spec.path} has no {TOKENIZER}, so text cannot be turned into the "
-                f"token ids it was trained on; add the model's {TOKENIZER} to that directory"
+                f"--init-from {self.spec.name}: {self.spec.path} has no {TOKENIZER} (nor vocab.json + merges.txt), so "
+                f"text cannot be turned into the token ids it was trained on; add the model's {TOKENIZER} to that directory"
             )
         return self.tokenizer
 
@@ -393,18 +393,12 @@ def load_source(spec: SourceSpec, *, block_size: int | None = None, dropout: flo
             weights = [spec.path / WEIGHTS]
         else:
             model, weights = _load_hf(spec, GPTConfig.from_dict(want))
-            tokenizer = None
-            if (spec.path / TOKENIZER).is_file():
-                tokenizer = Tokenizer.load(spec.path / TOKENIZER)
-                if tokenizer.vocab_size > model.config.vocab_size:
-                    raise CheckpointError(
-                        f"{spec.path / TOKENIZER}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
-                        f"{model.config.vocab_size} (mismatched files?)"
-                    )
+            tokenizer, tokenizer_path = hf_tokenizer(spec.path, model.config.vocab_size)
     except MiniGPTError as e:
         raise type(e)(f"--init-from {spec.name}: {e}") from None
     model.train()
-    tokenizer_path = spec.path / TOKENIZER if tokenizer is not None else None
+    if spec.form == "minigpt":
+        tokenizer_path = spec.path / TOKENIZER if tokenizer is not None else None
     return Source(spec, model, tokenizer, tokenizer_path, weights, weights_sha256(weights))
 
 

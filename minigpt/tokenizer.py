@@ -41,6 +41,8 @@ from . import files
 from .errors import DataError
 
 EOT = "<|endoftext|>"
+# GPT-2's tokenizer as OpenAI released it (and as older Hugging Face directories hold it).
+VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 MIN_VOCAB_SIZE = 257  # 256 bytes + <|endoftext|>
 # The largest vocabulary minigpt trains or loads. HF's BPE trainer reserves about 70 bytes
 # per requested entry before it reads any text, and when that allocation fails it aborts
@@ -335,10 +337,21 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Load a `tokenizer.json` (ours, or a Hugging Face byte-level one such as GPT-2's).
+        """Load a `tokenizer.json` (ours, or a Hugging Face byte-level one such as GPT-2's);
+        or GPT-2's original pair of files, `vocab.json` + `merges.txt` (as OpenAI released
+        them and older Hugging Face directories hold them: the path of vocab.json, with
+        merges.txt beside it); or a directory holding either (tokenizer.json first).
         Anything else (missing, unreadable, too large, not JSON, not a byte-level BPE) is
         a DataError naming the file."""
         path = Path(path)
+        if path.is_dir():
+            if os.path.lexists(path / "tokenizer.json"):
+                return cls.load(path / "tokenizer.json")
+            if os.path.lexists(path / VOCAB_FILE) and os.path.lexists(path / MERGES_FILE):
+                return cls.from_vocab_merges(path / VOCAB_FILE, path / MERGES_FILE)
+            raise DataError(f"{path}: is a directory holding no tokenizer.json, nor {VOCAB_FILE} + {MERGES_FILE}")
+        if path.name == VOCAB_FILE and os.path.lexists(path.with_name(MERGES_FILE)):
+            return cls.from_vocab_merges(path, path.with_name(MERGES_FILE))
         if not os.path.lexists(path):
             raise DataError(f"tokenizer file not found: {path}")
         try:
@@ -353,6 +366,49 @@ class Tokenizer:
             return cls.from_str(text)
         except DataError as e:
             raise DataError(f"{path}: not a usable tokenizer.json ({e})") from None
+
+    @classmethod
+    def from_vocab_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> "Tokenizer":
+        """GPT-2's tokenizer as its two original files: vocab.json (token -> id, in GPT-2's
+        byte-level alphabet) and merges.txt (a "#version" line, then one merge "a b" per
+        line, in the order they were learned). Built as transformers' converter builds
+        GPT-2's tokenizer.json: byte-level pre-tokenizer without a prefix space, byte-level
+        decoder, `<|endoftext|>` a special token where the vocabulary has it."""
+        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
+        try:
+            vocab = files.read_json(vocab_path, "GPT-2's token -> id table", DataError)
+            raw = files.read_bytes(merges_path, limit=MAX_TOKENIZER_BYTES, what=MERGES_FILE)
+        except files.FileError as e:
+            raise DataError(str(e)) from None
+        if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                  for k, v in vocab.items()):
+            raise DataError(f"{vocab_path}: not a usable {VOCAB_FILE} (expected an object of token -> integer id)")
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{merges_path}: not a usable {MERGES_FILE} (not UTF-8: invalid byte at offset {e.start})") from None
+        merges = []
+        for n, line in enumerate(lines, 1):
+            if (n == 1 and line.startswith("#version")) or not line.strip():
+                continue
+            pair = line.split(" ")
+            if len(pair) != 2 or not all(pair) or not all(p in vocab for p in pair):
+                raise DataError(f"{merges_path}: line {n} is not a merge of two tokens of {VOCAB_FILE}: {line[:60]!r}")
+            merges.append((pair[0], pair[1]))
+        layout = {  # the tokenizer.json this pair means, checked like any other before HF parses it
+            "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges], "dropout": None},
+            "added_tokens": [], "decoder": {"type": "ByteLevel"}, "pre_tokenizer": {"type": "ByteLevel"},
+        }
+        try:
+            _check_layout(layout)
+        except DataError as e:
+            raise DataError(f"{vocab_path}: not a usable {VOCAB_FILE} ({e})") from None
+        hf = _HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        if EOT in vocab:
+            hf.add_special_tokens([EOT])  # already in the vocabulary: keeps its id
+        return cls(hf)
 
     @classmethod
     def from_str(cls, text: str) -> "Tokenizer":

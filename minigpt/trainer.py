@@ -229,15 +229,18 @@ class _Signals:
 
 
 class _TimeBudget:
-    """--max-time: how many steps fit a wall-clock budget. After `CALIBRATION` steps it
-    knows the time per step; each evaluation (and its checkpoint) costs about what the
-    one at step 0 did, once every eval_interval steps. Solving
+    """--max-time: how many steps fit a wall-clock budget. After `CALIBRATION` steps, and
+    at least `CALIBRATION_SHARE` of the budget, it knows the time per step (on a shared VM
+    the speed moves by 10-30% from one second to the next: a longer look is a steadier
+    estimate); each evaluation (and its checkpoint) costs about what the one at step 0
+    did, once every eval_interval steps. Solving
 
         elapsed + (N - k) * per_step + (N / eval_interval + 1) * eval_cost <= budget
 
     for N gives the run's step count."""
 
     CALIBRATION = 20
+    CALIBRATION_SHARE = 0.04
 
     def __init__(self, seconds: float, started: float, eval_cost: float, eval_interval: int):
         self.seconds, self.started, self.eval_cost, self.eval_interval = seconds, started, eval_cost, eval_interval
@@ -248,7 +251,8 @@ class _TimeBudget:
         if self.first_step is None:  # the first step pays one-off costs (allocation): time from after it
             self.first_step, self.t0 = step, time.perf_counter()
             return False
-        return step - self.first_step >= self.CALIBRATION
+        return (step - self.first_step >= self.CALIBRATION
+                and time.perf_counter() - self.t0 >= self.CALIBRATION_SHARE * self.seconds)
 
     def steps(self, step: int) -> int:
         now = time.perf_counter()

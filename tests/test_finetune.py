@@ -517,3 +517,27 @@ def test_help_and_defaults_of_a_fine_tune():
     cfg = resolve_train_config(p.parse_args(["--init-from", "gpt2", "--preset", "cpu"]))
     assert cfg.preset == "cpu" and cfg.optim.lr == PRESETS["cpu"]["lr"]  # a named preset wins over finetune
     assert resolve_train_config(p.parse_args([])).preset == "cpu"
+
+
+def test_a_gpt2_directory_with_vocab_and_merges_fine_tunes_on_text(tmp_path, hf_source, corpus_file, dataset_dir,
+                                                                   tokenizer):
+    """GPT-2 with its tokenizer as OpenAI released it (vocab.json + merges.txt, no
+    tokenizer.json): text is prepared with it into exactly the tokens the tokenizer.json
+    gives, and import-hf keeps it as the checkpoint's tokenizer."""
+    from .test_tokenizer import write_vocab_merges
+
+    src = tmp_path / "gpt2-original-files"
+    shutil.copytree(hf_source, src)
+    (src / "tokenizer.json").unlink()
+    write_vocab_merges(tokenizer, src)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--init-from", str(src), "--data", str(corpus_file), "--out", str(run),
+                       "--block-size", "16", *FAST)
+    assert code == 0, err
+    for name in ("train.bin", "val.bin"):
+        assert (run / "data" / name).read_bytes() == (dataset_dir / name).read_bytes()
+    code, _, err = cli("import-hf", str(src), str(tmp_path / "ckpt"))
+    assert code == 0, err
+    kept = load_checkpoint(tmp_path / "ckpt").tokenizer
+    for text in ("Thou art my sweet rose.", "  héllo\n\tworld", "to be<|endoftext|>"):
+        assert kept.encode(text) == tokenizer.encode(text)

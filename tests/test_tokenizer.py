@@ -397,3 +397,67 @@ def test_encode_batch_arrays_is_one_call_per_batch(bpe, monkeypatch):
     assert len(calls) == 1
     assert [a.tolist() for a in arrays] == [bpe.encode(t) for t in texts]
     assert all(a.dtype == np.uint16 for a in arrays)
+
+
+# ---- GPT-2's original files: vocab.json + merges.txt -------------------------------------------
+
+
+def write_vocab_merges(tok: Tokenizer, d) -> None:
+    """The pair of files OpenAI released GPT-2's tokenizer as, for `tok`: vocab.json (token
+    -> id) and merges.txt ("#version: 0.2", then "a b" per line, in learned order)."""
+    model = json.loads(tok.to_str())["model"]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+TEXTS = ["Thou art my sweet rose.", "  héllo\n\tworld — 123", "", "to be, or not to be<|endoftext|>", "a\n\nb  c"]
+
+
+def test_vocab_and_merges_load_as_the_same_tokenizer_transformers_reads(bpe, tmp_path):
+    """GPT-2's two original files give the tokenizer its tokenizer.json gives, and
+    transformers' own pure-Python GPT-2 tokenizer (an independent BPE implementation)
+    reading the same two files encodes every text alike."""
+    transformers = pytest.importorskip("transformers")
+    write_vocab_merges(bpe, tmp_path / "gpt2")
+    for path in (tmp_path / "gpt2", tmp_path / "gpt2" / "vocab.json"):  # the directory, or vocab.json itself
+        tok = Tokenizer.load(path)
+        assert tok.vocab_size == bpe.vocab_size and tok.eot_id == bpe.eot_id
+    slow = transformers.GPT2Tokenizer(str(tmp_path / "gpt2" / "vocab.json"), str(tmp_path / "gpt2" / "merges.txt"))
+    for s in TEXTS:
+        assert tok.encode(s) == bpe.encode(s)
+        assert tok.decode(tok.encode(s)) == s
+        if EOT not in s:  # (the slow tokenizer treats a literal <|endoftext|> as the special token)
+            assert slow.encode(s) == tok.encode(s), s
+    # A directory with a tokenizer.json prefers it.
+    bpe.save(tmp_path / "gpt2" / "tokenizer.json")
+    assert Tokenizer.load(tmp_path / "gpt2").to_str() == bpe.to_str()
+
+
+@pytest.mark.parametrize("how", ["merge-of-unknown-token", "three-part-merge", "vocab-not-object", "vocab-missing-bytes",
+                                 "merges-not-utf8", "empty-dir"])
+def test_bad_vocab_or_merges_is_one_clear_error(bpe, tmp_path, how):
+    d = tmp_path / "gpt2"
+    write_vocab_merges(bpe, d)
+    vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+    needle = {"merge-of-unknown-token": "line 2", "three-part-merge": "line 2", "vocab-not-object": "token -> integer id",
+              "vocab-missing-bytes": "byte tokens", "merges-not-utf8": "not UTF-8", "empty-dir": "no tokenizer.json"}[how]
+    if how == "merge-of-unknown-token":
+        (d / "merges.txt").write_text("#version: 0.2\nzzq qqz\n", encoding="utf-8")
+    elif how == "three-part-merge":
+        (d / "merges.txt").write_text("#version: 0.2\nĠ t h\n", encoding="utf-8")
+    elif how == "vocab-not-object":
+        (d / "vocab.json").write_text(json.dumps(list(vocab)), encoding="utf-8")
+    elif how == "vocab-missing-bytes":
+        keep = {k: v for k, v in vocab.items() if v < 100}
+        (d / "vocab.json").write_text(json.dumps(keep), encoding="utf-8")
+        (d / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    elif how == "merges-not-utf8":
+        (d / "merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe t\n")
+    else:
+        (d / "vocab.json").unlink()
+        (d / "merges.txt").unlink()
+    with pytest.raises(DataError, match=needle) as e:
+        Tokenizer.load(d)
+    assert len(str(e.value).splitlines()) == 1
