@@ -398,11 +398,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A/B runs at equal wall time (BENCHMARKS.md): Muon's Newton-Schulz costs the same per
     # step whatever the batch, so larger batches spend more of the time on the model
     # (batch 12 / 16 / 24 / 32 / 48 in ~200-245 s: 2.006 / 1.999 / 1.998 / 1.979 / 1.974).
-    # Dropout 0.1 because at this speed a small corpus is seen many times over: on
-    # tinyshakespeare (0.35M training tokens, ~7 passes in 3 minutes) val bits per byte rose
-    # from step 1500 on without it (2.276 at the end) and reached 2.103 with it.
+    # No dropout: it costs ~30% of the step on the CPU (bernoulli masks, and attention off
+    # its flash kernel), and the bundled corpus is seen ~3 times. A small corpus seen many
+    # times over wants `--dropout 0.1`: on tinyshakespeare (0.35M training tokens, ~7 passes
+    # in 3 minutes) val bits per byte rose from step 1500 on without it (2.276 at the end)
+    # and reached 2.103 with it (BENCHMARKS.md).
     "cpu": dict(
-        n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.1,
+        n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
         pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
         optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
         max_steps=2300, batch_size=32, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
