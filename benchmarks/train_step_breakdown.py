@@ -52,6 +52,7 @@ def main() -> None:
     from minigpt import onednn
     from minigpt.config import GPTConfig, TrainConfig, apply_preset
     from minigpt.model import GPT
+    from minigpt.trainer import make_optimizer
 
     spec = importlib.util.spec_from_file_location("nanogpt_model", NANOGPT)
     nano = importlib.util.module_from_spec(spec)
@@ -62,11 +63,8 @@ def main() -> None:
     m = cfg.model
     shape = dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size, dropout=0.0)
 
-    def adamw(model):
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        rest = [p for p in model.parameters() if p.dim() < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                 lr=1e-3, betas=(0.9, 0.99), fused=True)  # as trainer.make_optimizer
+    def adamw(model):  # the trainer's own: fused, decay on matrices only, the preset's lr and betas
+        return make_optimizer(model, cfg, torch.device("cpu"))
 
     torch.manual_seed(0)
     with contextlib.redirect_stdout(sys.stderr):

@@ -168,14 +168,11 @@ class CausalSelfAttention(nn.Module):
             # The CPU's flash-attention kernel is ~3.6x slower in bf16 than in fp32 (its
             # backward above all: 3.3 vs 0.9 ms a layer at nanoGPT's CPU shape, measured),
             # and attention is a small share of the FLOPs: under bf16 autocast on the CPU,
-            # everything from here to the output projection runs in fp32 (QK-norm too,
-            # whose fused kernel wants its input in its weight's dtype).
+            # everything from here to the output projection runs in fp32 (QK-norm too: fed
+            # bf16 with fp32 gains, RMSNorm falls off its fused kernel).
             q, k, v = q.float(), k.float(), v.float()
         if self.q_norm is not None:  # before RoPE, as Qwen3 does
-            # In the gains' dtype: a norm fed bf16 (autocast's products) with fp32 gains
-            # falls off its fused kernel.
-            g = self.q_norm.weight.dtype
-            q, k = self.q_norm(q.to(g)).to(q.dtype), self.k_norm(k.to(g)).to(k.dtype)
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:

@@ -62,8 +62,8 @@ def cpu_has_bf16() -> bool:
 def pick_dtype(name: str, device: torch.device, *, training: bool = False) -> torch.dtype:
     """auto: bf16 on CUDA where supported (else fp16 with a GradScaler); for training on a
     CPU with native bf16 (`cpu_has_bf16`), bf16 autocast (parameters and optimizer state
-    stay fp32: only the matrix products round to bf16), which took a training step at
-    nanoGPT's CPU shape from ~31 to ~16 ms; fp32 elsewhere, and for inference on the CPU
+    stay fp32: only the matrix products round to bf16), ~1.4x the fp32 step at nanoGPT's
+    CPU shape (BENCHMARKS.md); fp32 elsewhere, and for inference on the CPU
     (evaluation stays exact, and a batch-1 decode step is bound by memory, not FLOPs)."""
     if name == "auto":
         if device.type == "cuda":
