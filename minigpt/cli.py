@@ -83,20 +83,23 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
-    """The die's flags, shared by sample and eval (eval needs at least one new token)."""
+    """The die's flags, shared by sample and eval (eval needs at least one new token). The
+    settings' flags come from `SamplingParams`' fields (type, default, help): one declaration
+    for the flags, the library and the API. Their bounds are checked by `_sampling_params`."""
+    from .sampling import settings  # torch-free to define, but sampling imports torch: only when a parser is built
+
     g = p.add_argument_group("sampling (the die)")
     g.add_argument("--max-new-tokens", type=_int_in(min_new_tokens, MAX_NEW_TOKENS), default=500, metavar="N",
                    help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,} (default: 500)")
-    g.add_argument("--temperature", type=_finite_float, default=0.8, metavar="T", help="divide logits by T; 0 = greedy argmax (default: 0.8)")
-    g.add_argument("--top-k", type=_non_negative_int, default=200, metavar="K", help="keep only the K most likely tokens; 0 = off (default: 200)")
-    g.add_argument("--top-p", type=_finite_float, default=1.0, metavar="P", help="keep the smallest set of tokens with total probability >= P; 1 = off (default: 1)")
-    g.add_argument("--min-p", type=_finite_float, default=0.0, metavar="P", help="drop tokens below P x the top probability; 0 = off (default: 0)")
-    g.add_argument("--repetition-penalty", type=_finite_float, default=1.0, metavar="R", help="make tokens already in the text less likely (CTRL); 1 = off (default: 1)")
+    for s in settings():
+        g.add_argument(s.flag, dest=s.name, type=_int_in(int(s.lo), int(s.hi)) if s.type is int else _finite_float,
+                       default=s.suggested, metavar=s.metavar, help=f"{s.help} (default: {s.suggested:g})")
     g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text (default: random)")
 
 
 def _sampling_params(args):
-    """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")."""
+    """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")
+    and carry the field (`ConfigError.field`)."""
     from .sampling import SamplingParams
 
     return SamplingParams.from_flags(args)
