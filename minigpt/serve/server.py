@@ -54,7 +54,7 @@ def _need_extra():
     try:  # the optional serve extra
         import pydantic  # noqa: F401
         import starlette  # noqa: F401
-        import uvicorn
+        import uvicorn  # the serve extra, like the two above
     except ImportError:
         raise MiniGPTError("minigpt serve needs Starlette, pydantic and uvicorn: pip install 'minigpt[serve]'") from None
     return uvicorn
