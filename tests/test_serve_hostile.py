@@ -285,7 +285,7 @@ def test_slow_headers_are_cut_off(live):
                 if s.recv(1024) == b"":
                     closed = True
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 closed = True

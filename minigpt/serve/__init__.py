@@ -38,8 +38,17 @@ from ..errors import MiniGPTError
 from .config import ServeConfig
 from .server import bind, exposure_warning, run_server
 
-__all__ = ["ServeConfig", "run_server", "create_app", "Engine", "ApiError", "parse_completion_request", "bind",
-           "exposure_warning", "MiniGPTError"]
+__all__ = [
+    "ApiError",
+    "Engine",
+    "MiniGPTError",
+    "ServeConfig",
+    "bind",
+    "create_app",
+    "exposure_warning",
+    "parse_completion_request",
+    "run_server",
+]
 
 # name -> module, imported lazily on first use: they need the serve extra (pydantic, Starlette).
 _LAZY = {"create_app": "app", "Engine": "engine", "Overloaded": "engine", "ApiError": "protocol",

@@ -35,12 +35,19 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..sampling import settings
+from .config import ServeConfig
 from .engine import Choice, Engine, Job, Overloaded, attention_rows, prompt_logprobs
 from .protocol import (
-    MAX_LOGPROBS, ApiError, AttentionBody, CompletionRequest, bad, decode_json, model_not_found,
-    parse_completion_request, validate,
+    MAX_LOGPROBS,
+    ApiError,
+    AttentionBody,
+    CompletionRequest,
+    bad,
+    decode_json,
+    model_not_found,
+    parse_completion_request,
+    validate,
 )
-from .config import ServeConfig
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 _DATA_MARKER = "/*MINIGPT_DATA*/"
@@ -139,20 +146,20 @@ async def read_json(request, limit: int, timeout: float):
     if not _json_content_type(request):
         raise ApiError(415, "send the body as JSON, with 'Content-Type: application/json'",
                        code="unsupported_media_type")
+    too_large = ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise bad("bad Content-Length header")
         if int(declared) > limit:
-            raise ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
+            raise too_large
 
     async def collect() -> bytes:
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise ApiError(413, f"the request body is over the server's limit of {limit} bytes",
-                               code="request_too_large")
+                raise too_large
         return bytes(body)
 
     try:
@@ -251,10 +258,11 @@ class Guard:
             if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
                 headers = []
                 for k, v in message.get("headers", []):
-                    if k.lower() == b"location" and b"://" in v:
+                    if k.lower() == b"location" and b"://" in v:  # http://HOST/path?q -> /path?q
                         rest = v.split(b"://", 1)[1]
-                        v = b"/" + rest.split(b"/", 1)[1] if b"/" in rest else b"/"
-                    headers.append((k, v))
+                        headers.append((k, b"/" + rest.split(b"/", 1)[1] if b"/" in rest else b"/"))
+                    else:
+                        headers.append((k, v))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
@@ -122,11 +122,11 @@ class CompletionBody(SamplingFields):
 
     model: Text
     # OpenAI's four forms: a string, a list of strings, a list of token ids, a list of lists of ids.
-    prompt: Union[Text, list[Text], list[int], list[list[int]]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     max_tokens: int = 16
     n: int = 1
     best_of: int | None = None  # accepted only equal to n
-    stop: Union[Text, list[Text], None] = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -152,7 +152,7 @@ class AttentionBody(BaseModel):
 
 # What a refusal says, by field, where pydantic's own words would not help.
 _HINTS = {
-    "model": "model is required: the id /v1/models lists",
+    "model": "model is required: a string, the id /v1/models lists",
     "prompt": "prompt must be a string, a list of strings, a list of token ids or a list of lists of ids",
     "stop": f"stop must be a string or a list of at most {MAX_STOPS} strings",
     "stream_options": 'stream_options takes only {"include_usage": true|false}',

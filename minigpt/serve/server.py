@@ -56,7 +56,8 @@ def _need_extra():
         import starlette  # noqa: F401
         import uvicorn  # the serve extra, like the two above
     except ImportError:
-        raise MiniGPTError("minigpt serve needs Starlette, pydantic and uvicorn: pip install 'minigpt[serve]'") from None
+        raise MiniGPTError("minigpt serve needs Starlette, pydantic and uvicorn: "
+                           "pip install 'minigpt[serve]'") from None
     return uvicorn
 
 
