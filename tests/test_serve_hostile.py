@@ -356,3 +356,30 @@ def test_arbitrary_json_never_gets_a_5xx(live, body):
         assert set(error) == {"message", "type", "param", "code"} and "\n" not in error["message"]
     elif not (isinstance(body, dict) and body.get("stream") is True):
         json.loads(r.text, parse_constant=lambda c: pytest.fail(f"{c} in the answer"))
+
+
+# ---- the schema the server publishes is the one it enforces ------------------------------------------
+
+
+def test_openapi_schema_is_what_the_server_accepts(client):
+    from minigpt.sampling import settings as sampling_settings
+
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    body_schema = r.json()["components"]["schemas"]["CompletionBody"]
+    props, required = body_schema["properties"], set(body_schema["required"])
+    assert required == {"model", "prompt"} and body_schema.get("additionalProperties") is False
+    for s in sampling_settings():  # the sampling fields: SamplingParams' names, defaults and bounds
+        p = props[s.name]
+        assert p["default"] == s.neutral and p["description"] == s.help
+        assert p.get("exclusiveMinimum" if s.lo_open else "minimum") == s.lo
+        assert p.get("maximum", math.inf) == s.hi
+    # every field it lists is accepted at its default; a field it does not list is refused by name
+    for name, p in props.items():
+        if name in required or "default" not in p:
+            continue
+        body = {"model": MODEL, "prompt": "a", "max_tokens": 1, name: p["default"]}
+        assert client.post("/v1/completions", json=body).status_code == 200, name
+    error = assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "top_a": 1}),
+                                400, "top_a")
+    assert error["code"] == "unknown_parameter"

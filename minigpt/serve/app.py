@@ -4,6 +4,7 @@ answers with a response built by the plain functions below (testable without a s
 
     GET  /                      the playground (one self-contained page)
     GET  /health                {"status": "ok", "engine": stats}
+    GET  /openapi.json          the JSON endpoints' schema, generated from protocol.py's models
     GET  /v1/models[/{id}]      the one model served
     POST /v1/completions        OpenAI's completions, streamed or whole
     POST /minigpt/attention     every head's attention in one layer (the playground's)
@@ -45,6 +46,7 @@ from .protocol import (
     bad,
     decode_json,
     model_not_found,
+    openapi,
     parse_completion_request,
     validate,
 )
@@ -320,6 +322,11 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
     async def playground(request):
         return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8").replace(_DATA_MARKER, json_for_script(info), 1))
 
+    schema = openapi(model_id)
+
+    async def openapi_json(request):
+        return JSONResponse(schema)
+
     async def health(request):
         return JSONResponse({"status": "ok", "model": model_id, "engine": engine.stats()})
 
@@ -436,7 +443,8 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
 
     app = Starlette(
         routes=[
-            Route("/", playground), Route("/health", health), Route("/v1/models", models),
+            Route("/", playground), Route("/health", health), Route("/openapi.json", openapi_json),
+            Route("/v1/models", models),
             Route("/v1/models/{model:path}", one_model), Route("/v1/completions", completions, methods=["POST"]),
             Route("/minigpt/attention", attention, methods=["POST"]),
         ],

@@ -15,10 +15,12 @@ command line cannot disagree.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
 from ..completion import encode_prompt
@@ -103,7 +105,8 @@ def _sampling_field(s: Setting):
             raise PydanticCustomError("setting", "{problem}", {"problem": problem})
         return v
 
-    return Annotated[s.type, AfterValidator(check)], Field(s.neutral, description=s.help)
+    bounds = {"exclusiveMinimum" if s.lo_open else "minimum": s.lo} | ({"maximum": s.hi} if s.hi != math.inf else {})
+    return Annotated[s.type, AfterValidator(check)], Field(s.neutral, description=s.help, json_schema_extra=bounds)
 
 
 # temperature, top_k, top_p, min_p, repetition_penalty: SamplingParams' fields.
@@ -265,8 +268,9 @@ def _prompts(prompt, tokenizer, cfg) -> tuple[list[list[int]], list[str]]:
                           "context_length_exceeded")
             try:
                 ids, text = encode_prompt(tokenizer, p), p
-            except ConfigError as e:  # an empty prompt, and no <|endoftext|> to start from
-                raise bad(f"prompt: {e}".replace("; give a --prompt", ""), "prompt") from None
+            except ConfigError:  # the one refusal encode_prompt has: empty, and no <|endoftext|> to start from
+                raise bad("prompt is empty and this model's tokenizer has no <|endoftext|> to start a document "
+                          "from: give some text", "prompt") from None
         elif p:
             bad_id = next((t for t in p if not 0 <= t < V), None)
             if bad_id is not None:
@@ -281,3 +285,31 @@ def _prompts(prompt, tokenizer, cfg) -> tuple[list[list[int]], list[str]]:
         ids_list.append(ids)
         texts.append(text)
     return ids_list, texts
+
+
+# ---- the schema -----------------------------------------------------------------------------------
+
+
+def openapi(model_id: str) -> dict:
+    """An OpenAPI 3.1 description of the JSON endpoints, generated from the models above (what
+    FastAPI would serve at /openapi.json, without its /docs page, which loads from a CDN)."""
+    _, schemas = models_json_schema([(CompletionBody, "validation"), (AttentionBody, "validation")],
+                                    ref_template="#/components/schemas/{model}")
+    error = {"description": "an error in OpenAI's shape: {\"error\": {message, type, param, code}}"}
+
+    def post(name: str, summary: str) -> dict:
+        return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}},
+            "responses": {"200": {"description": "OK"}, "4XX": error}}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"minigpt serve: {model_id}", "version": "1"},
+        "paths": {
+            "/v1/completions": post("CompletionBody", "OpenAI's completions (streamed with stream: true)"),
+            "/minigpt/attention": post("AttentionBody", "every head's attention in one layer"),
+            "/v1/models": {"get": {"summary": "the one model served", "responses": {"200": {"description": "OK"}}}},
+            "/health": {"get": {"summary": "status and engine counters", "responses": {"200": {"description": "OK"}}}},
+        },
+        "components": {"schemas": schemas.get("$defs", {})},
+    }
