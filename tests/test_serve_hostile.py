@@ -31,7 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 from minigpt.sampling import SamplingParams  # noqa: E402
 from minigpt.serve import ServeConfig, bind, create_app  # noqa: E402
 from minigpt.serve import app as serve_app  # noqa: E402
-from minigpt.serve.app import host_allowed  # noqa: E402
+from minigpt.serve.wire import host_allowed  # noqa: E402
 from minigpt.serve.server import uvicorn_config  # noqa: E402
 
 from .conftest import tiny_gpt  # noqa: E402

@@ -6,12 +6,13 @@
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")
     client.completions.create(model="shakespeare", prompt="ROMEO:", max_tokens=40, seed=1).choices[0].text
 
-Four modules, from the wire inwards (each one place for its concept):
+Six modules, from the socket inwards (each one place for its concept):
 
     config.py     ServeConfig: the server's flags and caps
     server.py     the socket, uvicorn (with a deadline for headers), run_server
-    app.py        the routes (Starlette) and the plain functions that build each response;
-                  the Host allow-list and the JSON Content-Type rule
+    app.py        the routes (Starlette) and the plain functions that build each response
+    wire.py       before the routes: the Host allow-list, relative redirects, JSON bodies
+                  (Content-Type, size cap, deadline); server-sent events out
     protocol.py   the OpenAI request bodies declared once (pydantic, strict, unknown fields
                   refused) and every refusal in OpenAI's error shape, naming its field
     engine.py     continuous batching over ids: one thread, one `sampling.Batch`; one

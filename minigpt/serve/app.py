@@ -1,6 +1,8 @@
 """The HTTP app: routes only. Each route checks the caller, reads the body into the
 protocol's models (protocol.py), hands work to the engine (engine.py) or the model, and
 answers with a response built by the plain functions below (testable without a server).
+What the routes share (model, tokenizer, engine, caps) is one `Served` object on
+`app.state.served`.
 
     GET  /                      the playground (one self-contained page)
     GET  /health                {"status": "ok", "engine": stats}
@@ -9,29 +11,27 @@ answers with a response built by the plain functions below (testable without a s
     POST /v1/completions        OpenAI's completions, streamed or whole
     POST /minigpt/attention     every head's attention in one layer (the playground's)
 
-Before any route, `Guard` refuses a `Host` that does not name this server (DNS rebinding:
-a web page whose name resolves to 127.0.0.1 must not drive it) and makes redirects
-relative; JSON endpoints take only `Content-Type: application/json` (a page can send
-text/plain cross-site without asking, but not JSON), and a body must arrive in time.
+Before any route, `wire.Guard` checks the Host header and makes redirects relative; JSON
+bodies are read by `wire.read_json` (Content-Type, size cap, deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import math
 import sys
 import time
 import traceback
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -44,12 +44,12 @@ from .protocol import (
     AttentionBody,
     CompletionRequest,
     bad,
-    decode_json,
     model_not_found,
     openapi,
     parse_completion_request,
     validate,
 )
+from .wire import EventStream, Guard, read_json, wait_for_disconnect
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 _DATA_MARKER = "/*MINIGPT_DATA*/"
@@ -134,144 +134,186 @@ def json_for_script(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-# ---- the wire ----------------------------------------------------------------------------------
+# ---- what the routes share ------------------------------------------------------------------------
 
 
-def _json_content_type(request) -> bool:
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return kind == "application/json"
+@dataclass
+class Served:
+    """The model behind the routes, and everything about it they answer with."""
+
+    model: Any
+    tokenizer: Any
+    cfg: ServeConfig
+    model_id: str
+    model_type: str
+    engine: Engine
+    info: dict  # what the playground is told (its page embeds it)
+    card: dict  # /v1/models' entry
+    schema: dict = field(default_factory=dict)
+
+    def check_auth(self, request) -> None:
+        key = self.cfg.api_key
+        if not key:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, ("Incorrect API key provided" if got else "You didn't provide an API key")
+                           + ": send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    async def body_of(self, request):
+        """The caller checked, then its JSON body."""
+        self.check_auth(request)
+        return await read_json(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
 
 
-async def read_json(request, limit: int, timeout: float):
-    """The body of a JSON request: `Content-Type: application/json`, at most `limit` bytes,
-    all of it within `timeout` seconds; else an ApiError (415, 413, 408, 400)."""
-    if not _json_content_type(request):
-        raise ApiError(415, "send the body as JSON, with 'Content-Type: application/json'",
-                       code="unsupported_media_type")
-    too_large = ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise bad("bad Content-Length header")
-        if int(declared) > limit:
-            raise too_large
-
-    async def collect() -> bytes:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
-
-    try:
-        body = await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout",
-                       headers={"Connection": "close"}) from None
-    except ClientDisconnect:  # the client hung up mid-body: nobody to answer, nothing to log
-        raise ApiError(499, "client closed the request", code="client_closed") from None
-    return decode_json(body)
+def _served(request) -> Served:
+    return request.app.state.served
 
 
-async def _wait_for_disconnect(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+# ---- routes ----------------------------------------------------------------------------------------
 
 
-class EventStream:
-    """A server-sent-events response that notices a client going away: its events stop
-    being pulled (so nothing more is asked of the engine) and `on_close` runs."""
+async def playground(request):
+    page = PLAYGROUND.read_text(encoding="utf-8")
+    return HTMLResponse(page.replace(_DATA_MARKER, json_for_script(_served(request).info), 1))
 
-    def __init__(self, events, on_close):
-        self.events, self.on_close = events, on_close
 
-    async def __call__(self, scope, receive, send) -> None:
-        import anyio  # comes with the serve extra (Starlette runs on it)
+async def openapi_json(request):
+    return JSONResponse(_served(request).schema)
 
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                   (b"x-accel-buffering", b"no")]
+
+async def health(request):
+    s = _served(request)
+    return JSONResponse({"status": "ok", "model": s.model_id, "engine": s.engine.stats()})
+
+
+async def models(request):
+    s = _served(request)
+    s.check_auth(request)
+    return JSONResponse({"object": "list", "data": [s.card]})
+
+
+async def one_model(request):
+    s = _served(request)
+    s.check_auth(request)
+    if request.path_params["model"] != s.model_id:
+        raise model_not_found(request.path_params["model"].encode("utf-8", "replace").decode())
+    return JSONResponse(s.card)
+
+
+async def attention(request):
+    s = _served(request)
+    body: AttentionBody = validate(AttentionBody, await s.body_of(request),
+                                   {"ids": "ids must be a non-empty list of token ids"})
+    if body.model not in (None, s.model_id):
+        raise model_not_found(body.model)
+    if not s.info["has_attention"]:
+        raise ApiError(422, f"this model ({s.model_type}) has no attention to show: attention maps need a GPT "
+                       "checkpoint", code="no_attention")
+    V, n_layer = s.tokenizer.vocab_size, s.info["n_layer"]
+    if not (body.ids and all(0 <= t < V for t in body.ids)):
+        raise bad(f"ids must be a non-empty list of token ids in 0..{V - 1}", "ids")
+    if len(body.ids) > s.cfg.max_prompt_tokens + s.cfg.max_tokens_cap:
+        raise bad("ids is longer than a prompt and its completion can be", "ids")
+    if not 0 <= body.layer < n_layer:
+        raise bad(f"layer must be a whole number in 0..{n_layer - 1}", "layer")
+    out = await run_in_threadpool(attention_rows, s.model, body.ids, body.layer)
+    out["tokens"] = [s.tokenizer.token_str(i) for i in out["ids"]]
+    out["n_layer"] = n_layer
+    return JSONResponse(out)
+
+
+async def completions(request):
+    s = _served(request)
+    req = parse_completion_request(await s.body_of(request), model_id=s.model_id, tokenizer=s.tokenizer, cfg=s.cfg)
+    job = Job(asyncio.get_running_loop())
+    scores = {}
+    if req.echo and req.logprobs is not None:
+        for p in {tuple(p) for p in req.prompts}:
+            scores[p] = await run_in_threadpool(prompt_logprobs, s.model, list(p), req.logprobs)
+    for ids, text in zip(req.prompts, req.prompt_texts):
+        for _ in range(req.n):
+            job.choices.append(Choice(job, len(job.choices), ids, req, s.tokenizer, len(text) if req.echo else 0))
+    if req.max_tokens > 0:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            async with anyio.create_task_group() as tg:
-
-                async def pump() -> None:
-                    try:
-                        async for chunk in self.events:
-                            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    except OSError:  # the client went away mid-send
-                        pass
-                    tg.cancel_scope.cancel()
-
-                async def watch() -> None:
-                    await _wait_for_disconnect(receive)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(pump)
-                tg.start_soon(watch)
-        finally:
-            self.on_close()
-            await self.events.aclose()
+            s.engine.submit(job)
+        except Overloaded:
+            raise ApiError(503, "The server is busy: its queue is full. Retry shortly.", code="overloaded",
+                           headers={"Retry-After": "1"}) from None
+    else:
+        for c in job.choices:
+            c.finish_now()
+    n_prompt = sum(len(p) for p in req.prompts)
+    if req.stream:
+        return EventStream(_stream(s, req, job, scores, n_prompt), on_close=lambda: s.engine.cancel(job))
+    return await _whole(s, request, req, job, scores, n_prompt)
 
 
-def host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
-    """Whether a `Host` header names this server: an IP address (a web page cannot make a
-    browser send one of ours for its own origin), `localhost` (and `*.localhost`), or a
-    name in `allowed` ("*" allows any). No header at all (HTTP/1.0, not a browser) passes.
-
-    >>> host_allowed("127.0.0.1:8000", frozenset()), host_allowed("evil.example", frozenset())
-    (True, False)
-    """
-    if host_header is None or "*" in allowed:
-        return True
-    host = host_header.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        host = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    host = host.rstrip(".")
+async def _whole(s: Served, request, req: CompletionRequest, job: Job, scores, n_prompt: int):
+    """Wait for every choice (or for the client to go away), then answer in one piece."""
+    pending = {c.index for c in job.choices if c.finish_reason is None}
+    watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
     try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    return host == "localhost" or host.endswith(".localhost") or host in allowed
+        while pending:
+            getter = asyncio.ensure_future(job.events.get())
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                s.engine.cancel(job)  # the client went away: nobody will read the answer
+                return Response(status_code=499)
+            event = getter.result()
+            if event[0] == "error":
+                raise event[1]
+            if event[4]:  # done
+                pending.discard(event[1].index)
+    finally:
+        watcher.cancel()
+    choices = [whole_choice(c, req, scores, s.tokenizer) for c in job.choices]
+    return JSONResponse(envelope(job, s.model_id, choices, usage=usage(job, n_prompt)))
 
 
-class Guard:
-    """ASGI middleware in front of every route: the Host allow-list, and redirects made
-    relative (Starlette's trailing-slash redirect would build its Location from Host)."""
+async def _stream(s: Served, req: CompletionRequest, job: Job, scores, n_prompt: int):
+    """Server-sent events: the echoed prompt (and the die's prompt ids) first, then one
+    event per token, an error event if the engine fails the request, then [DONE]."""
+    tok = s.tokenizer
+    pending = {c.index for c in job.choices if c.finish_reason is None}
+    for c in job.choices:
+        if req.echo or req.die or c.finish_reason is not None:
+            choice = {"text": req.prompt_texts[c.index // req.n] if req.echo else "", "index": c.index,
+                      "logprobs": prompt_part(c, scores, tok) if req.echo and req.logprobs is not None else None,
+                      "finish_reason": c.finish_reason}
+            if req.die:
+                choice["die"] = die_of(c, 0, 0, True, tok)
+            yield sse(envelope(job, s.model_id, [choice]))
+    while pending:
+        event = await job.events.get()
+        if event[0] == "error":
+            yield sse(event[1].body())
+            break
+        _, c, i, piece, done = event
+        choice = {"text": piece, "index": c.index,
+                  "logprobs": logprobs_of(c, i, i + 1, tok) if req.logprobs is not None else None,
+                  "finish_reason": c.finish_reason if done else None}
+        if req.die:
+            choice["die"] = die_of(c, i, i + 1, False, tok)
+        yield sse(envelope(job, s.model_id, [choice]))
+        if done:
+            pending.discard(c.index)
+    else:
+        if req.include_usage:
+            yield sse(envelope(job, s.model_id, [], usage=usage(job, n_prompt)))
+    yield "data: [DONE]\n\n"
 
-    def __init__(self, app, allowed: frozenset[str]):
-        self.app, self.allowed = app, allowed
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
-        if not host_allowed(host, self.allowed):
-            shown = host.encode("ascii", "backslashreplace").decode()[:100]
-            e = ApiError(403, f"Host '{shown}' is not a name of this server; start it with --allowed-host NAME "
-                         "to serve under another name", code="host_not_allowed", type="invalid_request_error")
-            return await JSONResponse(e.body(), status_code=403)(scope, receive, send)
-
-        async def relative(message) -> None:
-            if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
-                headers = []
-                for k, v in message.get("headers", []):
-                    if k.lower() == b"location" and b"://" in v:  # http://HOST/path?q -> /path?q
-                        rest = v.split(b"://", 1)[1]
-                        headers.append((k, b"/" + rest.split(b"/", 1)[1] if b"/" in rest else b"/"))
-                    else:
-                        headers.append((k, v))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, relative)
+ROUTES = [
+    Route("/", playground), Route("/health", health), Route("/openapi.json", openapi_json),
+    Route("/v1/models", models), Route("/v1/models/{model:path}", one_model),
+    Route("/v1/completions", completions, methods=["POST"]), Route("/minigpt/attention", attention, methods=["POST"]),
+]
 
 
-# ---- the app ---------------------------------------------------------------------------------
+# ---- the app ---------------------------------------------------------------------------------------
 
 
 def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: str = "minigpt",
@@ -288,150 +330,20 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
     model_type = model_type or getattr(model, "model_type", type(model).__name__)
     has_attention = bool(getattr(model, "has_attention", False))  # models.LanguageModel declares it
     engine = Engine(model, vocab_limit=tokenizer.vocab_size, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
-    created = int(time.time())
-    key = cfg.api_key.encode() if cfg.api_key else None
     mcfg = model.config
     info = {
         "model": model_id, "model_type": model_type, "has_attention": has_attention,
         "n_layer": getattr(mcfg, "n_layer", 0) if has_attention else 0,
         "n_head": getattr(mcfg, "n_head", 0) if has_attention else 0,
         "block_size": mcfg.block_size, "vocab_size": tokenizer.vocab_size, "max_tokens_cap": cfg.max_tokens_cap,
-        "max_n": cfg.max_n, "max_logprobs": MAX_LOGPROBS, "auth": key is not None,
+        "max_n": cfg.max_n, "max_logprobs": MAX_LOGPROBS, "auth": bool(cfg.api_key),
         # The playground starts from `minigpt sample`'s settings, and from an empty prompt
         # (a fresh document), whatever text the model was trained on.
         "sampling": {s.name: s.suggested for s in settings()},
     }
-    card = {"id": model_id, "object": "model", "created": created, "owned_by": "minigpt",
+    card = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "minigpt",
             "model_type": model_type, "context_length": mcfg.block_size}
-
-    def check_auth(request) -> None:
-        if key is None:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
-            raise ApiError(401, ("Incorrect API key provided" if got else "You didn't provide an API key")
-                           + ": send 'Authorization: Bearer <key>'", code="invalid_api_key")
-
-    async def body_of(request):
-        check_auth(request)
-        return await read_json(request, cfg.max_body_bytes, cfg.body_timeout)
-
-    # ---- routes ----
-
-    async def playground(request):
-        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8").replace(_DATA_MARKER, json_for_script(info), 1))
-
-    schema = openapi(model_id)
-
-    async def openapi_json(request):
-        return JSONResponse(schema)
-
-    async def health(request):
-        return JSONResponse({"status": "ok", "model": model_id, "engine": engine.stats()})
-
-    async def models(request):
-        check_auth(request)
-        return JSONResponse({"object": "list", "data": [card]})
-
-    async def one_model(request):
-        check_auth(request)
-        if request.path_params["model"] != model_id:
-            raise model_not_found(request.path_params["model"].encode("utf-8", "replace").decode())
-        return JSONResponse(card)
-
-    async def attention(request):
-        body: AttentionBody = validate(AttentionBody, await body_of(request),
-                                       {"ids": "ids must be a non-empty list of token ids"})
-        if body.model not in (None, model_id):
-            raise model_not_found(body.model)
-        if not has_attention:
-            raise ApiError(422, f"this model ({model_type}) has no attention to show: attention maps need a GPT "
-                           "checkpoint", code="no_attention")
-        if not (body.ids and all(0 <= t < tokenizer.vocab_size for t in body.ids)):
-            raise bad(f"ids must be a non-empty list of token ids in 0..{tokenizer.vocab_size - 1}", "ids")
-        if len(body.ids) > cfg.max_prompt_tokens + cfg.max_tokens_cap:
-            raise bad("ids is longer than a prompt and its completion can be", "ids")
-        if not 0 <= body.layer < info["n_layer"]:
-            raise bad(f"layer must be a whole number in 0..{info['n_layer'] - 1}", "layer")
-        out = await run_in_threadpool(attention_rows, model, body.ids, body.layer)
-        out["tokens"] = [tokenizer.token_str(i) for i in out["ids"]]
-        out["n_layer"] = info["n_layer"]
-        return JSONResponse(out)
-
-    async def completions(request):
-        req = parse_completion_request(await body_of(request), model_id=model_id, tokenizer=tokenizer, cfg=cfg)
-        job = Job(asyncio.get_running_loop())
-        scores = {}
-        if req.echo and req.logprobs is not None:
-            for p in {tuple(p) for p in req.prompts}:
-                scores[p] = await run_in_threadpool(prompt_logprobs, model, list(p), req.logprobs)
-        for ids, text in zip(req.prompts, req.prompt_texts):
-            for _ in range(req.n):
-                job.choices.append(Choice(job, len(job.choices), ids, req, tokenizer, len(text) if req.echo else 0))
-        if req.max_tokens > 0:
-            try:
-                engine.submit(job)
-            except Overloaded:
-                raise ApiError(503, "The server is busy: its queue is full. Retry shortly.", code="overloaded",
-                               headers={"Retry-After": "1"}) from None
-        else:
-            for c in job.choices:
-                c.finish_now()
-        n_prompt = sum(len(p) for p in req.prompts)
-        if req.stream:
-            return EventStream(stream(req, job, scores, n_prompt), on_close=lambda: engine.cancel(job))
-        return await whole(request, req, job, scores, n_prompt)
-
-    async def whole(request, req: CompletionRequest, job: Job, scores, n_prompt: int):
-        pending = {c.index for c in job.choices if c.finish_reason is None}
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request.receive))
-        try:
-            while pending:
-                getter = asyncio.ensure_future(job.events.get())
-                await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    engine.cancel(job)  # the client went away: nobody will read the answer
-                    return Response(status_code=499)
-                event = getter.result()
-                if event[0] == "error":
-                    raise event[1]
-                if event[4]:  # done
-                    pending.discard(event[1].index)
-        finally:
-            watcher.cancel()
-        choices = [whole_choice(c, req, scores, tokenizer) for c in job.choices]
-        return JSONResponse(envelope(job, model_id, choices, usage=usage(job, n_prompt)))
-
-    async def stream(req: CompletionRequest, job: Job, scores, n_prompt: int):
-        pending = {c.index for c in job.choices if c.finish_reason is None}
-        for c in job.choices:  # the echoed prompt, and the die's prompt ids, come first
-            if req.echo or req.die or c.finish_reason is not None:
-                choice = {"text": req.prompt_texts[c.index // req.n] if req.echo else "", "index": c.index,
-                          "logprobs": prompt_part(c, scores, tokenizer) if req.echo and req.logprobs is not None
-                          else None, "finish_reason": c.finish_reason}
-                if req.die:
-                    choice["die"] = die_of(c, 0, 0, True, tokenizer)
-                yield sse(envelope(job, model_id, [choice]))
-        while pending:
-            event = await job.events.get()
-            if event[0] == "error":
-                yield sse(event[1].body())
-                break
-            _, c, i, piece, done = event
-            choice = {"text": piece, "index": c.index,
-                      "logprobs": logprobs_of(c, i, i + 1, tokenizer) if req.logprobs is not None else None,
-                      "finish_reason": c.finish_reason if done else None}
-            if req.die:
-                choice["die"] = die_of(c, i, i + 1, False, tokenizer)
-            yield sse(envelope(job, model_id, [choice]))
-            if done:
-                pending.discard(c.index)
-        else:
-            if req.include_usage:
-                yield sse(envelope(job, model_id, [], usage=usage(job, n_prompt)))
-        yield "data: [DONE]\n\n"
+    served = Served(model, tokenizer, cfg, model_id, model_type, engine, info, card, openapi(model_id))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -441,17 +353,10 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
         finally:
             engine.close()
 
-    app = Starlette(
-        routes=[
-            Route("/", playground), Route("/health", health), Route("/openapi.json", openapi_json),
-            Route("/v1/models", models),
-            Route("/v1/models/{model:path}", one_model), Route("/v1/completions", completions, methods=["POST"]),
-            Route("/minigpt/attention", attention, methods=["POST"]),
-        ],
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash})
     app.add_middleware(Guard, allowed=cfg.allowed_host_names())
+    app.state.served = served
     app.state.engine = engine
     app.state.info = info
     return app
