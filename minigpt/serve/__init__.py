@@ -10,9 +10,9 @@ Six modules, from the socket inwards (each one place for its concept):
 
     config.py     ServeConfig: the server's flags and caps
     server.py     the socket, uvicorn (with a deadline for headers), run_server
-    app.py        the routes (Starlette) and the plain functions that build each response
     wire.py       before the routes: the Host allow-list, relative redirects, JSON bodies
                   (Content-Type, size cap, deadline); server-sent events out
+    app.py        the routes (Starlette) and the plain functions that build each response
     protocol.py   the OpenAI request bodies declared once (pydantic, strict, unknown fields
                   refused) and every refusal in OpenAI's error shape, naming its field
     engine.py     continuous batching over ids: one thread, one `sampling.Batch`; one
