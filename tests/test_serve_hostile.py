@@ -241,6 +241,12 @@ def test_host_allowed_rules():
     assert not host_allowed("[::1", frozenset()) and not host_allowed("", frozenset())
     assert ServeConfig(host="gpu-box.lan").allowed_host_names() == {"gpu-box.lan"}
     assert ServeConfig(host="0.0.0.0").allowed_host_names() == frozenset()
+    from minigpt.errors import ConfigError
+
+    for bad_name in ("", "a b", "evil.example/x", "x\r\nSet-Cookie: y"):
+        with pytest.raises(ConfigError) as e:
+            ServeConfig(allowed_hosts=(bad_name,)).check()
+        assert e.value.field == "allowed_hosts" and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
