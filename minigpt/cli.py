@@ -83,20 +83,23 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
-    """The die's flags, shared by sample and eval (eval needs at least one new token)."""
+    """The die's flags, shared by sample and eval (eval needs at least one new token). The
+    settings' flags come from `SamplingParams`' fields (type, default, help): one declaration
+    for the flags, the library and the API. Their bounds are checked by `_sampling_params`."""
+    from .sampling import settings  # imports torch: only when sample's or eval's parser is built
+
     g = p.add_argument_group("sampling (the die)")
     g.add_argument("--max-new-tokens", type=_int_in(min_new_tokens, MAX_NEW_TOKENS), default=500, metavar="N",
                    help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,} (default: 500)")
-    g.add_argument("--temperature", type=_finite_float, default=0.8, metavar="T", help="divide logits by T; 0 = greedy argmax (default: 0.8)")
-    g.add_argument("--top-k", type=_non_negative_int, default=200, metavar="K", help="keep only the K most likely tokens; 0 = off (default: 200)")
-    g.add_argument("--top-p", type=_finite_float, default=1.0, metavar="P", help="keep the smallest set of tokens with total probability >= P; 1 = off (default: 1)")
-    g.add_argument("--min-p", type=_finite_float, default=0.0, metavar="P", help="drop tokens below P x the top probability; 0 = off (default: 0)")
-    g.add_argument("--repetition-penalty", type=_finite_float, default=1.0, metavar="R", help="make tokens already in the text less likely (CTRL); 1 = off (default: 1)")
+    for s in settings():
+        g.add_argument(s.flag, dest=s.name, type=_int_in(int(s.lo), int(s.hi)) if s.type is int else _finite_float,
+                       default=s.suggested, metavar=s.metavar, help=f"{s.help} (default: {s.suggested:g})")
     g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text (default: random)")
 
 
 def _sampling_params(args):
-    """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")."""
+    """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")
+    and carry the field (`ConfigError.field`)."""
     from .sampling import SamplingParams
 
     return SamplingParams.from_flags(args)
@@ -547,10 +550,14 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  minigpt serve                                   # out/shakespeare on http://127.0.0.1:8000\n"
         "  minigpt serve --checkpoint out/mine --port 8080\n"
-        "  MINIGPT_API_KEY=secret minigpt serve --host 0.0.0.0   # clients send 'Authorization: Bearer secret'"
+        "  MINIGPT_API_KEY=secret minigpt serve --host 0.0.0.0 --allowed-host gpu-box.lan\n"
+        "      # other machines reach it by IP or as gpu-box.lan; clients send 'Authorization: Bearer secret'"
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' = any). IP addresses, "
+                        "localhost and --host's name are always allowed; other names are refused (DNS rebinding)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' (default: $MINIGPT_API_KEY, else none)")
     p.add_argument("--max-tokens-cap", type=int, default=1024, metavar="N", help="largest max_tokens a request may ask for (default: 1024)")
@@ -570,6 +577,7 @@ def _run_serve(args) -> int:
         api_key=args.api_key if args.api_key is not None else (os.environ.get("MINIGPT_API_KEY") or None),
         max_tokens_cap=args.max_tokens_cap, max_n=args.max_n, max_prompt_tokens=args.max_prompt_tokens,
         max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, dtype=args.dtype,
+        allowed_hosts=tuple(args.allowed_host),
     )
     return run_server(cfg)
 

@@ -12,7 +12,12 @@ class MiniGPTError(Exception):
 
 
 class ConfigError(MiniGPTError, ValueError):
-    """A configuration value is invalid; the message names the field."""
+    """A configuration value is invalid; the message names the field, and `field` holds
+    its name (e.g. "top_p") so callers map it without reading the message."""
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(MiniGPTError, ValueError):

@@ -28,8 +28,8 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 import torch
 
@@ -116,27 +116,96 @@ def min_p_filter(logits: torch.Tensor, min_p) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+# ---- the settings, declared once ----------------------------------------------------------
+#
+# Each field of `SamplingParams` carries everything about itself: its type, its neutral
+# default (the dataclass's: it leaves the model's distribution as it is, the API's default
+# too), the default `minigpt sample` and the playground start from, its bounds and its
+# help. The command-line flags (`cli._add_sampling`), the API's request model
+# (`serve/protocol.py`) and the checks below all read these fields, so a new setting is
+# one field here plus its transform.
+
+MAX_TOP_K = 2**31 - 1  # larger than any vocabulary; beyond it a top-k would not fit a tensor
+
+
+def _setting(neutral, *, suggested=None, lo: float, hi: float = math.inf, lo_open: bool = False, off: str,
+             metavar: str, help: str):
+    """A `SamplingParams` field: `neutral` is its default, `suggested` what the CLI and the
+    playground start from (default: neutral); values must lie in [lo, hi] ((lo, hi] with
+    lo_open), finite; `off` says what the neutral value means."""
+    return field(default=neutral, metadata=dict(suggested=neutral if suggested is None else suggested, lo=lo, hi=hi,
+                                                lo_open=lo_open, off=off, metavar=metavar, help=help))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sampling setting as the outside sees it (read from `SamplingParams`' fields)."""
+
+    name: str  # snake_case: the dataclass field and the API's JSON key
+    type: type  # int or float
+    neutral: float  # the dataclass's (and the API's) default: the die is left as the model made it
+    suggested: float  # `minigpt sample`'s and the playground's default
+    lo: float
+    hi: float
+    lo_open: bool
+    off: str  # what the neutral value means, e.g. "0 = off"
+    metavar: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value` (None: nothing), worded to follow the setting's name:
+        "must be in (0, 1], got 1.5". Bools are not numbers here, and ints only where whole."""
+        whole = self.type is int
+        if isinstance(value, bool) or not isinstance(value, (int, float) if not whole else int):
+            return f"must be {'a whole number' if whole else 'a number'} {self.range()}, got {value!r}"[:200]
+        if not whole:
+            try:
+                value = float(value)  # an int too large for a float raises here
+            except OverflowError:
+                value = math.inf
+            if not math.isfinite(value):
+                return f"must be a finite number {self.range()}, got {value}"
+        if not ((self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi):
+            return f"must be {self.range()} ({self.off}), got {value if abs(value) < 10**20 else f'{value:.3g}'}"
+        return None
+
+    def range(self) -> str:
+        """The allowed values, e.g. "in (0, 1]" or ">= 0"."""
+        lo, hi = (f"{v:g}" if isinstance(v, float) else str(v) for v in (self.lo, self.hi))
+        if self.hi == math.inf:
+            return f"> {lo}" if self.lo_open else f">= {lo}"
+        return f"in {'(' if self.lo_open else '['}{lo}, {hi}]"
+
+
 @dataclass
 class SamplingParams:
-    """How the die is shaped. Defaults leave the model's distribution untouched."""
+    """How the die is shaped. Defaults leave the model's distribution untouched.
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    >>> SamplingParams(top_p=1.5)
+    Traceback (most recent call last):
+    ConfigError: top_p must be in (0, 1] (1 = off), got 1.5
+    """
+
+    temperature: float = _setting(1.0, suggested=0.8, lo=0.0, off="0 = greedy argmax", metavar="T",
+                                  help="divide logits by T; 0 = greedy argmax")
+    top_k: int = _setting(0, suggested=200, lo=0, hi=MAX_TOP_K, off="0 = off", metavar="K",
+                          help="keep only the K most likely tokens; 0 = off")
+    top_p: float = _setting(1.0, lo=0.0, hi=1.0, lo_open=True, off="1 = off", metavar="P",
+                            help="keep the smallest set of tokens with total probability >= P; 1 = off")
+    min_p: float = _setting(0.0, lo=0.0, hi=1.0, off="0 = off", metavar="P",
+                            help="drop tokens below P x the top probability; 0 = off")
+    repetition_penalty: float = _setting(1.0, lo=0.0, lo_open=True, off="1 = off", metavar="R",
+                                         help="make tokens already in the text less likely (CTRL); 1 = off")
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ConfigError(f"top-k must be a whole number >= 0 (0 = off), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not (0.0 <= self.min_p <= 1.0):
-            raise ConfigError(f"min-p must be in (0, 1] (0 = off), got {self.min_p}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ConfigError(f"repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        for s in settings():
+            problem = s.problem(getattr(self, s.name))
+            if problem:
+                raise ConfigError(f"{s.name} {problem}", field=s.name)
 
     @property
     def greedy(self) -> bool:
@@ -145,14 +214,32 @@ class SamplingParams:
     @classmethod
     def from_flags(cls, args) -> "SamplingParams":
         """From parsed command-line flags (`--temperature`, `--top-k`, ...); errors name
-        the flag, e.g. "--top-p must be in (0, 1], got 1.5"."""
-        try:
-            return cls(
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty,
-            )
-        except ConfigError as e:
-            raise ConfigError(f"--{e}") from None
+        the flag, e.g. "--top-p must be in (0, 1] (1 = off), got 1.5"."""
+        values = {s.name: getattr(args, s.name) for s in settings()}
+        for s in settings():
+            problem = s.problem(values[s.name])
+            if problem:
+                raise ConfigError(f"{s.flag} {problem}", field=s.name)
+        return cls(**values)
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every sampling setting, in the order the die applies them (after the penalty)."""
+    return _SETTINGS
+
+
+_SETTINGS = tuple(
+    Setting(name=f.name, type=get_type_hints(SamplingParams)[f.name], neutral=f.default, **f.metadata)
+    for f in fields(SamplingParams)
+)
+
+
+_F32 = torch.finfo(torch.float32)
+
+
+def _f32(x: float) -> float:
+    """A positive divisor held inside float32's normal range (see `Dice`)."""
+    return min(max(float(x), _F32.tiny), _F32.max)
 
 
 class Dice:
@@ -174,12 +261,16 @@ class Dice:
         self.params = list(params)
         self.greedy = [p.greedy for p in self.params]
         self.greedy_mask = torch.tensor(self.greedy, device=device)
-        # A greedy row skips the temperature step (its die is the untempered one).
-        self.temperature = column([1.0 if p.greedy else float(p.temperature) for p in self.params], 1.0)
-        self.top_k = column([p.top_k for p in self.params], 0, torch.long)
+        # A greedy row skips the temperature step (its die is the untempered one). The
+        # divisors are held inside float32's normal range: a temperature of 1e-46 would
+        # round to 0 in a float32 tensor (0 / 0 = NaN for the top logit) and 1e39 to inf;
+        # held at 1.2e-38 it is the greedy die 1e-40 gives (every other logit falls to
+        # -inf), held at 3.4e38 it is the flat die. A penalty likewise (0 * inf = NaN).
+        self.temperature = column([1.0 if p.greedy else _f32(p.temperature) for p in self.params], 1.0)
+        self.top_k = column([min(p.top_k, MAX_TOP_K) for p in self.params], 0, torch.long)
         self.top_p = column([float(p.top_p) for p in self.params], 1.0)
         self.min_p = column([float(p.min_p) for p in self.params], 0.0)
-        self.penalty = column([float(p.repetition_penalty) for p in self.params], 1.0)
+        self.penalty = column([_f32(p.repetition_penalty) for p in self.params], 1.0)
 
     def __len__(self) -> int:
         return len(self.params)

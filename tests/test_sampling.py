@@ -71,13 +71,55 @@ def test_repetition_penalty_definition():
 
 
 @pytest.mark.parametrize(
-    "kw, msg",
-    [(dict(temperature=-0.1), "temperature"), (dict(top_k=-1), "top-k"), (dict(top_p=0.0), "top-p"),
-     (dict(top_p=1.5), "top-p"), (dict(min_p=1.5), "min-p"), (dict(repetition_penalty=0), "repetition-penalty")],
+    "kw, field",
+    [(dict(temperature=-0.1), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p"),
+     (dict(top_p=1.5), "top_p"), (dict(min_p=1.5), "min_p"), (dict(repetition_penalty=0), "repetition_penalty"),
+     (dict(top_k=10**20), "top_k"), (dict(top_k=True), "top_k"), (dict(top_k=2.0), "top_k"),
+     (dict(temperature=10**400), "temperature"), (dict(temperature=float("nan")), "temperature"),
+     (dict(top_p="0.5"), "top_p")],
 )
-def test_invalid_params(kw, msg):
-    with pytest.raises(ConfigError, match=msg):
+def test_invalid_params(kw, field):
+    """Each refusal carries the field it is about (`ConfigError.field`) and names it first."""
+    with pytest.raises(ConfigError) as e:
         SamplingParams(**kw)
+    assert e.value.field == field and str(e.value).startswith(field + " ")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+def test_the_settings_are_declared_once_and_read_by_the_flags_and_the_checks():
+    """`settings()` is SamplingParams' fields: names, types and neutral defaults; every
+    bound it declares is where the check refuses (the values just inside pass)."""
+    from dataclasses import fields
+
+    from minigpt.sampling import settings
+
+    assert [s.name for s in settings()] == [f.name for f in fields(SamplingParams)]
+    assert SamplingParams() == SamplingParams(**{s.name: s.neutral for s in settings()})
+    SamplingParams(**{s.name: s.suggested for s in settings()})  # the CLI's defaults are valid
+    for s in settings():
+        assert s.type in (int, float) and s.flag == "--" + s.name.replace("_", "-")
+        if s.lo_open:
+            with pytest.raises(ConfigError):
+                SamplingParams(**{s.name: s.lo})
+        else:
+            SamplingParams(**{s.name: s.lo})
+            with pytest.raises(ConfigError):
+                SamplingParams(**{s.name: s.lo - 1})
+        if s.hi != math.inf:
+            SamplingParams(**{s.name: s.hi})
+            with pytest.raises(ConfigError):
+                SamplingParams(**{s.name: s.hi * 2})
+    # sample's --help shows the declared defaults and help
+    import argparse
+
+    from minigpt.cli import _add_sampling
+
+    p = argparse.ArgumentParser()
+    _add_sampling(p)
+    args = p.parse_args([])
+    for s in settings():
+        assert getattr(args, s.name) == s.suggested
+        assert s.help in " ".join(p.format_help().split())
 
 
 # ---- the die ----------------------------------------------------------------------------
@@ -314,7 +356,10 @@ def test_rnn_rows_join_and_leave_a_running_batch():
     "params",
     [SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46), SamplingParams(repetition_penalty=1e-38),
      SamplingParams(temperature=1e-38, top_p=1e-46, repetition_penalty=1e-38, min_p=1.0),
-     SamplingParams(temperature=1e30, repetition_penalty=1e38)],
+     SamplingParams(temperature=1e30, repetition_penalty=1e38),
+     # below float32's smallest number (they round to 0 in a float32 tensor) and above its largest
+     SamplingParams(temperature=1e-46), SamplingParams(temperature=5e-324), SamplingParams(repetition_penalty=1e-46),
+     SamplingParams(temperature=1e300, repetition_penalty=1e300)],
 )
 def test_extreme_settings_give_finite_logprobs_and_valid_json(params, byte_tok):
     m = tiny_gpt(vocab_size=byte_tok.vocab_size)
@@ -327,7 +372,8 @@ def test_extreme_settings_give_finite_logprobs_and_valid_json(params, byte_tok):
         assert all(abs(sum(row) - 1) < 1e-3 or sum(row) <= 1 + 1e-3 for row in s.top_probs)
     outs = complete(m, byte_tok, "ab", num_samples=2, max_new_tokens=12, params=params, seed=0)
     json.dumps([o.__dict__ for o in outs], allow_nan=False)  # NaN or inf would raise here
-    if params in (SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46)):
+    if params in (SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46), SamplingParams(temperature=1e-46),
+                  SamplingParams(temperature=5e-324)):
         # Both are the greedy die in the limit: only the most likely token is left.
         greedy = list(generate(m, [[5, 6, 7], [8]], 12, SamplingParams(temperature=0)))
         assert [s.tokens for s in steps] == [s.tokens for s in greedy]

@@ -28,7 +28,7 @@ httpx = pytest.importorskip("httpx")
 
 from minigpt.checkpoint import save_checkpoint  # noqa: E402
 from minigpt.completion import complete  # noqa: E402
-from minigpt.sampling import SamplingParams, shape_logits  # noqa: E402
+from minigpt.sampling import Batch, SamplingParams, shape_logits  # noqa: E402
 from minigpt.serve import ServeConfig, bind, create_app, exposure_warning  # noqa: E402
 
 from .conftest import REPO, assert_one_line_error, run_cli, tiny_gpt  # noqa: E402
@@ -370,14 +370,18 @@ def test_a_storm_of_bad_requests_gets_openai_shaped_errors_and_the_server_keeps_
         assert post(client, good).json()["choices"][0]["text"] == want, what
 
 
-def test_a_failing_step_fails_its_requests_cleanly_and_the_engine_goes_on(server, client, model, tokenizer, capsys):
+def test_a_failing_step_fails_its_requests_cleanly_and_the_engine_goes_on(server, client, model, tokenizer, capsys,
+                                                                          monkeypatch):
     url, engine = server
 
     def boom(*a, **kw):
         raise RuntimeError("simulated failure inside the model")
 
-    engine.batch.step = boom  # the engine replaces its batch after a failure, so this fires once
+    # Every step fails, also the engine's retry of each row alone (so the failure is the row's).
+    monkeypatch.setattr(Batch, "step", boom)
+    monkeypatch.setattr(engine.batch, "step", boom, raising=False)  # an earlier test may have set its own
     r = post(client, dict(prompt="ROMEO:", max_tokens=4))
+    monkeypatch.undo()
     assert r.status_code == 500 and "Traceback" not in r.text and "simulated" not in r.text
     assert r.json()["error"]["code"] == "engine_error"
     good = post(client, dict(prompt="ROMEO:", max_tokens=4, seed=3)).json()

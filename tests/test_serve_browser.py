@@ -43,6 +43,15 @@ MAX_TOKENS, SEED = 12, 5
 _need_browser = conftest.need_browser
 
 
+def _sample_defaults() -> dict:
+    """What `minigpt sample` starts from when no sampling flag is given (its parser's defaults)."""
+    from minigpt.cli import _build_sample, _Parser
+
+    p = _Parser(prog="minigpt sample")
+    _build_sample(p)
+    return vars(p.parse_args([]))
+
+
 def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenizer):
     sync_playwright = _need_browser()
     model = tiny_gpt(vocab_size=tokenizer.vocab_size, n_head=3, n_embd=24)
@@ -71,6 +80,14 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
                            else route.abort())
                 page.goto(url + "/")
                 page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+
+                # 0. The page starts from an empty prompt (a fresh document, whatever the model) and at
+                # `minigpt sample`'s settings: the defaults of its flags, read from the same declaration.
+                assert page.input_value("#prompt") == ""
+                cli = _sample_defaults()
+                for name in SETTINGS:
+                    assert float(page.input_value("#" + name.replace("_", "-"))) == pytest.approx(cli[name]), name
+                assert page.inner_text("#top-k-value") == str(cli["top_k"])
 
                 # 1. Type a prompt, set the die, generate with the keyboard (Ctrl+Enter).
                 page.fill("#prompt", "ROMEO:")

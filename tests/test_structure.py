@@ -11,32 +11,66 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "minigpt"
 
 
+def _name(path: Path) -> str:
+    """A module's name inside the package: "cli", "serve" (a subpackage's __init__), "serve.app"."""
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def _paths() -> dict[str, Path]:
+    """Every module, subpackages included."""
+    return {_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
 def _modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PKG.glob("*.py"))}
+    return {name: ast.parse(p.read_text(encoding="utf-8"), str(p)) for name, p in _paths().items()}
 
 
-def _imports(tree: ast.Module) -> list[tuple[str, list[str], int]]:
+def _resolve(importer: str, level: int, module: str | None) -> str:
+    """The absolute name (inside minigpt) that `from .module` / `from ..module` means in `importer`."""
+    is_package = importer != "__init__" and _paths()[importer].name == "__init__.py"
+    package = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = package[: len(package) - (level - 1)]
+    return ".".join(base + (module.split(".") if module else []))
+
+
+def _target(name: str, known) -> str:
+    """The module an import names: the longest known prefix ("serve.app.create_app" -> "serve.app")."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in known:
+            return ".".join(parts[:i])
+    return parts[0]
+
+
+def _imports(tree: ast.Module, importer: str = "") -> list[tuple[str, list[str], int]]:
     """(module imported, names taken from it, line) for every import of a minigpt module,
-    at any depth: module level and inside functions alike."""
+    at any depth: module level and inside functions alike. Relative imports are resolved
+    from `importer`'s package, so minigpt/serve/app.py's `from .protocol import x` is
+    serve.protocol and its `from ..sampling import y` is sampling."""
+    known = _paths()
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:  # from .x import a, b  /  from . import x
+            if node.level >= 1:  # from .x import a, b  /  from . import x  /  from ..x import a
                 if node.module:
-                    out.append((node.module.split(".")[0], [a.name for a in node.names], node.lineno))
+                    full = _resolve(importer, node.level, node.module)
+                    out.append((_target(full, known), [a.name for a in node.names], node.lineno))
                 else:
-                    out.extend((a.name, [], node.lineno) for a in node.names)
+                    for a in node.names:
+                        full = _resolve(importer, node.level, a.name)
+                        out.append((_target(full, known), [], node.lineno))
             elif node.module and node.module.split(".")[0] == "minigpt":
                 parts = node.module.split(".")
                 if len(parts) > 1:
-                    out.append((parts[1], [a.name for a in node.names], node.lineno))
+                    out.append((_target(".".join(parts[1:]), known), [a.name for a in node.names], node.lineno))
                 else:
-                    out.extend((a.name, [], node.lineno) for a in node.names)
+                    out.extend((_target(a.name, known), [], node.lineno) for a in node.names)
         elif isinstance(node, ast.Import):
             for a in node.names:
                 parts = a.name.split(".")
                 if parts[0] == "minigpt" and len(parts) > 1:
-                    out.append((parts[1], [], node.lineno))
+                    out.append((_target(".".join(parts[1:]), known), [], node.lineno))
     return out
 
 
@@ -44,7 +78,7 @@ def _graph() -> dict[str, set[str]]:
     mods = _modules()
     graph = {name: set() for name in mods}
     for name, tree in mods.items():
-        for target, _, _ in _imports(tree):
+        for target, _, _ in _imports(tree, name):
             if target in mods and target != name and name != "__init__":
                 graph[name].add(target)
     return graph
@@ -87,7 +121,7 @@ def test_the_cycle_check_finds_a_planted_cycle(monkeypatch):
 def test_no_private_names_imported_across_modules():
     offenders = []
     for name, tree in _modules().items():
-        for target, names, line in _imports(tree):
+        for target, names, line in _imports(tree, name):
             for n in names:
                 if n.startswith("_") and not n.startswith("__"):
                     offenders.append(f"minigpt/{name}.py:{line} imports {n} from {target}")
@@ -98,7 +132,8 @@ def test_no_private_attribute_of_another_module_is_used():
     """`tok._hf`, `module._helper`: reaching into another object's or module's privates."""
     offenders = []
     for name, tree in _modules().items():
-        imported = {alias for target, names, _ in _imports(tree) for alias in names} | {t for t, _, _ in _imports(tree)}
+        imported = {alias for _, names, _ in _imports(tree, name) for alias in names} | {
+            t.split(".")[-1] for t, _, _ in _imports(tree, name)}
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                     and isinstance(node.value, ast.Name) and node.value.id in imported):
@@ -114,8 +149,14 @@ def test_dependencies_point_one_way():
         {"checkpoint", "data", "sampling"}, {"completion", "inference"},
         {"evaluate", "trainer", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
-    level = {m: i for i, group in enumerate(layers) for m in group}
+    # A subpackage's modules sit on its layer, and have layers of their own inside it.
+    inner = {"serve": [{"config"}, {"protocol"}, {"engine"}, {"wire"}, {"app"}, {"server"}]}
+    level = {m: (i,) for i, group in enumerate(layers) for m in group}
+    for pkg, groups in inner.items():
+        level |= {f"{pkg}.{m}": level[pkg] + (j,) for j, group in enumerate(groups) for m in group}
+        level[pkg] = level[pkg] + (len(groups),)  # the package's __init__ re-exports them all
     graph = _graph()
+    assert {"serve.app", "serve.protocol", "serve.engine"} <= set(graph), "subpackages were not read"
     bad = [f"{a} (layer {level[a]}) imports {b} (layer {level[b]})"
            for a, targets in graph.items() if a in level for b in targets if b in level and level[b] > level[a]]
     assert not bad, "\n".join(bad)
@@ -128,7 +169,7 @@ def test_function_level_imports_say_why():
     for name, tree in _modules().items():
         if name in ("cli", "__init__"):  # cli imports each command's modules lazily by design (module docstring)
             continue
-        lines = (PKG / f"{name}.py").read_text(encoding="utf-8").splitlines()
+        lines = _paths()[name].read_text(encoding="utf-8").splitlines()
         for fn in ast.walk(tree):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
@@ -137,7 +178,7 @@ def test_function_level_imports_say_why():
                     context = " ".join(lines[max(0, node.lineno - 3): node.end_lineno + 1]).lower()
                     if not any(w in context for w in ("extra", "optional", "lazy", "lazily", "only when", "only here",
                                                       "backport", "not posix", "--help")):
-                        undocumented.append(f"minigpt/{name}.py:{node.lineno}")
+                        undocumented.append(f"{_paths()[name].relative_to(PKG.parent)}:{node.lineno}")
     assert not undocumented, "function-level imports without a comment saying why: " + ", ".join(undocumented)
 
 
@@ -176,5 +217,5 @@ def test_registry_builds_every_kind_from_flags_and_from_its_json():
 def test_readme_layout_lists_every_module():
     readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
     layout = readme[readme.index("## Repository layout"):]
-    missing = [p.name for p in PKG.glob("*.py") if p.name != "__init__.py" and f"  {p.name}" not in layout]
+    missing = [p.name for p in PKG.rglob("*.py") if p.name != "__init__.py" and f"  {p.name}" not in layout]
     assert not missing, f"README's layout section does not list {missing}"
