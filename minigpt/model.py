@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .errors import ConfigError
+from .kernels import cross_entropy, dropout
 
 __all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "sinusoidal_table", "apply_rope", "check_token_ids"]
 
@@ -130,11 +131,33 @@ def make_norm(cfg: GPTConfig, dim: int | None = None) -> nn.Module:
     return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.bias)
 
 
+# ---- dropout -------------------------------------------------------------------------------
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)),
+    with its masks drawn by `kernels.dropout`: the same distribution (keep rate 1 - p to
+    1/65536), a quarter of the random draws and a 1-byte mask instead of a float one. `fast`
+    False is F.dropout itself (the benchmarks compare the two in one process)."""
+
+    fast = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0 and self.fast:
+            return dropout(x, self.p)
+        return super().forward(x)
+
+
 # ---- attention ---------------------------------------------------------------------------
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused q/k/v projection."""
+
+    # Dropout on the attention weights (GPT-2, nanoGPT) as well as on the output. Off, the
+    # CPU keeps its flash-attention kernel (which has no dropout: with it, SDPA falls back
+    # to the explicit [B, H, T, T] product): a different regulariser, see kernels.py.
+    weight_dropout = True
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -146,7 +169,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         self.dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(
         self,
@@ -181,7 +204,7 @@ class CausalSelfAttention(nn.Module):
             v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
             # attend over the first n_keys slots; the mask hides empty and padded ones
             k, v = k_buf[:, :, :n_keys].to(q.dtype), v_buf[:, :, :n_keys].to(q.dtype)
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.dropout if self.training and self.weight_dropout else 0.0
         if need_weights:
             y, att = explicit_attention(q, k, v, mask, dropout_p)
         else:
@@ -232,7 +255,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, H, bias=cfg.bias)
         self.c_gate = nn.Linear(cfg.n_embd, H, bias=cfg.bias) if cfg.mlp == "swiglu" else None
         self.c_proj = nn.Linear(H, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
@@ -304,6 +327,10 @@ class GPT(nn.Module):
     model_type = "gpt"  # how checkpoints name this kind of model (see models.py)
     has_attention = True  # `return_attention=True` gives every head's weights
     learns_by = "gradient"
+    # The loss by `kernels.cross_entropy` (chunked, fp32 accumulation, the bf16 gradient
+    # written once) rather than F.cross_entropy on an fp32 copy of the logits: the same
+    # value to rounding. False: F.cross_entropy (the benchmarks compare the two).
+    fused_loss = True
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -311,7 +338,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-                drop=nn.Dropout(cfg.dropout),
+                drop=Dropout(cfg.dropout),
                 h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
                 ln_f=make_norm(cfg),
             )
@@ -480,5 +507,9 @@ class GPT(nn.Module):
             logits = c.logit_softcap * torch.tanh(logits / c.logit_softcap)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=-1)
+            flat, flat_targets = logits.view(-1, logits.size(-1)), targets.reshape(-1).long()
+            if self.fused_loss:
+                loss = cross_entropy(flat, flat_targets, ignore_index=-1)
+            else:
+                loss = F.cross_entropy(flat.float(), flat_targets, ignore_index=-1)
         return GPTOutput(logits, loss, tuple(attentions) if return_attention else None)
