@@ -74,11 +74,13 @@ class _CrossEntropy(torch.autograd.Function):
         N, V = logits.shape
         grad = torch.empty_like(logits)
         row_scale = valid.to(lse.dtype) * (g.to(lse.dtype) / n)  # [N]: 1/n per counted row, 0 if ignored
-        cols = torch.arange(V, device=logits.device)
+        minus_one = torch.full((N, 1), -1.0, dtype=lse.dtype, device=logits.device)
         for s in _chunks(N, V, ctx.chunk_rows):
-            p = (logits[s].to(lse.dtype) - lse[s, None]).exp_()  # softmax of the chunk's rows
-            p.sub_((cols[None, :] == safe[s, None]).to(p.dtype))  # - one_hot(target)
-            grad[s] = p.mul_(row_scale[s, None])
+            # three passes over the chunk, all in cache: bf16 - fp32 promotes to fp32 in one,
+            # the exponential in place, and the scaled product written as the logits' dtype
+            p = torch.sub(logits[s], lse[s, None]).exp_()  # softmax of the chunk's rows
+            p.scatter_add_(1, safe[s, None], minus_one[s])  # - one_hot(target)
+            torch.mul(p, row_scale[s, None], out=grad[s])
         return grad, None, None, None
 
 
