@@ -160,3 +160,35 @@ def test_dropout_module_is_f_dropout_when_slow_and_off_in_eval():
         d.fast = fast
         rates.append((d(big) != 0).double().mean().item())
     assert abs(rates[0] - rates[1]) < 5 * math.sqrt(2 * 0.21 / big.numel())
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=VARIANT_IDS)
+def test_residual_only_dropout_keeps_fast_attention_equal_to_explicit_in_training(kw, monkeypatch):
+    """With dropout on the attention weights off (the flash kernel's path), the SDPA model
+    and the explicit-softmax one draw the same residual masks under one seed and compute the
+    same training-mode output; today's weight dropout makes the two draw different masks."""
+    monkeypatch.setattr("minigpt.model.CausalSelfAttention.weight_dropout", False)
+    m = tiny_gpt(dropout=0.2, **kw).train()
+    idx = torch.randint(0, 300, (3, 20))
+    torch.manual_seed(7)
+    fast = m(idx).logits
+    torch.manual_seed(7)
+    slow = m(idx, return_attention=True).logits
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(8)
+    assert not torch.allclose(m(idx).logits, fast)  # dropout is on: another seed, another output
+    m.eval()
+    torch.testing.assert_close(m(idx).logits, m(idx, return_attention=True).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_gpt_trained_with_fast_dropout_sees_the_keep_rate_of_f_dropout():
+    """Across the GPT's dropout sites (embeddings, attention output, MLP output), training
+    mode zeroes a share p of the residual-branch activations, as F.dropout does: measured on
+    the MLP's output through a forward hook."""
+    m = tiny_gpt(dropout=0.25, n_embd=64).train()
+    seen = []
+    m.transformer.h[0].mlp.dropout.register_forward_hook(lambda mod, inp, out: seen.append((out == 0).double().mean()))
+    torch.manual_seed(0)
+    m(torch.randint(0, 300, (8, 32)))
+    n = 8 * 32 * 64
+    assert abs(seen[0].item() - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n)
