@@ -4,27 +4,37 @@ computing the same function (the tests hold them to a float64 recomputation):
 - `cross_entropy`: the mean next-token loss and its gradient, in row chunks, storing only
   one float per row (the log-sum-exp) beside the logits the model keeps anyway.
 - `dropout`: inverted dropout whose keep-mask comes from 16 random bits per element drawn
-  two to a 32-bit word, instead of one Bernoulli draw (and one float mask) per element.
+  four to a 64-bit word, instead of one Bernoulli draw (and one float mask) per element.
 
 Why the cross-entropy is slow in PyTorch's form (`F.cross_entropy(logits.float(), ...)`),
-at the cpu preset (batch 32 x 64 = 2048 rows, vocabulary 2048): every step makes and walks
-five full [2048, 2048] fp32 tensors, 16 MB each -- the fp32 copy of the bf16 logits, the
+at the cpu preset (batch 32 x 64 = 2048 rows, vocabulary 2048): each step makes and walks
+five full [2048, 2048] tensors of 8-16 MB -- the fp32 copy of the bf16 logits, the
 log-softmax output (kept for the backward), nll_loss's zero-filled gradient with one entry
-per row, log-softmax's gradient, and the bf16 cast of that back -- about 120 MB of memory
-traffic for ~8 M exponentials. Timed alone, the same buffers are reused while hot in the
-cache; inside a step, the activations of the whole model have been through the cache in
-between, so every pass streams from DRAM (denormals were ruled out before). Done in chunks
-of rows, each chunk's fp32 temporaries stay in the per-core L2, and the backward writes the
-bf16 gradient once: softmax - one_hot, scaled, straight from the bf16 logits and the saved
-log-sum-exp.
+per row, log-softmax's gradient, and its cast back to bf16 -- ~120 MB of memory traffic for
+~8 M exponentials; log-softmax's backward alone reads 32 MB and writes 16. What is known:
+denormals were ruled out before; page faults are not it (getrusage counts 0 minor faults a
+step in the steady state, with glibc's thresholds raised by `runtime.keep_freed_memory`; a
+16 MB buffer does fault in on the warm-up steps, and alone, where the same call repeats
+without the model's allocations between, 819 faults a call). The likely rest, not proven
+on a shared machine: timed alone, the buffers are reused while hot in the last-level cache;
+inside a step the whole model's activations have streamed through it in between, so each
+pass comes from DRAM. (On this session's loaded VM the profiler gave 5.4 ms in a step
+against 2.35 ms alone: 2.3x, not the 15-20x seen on a quiet one.) Done in chunks of rows,
+each chunk's fp32 temporaries stay in a core's L2, nothing [N, V]-sized is made but the
+bf16 gradient, written once (softmax - one_hot, scaled, from the bf16 logits and the
+saved log-sum-exp), and the forward keeps one float per row instead of a 16 MB log-softmax.
 
 Why dropout is slow: `F.dropout` on the CPU is `bernoulli_(1 - p)` into a tensor of the
-input's dtype, a division, a product, and autograd keeps that float mask. PyTorch's
-Bernoulli kernel draws one Mersenne-Twister number per element, on one thread (its MKL path
-is for Intel CPUs only). `torch.randint` draws 32 bits per number, also on one thread, so
-taking two 16-bit halves of each word halves the draws; comparing them to a threshold gives
-the mask. The keep rate is then round((1 - p) * 65536) / 65536 (0.899994 for p = 0.1) and
-the scale its exact inverse, so E[dropout(x)] = x still holds exactly.
+input's dtype, a division and a product, and autograd keeps that float mask. The Bernoulli
+kernel runs serially, one Mersenne-Twister draw per element through a distribution object.
+`random_` over the full int64 range fills 64 bits per element in two draws, also serially:
+read as four 16-bit uniforms and compared to a threshold, they make the mask with two draws
+per four elements in a plain fill loop. (Alone, single-threaded, on a loaded machine: 0.37
+ms for the bits of a [32, 64, 192] mask against 6.6 ms for bernoulli_ -- a ratio, not a
+timing to quote.) The keep rate is then round((1 - p) * 65536) / 65536 (0.899994 for
+p = 0.1) and the scale its exact inverse, so E[dropout(x)] = x holds exactly. What this
+does not fix: dropout on the attention weights makes SDPA leave its flash kernel on the CPU
+(see model.CausalSelfAttention.weight_dropout).
 """
 
 from __future__ import annotations
@@ -130,16 +140,18 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None)
     """Inverted dropout: each element kept with probability keep_probability(p) ~ 1 - p and
     scaled by its inverse, else zeroed; elements independent.
 
-    Randomness: 32-bit words from torch's generator (`generator`, else the default one, so
-    `torch.manual_seed` makes it repeatable), each split into two 16-bit uniforms.
+    Randomness: 64-bit words from torch's generator (`generator`, else the default one, so
+    `torch.manual_seed` makes it repeatable), each split into four 16-bit uniforms.
     """
     if p <= 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
     n = x.numel()
-    words = torch.randint(-(2**31), 2**31, ((n + 1) // 2,), dtype=torch.int32, device=x.device, generator=generator)
-    u16 = words.view(torch.int16)[:n].view(x.shape)  # two uniform int16 per word, in [-32768, 32768)
+    # 64 random bits per int64 (two Mersenne-Twister draws: the full-range path; a range
+    # given to randint would draw 64 bits for every 32-bit word), read as four int16
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None, generator=generator)
+    u16 = words.view(torch.int16)[:n].view(x.shape)  # uniform in [-32768, 32768)
     keep = keep_probability(p)
     # u16 + 32768 is uniform on [0, 65536): kept iff it is below keep * 65536
     drop = u16 >= round(keep * 65536) - 32768

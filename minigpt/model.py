@@ -137,7 +137,7 @@ def make_norm(cfg: GPTConfig, dim: int | None = None) -> nn.Module:
 class Dropout(nn.Dropout):
     """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)),
     with its masks drawn by `kernels.dropout`: the same distribution (keep rate 1 - p to
-    1/65536), a quarter of the random draws and a 1-byte mask instead of a float one. `fast`
+    1/65536), a fraction of the random-number work and a 1-byte mask instead of a float one. `fast`
     False is F.dropout itself (the benchmarks compare the two in one process)."""
 
     fast = True

@@ -119,7 +119,7 @@ def test_dropout_keeps_one_minus_p_independently_scaled_by_its_inverse(p):
     assert torch.equal(y[kept], torch.full_like(y[kept], 3.0 / keep))
     flat = kept.flatten()
     bound = 5 / math.sqrt(n)
-    # neighbours (the two 16-bit halves of one random word: even/odd), rows, and a second call
+    # neighbours (16-bit quarters of one random word), rows, and a second call
     assert abs(_indicator_correlation(flat[0::2][: n // 2], flat[1::2][: n // 2])) < bound * 1.5
     assert abs(_indicator_correlation(flat[1:-1:2], flat[2::2])) < bound * 1.5
     assert abs(_indicator_correlation(kept[:-1], kept[1:])) < bound * 1.5
