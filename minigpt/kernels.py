@@ -49,7 +49,9 @@ _CHUNK_FLOATS = 2**18
 
 
 def _chunks(n_rows: int, vocab: int, chunk_rows: int | None):
-    step = chunk_rows or max(1, _CHUNK_FLOATS // vocab)
+    # at least 8 rows: a 50k vocabulary would otherwise make thousands of tiny chunks, each
+    # paying an op's fixed cost several times
+    step = chunk_rows or max(8, _CHUNK_FLOATS // vocab)
     for i in range(0, n_rows, step):
         yield slice(i, min(i + step, n_rows))
 

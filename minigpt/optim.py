@@ -73,10 +73,12 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape[(*(update.mT if tall else update).shape, p.device, tall)].append((p, update))
             # one batched orthogonalisation per (wide) shape
             for (_, _, _, tall), items in by_shape.items():
-                stack = torch.stack([u.mT if tall else u for _, u in items])  # [n, rows, cols], rows <= cols
+                # [n, rows, cols], rows <= cols; cast first: one copy, in bf16, as newton_schulz starts
+                stack = torch.stack([(u.mT if tall else u).bfloat16() for _, u in items])
                 ortho = newton_schulz(stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 for (p, _), o in zip(items, ortho):
-                    p.mul_(1 - lr * wd)
+                    if wd:  # (x 1.0 is exact: skipping it changes nothing but a pass over p)
+                        p.mul_(1 - lr * wd)
                     p.add_(o.mT if tall else o, alpha=-_adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
         return loss
 
