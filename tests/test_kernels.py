@@ -39,8 +39,10 @@ def test_cross_entropy_equals_float64_f_cross_entropy(chunk_rows):
     logits = (torch.randn(N, V, dtype=torch.float64) * 4).requires_grad_()
     targets = torch.randint(0, V, (N,))
     targets[::5] = -1  # ignored rows count for nothing, in the loss and in n
+    before = logits.detach().clone()
     loss = kernels.cross_entropy(logits, targets, chunk_rows=chunk_rows)
     (loss * 2.5).backward()
+    assert torch.equal(logits.detach(), before)  # the backward works on copies, never on the logits
     ref_loss, ref_grad = _reference(logits, targets, g=2.5)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(logits.grad, ref_grad, rtol=1e-12, atol=1e-12)
