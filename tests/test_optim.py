@@ -17,20 +17,25 @@ from .conftest import tiny_gpt
 SHAPES = [(24, 40), (24, 40), (40, 24), (16, 16), (16, 16), (40, 24), (7, 3)]
 
 
-def _params(seed=0):
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                   reason="needs CUDA")])]
+
+
+def _params(seed=0, device="cpu"):
     torch.manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in SHAPES]
+    return [torch.nn.Parameter((torch.randn(*s) * 0.1).to(device)) for s in SHAPES]
 
 
 def _set_grads(params, seed):
     g = torch.Generator().manual_seed(seed)
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, generator=g).to(p.device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kw", [dict(), dict(nesterov=False, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")])
-def test_batched_muon_updates_as_torch_muon(kw):
-    ours, theirs = _params(), _params()
+def test_batched_muon_updates_as_torch_muon(kw, device):
+    ours, theirs = _params(device=device), _params(device=device)
     a = BatchedMuon(ours, lr=0.02, momentum=0.95, **kw)
     b = torch.optim.Muon(theirs, lr=0.02, momentum=0.95, **kw)
     for step in range(4):
