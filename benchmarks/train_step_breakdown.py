@@ -13,7 +13,9 @@ random character ids (65 of them, as nanoGPT's shakespeare_char). The rows:
 - minigpt, nanoGPT's model (the nanogpt-cpu preset: no biases, exact GELU), plain fp32:
   nn.Linear's products by MKL, fused AdamW;
 - + oneDNN linears (`onednn.use_onednn_linears`, what the trainer does on the CPU);
-- + bf16 autocast (what `--dtype auto` picks on a CPU with native bf16), attention in fp32.
+- + bf16 autocast (what `--dtype auto` picks on a CPU with native bf16), attention in fp32;
+- + the chunked cross-entropy (`kernels.cross_entropy`, the model's default; the rows above
+  use F.cross_entropy on fp32 logits, as before it).
 
 Both share the process, so glibc's malloc setting (`runtime.keep_freed_memory`, applied
 here before anything is built) helps both alike; `train_throughput.py` measures each as
@@ -34,7 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-NANOGPT = REPO.parent / "shared" / "peers" / "nanoGPT" / "model.py"
+# ../shared beside the clone (or beside a folder of worktrees, as /work/wt/NAME has /work/shared)
+SHARED = next((p / "shared" for p in REPO.parents if (p / "shared" / "peers").is_dir()), REPO.parent / "shared")
+NANOGPT = SHARED / "peers" / "nanoGPT" / "model.py"
 B, T, V = 12, 64, 65
 
 
@@ -72,9 +76,12 @@ def main() -> None:
         their_opt = theirs.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
     plain = GPT(GPTConfig(vocab_size=V, bias=m.bias, mlp=m.mlp, pos_encoding=m.pos_encoding, **shape))
     plain.check_inputs = False  # the trainer checks its data once, not every step
+    plain.fused_loss = False  # F.cross_entropy, until the last row
     dnnl = copy.deepcopy(plain)
     onednn.use_onednn_linears(dnnl)
     bf16 = copy.deepcopy(dnnl)
+    fused = copy.deepcopy(bf16)
+    fused.fused_loss = True
 
     def step_fn(model, opt, autocast=False):
         def step(x, y):
@@ -92,6 +99,7 @@ def main() -> None:
         "minigpt fp32, MKL products": step_fn(plain, adamw(plain)),
         "+ oneDNN linears (fp32)": step_fn(dnnl, adamw(dnnl)),
         "+ bf16 autocast, fp32 attention": step_fn(bf16, adamw(bf16), autocast=True),
+        "+ chunked cross-entropy": step_fn(fused, adamw(fused), autocast=True),
     }
     data = torch.randint(0, V, (200_000,))
 
@@ -110,7 +118,8 @@ def main() -> None:
             f(x, y)
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["nanoGPT (its model.py, fp32)"])
-    print(f"one training step, batch {B} x {T}, {args.steps} interleaved steps each (torch threads: {torch.get_num_threads()})")
+    print(f"one training step, batch {B} x {T}, {args.steps} interleaved steps each "
+          f"(torch threads: {torch.get_num_threads()})")
     print(f"{'row':<34} {'ms/step':>8} {'tokens/s':>9} {'vs nanoGPT':>11}")
     for k, v in times.items():
         med = statistics.median(v)

@@ -1,0 +1,265 @@
+"""The default `cpu` preset's training step with each speed lever on and off, interleaved
+in one run, its model FLOPs utilisation against a bf16 matrix-product peak measured in the
+same run, and optionally beside the code of another checkout (today's main, say).
+
+    python benchmarks/train_step_speed.py                            # every lever, 3 rounds
+    python benchmarks/train_step_speed.py --base ../base             # + a worktree's code, "before"
+    python benchmarks/train_step_speed.py --dropout 0.1 --variants off on drop-today drop-fast drop-fast-resid
+    python benchmarks/train_step_speed.py --variants on compile      # torch.compile on the CPU
+    python benchmarks/train_step_speed.py --profile 10               # + the profiler's top ops per variant
+    python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
+
+A step is what the trainer does (trainer.py): forward under the runtime's autocast (bf16
+on a CPU with native bf16), backward, gradient clipping at the preset's 1.0, and every
+optimizer's update (Muon for the block matrices, fused AdamW for the rest), on random ids
+of the bundled corpus's vocabulary (2048) at the preset's batch x block (32 x 64). The
+model is built as the trainer builds it (`models.from_args`), its Linears on oneDNN.
+
+Each variant runs in its own worker process (its own allocator, threads and caches, as a
+real run has), built once and warmed up; then rounds go round the workers, each timing
+`--steps` steps in turn, so a slow minute on a shared machine hits every variant alike.
+Reported: the median step over all rounds, tokens/s, the ratio to the first variant, and
+MFU = flops_per_token x tokens/s / peak, where the peak is the best bf16 [2048 x 2048] x
+[2048 x 2048] product rate (GFLOP/s) measured in a worker between the rounds. The FLOPs are
+the model's (PaLM's 6N + attention); Muon's Newton-Schulz is not counted, as MFU usually
+is not.
+
+The levers (kernels.py, optim.py, model.py), each a variant's switch:
+  fused_loss     kernels.cross_entropy instead of F.cross_entropy on fp32 logits
+  batched_muon   optim.BatchedMuon instead of torch.optim.Muon
+  fast_dropout   kernels.dropout's masks instead of F.dropout's (with --dropout > 0)
+  weight_dropout dropout on the attention weights too (today's model; off keeps the flash kernel)
+  compile        torch.compile the model (then no oneDNN Linears, as the trainer does)
+`--base DIR` adds a variant "base" running DIR's minigpt (e.g. `git worktree add ../base
+main`) with its own defaults; a lever its code lacks is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> levers; "off" is today's main computed by this checkout (every lever off)
+OFF = dict(fused_loss=False, batched_muon=False, fast_dropout=False, weight_dropout=True, compile=False)
+ON = dict(fused_loss=True, batched_muon=True, fast_dropout=True, weight_dropout=True, compile=False)
+VARIANTS = {
+    "off": OFF,
+    "fused-loss": {**OFF, "fused_loss": True},
+    "batched-muon": {**OFF, "batched_muon": True},
+    "on": ON,
+    "compile": {**ON, "compile": True},
+    # with --dropout p: today's dropout, its masks drawn cheaply, and residual-only dropout
+    "drop-today": {**ON, "fast_dropout": False, "dropout": True},
+    "drop-fast": {**ON, "dropout": True},
+    "drop-fast-resid": {**ON, "weight_dropout": False, "dropout": True},
+}
+
+
+# ---- the worker: one variant, in its own process ----------------------------------------------
+
+
+def worker(repo: str, levers: dict, args: dict) -> None:
+    """Build the model and optimizers with `repo`'s minigpt, then serve commands on stdin
+    (JSON lines): {"steps": n} times n steps, {"peak": 1} measures the bf16 product rate,
+    {"profile": n} profiles n steps. Answers one JSON line each on stdout."""
+    sys.path.insert(0, repo)
+    import torch
+
+    from minigpt import models, onednn, runtime, trainer
+    from minigpt.config import TrainConfig, apply_preset
+
+    runtime.keep_freed_memory()
+    cfg = TrainConfig()
+    apply_preset(cfg, args["preset"])
+    cfg.model.dropout = args["dropout"] if levers.get("dropout") else 0.0
+    cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
+    B, T, V = cfg.optim.batch_size, cfg.model.block_size, args["vocab"]
+    rt = runtime.init_runtime("cpu", args["dtype"])
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    torch.manual_seed(0)
+    model = models.from_args(cfg.model, V)
+    model.check_inputs = False
+    missing = []
+
+    def lever(name, owner, attr):  # switch a lever where this code has it
+        if hasattr(owner, attr):
+            setattr(owner, attr, levers[name])
+        elif levers[name] != OFF[name]:
+            missing.append(name)
+
+    from minigpt import model as model_mod
+
+    lever("fused_loss", model, "fused_loss")
+    lever("fast_dropout", getattr(model_mod, "Dropout", object), "fast")  # a class switch: this process only
+    lever("weight_dropout", model_mod.CausalSelfAttention, "weight_dropout")
+    try:
+        from minigpt.optim import make_optimizers
+
+        optimizers = make_optimizers(model, cfg, rt.device, batched_muon=levers["batched_muon"])
+    except ImportError:  # code without optim.py: the trainer's own
+        optimizers = trainer.make_optimizers(model, cfg, rt.device)
+        if levers["batched_muon"]:
+            missing.append("batched_muon")
+    if levers["compile"]:
+        fwd = torch.compile(model)
+    else:
+        onednn.use_onednn_linears(model)
+        fwd = model
+    model.train()
+    clip = cfg.optim.grad_clip
+
+    def step():
+        x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+        with rt.autocast():
+            loss = fwd(x, y).loss
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    for _ in range(args["warmup"]):
+        step()
+    info = dict(flops_per_token=model.flops_per_token(T), tokens_per_step=B * T, missing=missing,
+                dtype=str(rt.dtype), threads=torch.get_num_threads())
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if "steps" in cmd:
+            times = []
+            for _ in range(cmd["steps"]):
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+            print(json.dumps({"times": times}), flush=True)
+        elif "peak" in cmd:
+            print(json.dumps({"gflops": bf16_peak(torch)}), flush=True)
+        elif "profile" in cmd:
+            from torch.profiler import profile
+
+            with profile() as prof:
+                for _ in range(cmd["profile"]):
+                    step()
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
+            print(json.dumps({"table": table}), flush=True)
+
+
+def bf16_peak(torch, n: int = 2048, reps: int = 5) -> float:
+    """The best rate (GFLOP/s) of a bf16 [n x n] x [n x n] product over `reps` tries."""
+    a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, name: str, repo: Path, levers: dict, args):
+        spec = dict(preset=args.preset, dropout=args.dropout, batch_size=args.batch_size, vocab=args.vocab,
+                    dtype=args.dtype, warmup=args.warmup, threads=args.threads)
+        # the worker function comes from this file, whichever repo's minigpt it imports
+        code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import train_step_speed as t; "
+                f"t.worker({str(repo)!r}, json.loads({json.dumps(json.dumps(levers))}), "
+                f"json.loads({json.dumps(json.dumps(spec))}))")
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=repo)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker {self.name} died (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["off", "fused-loss", "batched-muon", "on"],
+                    choices=list(VARIANTS))
+    ap.add_argument("--base", type=Path, default=None, help="also run this checkout's minigpt (the 'before' side)")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--vocab", type=int, default=2048, help="vocabulary (the bundled corpus's: 2048)")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: the preset's")
+    ap.add_argument("--dropout", type=float, default=0.1, help="the p of the drop-* variants")
+    ap.add_argument("--dtype", default="auto", help="the runtime's dtype policy (auto: bf16 where native)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=50, help="steps timed per variant per round")
+    ap.add_argument("--warmup", type=int, default=15, help="steps run once before timing (compilation too)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default); on a "
+                    "machine shared with other jobs, 1 keeps a variant from waiting on a descheduled thread")
+    ap.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps per variant")
+    args = ap.parse_args()
+    if args.base is not None and not (args.base / "minigpt" / "__init__.py").is_file():
+        print(f"error: --base {args.base}: no minigpt package there", file=sys.stderr)
+        raise SystemExit(2)
+
+    plan = [(v, REPO, VARIANTS[v]) for v in args.variants]
+    if args.base:  # today's code, without dropout and (if any variant has it) with
+        plan = [("base", args.base.resolve(), OFF)] + plan
+        if any(VARIANTS[v].get("dropout") for v in args.variants):
+            plan.insert(1, ("base-drop", args.base.resolve(), {**OFF, "dropout": True}))
+    workers: list[Worker] = []
+    try:
+        for name, repo, levers in plan:
+            print(f"starting {name} ...", file=sys.stderr, flush=True)
+            workers.append(Worker(name, repo, levers, args))
+        report(workers, args)
+    finally:  # a worker never outlives the run (an error, Ctrl-C, a closed pipe)
+        for w in workers:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def report(workers: list[Worker], args) -> None:
+    times: dict[str, list[float]] = {w.name: [] for w in workers}
+    peaks = [workers[0].ask(peak=1)["gflops"]]
+    for r in range(args.rounds):
+        for w in workers:
+            times[w.name] += w.ask(steps=args.steps)["times"]
+        peaks.append(workers[r % len(workers)].ask(peak=1)["gflops"])
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {statistics.median(t) * 1e3:.1f} ms"
+                                                          for n, t in times.items()), file=sys.stderr, flush=True)
+    peak = max(peaks)
+    first = workers[0]
+    base_ms = statistics.median(times[first.name])
+    info = first.info
+    print(f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step, {info['dtype']}, "
+          f"{info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step")
+    print(f"bf16 product peak ({'2048^3'}): {peak:,.0f} GFLOP/s (best of {len(peaks)} measurements in this run)")
+    print(f"{'variant':<16} {'ms/step':>8} {'tokens/s':>9} {'vs ' + first.name:>10} {'MFU':>6}  levers missing")
+    for w in workers:
+        ms = statistics.median(times[w.name])
+        tps = w.info["tokens_per_step"] / ms
+        mfu = w.info["flops_per_token"] * tps / (peak * 1e9)
+        print(f"{w.name:<16} {ms * 1e3:>8.2f} {tps:>9,.0f} {base_ms / ms:>9.2f}x {mfu:>6.1%}  "
+              f"{', '.join(w.info['missing']) or '-'}")
+    if args.profile:
+        for w in workers:
+            print(f"\n---- {w.name}: {args.profile} steps under torch.profiler ----")
+            print(w.ask(profile=args.profile)["table"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
