@@ -301,7 +301,9 @@ def _readers(tmp: Path, ckpt: Path):
     shutil.copytree(ckpt, run / "step-0000001")
     os.symlink("step-0000001", run / "last")
     c = run / "last"
-    save_checkpoint(c, load_checkpoint(c).model, load_checkpoint(c).tokenizer, run={"step": 1}, trainer_state={"step": 1})
+    # saved to the step directory itself: a writer never replaces a symbolic link (`last` stays one)
+    save_checkpoint(run / "step-0000001", load_checkpoint(c).model, load_checkpoint(c).tokenizer, run={"step": 1},
+                    trainer_state={"step": 1})
     return run, {
         "config.json": lambda: load_checkpoint(c),
         "run.json": lambda: (read_run(c), load_run(run)),

@@ -111,7 +111,7 @@ def test_dependencies_point_one_way():
     command line at the top)."""
     layers = [
         {"errors"}, {"files", "config"}, {"tokenizer", "model", "runtime", "onednn"}, {"baselines"}, {"models"},
-        {"checkpoint", "data", "sampling"}, {"completion", "inference"},
+        {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling"}, {"completion", "inference"},
         {"evaluate", "trainer", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
     level = {m: i for i, group in enumerate(layers) for m in group}
