@@ -53,7 +53,6 @@ WEIGHTS, CONFIG, TOKENIZER, RUN, TRAINER_STATE = (
     "model.safetensors", "config.json", "tokenizer.json", "run.json", "trainer_state.pt"
 )
 METRICS, TRAIN_CONFIG, LOCK = "metrics.jsonl", "train_config.json", ".lock"
-CHECKPOINT_FILES = (WEIGHTS, CONFIG, TOKENIZER, RUN, TRAINER_STATE)
 PICKLED_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt", "model.bin")
 # The weight dtypes minigpt reads (converted to the model's dtype on load). Others (float8,
 # complex, quantised) are refused by name: torch cannot even check them for NaN.
@@ -110,7 +109,6 @@ def save_checkpoint(
 
     An existing directory at `path` is replaced only once the new one is complete."""
     model = models.unwrap(model)
-    files.check_replaceable(path, directory=True, ours=CHECKPOINT_FILES)
     with files.atomic_directory(path) as tmp:
         save_tensors(_tensors_to_save(model), tmp / WEIGHTS)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict()}

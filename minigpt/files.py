@@ -35,7 +35,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +146,14 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def check_replaceable(path: str | os.PathLike, *, directory: bool, marker: str | None = None,
-                      ours: Collection[str] | None = None) -> None:
+def check_replaceable(path: str | os.PathLike, *, directory: bool) -> None:
     """Refuse to replace what minigpt did not write: the rule of every `--force`.
 
     Nothing there is fine. A file writer replaces only a regular file; a directory writer
-    only a real directory (not a link to one) holding nothing but regular files (`ours`:
-    only those names; `marker`: a non-empty one must hold that file, e.g. config.json).
-    A device, FIFO, socket or symbolic link is refused whatever the user's privileges
-    (FileError with kind "not-ours", one line naming what is there)."""
+    only a real directory (not a link to one) holding nothing but regular files, as every
+    directory minigpt writes does (a checkpoint, an export): so never a home directory or
+    a system one. A device, FIFO, socket or symbolic link is refused whatever the user's
+    privileges (FileError with kind "not-ours", one line naming what is there)."""
     p = Path(path)
     st = lstat(p)
     if st is None:
@@ -180,10 +179,6 @@ def check_replaceable(path: str | os.PathLike, *, directory: bool, marker: str |
     for e in entries:
         if not e.is_file(follow_symlinks=False):
             raise refuse(f"a directory holding {e.name!r} ({_kind_of(e.stat(follow_symlinks=False).st_mode)})")
-        if ours is not None and e.name not in ours and not e.name.startswith("."):
-            raise refuse(f"a directory holding {e.name!r}")
-    if marker is not None and entries and not any(e.name == marker for e in entries):
-        raise refuse(f"a directory without {marker}")
 
 
 def open_regular(path: str | os.PathLike, what: str = "file") -> int:
