@@ -190,7 +190,7 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> int:
     with contextlib.suppress(OSError):
         st = os.stat(p)
     if st is not None and not stat.S_ISREG(st.st_mode):  # before open: a device's open can have effects
-        raise FileError(f"{p}: is {_kind_of(st.st_mode)}, not a {what}" if not stat.S_ISDIR(st.st_mode)
+        raise FileError(f"{p}: is {_kind_of(st.st_mode)}, not a regular file" if not stat.S_ISDIR(st.st_mode)
                         else f"{p}: is a directory, not a {what}")
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
@@ -203,7 +203,7 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):  # swapped in between the stat and the open
         os.close(fd)
-        raise FileError(f"{p}: is {_kind_of(mode)}, not a {what}")
+        raise FileError(f"{p}: is {_kind_of(mode)}, not a regular file")
     return fd
 
 
