@@ -438,6 +438,7 @@ def json_safe(obj: Any) -> Any:
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line to a log file (metrics.jsonl). A line cut short by a kill is
     skipped by the readers, so appending needs no temporary file."""
+    check_replaceable(path, directory=False)  # a FIFO would block the append; a link would write elsewhere
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(line.rstrip("\n") + "\n")

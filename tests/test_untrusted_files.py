@@ -449,3 +449,29 @@ def test_arbitrary_values_in_every_run_file(tmp_path_factory, ckpt, where, data,
     if where == "model" and sys.platform != "win32":  # through the command line: one line and exit 2, or a sample
         rc, _, err = main("sample", "--checkpoint", str(c), "--prompt", "hi", "--max-new-tokens", "2")
         assert rc in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (rc, err)
+
+
+def test_create_directories_makes_and_reports_only_what_was_missing(tmp_path):
+    (tmp_path / "a").mkdir()
+    assert files.topmost_missing(tmp_path / "a") is None
+    assert files.topmost_missing(tmp_path / "a" / "b" / "c") == tmp_path / "a" / "b"
+    made = files.create_directories(tmp_path / "a" / "b" / "c")
+    assert made == [tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"] and (tmp_path / "a" / "b" / "c").is_dir()
+    assert files.create_directories(tmp_path / "a" / "b" / "c") == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OSError):
+        files.create_directories(tmp_path / "f" / "x")  # under a file: nothing made, nothing left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "f"]
+
+
+def test_the_run_lock_is_held_once(tmp_path):
+    from minigpt.checkpoint import RunDirectory
+
+    rd = RunDirectory(tmp_path)
+    with rd.lock():
+        with pytest.raises(MiniGPTError, match="in use by another minigpt training process") as e:
+            with RunDirectory(tmp_path).lock():
+                pass
+        assert e.value.kind == "locked"
+    with RunDirectory(tmp_path).lock():  # released on exit: the next run takes it
+        pass
