@@ -116,8 +116,11 @@ def topmost_missing(path: str | os.PathLike) -> Path | None:
 
 
 def create_directories(path: str | os.PathLike) -> list[Path]:
-    """Create `path` and its missing parents; returns the ones created, outermost first
-    (so a failure can remove exactly those, innermost first, and nothing else)."""
+    """Create `path` and its missing parents; returns the ones this call created, outermost
+    first (so a failure can remove exactly those, innermost first, and nothing else). A
+    directory another process creates at the same instant is not claimed: two trainers
+    started at once must not both believe they made --out (the one refused by the run
+    lock would then delete the other's directory)."""
     top = topmost_missing(path)
     if top is None:
         return []
@@ -127,7 +130,12 @@ def create_directories(path: str | os.PathLike) -> list[Path]:
     made = []
     try:
         for d in reversed(chain):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue  # another process made it meanwhile: it is not ours to remove
             made.append(d)
     except OSError:
         for d in reversed(made):

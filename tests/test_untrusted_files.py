@@ -475,3 +475,16 @@ def test_the_run_lock_is_held_once(tmp_path):
         assert e.value.kind == "locked"
     with RunDirectory(tmp_path).lock():  # released on exit: the next run takes it
         pass
+
+
+def test_create_directories_never_claims_a_directory_made_meanwhile(tmp_path, monkeypatch):
+    real = Path.mkdir
+
+    def racing(self, *a, **k):  # another process creates `out` just before our mkdir
+        if self.name == "out" and not self.exists():
+            real(self)
+            raise FileExistsError(17, "File exists", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    assert files.create_directories(tmp_path / "out" / "sub") == [tmp_path / "out" / "sub"]
