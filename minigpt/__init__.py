@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _API = {
     "GPT": "model", "GPTConfig": "config", "KVCache": "model",
     "Tokenizer": "tokenizer",
-    "prepare": "data", "Dataset": "data", "WindowSampler": "data",
+    "prepare": "corpus", "Dataset": "dataset", "WindowSampler": "dataset",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_for_inference": "inference",
     "LanguageModel": "models",
     "generate": "sampling", "SamplingParams": "sampling",

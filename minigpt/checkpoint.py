@@ -16,7 +16,7 @@ A *run directory* (`--out`) holds checkpoints `step-NNNNNNN/` plus two symbolic 
 
     metrics.jsonl       one JSON object per line: training lines and evaluation lines
     train_config.json   the resolved settings of the run (each checkpoint's run.json too)
-    .lock               held (flock) by the one process training into the directory
+    .lock               held (an OS lock, `files.try_lock`) by the one process training into it
  Saving writes a new step directory under a
 temporary name, renames it into place, then atomically repoints the links
 (`os.replace` of a new link over the old one). A process killed at any instant leaves
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import pickle
 import re
@@ -55,6 +54,9 @@ WEIGHTS, CONFIG, TOKENIZER, RUN, TRAINER_STATE = (
 )
 METRICS, TRAIN_CONFIG, LOCK = "metrics.jsonl", "train_config.json", ".lock"
 PICKLED_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt", "model.bin")
+# The weight dtypes minigpt reads (converted to the model's dtype on load). Others (float8,
+# complex, quantised) are refused by name: torch cannot even check them for NaN.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_STATE_BYTES = 64 << 30  # trainer_state.pt: optimizer moments of a model up to the size cap
 
 
@@ -169,16 +171,40 @@ class Checkpoint:
     run: dict[str, Any] | None = field(default=None)
 
 
+def check_weight(name: str, t: torch.Tensor, where: str | os.PathLike) -> None:
+    """The rule for every floating-point tensor read from a file (ours, or Hugging Face's):
+    a dtype on `WEIGHT_DTYPES` (named in the refusal) and finite values."""
+    if not t.is_floating_point():
+        return
+    if t.dtype not in WEIGHT_DTYPES:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in WEIGHT_DTYPES)
+        raise CheckpointError(
+            f"{where}: tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, which minigpt does not read "
+            f"(weights must be {allowed})"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values (a diverged or corrupt model)")
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU (a regular file only: a FIFO is refused, not
+    waited on), or one CheckpointError naming it."""
+    try:
+        files.require_regular(path, "safetensors file")
+        return load_file(str(path), device="cpu")
+    except files.FileError as e:
+        raise CheckpointError(str(e)) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+
+
 def _load_weights(path: Path, model: nn.Module) -> None:
     weights = path / WEIGHTS
-    if not weights.is_file():
+    if not os.path.lexists(weights):
         pickled = [n for n in PICKLED_NAMES if (path / n).exists()]
         hint = f" ({', '.join(pickled)} is a pickle, which minigpt never loads)" if pickled else ""
         raise CheckpointError(f"{weights}: missing{hint}")
-    try:
-        tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{weights}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+    tensors = load_safetensors(weights)
     expected = model.state_dict()
     tied = {"lm_head.weight"} if getattr(model.config, "tie_weights", False) else set()
     missing = [n for n in expected if n not in tensors and n not in tied]
@@ -193,8 +219,7 @@ def _load_weights(path: Path, model: nn.Module) -> None:
             )
         if t.dtype != expected[name].dtype and not (t.is_floating_point() and expected[name].is_floating_point()):
             raise CheckpointError(f"{weights}: tensor {name} has dtype {t.dtype}, expected {expected[name].dtype}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values (a diverged or corrupt model)")
+        check_weight(name, t, weights)
     model.load_state_dict(tensors, strict=False)
 
 
@@ -268,6 +293,10 @@ def safe_torch_load(path: Path) -> Any:
     weights_only=False (which must never be followed for a file one did not write) and its
     pickle-protocol warning are not passed on."""
     try:
+        files.require_regular(path, "PyTorch file")
+    except files.FileError as e:
+        raise CheckpointError(str(e)) from None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol ...": noise before the refusal
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -287,7 +316,7 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     with its fields checked: step, tokens_seen (integers), best_val_loss and train_time_s
     (numbers), optimizer (a state dict), rng (a dict of tensors)."""
     f = Path(path) / TRAINER_STATE
-    if not f.is_file():
+    if not os.path.lexists(f):
         raise CheckpointError(f"{f}: missing (this checkpoint cannot be resumed)")
     state = safe_torch_load(f)
     if not isinstance(state, dict):
@@ -413,29 +442,18 @@ class RunDirectory:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run directory for this process's lifetime in the block: an OS lock
-        (flock) on `.lock`, released on any exit, even kill -9 (the kernel drops it with the
-        process), so a stale lock never blocks a later run. A second trainer, a --resume or
+        """Hold the run directory for this process's lifetime in the block: an OS lock on
+        `.lock` (`files.try_lock`: flock on POSIX, LockFileEx on Windows), released on any
+        exit, even kill -9 (the kernel drops it with the process), so a stale lock never
+        blocks a later run. A second trainer, a --resume or
         a fine-tune into a held directory is refused with one line."""
+        held = files.try_lock(self.path / LOCK)
+        if held is None:
+            raise MiniGPTError(
+                f"{self.path} is in use by another minigpt training process; wait for it to finish, "
+                f"or choose another --out", kind="locked"
+            )
         try:
-            import fcntl
-        except ImportError:  # not POSIX (Windows): no lock, as before
-            yield
-            return
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise files.os_error(e, self.path / LOCK) from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise MiniGPTError(
-                    f"{self.path} is in use by another minigpt training process; wait for it to finish, "
-                    f"or choose another --out"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            held.release()

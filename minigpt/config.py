@@ -46,9 +46,22 @@ MAX_SEED = 2**63 - 1  # torch and numpy both take seeds in [0, 2^63)
 
 
 def check_field(cond: bool, name: str, msg: str) -> None:
-    """Raise ConfigError("name: msg") unless cond: every config error names its field."""
+    """Raise ConfigError("name: msg") unless cond: every config error names its field (in
+    the text, and as `.field` for callers)."""
     if not cond:
-        raise ConfigError(f"{name}: {msg}")
+        raise ConfigError(f"{name}: {msg}", field=name)
+
+
+def is_real(v: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """A JSON/Python number (not a bool, not a string) that is finite as a float and in
+    [lo, hi]: the numeric rule for float settings (a 400-digit integer is not a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(f) and lo <= f <= hi
 
 
 _check = check_field
@@ -95,21 +108,17 @@ class GPTConfig:
             f"must be divisible by n_head ({self.n_embd} is not a multiple of {self.n_head})",
         )
         _check(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            is_real(self.dropout, 0.0) and self.dropout < 1.0,
             "dropout",
             f"must be in [0, 1), got {self.dropout!r}",
         )
         _check(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}; got {self.pos_encoding!r}")
         if self.pos_encoding == "rope":
             _check(self.head_dim % 2 == 0, "n_embd", f"rope needs an even head size (n_embd / n_head = {self.head_dim})")
-        _check(
-            isinstance(self.rope_base, (int, float)) and self.rope_base > 1, "rope_base", f"must be > 1, got {self.rope_base!r}"
-        )
-        _check(
-            isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0,
-            "layer_norm_eps",
-            f"must be positive, got {self.layer_norm_eps!r}",
-        )
+        _check(is_real(self.rope_base, 1.0, 1e12) and self.rope_base > 1, "rope_base",
+               f"must be a number > 1 and at most 1e12, got {_short(self.rope_base)}")
+        _check(is_real(self.layer_norm_eps, 0.0, 1.0) and self.layer_norm_eps > 0, "layer_norm_eps",
+               f"must be a positive number at most 1, got {_short(self.layer_norm_eps)}")
         for name in ("bias", "tie_weights"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         _check(isinstance(self.pos_encoding, str), "pos_encoding", f"must be a string, got {self.pos_encoding!r}")
@@ -117,8 +126,8 @@ class GPTConfig:
         _check(self.mlp in MLPS, "mlp", f"must be one of {', '.join(MLPS)}; got {self.mlp!r}")
         _check(isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool) and 0 <= self.mlp_hidden <= 8 * MAX_WIDTH,
                "mlp_hidden", f"must be 0 (automatic) or a positive width, got {self.mlp_hidden!r}")
-        _check(isinstance(self.logit_softcap, (int, float)) and 0 <= self.logit_softcap < 1e4, "logit_softcap",
-               f"must be >= 0 (0 = off), got {self.logit_softcap!r}")
+        _check(is_real(self.logit_softcap, 0.0) and self.logit_softcap < 1e4, "logit_softcap",
+               f"must be >= 0 (0 = off) and below 10000, got {_short(self.logit_softcap)}")
         for name in ("qk_norm", "zero_init_proj"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         check_model_size(self.vocab_size, self.n_layer, self.n_embd)
@@ -152,6 +161,12 @@ class GPTConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _short(v: Any) -> str:
+    """repr(v) for a message, cut short (a 400-digit integer is not worth 400 characters)."""
+    r = repr(v)
+    return r if len(r) <= 40 else f"{r[:20]}... ({len(r)} characters)"
+
+
 def check_model_size(vocab_size: int, n_layer: int, n_embd: int) -> None:
     """Refuse a shape whose weights alone could not fit in any machine minigpt runs on
     (~12 n_layer n_embd^2 in the blocks plus the embedding), before allocating it."""
@@ -170,10 +185,11 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
+        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})",
+                          field=unknown[0])
     missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
     if missing:
-        raise ConfigError(f"{missing[0]}: missing from the {cls.__name__}")
+        raise ConfigError(f"{missing[0]}: missing from the {cls.__name__}", field=missing[0])
     try:
         return cls(**d)
     except TypeError as e:  # a wrongly typed value that __post_init__ compared before checking its type

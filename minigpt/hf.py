@@ -36,15 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from . import files, models
 from .checkpoint import (
-    CONFIG, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint, safe_torch_load, save_checkpoint,
-    save_tensors,
+    CONFIG, TOKENIZER, WEIGHTS, check_weight, load_checkpoint, load_safetensors, read_model_config, resolve_checkpoint,
+    safe_torch_load, save_checkpoint, save_tensors,
 )
-from .config import GPTConfig
+from .config import GPTConfig, is_real
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
 from .tokenizer import MERGES_FILE, VOCAB_FILE, Tokenizer
@@ -74,6 +72,46 @@ ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 
 
 # ---- config ---------------------------------------------------------------------------
+#
+# A config.json is someone else's file: every value is checked for its type before it is
+# used (a list where a string belongs, a string "inf" where a float belongs), so each
+# hostile value is one CheckpointError naming the key, never a TypeError or OverflowError.
+# (Numbers out of int64/float range never get here: files.parse_json refuses them.)
+
+
+def _hf_float(c: dict[str, Any], key: str, default: float, where: str) -> float:
+    v = c.get(key, default)
+    if not is_real(v):
+        raise CheckpointError(f"{where}: {key} must be a finite number, got {_shown(v)}", field=key)
+    return float(v)
+
+
+def _hf_bool(c: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    v = c.get(key, default)
+    if not isinstance(v, bool):
+        raise CheckpointError(f"{where}: {key} must be true or false, got {_shown(v)}", field=key)
+    return v
+
+
+def _hf_str(c: dict[str, Any], key: str, default: str, where: str) -> str:
+    v = c.get(key, default)
+    if not isinstance(v, str):
+        raise CheckpointError(f"{where}: {key} must be a string, got {_shown(v)}", field=key)
+    return v
+
+
+def _shown(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else f"{r[:30]}... ({type(v).__name__})"
+
+
+def _architectures(hf: dict[str, Any], where: str) -> list[str]:
+    archs = hf.get("architectures") or []
+    archs = [archs] if isinstance(archs, str) else archs
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise CheckpointError(f"{where}: architectures must be a list of names, got {_shown(archs)}",
+                              field="architectures")
+    return archs
 
 
 def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
@@ -91,21 +129,25 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
         raise CheckpointError(
             f"{where}: model_type is {model_type!r}; supported: GPT-2 (model_type \"gpt2\") and Qwen3 (\"qwen3\")"
         )
-    archs = hf.get("architectures") or []
-    archs = [archs] if isinstance(archs, str) else archs
+    archs = _architectures(hf, where)
     other = [a for a in archs if a not in ARCHITECTURES]
     if other:
         raise CheckpointError(f"{where}: architecture {other[0]!r} is not supported (only {' or '.join(ARCHITECTURES)})")
     c = {**HF_DEFAULTS, **hf}
 
     # Settings that would make transformers compute a different function from ours.
-    if c["activation_function"] not in GELU_KINDS:
+    activation = _hf_str(c, "activation_function", "gelu_new", where)
+    if activation not in GELU_KINDS:
         raise CheckpointError(
             f"{where}: activation_function {c['activation_function']!r} is not supported "
             f"(minigpt's GPT-2 block computes GELU: {', '.join(GELU_KINDS)})"
         )
+    if c["n_inner"] is not None and not (isinstance(c["n_inner"], int) and isinstance(c["n_embd"], int)):
+        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {_shown(c['n_inner'])}", field="n_inner")
     if c["n_inner"] is not None and c["n_inner"] != 4 * c["n_embd"]:
         raise CheckpointError(f"{where}: n_inner {c['n_inner']} is not supported (minigpt's MLP is 4 * n_embd = {4 * c['n_embd']})")
+    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings"):
+        _hf_bool(c, key, HF_DEFAULTS[key], where)
     if not c["scale_attn_weights"]:
         raise CheckpointError(f"{where}: scale_attn_weights false is not supported (minigpt always scales attention by 1/sqrt(head_dim))")
     if c["scale_attn_by_inverse_layer_idx"]:
@@ -124,15 +166,17 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
             n_head=c["n_head"],
             n_embd=c["n_embd"],
             # One dropout rate in minigpt; GPT-2 sets resid/embd/attn_pdrop equal (0.1).
-            dropout=float(c["resid_pdrop"]),
+            dropout=_hf_float(c, "resid_pdrop", 0.1, where),
             bias=True,  # GPT-2 always has biases
             pos_encoding="learned",
-            tie_weights=bool(c["tie_word_embeddings"]),
-            layer_norm_eps=float(c["layer_norm_epsilon"]),
-            mlp=GELU_KINDS[c["activation_function"]],
+            tie_weights=c["tie_word_embeddings"],
+            layer_norm_eps=_hf_float(c, "layer_norm_epsilon", 1e-5, where),
+            mlp=GELU_KINDS[activation],
         )
+    except CheckpointError:
+        raise
     except (MiniGPTError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
+        raise CheckpointError(f"{where}: {e}", field=getattr(e, "field", None)) from None
 
 
 def hf_config_from_gpt(cfg: GPTConfig, eot_id: int | None = None) -> dict[str, Any]:
@@ -260,8 +304,16 @@ def gpt_config_from_qwen3(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in need if k not in hf]
     if missing:
-        raise CheckpointError(f"{where}: {missing[0]} is missing")
+        raise CheckpointError(f"{where}: {missing[0]} is missing", field=missing[0])
+    _architectures(hf, where)
+    for key in ("hidden_act",):
+        _hf_str(hf, key, "silu", where)
+    for key in ("attention_bias", "use_sliding_window", "tie_word_embeddings"):
+        _hf_bool(hf, key, False, where)
     C, H = hf["hidden_size"], hf["num_attention_heads"]
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        if isinstance(hf[key], bool) or not isinstance(hf[key], int):
+            raise CheckpointError(f"{where}: {key} must be an integer, got {_shown(hf[key])}", field=key)
     if hf.get("num_key_value_heads", H) != H:
         raise CheckpointError(f"{where}: grouped-query attention (num_key_value_heads {hf['num_key_value_heads']} != "
                               f"{H} heads) is not supported")
@@ -274,19 +326,23 @@ def gpt_config_from_qwen3(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     if hf.get("use_sliding_window", False):
         raise CheckpointError(f"{where}: use_sliding_window true is not supported")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise CheckpointError(f"{where}: rope scaling {rope.get('rope_type', rope.get('type'))!r} is not supported")
-    theta = hf.get("rope_theta", (rope or {}).get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0)
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"{where}: rope_parameters must be an object, got {_shown(rope)}", field="rope_parameters")
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise CheckpointError(f"{where}: rope scaling {_shown(rope.get('rope_type', rope.get('type')))} is not supported")
+    theta = _hf_float(hf, "rope_theta", _hf_float(rope, "rope_theta", 10000.0, where), where)
     try:
         return GPTConfig(
             vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048), n_layer=hf["num_hidden_layers"],
-            n_head=H, n_embd=C, dropout=float(hf.get("attention_dropout", 0.0)), bias=False, pos_encoding="rope",
-            tie_weights=bool(hf.get("tie_word_embeddings", False)), rope_base=float(theta),
-            layer_norm_eps=float(hf.get("rms_norm_eps", 1e-6)), norm="rmsnorm", mlp="swiglu",
+            n_head=H, n_embd=C, dropout=_hf_float(hf, "attention_dropout", 0.0, where), bias=False, pos_encoding="rope",
+            tie_weights=hf.get("tie_word_embeddings", False), rope_base=theta,
+            layer_norm_eps=_hf_float(hf, "rms_norm_eps", 1e-6, where), norm="rmsnorm", mlp="swiglu",
             mlp_hidden=hf["intermediate_size"], qk_norm=True,
         )
+    except CheckpointError:
+        raise
     except (MiniGPTError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: {e}") from None
+        raise CheckpointError(f"{where}: {e}", field=getattr(e, "field", None)) from None
 
 
 def qwen3_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
@@ -336,8 +392,9 @@ def gpt_state_from_qwen3(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where
     for name, v in out.items():
         if tuple(v.shape) != shapes[name]:
             raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(v.shape)} but config.json implies {shapes[name]}")
-        if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
-            raise CheckpointError(f"{where}: tensor {name!r} is not finite floating point")
+        if not v.is_floating_point():
+            raise CheckpointError(f"{where}: tensor {name!r} is not floating point")
+        check_weight(name, v, where)
     return {n: v.float().contiguous() for n, v in out.items()}
 
 
@@ -345,10 +402,7 @@ def gpt_state_from_qwen3(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+    return load_safetensors(path)  # a regular file only (a FIFO is refused, not waited on)
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -432,8 +486,7 @@ def gpt_state_from_hf(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: s
             raise CheckpointError(f"{where}: tensor {name!r} has shape {stored} but config.json implies {want}")
         if not t.is_floating_point():
             raise CheckpointError(f"{where}: tensor {name!r} has dtype {t.dtype}, not floating point")
-        if not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values (a diverged or corrupt model)")
+        check_weight(name, t, where)  # a dtype minigpt reads (float8 is refused by name), finite
     return {n: t.float().contiguous() for n, t in out.items()}
 
 
@@ -473,12 +526,19 @@ def hf_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
 
 def _check_out(out: Path, src: Path, force: bool) -> None:
     """Refuse to overwrite without --force, and ever to replace the input (or a directory
-    holding it, such as the run directory of the checkpoint being exported)."""
+    holding it, such as the run directory of the checkpoint being exported), or anything
+    that is not an output like ours: --force replaces a file or a directory of regular files
+    (an earlier export), never a device, FIFO, socket, symbolic link or a directory holding
+    directories (`files.check_replaceable`), whatever the user's privileges."""
     o, s = out.resolve(), src.resolve()
     if o == s or o in s.parents:
         raise CheckpointError(f"{out}: holds the input {src}; choose another output directory")
     if (out.exists() or out.is_symlink()) and not force:
-        raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
+        raise CheckpointError(f"{out}: already exists (pass --force to replace it)", kind="exists")
+    try:
+        files.check_replaceable(out, directory=True)
+    except files.FileError as e:
+        raise CheckpointError(str(e), kind=e.kind) from None
 
 
 HF_MODEL_TYPES = ("gpt2", "qwen3")  # the Hugging Face architectures minigpt's GPT reproduces exactly

@@ -12,8 +12,9 @@ SOURCE is one of:
 A path that exists is read as a path; anything else shaped like a hub name is looked up
 in the cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) with
 huggingface_hub's own resolution (`snapshot_download(..., local_files_only=True)`: the
-`models--ORG--NAME/refs/main` -> `snapshots/REV/` layout), or by reading that layout when
-huggingface_hub is not installed. A bare legacy name is tried under its current
+`models--ORG--NAME/refs/main` -> `snapshots/REV/` layout; huggingface_hub is a dependency,
+of tokenizers too). A snapshot path that leaves the cache (a `refs/main` holding
+`../../../elsewhere`) is refused. A bare legacy name is tried under its current
 organisation too: `gpt2` is `openai-community/gpt2` on the hub today, and a cache may hold
 either.
 
@@ -99,19 +100,14 @@ def hf_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "huggingface" / "hub"
 
 
-def _layout_snapshot(cache: Path, repo: str) -> Path | None:
-    """The snapshot `refs/main` points to in the cache's standard layout, or None. Used
-    only without huggingface_hub (with it, its own resolution decides)."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    ref = folder / "refs" / "main"
-    try:
-        commit = ref.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not commit or Path(commit).name != commit or commit in (".", ".."):  # a name, never a path elsewhere
-        return None
-    snapshot = folder / "snapshots" / commit
-    return snapshot if snapshot.is_dir() else None
+def _inside_snapshots(cache: Path, repo: str, found: Path) -> bool:
+    """Whether `found` is a snapshot of `repo` in `cache`: models--ORG--NAME/snapshots/REV
+    with REV a plain name. huggingface_hub joins whatever `refs/main` holds onto that
+    folder, so a ref of `../../../elsewhere` would name a directory outside the cache;
+    checked on the path as written (the cache itself may be a symbolic link)."""
+    snapshots = os.path.normpath(cache / ("models--" + repo.replace("/", "--")) / "snapshots")
+    where = os.path.normpath(found)
+    return os.path.dirname(where) == snapshots and Path(where).name not in ("", ".", "..")
 
 
 def hf_cache_snapshot(name: str) -> Path:
@@ -127,22 +123,19 @@ def hf_cache_snapshot(name: str) -> Path:
         repos.append(HUB_ALIASES[name])
     elif name in HUB_ALIASES.values():
         repos.append(next(k for k, v in HUB_ALIASES.items() if v == name))
-    try:
-        # Optional: huggingface_hub comes with tokenizers today, but minigpt does not need it
-        # (imported only here, so that a missing one falls back to reading the layout).
-        import huggingface_hub
-    except ImportError:
-        huggingface_hub = None
+    import huggingface_hub  # lazily: only a hub name needs it (and its import takes a while)
+
     for repo in repos:
-        if huggingface_hub is None:
-            found = _layout_snapshot(cache, repo)
-        else:
-            try:
-                found = Path(huggingface_hub.snapshot_download(repo, local_files_only=True, cache_dir=cache))
-            except (OSError, ValueError):  # LocalEntryNotFoundError (an OSError), HFValidationError (a ValueError)
-                found = None
-        if found is not None:
-            return found
+        try:
+            found = Path(huggingface_hub.snapshot_download(repo, local_files_only=True, cache_dir=cache))
+        except (OSError, ValueError):  # LocalEntryNotFoundError (an OSError), HFValidationError (a ValueError)
+            continue
+        if not _inside_snapshots(cache, repo, found):
+            raise CheckpointError(
+                f"--init-from {name}: the Hugging Face cache's refs/main for {repo} points outside the cache "
+                f"({found}); refusing to read it (repair or delete {cache / ('models--' + repo.replace('/', '--'))})"
+            )
+        return found
     hub = HUB_ALIASES.get(name, name)
     raise CheckpointError(
         f"--init-from {name}: no such directory, and no model {name!r} in the Hugging Face cache ({cache}); "

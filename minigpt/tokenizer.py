@@ -394,6 +394,9 @@ class Tokenizer:
             pair = line.split(" ")
             if len(pair) != 2 or not all(pair) or not all(p in vocab for p in pair):
                 raise DataError(f"{merges_path}: line {n} is not a merge of two tokens of {VOCAB_FILE}: {line[:60]!r}")
+            if pair[0] + pair[1] not in vocab:  # the tokenizers library would fail on it later, less clearly
+                raise DataError(f"{merges_path}: line {n} merges into {(pair[0] + pair[1])[:60]!r}, which is not in "
+                                f"{VOCAB_FILE}")
             merges.append((pair[0], pair[1]))
         layout = {  # the tokenizer.json this pair means, checked like any other before HF parses it
             "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges], "dropout": None},

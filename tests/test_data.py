@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import data as data_mod
+from minigpt import corpus as corpus_mod
+from minigpt import inputs as inputs_mod
 from minigpt.cli import main
 from minigpt.data import Dataset, WindowSampler, prepare, token_dtype
 from minigpt.errors import DataError
@@ -53,9 +54,9 @@ def test_chunked_encoding_equals_one_shot(tmp_path, monkeypatch):
     text += "y" * 3000 + "\n" + "tail\n" * 200  # and one line longer than 64 pieces
     f = tmp_path / "t.txt"
     f.write_text(text, encoding="utf-8")
-    monkeypatch.setattr(data_mod, "READ_BLOCK", 1000)
-    monkeypatch.setattr(data_mod, "TRAIN_PIECE", 300)
-    monkeypatch.setattr(data_mod, "ENCODE_PIECE", 40)
+    monkeypatch.setattr(inputs_mod, "READ_BLOCK", 1000)
+    monkeypatch.setattr(corpus_mod, "TRAIN_PIECE", 300)
+    monkeypatch.setattr(corpus_mod, "ENCODE_PIECE", 40)
     prepare([f], tmp_path / "d", vocab_size=500, progress=False)
     ds = Dataset(tmp_path / "d")
     n = int(len(text) * 0.9)

@@ -232,14 +232,11 @@ def fake_cache(root: Path, repo: str, source: Path, commit: str = "0123456789abc
     ("gpt2", "openai-community/gpt2"),
     ("someone/tiny-gpt2", "someone/tiny-gpt2"),
 ])
-@pytest.mark.parametrize("hub", ["huggingface_hub", "layout"])
-def test_a_model_name_is_found_in_the_hf_cache(tmp_path, monkeypatch, hf_source, cached_as, asked, hub):
+def test_a_model_name_is_found_in_the_hf_cache(tmp_path, monkeypatch, hf_source, cached_as, asked):
     snap = fake_cache(tmp_path / "home" / "hub", cached_as, hf_source)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    if hub == "layout":  # without huggingface_hub, the layout is read directly
-        monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     spec = pretrained.inspect_source(asked)
     assert (spec.path, spec.form, spec.block_size) == (Path(snap), "hf-cache", 32)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))  # HF_HUB_CACHE wins over HF_HOME

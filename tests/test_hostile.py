@@ -12,7 +12,6 @@ tests/test_sampling.py.)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -31,7 +30,7 @@ from minigpt.checkpoint import RunDirectory, load_checkpoint, load_trainer_state
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import load_run
 
-from .conftest import REPO, assert_one_line_error, run_cli, tiny_gpt
+from .conftest import REPO, tiny_gpt
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
         "--max-steps", "4", "--eval-interval", "2", "--eval-steps", "1", "--sample-tokens", "0", "--device", "cpu",
@@ -301,7 +300,9 @@ def _readers(tmp: Path, ckpt: Path):
     shutil.copytree(ckpt, run / "step-0000001")
     os.symlink("step-0000001", run / "last")
     c = run / "last"
-    save_checkpoint(c, load_checkpoint(c).model, load_checkpoint(c).tokenizer, run={"step": 1}, trainer_state={"step": 1})
+    # saved to the step directory itself: a writer never replaces a symbolic link (`last` stays one)
+    save_checkpoint(run / "step-0000001", load_checkpoint(c).model, load_checkpoint(c).tokenizer, run={"step": 1},
+                    trainer_state={"step": 1})
     return run, {
         "config.json": lambda: load_checkpoint(c),
         "run.json": lambda: (read_run(c), load_run(run)),

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minigpt import data as data_mod
+from minigpt import corpus as data_mod
+from minigpt import files
 from minigpt.data import Dataset, prepare, prepare_from_recipe, read_meta
 from minigpt.errors import DataError, MiniGPTError
 from minigpt.tokenizer import MAX_VOCAB_SIZE
@@ -371,8 +372,6 @@ def test_kill_9_leftover_is_removed_by_the_next_prepare(prepared, small, big):
 
 
 def test_only_dead_owners_staging_is_removed(prepared, small):
-    import fcntl
-
     def staging(name: str, files=("train.bin",)) -> Path:
         d = prepared / name
         d.mkdir()
@@ -386,12 +385,11 @@ def test_only_dead_owners_staging_is_removed(prepared, small):
     locked = staging(".prepare-99999998-abcdefgh")  # dead pid, but locked: a live owner elsewhere
     notes = staging(".prepare-notes", ("notes.txt",))  # not ours by name
     foreign = staging(".prepare-99999997-abcdefgh", ("my-notes.txt",))  # not ours by content
-    fd = os.open(locked, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    held = files.try_lock(locked / ".lock")  # the OS lock a live owner holds on its staging directory
     try:
         prepare([small], prepared, vocab_size=280, progress=False)  # a no-op run
     finally:
-        os.close(fd)
+        held.release()
     assert not dead.exists() and not legacy.exists()
     assert alive.exists() and locked.exists() and notes.exists() and foreign.exists()
 
