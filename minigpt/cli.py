@@ -237,6 +237,7 @@ def _run_sample(args) -> int:
     import torch
 
     from .completion import complete
+    from .viewer import visible_token
 
     params = _sampling_params(args)
     if args.num_samples < 1:
@@ -258,19 +259,24 @@ def _run_sample(args) -> int:
             out.write(text)
             out.flush()
 
+    def repr_token(i: int) -> str:
+        return f"'{tok.token_str(i)}'"
+
     def on_step(step) -> None:
         for b in range(n):
             if not step.new[b]:
                 continue
             tag = f"[{b + 1}] " if n > 1 else ""
             picked = step.tokens[b]
-            cands = "  ".join(  # candidates cut by top-k/top-p/min-p (probability 0) are left out
-                f"{'*' if i == picked else ' '}{tok.token_str(i)!r} {p:.3f}"
+            # Tokens shown visibly in fixed-width columns (a space '·', a newline '⏎'), so a
+            # token of whitespace neither breaks the line nor shifts the columns.
+            cands = " ".join(  # candidates cut by top-k/top-p/min-p (probability 0) are left out
+                f"{'*' if i == picked else ' '}{visible_token(repr_token(i), 12)} {p:.3f}"
                 for i, p in zip(step.top_ids[b], step.top_probs[b])
                 if p > 0 or i == picked
             )
             p_picked = torch.tensor(step.logprobs[b]).exp().item()
-            out.write(f"{tag}picked {tok.token_str(picked)!r:<14} p={p_picked:.3f} | {cands}\n")
+            out.write(f"{tag}picked {visible_token(repr_token(picked), 14)} p={p_picked:.3f} | {cands}\n")
 
     if stream:
         if n > 1:

@@ -27,6 +27,7 @@ from minigpt.inspection import (
 )
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
+from minigpt.viewer import visible_token
 
 TEXT = "The cat sat on the mat.\nThe dog sat on the log <b>&amp;</b>."
 
@@ -275,7 +276,7 @@ def test_terminal_heatmap_lists_each_tokens_top_keys(tok):
         row = np.round(maps.weights[1, 0, t].astype(np.float64), 6)
         best = int(np.flatnonzero(row == row.max())[0])  # ties (to 1e-6) are listed in position order
         m = re.search(r"-> (.*?)@(\d+) (\d\.\d\d)", line)
-        assert m and int(m.group(2)) == best and m.group(1) == repr(maps.tokens[best])
+        assert m and int(m.group(2)) == best and m.group(1) == f"'{visible_token(maps.tokens[best])}'"
         assert float(m.group(3)) == pytest.approx(maps.weights[1, 0, t, best], abs=0.005)
     assert format_attention(maps).splitlines()[0].startswith("mean over all 2 layers x 2 heads")
 

@@ -111,8 +111,8 @@ def test_dependencies_point_one_way():
     command line at the top)."""
     layers = [
         {"errors"}, {"files", "config"}, {"tokenizer", "model", "runtime", "onednn"}, {"baselines"}, {"models"},
-        {"checkpoint", "data", "sampling"}, {"completion", "inference"},
-        {"evaluate", "trainer", "inspection", "hf", "serve", "pretrained"}, {"cli"},
+        {"checkpoint", "data", "sampling"}, {"completion", "inference", "viewer"},
+        {"evaluate", "trainer", "lens", "ablation", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
     level = {m: i for i, group in enumerate(layers) for m in group}
     graph = _graph()

@@ -36,7 +36,7 @@ _need_browser = conftest.need_browser
 
 def visible(s: str) -> str:
     """What the viewer shows for a token (its `visible` function, for these characters)."""
-    return s.replace(" ", "\u00b7").replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return s.replace(" ", "\u00b7").replace("\n", "\u23ce").replace("\t", "\u21e5")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_viewer_shows_the_npz_weights(viewer):
             shown = page.eval_on_selector_all("#tokens .tok", "els => els.map(e => e.textContent)")
             assert shown == [visible(t) for t in tokens]
             assert page.locator("#overview .thumb").count() == H
-            assert page.title() == "minigpt attention \u00b7 test <model> & co"
+            assert page.title() == "minigpt \u00b7 test <model> & co"
 
             def page_weights():
                 return page.eval_on_selector_all("#tokens .tok", "els => els.map(e => e.dataset.weight)")
