@@ -247,7 +247,7 @@ def test_heads_ablate_command(capsys, ckpt, dataset_dir, val, tokenizer, tmp_pat
     header = lines[2]
     cols = [header.index(c) for c in ("induction", "zero Δbpb", "zero KL", "mean Δbpb", "mean KL")]
     assert cols == sorted(cols)  # the ablation columns after the statistics, in this order
-    assert all(len(line) == len(header) for line in lines[3:3 + 8])  # one row per head, aligned
+    assert all(len(line) == len(header) for line in lines[3:3 + 4])  # one row per head (2 x 2), aligned
     assert any(line.startswith("heads the model needs most (zero-ablation") for line in lines)
 
 
