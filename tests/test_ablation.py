@@ -53,10 +53,12 @@ def reference_logits(model, ids: list[int], zero: tuple[int, int] | None = None)
     x = sd["transformer.wte.weight"][torch.tensor(ids)]
     if c.pos_encoding == "learned":
         x = x + sd["transformer.wpe.weight"][:T]
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * c.rope_base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    inv_freq = c.rope_base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq  # [T, D/2]
     for l in range(c.n_layer):
         p = f"transformer.h.{l}"
-        q, k, v = (t.view(T, H, D).transpose(0, 1) for t in linear(norm(x, p + ".ln_1"), p + ".attn.c_attn").split(C, -1))
+        qkv = linear(norm(x, p + ".ln_1"), p + ".attn.c_attn")
+        q, k, v = (t.view(T, H, D).transpose(0, 1) for t in qkv.split(C, -1))
         if c.qk_norm:
             q, k = norm(q, p + ".attn.q_norm"), norm(k, p + ".attn.k_norm")
         if c.pos_encoding == "rope":
@@ -257,5 +259,6 @@ def test_heads_ablate_bad_input(capsys, ckpt, tmp_path, corpus_file):
     from minigpt.data import prepare
 
     prepare([corpus_file], tmp_path / "other", vocab_size=280, progress=False)
-    rc, _, err = run(capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data", str(tmp_path / "other"))
+    rc, _, err = run(capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data",
+                     str(tmp_path / "other"))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "differs from the data's" in err

@@ -12,9 +12,6 @@ unless MINIGPT_REQUIRE_BROWSER=1 (CI), where a missing browser is a failure. Nev
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -94,7 +91,8 @@ def test_viewer_shows_the_npz_weights(viewer):
             def check(layer, head, t):
                 got = page_weights()
                 assert got[t + 1:] == [""] * (T - t - 1), "future tokens must not be highlighted"
-                np.testing.assert_allclose([float(w) for w in got[: t + 1]], weights[layer, head, t, : t + 1], atol=1e-5)
+                np.testing.assert_allclose([float(w) for w in got[: t + 1]], weights[layer, head, t, : t + 1],
+                                           atol=1e-5)
                 # The table lists the heaviest key first, with 4 decimals.
                 first = page.locator("#focus-table tr").first
                 s = int(first.get_attribute("data-key"))
@@ -276,7 +274,8 @@ def test_heads_tab_and_lens_tab_show_the_json_numbers(full):
             # The ablation costs beside each head's thumbnail, too.
             page.click("#tab-attention")
             page.select_option("#layer-select", "1")
-            thumbs = page.eval_on_selector_all("#overview .thumb .abl[data-method='zero']", "els => els.map(e => +e.dataset.value)")
+            thumbs = page.eval_on_selector_all("#overview .thumb .abl[data-method='zero']",
+                                               "els => els.map(e => +e.dataset.value)")
             np.testing.assert_allclose(thumbs, report.ablation.delta("zero")[1], atol=1e-9)
             # Clicking a head in the table opens its map.
             page.click("#tab-heads")
