@@ -314,3 +314,23 @@ def test_lens_on_a_baseline_checkpoint_says_so(capsys, tmp_path, tokenizer):
     rc, _, err = run(capsys, "lens", "--checkpoint", str(path), "--prompt", "hi", "--device", "cpu")
     assert rc == 2 and err.strip().endswith("a GRU has no attention heads or layers of a residual stream: the logit "
                                             "lens needs a GPT checkpoint")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_lens_attribution_and_ablation_equal_cpu(tokenizer):
+    import numpy as np_
+
+    from minigpt.ablation import head_ablation
+
+    model = randomised(seed=8, **MODERN_BLOCK)
+    ids = tokenizer.encode(TEXT)[:32]
+    cpu = logit_lens(model, tokenizer, ids)
+    val = np_.array(tokenizer.encode(TEXT * 6), dtype=np_.int64)
+    cpu_abl = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=200, methods=("zero",))
+    model.to("cuda")
+    gpu = logit_lens(model, tokenizer, ids)
+    np.testing.assert_allclose(gpu.top_probs, cpu.top_probs, atol=1e-4)
+    np.testing.assert_allclose(gpu.attribution(5).values, cpu.attribution(5).values, atol=1e-4)
+    gpu_abl = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=200, methods=("zero",))
+    np.testing.assert_allclose(gpu_abl.bpb["zero"], cpu_abl.bpb["zero"], atol=1e-4)
