@@ -582,7 +582,7 @@ def _build_lens(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help=f"predictions kept per layer and position (default: {LENS_TOP_K})")
     p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed (default: the last)")
     p.add_argument("--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token (default: the real next token, at the last position the model's top guess)")
-    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="attribution parts printed, the largest first kept in model order; 0 = all (default: 24)")
+    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="print only the N largest parts of the attribution (in model order); 0 = all (default: 24)")
     p.add_argument("--json", action="store_true", help="print the lens and the attribution as JSON instead of tables")
     p.add_argument("--html", metavar="FILE", help="write the viewer opened on its Logit lens tab (with the prompt's attention)")
     _add_device(p)
