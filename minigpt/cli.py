@@ -607,7 +607,7 @@ def _run_lens(args) -> int:
     written = []
     if args.html:
         maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
-        written.append(write_html(maps, args.html, title=str(ckpt.path), lens=lens, open="lens"))
+        written.append(write_html(maps, args.html, title=str(ckpt.path), lens=lens, tab="lens"))
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.path), **lens.to_json(), "attribution": attr.to_json()}))
     else:

@@ -509,7 +509,7 @@ class HeadReport:
         return table if self.ablation is None else self.ablation.describe() + "\n" + table
 
     def page_data(self, lens: "LogitLens | None" = None) -> dict:
-        return viewer_data(self.maps, self.title, heads=self, lens=lens, open="heads")
+        return viewer_data(self.maps, self.title, heads=self, lens=lens, tab="heads")
 
     def write_html(self, path: str | os.PathLike, lens: "LogitLens | None" = None) -> Path:
         return write_page(self.page_data(lens), path)
@@ -536,11 +536,11 @@ def head_report(model, tokenizer, text: str = DEFAULT_PASSAGE, *, seed: int = 0,
 
 
 def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, head: int | None = None, *,
-                lens: "LogitLens | None" = None, heads: HeadReport | None = None, open: str | None = None) -> dict:
+                lens: "LogitLens | None" = None, heads: HeadReport | None = None, tab: str | None = None) -> dict:
     """What the viewer reads (see viewer.html's header): tokens, each head's rows cut at
     the diagonal (row t keeps its t+1 possible keys), rounded to 6 decimals, the
     layer/head to open on (head None: the mean over heads) and, when given, the per-head
-    report and the logit lens of the same text; `open` names the tab to open on."""
+    report and the logit lens of the same text; `tab` names the tab to open on ("attention", "heads", "lens")."""
     check_index(layer, maps.n_layer, "layer")
     check_index(head, maps.n_head, "head")
     L, H, T, _ = maps.weights.shape
@@ -549,7 +549,7 @@ def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, 
         raise ValueError("the lens must read the same tokens as the attention maps")
     return {
         "title": title,
-        "open": open or "attention",
+        "open": tab or "attention",
         "layer": 0 if layer is None else layer,
         # --layer alone opens on the mean of its heads (as the terminal view shows it);
         # nothing given opens on layer 0, head 0.
@@ -566,7 +566,7 @@ def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, 
 
 def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "", layer: int | None = None,
                head: int | None = None, lens: "LogitLens | None" = None, heads: HeadReport | None = None,
-               open: str | None = None) -> Path:
+               tab: str | None = None) -> Path:
     """Write the interactive viewer: one HTML file with the data inside, no network needed.
 
     Layer and head selectors, the chosen head's heatmap (token labels on its axes and a
@@ -576,7 +576,7 @@ def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "",
     `lens` (a LogitLens of the same text) a "Logit lens" tab with the attribution.
     The template is `viewer.html` next to this module.
     """
-    return write_page(viewer_data(maps, title, layer, head, lens=lens, heads=heads, open=open), path)
+    return write_page(viewer_data(maps, title, layer, head, lens=lens, heads=heads, tab=tab), path)
 
 
 def _matplotlib_figure():
