@@ -240,6 +240,7 @@ def _run_sample(args) -> int:
     import torch
 
     from .completion import complete
+    from .viewer import visible_token
 
     params = _sampling_params(args)
     if args.num_samples < 1:
@@ -261,19 +262,24 @@ def _run_sample(args) -> int:
             out.write(text)
             out.flush()
 
+    def repr_token(i: int) -> str:
+        return f"'{tok.token_str(i)}'"
+
     def on_step(step) -> None:
         for b in range(n):
             if not step.new[b]:
                 continue
             tag = f"[{b + 1}] " if n > 1 else ""
             picked = step.tokens[b]
-            cands = "  ".join(  # candidates cut by top-k/top-p/min-p (probability 0) are left out
-                f"{'*' if i == picked else ' '}{tok.token_str(i)!r} {p:.3f}"
+            # Tokens shown visibly in fixed-width columns (a space '·', a newline '⏎'), so a
+            # token of whitespace neither breaks the line nor shifts the columns.
+            cands = " ".join(  # candidates cut by top-k/top-p/min-p (probability 0) are left out
+                f"{'*' if i == picked else ' '}{visible_token(repr_token(i), 12)} {p:.3f}"
                 for i, p in zip(step.top_ids[b], step.top_probs[b])
                 if p > 0 or i == picked
             )
             p_picked = torch.tensor(step.logprobs[b]).exp().item()
-            out.write(f"{tag}picked {tok.token_str(picked)!r:<14} p={p_picked:.3f} | {cands}\n")
+            out.write(f"{tag}picked {visible_token(repr_token(picked), 14)} p={p_picked:.3f} | {cands}\n")
 
     if stream:
         if n > 1:
@@ -386,7 +392,8 @@ def _build_attention(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Show what the model attends to. In the terminal: for each token, the tokens it attends to most, for one\n"
         "layer/head (or the average over heads/layers when not given). --html writes a self-contained interactive\n"
-        "viewer (opens offline); --npz the raw weights; --png a heatmap (needs matplotlib)."
+        "viewer (opens offline; with the logit lens of the same prompt); --npz the raw weights; --png a heatmap\n"
+        "(needs matplotlib)."
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to look at (cropped to the last block_size tokens if longer)")
@@ -399,12 +406,13 @@ def _build_attention(p: argparse.ArgumentParser) -> None:
     _add_device(p)
 
 
-def _load_attention_model(path: str, device: str):
+def _load_attention_model(path: str, device: str, feature: str | None = None):
     """Load a checkpoint whose model has attention and a tokenizer, or fail in one line.
 
     The kind is read from config.json before any weights, so a baseline checkpoint is
-    reported as "no attention" rather than as whatever loading it fails on. Weights stay
-    float32 (not bf16 on CUDA): these are numbers people read."""
+    reported as having no attention (nor, for `feature`, layers to read) rather than as
+    whatever loading it fails on. Weights stay float32 (not bf16 on CUDA): these are
+    numbers people read."""
     from . import models
     from .checkpoint import read_model_config, resolve_checkpoint
     from .errors import NoAttention
@@ -413,7 +421,7 @@ def _load_attention_model(path: str, device: str):
     p = resolve_checkpoint(path)
     kind, _ = read_model_config(p)
     if not models.kind(kind, "model_type").cls.has_attention:
-        raise MiniGPTError(f"{p}: {NoAttention(kind)}")
+        raise MiniGPTError(f"{p}: {NoAttention(kind, feature)}")
     ckpt, _ = load_for_inference(p, device, "float32")
     return ckpt
 
@@ -421,6 +429,7 @@ def _load_attention_model(path: str, device: str):
 def _run_attention(args) -> int:
     """`minigpt attention`: the terminal heatmap, and --npz/--html/--png files."""
     from .inspection import attention_maps, check_index, format_attention, write_html, write_png
+    from .lens import logit_lens
 
     if not args.prompt:
         raise MiniGPTError("--prompt is empty: give at least one token of text to look at")
@@ -446,7 +455,8 @@ def _run_attention(args) -> int:
     if args.npz:
         written.append(maps.save(args.npz))
     if args.html:
-        written.append(write_html(maps, args.html, title=str(ckpt.path), layer=args.layer, head=args.head))
+        lens = logit_lens(ckpt.model, ckpt.tokenizer, maps.ids)  # the page's "Logit lens" tab, same tokens
+        written.append(write_html(maps, args.html, title=str(ckpt.path), layer=args.layer, head=args.head, lens=lens))
     if args.png:
         written.append(write_png(maps, args.png, args.layer, args.head))
     print(format_attention(maps, args.layer, args.head, args.top))
@@ -456,51 +466,157 @@ def _run_attention(args) -> int:
 
 
 def _build_heads(p: argparse.ArgumentParser) -> None:
+    from .ablation import ABLATION_TOKENS
+
     p.description = (
         "Per-head statistics: entropy, mean attention distance, previous-token score, first-token (attention sink)\n"
-        "score and induction score; names the likely previous-token and induction heads."
+        "score and induction score; names the likely previous-token and induction heads. With --ablate, what each\n"
+        "head is worth: how much validation bits per byte rise when its output is removed (zero-ablation) or\n"
+        "replaced by its mean (mean-ablation), on the first --ablate-tokens of the validation split, and how the\n"
+        "next-token distribution after the text changes (KL, in bits)."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  minigpt heads                                   # out/shakespeare, on a built-in passage\n"
+        "  minigpt heads --ablate --html heads.html        # + ablation; the viewer with the Heads tab\n"
+        "  minigpt heads --ablate --ablate-tokens 0 --json # on the whole validation split"
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
     p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores (default: a built-in passage)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the repeated random sequence for the induction score (default: 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--html", metavar="FILE", help="write the viewer with the Heads tab (and the text's attention and logit lens)")
+    g = p.add_argument_group("ablation")
+    g.add_argument("--ablate", action="store_true", help="measure each head's zero- and mean-ablation cost (one pass over the sample per head and method)")
+    g.add_argument("--ablate-tokens", type=_non_negative_int, default=ABLATION_TOKENS, metavar="N",
+                   help=f"score the first N tokens of the validation split; 0 = all of it (default: {ABLATION_TOKENS:,})")
+    g.add_argument("--data", metavar="DIR", help="prepared dataset whose val split is scored (default: the one the checkpoint was trained on)")
+    g.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass (default: 16)")
     _add_device(p)
 
 
+def _dataset_for(ckpt, data_dir: str | None, command: str):
+    """The prepared dataset to score a checkpoint on: --data, else the one its run.json
+    records; its tokenizer must be the checkpoint's (else the ids would mean other text)."""
+    from .data import Dataset
+    from .errors import DataError
+
+    given = data_dir is not None
+    if not given:
+        try:
+            data_dir = ckpt.run["config"]["data"]["data"]
+        except (TypeError, KeyError):
+            data_dir = None
+        if not isinstance(data_dir, str):
+            raise MiniGPTError(f"{ckpt.path} does not record the dataset it was trained on; pass --data DIR (a prepared "
+                               f"dataset with the same tokenizer)")
+    try:
+        data = Dataset(data_dir)
+    except DataError as e:
+        if given:
+            raise
+        raise DataError(f"{e} (the dataset recorded in {ckpt.path}/run.json; pass --data DIR to use another)") from None
+    if data.tokenizer.to_str() != ckpt.tokenizer.to_str():
+        raise MiniGPTError(f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's "
+                           f"({data.path}/tokenizer.json): the token ids would mean different text; {command} needs data "
+                           f"prepared with the checkpoint's tokenizer")
+    data.check_token_ids("val", ckpt.model.config.vocab_size)
+    return data
+
+
 def _run_heads(args) -> int:
-    """`minigpt heads`: the per-head statistics table (or --json) and the named heads."""
-    from .inspection import (
-        DEFAULT_PASSAGE, INDUCTION_BATCH, INDUCTION_SEQ_LEN, INDUCTION_THRESHOLD, PREV_TOKEN_THRESHOLD,
-        attention_maps, format_head_stats, induction_scores,
-    )
+    """`minigpt heads`: the per-head statistics table (or --json), the named heads and, with
+    --ablate, each head's ablation cost; --html the viewer."""
+    from .inspection import DEFAULT_PASSAGE, head_report
 
     if args.prompt is not None and not args.prompt:
         raise MiniGPTError("--prompt is empty: leave it out to use the built-in passage")
-    ckpt = _load_attention_model(args.checkpoint, args.device)
+    ckpt = _load_attention_model(args.checkpoint, args.device, "head ablation" if args.ablate else None)
     text = DEFAULT_PASSAGE if args.prompt is None else args.prompt
-    maps = attention_maps(ckpt.model, ckpt.tokenizer, text)
-    if len(maps) < 2:
-        raise MiniGPTError("--prompt is a single token: head statistics need at least 2")
-    if maps.dropped and args.prompt is not None:
-        _note("heads", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
-    special = [] if ckpt.tokenizer.eot_id is None else [ckpt.tokenizer.eot_id]
-    stats = maps.head_stats()
-    stats.induction = induction_scores(ckpt.model, seed=args.seed, exclude_ids=special)
+    data = _dataset_for(ckpt, args.data, "--ablate") if args.ablate else None  # a bad --data fails before any work
+    report = head_report(ckpt.model, ckpt.tokenizer, text, seed=args.seed, title=str(ckpt.path))
+    if report.maps.dropped and args.prompt is not None:
+        _note("heads", f"the prompt is {len(report.maps) + report.maps.dropped} tokens; cropped to its last "
+                       f"{len(report.maps)} (block_size)")
+    if data is not None:
+        from .ablation import head_ablation
+
+        report.ablation = head_ablation(
+            ckpt.model, data.tokens("val"), ckpt.tokenizer.byte_lengths, max_tokens=args.ablate_tokens,
+            tokenizer=ckpt.tokenizer, prompt=text, batch_size=args.batch_size, progress=None, source=str(data.path),
+        )
+    written = []
+    if args.html:
+        from .lens import logit_lens
+
+        lens = logit_lens(ckpt.model, ckpt.tokenizer, report.maps.ids)
+        written.append(report.write_html(args.html, lens=lens))
     if args.json:
-        n = min(INDUCTION_SEQ_LEN, ckpt.model.config.block_size // 2)
-        print(json.dumps({
-            "checkpoint": str(ckpt.path),
-            "tokens": len(maps), "dropped": maps.dropped,
-            "induction": {"seq_len": n, "batch": INDUCTION_BATCH, "seed": args.seed},
-            "thresholds": {"prev_token": PREV_TOKEN_THRESHOLD, "induction": INDUCTION_THRESHOLD},
-            "heads": stats.rows(),
-            "previous_token_heads": [list(x) for x in stats.previous_token_heads()],
-            "induction_heads": [list(x) for x in stats.induction_heads()],
-        }, indent=2))
+        from .files import json_safe
+
+        print(json.dumps(json_safe({"checkpoint": str(ckpt.path), **report.to_json()}), indent=2))
     else:
-        print(f"{ckpt.path}: {len(maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
+        print(f"{ckpt.path}: {len(report.maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
               f"induction on repeated random sequences (seed {args.seed})")
-        print(format_head_stats(stats))
+        print(report.format())
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _build_lens(p: argparse.ArgumentParser) -> None:
+    from .lens import LENS_TOP_K
+
+    p.description = (
+        "The logit lens: the residual stream after every layer put through the model's final norm and unembedding,\n"
+        "i.e. what the model would predict if it stopped there. Prints each layer's top guess at every position of\n"
+        "the prompt and the rank of the token that really comes next, then, for one --position, every layer's top-k\n"
+        "and the direct logit attribution: what each head and MLP adds to one token's logit (the final norm's scale\n"
+        "held fixed); the parts sum to the logit. --html writes the viewer's Logit lens tab; --json the numbers."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  minigpt lens --prompt 'ROMEO: But soft, what light'\n"
+        "  minigpt lens --prompt 'ROMEO: But soft, what light' --position 3 --token ':'\n"
+        "  minigpt lens --prompt 'To be, or not to be' --html lens.html"
+    )
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to read (cropped to its last block_size tokens if longer)")
+    p.add_argument("--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help=f"predictions kept per layer and position (default: {LENS_TOP_K})")
+    p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed (default: the last)")
+    p.add_argument("--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token (default: the real next token, at the last position the model's top guess)")
+    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="print only the N largest parts of the attribution (in model order); 0 = all (default: 24)")
+    p.add_argument("--json", action="store_true", help="print the lens and the attribution as JSON instead of tables")
+    p.add_argument("--html", metavar="FILE", help="write the viewer opened on its Logit lens tab (with the prompt's attention)")
+    _add_device(p)
+
+
+def _run_lens(args) -> int:
+    """`minigpt lens`: the terminal tables (or --json), and --html the viewer."""
+    from .inspection import attention_maps, check_index, write_html
+    from .lens import direct_logit_attribution, logit_lens
+
+    if not args.prompt:
+        raise MiniGPTError("--prompt is empty: give at least one token of text to look at")
+    ckpt = _load_attention_model(args.checkpoint, args.device, "the logit lens")
+    lens = logit_lens(ckpt.model, ckpt.tokenizer, args.prompt, top_k=args.top, title=str(ckpt.path))
+    if lens.dropped:
+        _note("lens", f"the prompt is {len(lens) + lens.dropped} tokens; cropped to its last {len(lens)} (block_size)")
+    check_index(args.position, len(lens), "position")
+    position = len(lens) - 1 if args.position is None else args.position
+    attr = lens.attribution(position)
+    if args.token is not None:
+        attr = direct_logit_attribution(ckpt.model, ckpt.tokenizer, lens.ids, position=position, token=args.token)
+    written = []
+    if args.html:
+        maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
+        written.append(write_html(maps, args.html, title=str(ckpt.path), lens=lens, tab="lens"))
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt.path), **lens.to_json(), "attribution": attr.to_json()}))
+    else:
+        print(lens.format(position, top=args.parts or None, attribution=attr))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -589,7 +705,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "eval": ("bits per byte, perplexity, diversity and memorisation of a checkpoint", _build_eval, _run_eval),
     "compare": ("compare training runs side by side", _build_compare, _run_compare),
     "attention": ("show attention weights for a prompt (terminal, HTML viewer, PNG, NPZ)", _build_attention, _run_attention),
-    "heads": ("per-head attention statistics; find previous-token and induction heads", _build_heads, _run_heads),
+    "heads": ("per-head statistics and ablation; find previous-token and induction heads", _build_heads, _run_heads),
+    "lens": ("the logit lens and direct logit attribution: what each layer predicts", _build_lens, _run_lens),
     "import-hf": ("convert a Hugging Face GPT-2 directory to a minigpt checkpoint", _build_import_hf, _run_import_hf),
     "export-hf": ("write a checkpoint as a Hugging Face GPT-2 directory", _build_export_hf, _run_export_hf),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),

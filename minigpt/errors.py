@@ -74,7 +74,11 @@ class CheckpointError(MiniGPTError, ValueError):
 class NoAttention(MiniGPTError):
     """Attention weights were asked of a model that has none (an n-gram, LSTM or GRU)."""
 
-    def __init__(self, kind: str | None):
+    def __init__(self, kind: str | None, feature: str | None = None):
         names = {"lstm": "an LSTM", "gru": "a GRU", "ngram": "an n-gram model"}
         name = names.get(kind or "", f"a {kind or 'non-GPT'} model")
-        super().__init__(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
+        if feature is None:
+            super().__init__(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
+        else:  # the logit lens, attribution, ablation: they read a GPT's layers and heads
+            super().__init__(f"{name} has no attention heads or layers of a residual stream: {feature} needs a GPT "
+                             f"checkpoint")

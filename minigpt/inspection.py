@@ -11,6 +11,8 @@ a return value: no hooks are registered, and the model is left as it was found.
     maps.head_stats()           # entropy, distance, previous-token and sink scores
     induction_scores(model)     # [n_layer, n_head], on a repeated random sequence
     write_html(maps, "att.html")   # one self-contained interactive viewer
+    maps                        # in a notebook cell: the same viewer, inline (`_repr_html_`)
+    report = head_report(model, tokenizer, text)   # `minigpt heads`: statistics (+ ablation, see ablation.py)
 
 A prompt longer than the model's block_size is cropped to its *last* block_size tokens
 (what the model would see when continuing it); `maps.dropped` says how many went.
@@ -23,6 +25,9 @@ first token can only attend to itself, so its row is a[0, 0] = 1 whatever the he
     previous-token  a[t, t-1]                1 for a head that always looks one back
     first-token     a[t, 0]                  the "attention sink" (Xiao et al. 2023)
     induction       see `induction_scores`: [A][B] ... [A] -> attends to [B]
+
+What a head *changes* (ablation) and what each layer would predict (the logit lens) live
+in ablation.py and lens.py; the page that shows all of it is viewer.html (viewer.py).
 """
 
 from __future__ import annotations
@@ -31,21 +36,26 @@ import io
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from . import files
 from .errors import MiniGPTError, NoAttention
+from .viewer import display_width, notebook_html, visible_token, write_page
+
+if TYPE_CHECKING:  # for annotations only: the ablation is computed by the caller and handed in
+    from .ablation import HeadAblation
+    from .lens import LogitLens
 
 __all__ = [
     "AttentionMaps", "HeadStats", "attention_maps", "head_statistics",
     "attention_entropy", "mean_attention_distance", "previous_token_score", "first_token_score",
     "induction_scores", "select_map", "format_attention", "format_head_stats",
-    "write_html", "write_png", "check_index",
+    "write_html", "write_png", "check_index", "viewer_data", "HeadReport", "head_report",
 ]
 
 # A head is named a previous-token head if, on average, more than half of each token's
@@ -132,6 +142,9 @@ class AttentionMaps:
         """Entropy, mean distance, previous-token and first-token scores of every head on
         this text (no induction score: that needs the model, see `induction_scores`)."""
         return head_statistics(self.weights)
+
+    def _repr_html_(self) -> str:  # a notebook cell shows the attention viewer
+        return notebook_html(viewer_data(self))
 
 
 def _require_attention(model) -> None:
@@ -388,72 +401,155 @@ def format_attention(maps: AttentionMaps, layer: int | None = None, head: int | 
     attends to most.
 
         layer 0, head 1 (6 tokens)
-          5 ' be' |.@:.. | -> ' be'@1 0.91 | ' or'@2 0.05 | 'to'@0 0.02
+          5 ·be  |.@:.. | -> '·be'@1 0.91 | '·or'@2 0.05 | 'to'@0 0.02
 
-    `' be'@1` is the key token and its position.
+    Tokens are shown with `viewer.visible_token` (a space is '·', a newline '⏎'), so a
+    token of whitespace keeps the columns; `'·be'@1` is the key token and its position.
     """
     if top < 1:
         raise MiniGPTError(f"--top must be >= 1, got {top}")
     m, what = select_map(maps, layer, head)
     T = len(maps.tokens)
-    reprs = [repr(t) for t in maps.tokens]
-    width = min(max(len(r) for r in reprs), 16)
+    shown = [visible_token(t) for t in maps.tokens]
+    width = min(max(display_width(s) for s in shown), 16)
     pos_w = len(str(T - 1))
     lines = [f"{what} ({T} tokens{f'; the first {maps.dropped} were cropped' if maps.dropped else ''})"]
     for t in range(T):
         row = m[t, : t + 1]
         # Rounded for ordering, so equal weights (a uniform row) list in position order.
         order = sorted(range(t + 1), key=lambda s: (-round(float(row[s]), 6), s))[:top]
-        best = " | ".join(f"{reprs[s]}@{s} {row[s]:.2f}" for s in order)
+        best = " | ".join(f"'{shown[s]}'@{s} {row[s]:.2f}" for s in order)
         strip = f" |{''.join(_shade(x) for x in m[t])}|" if T <= _MAX_STRIP else ""
-        lines.append(f"  {t:>{pos_w}} {reprs[t]:<{width}}{strip} -> {best}")
+        lines.append(f"  {t:>{pos_w}} {visible_token(maps.tokens[t], width)}{strip} -> {best}")
     return "\n".join(lines)
 
 
-def format_head_stats(stats: HeadStats) -> str:
-    """The `minigpt heads` table plus the lines naming likely previous-token and induction heads."""
-    lines = [f"{'layer':>5} {'head':>4} {'entropy':>8} {'distance':>9} {'prev-token':>10} {'first-token':>11} {'induction':>9}"]
+def format_head_stats(stats: HeadStats, ablation: "HeadAblation | None" = None) -> str:
+    """The `minigpt heads` table plus the lines naming likely previous-token and induction
+    heads; with `ablation`, a column per method of the rise in validation bits per byte
+    without the head (and of the prompt's KL, when measured), and the heads it needs most."""
+    cols = (f"{'layer':>5} {'head':>4} {'entropy':>8} {'distance':>9} {'prev-token':>10} {'first-token':>11} "
+            f"{'induction':>9}")
+    methods = ablation.methods if ablation is not None else ()
+    with_kl = ablation is not None and ablation.prompt_kl is not None
+    for m in methods:
+        cols += f" {m + ' Δbpb':>10}" + (f" {m + ' KL':>8}" if with_kl else "")
+    lines = [cols]
     for r in stats.rows():
         ind = "-" if r["induction"] is None else f"{r['induction']:.3f}"
-        lines.append(
-            f"{r['layer']:>5} {r['head']:>4} {r['entropy']:>8.3f} {r['mean_distance']:>9.2f} "
-            f"{r['prev_token']:>10.3f} {r['first_token']:>11.3f} {ind:>9}"
-        )
+        line = (f"{r['layer']:>5} {r['head']:>4} {r['entropy']:>8.3f} {r['mean_distance']:>9.2f} "
+                f"{r['prev_token']:>10.3f} {r['first_token']:>11.3f} {ind:>9}")
+        for m in methods:
+            line += f" {ablation.delta(m)[r['layer'], r['head']]:>+10.4f}"
+            if with_kl:
+                line += f" {ablation.prompt_kl[m][r['layer'], r['head']]:>8.3f}"
+        lines.append(line)
 
     def named(heads, score, threshold, kind):
         if not heads:
             return f"likely {kind} heads (score > {threshold}): none"
-        return f"likely {kind} heads (score > {threshold}): " + ", ".join(f"L{l}H{h} ({score[l, h]:.2f})" for l, h in heads)
+        listed = ", ".join(f"L{l}H{h} ({score[l, h]:.2f})" for l, h in heads)
+        return f"likely {kind} heads (score > {threshold}): {listed}"
 
     lines.append(named(stats.previous_token_heads(), stats.prev_token, PREV_TOKEN_THRESHOLD, "previous-token"))
     if stats.induction is not None:
         lines.append(named(stats.induction_heads(), stats.induction, INDUCTION_THRESHOLD, "induction"))
+    for m in methods:
+        d = ablation.delta(m)
+        order = np.argsort(-d, axis=None, kind="stable")[:3]
+        worst = ", ".join(f"L{l}H{h} ({d[l, h]:+.4f})" for l, h in (np.unravel_index(i, d.shape) for i in order))
+        lines.append(f"heads the model needs most ({m}-ablation, rise in bits/byte): {worst}")
     return "\n".join(lines)
+
+
+# ---- the per-head report -----------------------------------------------------------------------
+
+
+@dataclass
+class HeadReport:
+    """What `minigpt heads` reports, as one object: the statistics of every head on a text
+    (whose attention maps are kept for the viewer), the induction scores and, when
+    measured, what ablating each head costs (`ablation.head_ablation`).
+
+    In a notebook it shows itself as the viewer page with its "Heads" tab open.
+    """
+
+    maps: AttentionMaps
+    stats: HeadStats
+    seed: int = 0
+    induction_seq_len: int = INDUCTION_SEQ_LEN
+    ablation: "HeadAblation | None" = None
+    title: str = ""
+
+    def rows(self) -> list[dict]:
+        """One dict per head: HeadStats.rows() plus, when measured, "ablation": {method: {...}}."""
+        rows = self.stats.rows()
+        if self.ablation is not None:
+            for r in rows:
+                r["ablation"] = self.ablation.head(r["layer"], r["head"])
+        return rows
+
+    def to_json(self) -> dict:
+        """`minigpt heads --json` (less the checkpoint path), and the viewer's `heads` part."""
+        out = {
+            "tokens": len(self.maps), "dropped": self.maps.dropped,
+            "induction": {"seq_len": self.induction_seq_len, "batch": INDUCTION_BATCH, "seed": self.seed},
+            "thresholds": {"prev_token": PREV_TOKEN_THRESHOLD, "induction": INDUCTION_THRESHOLD},
+            "heads": self.rows(),
+            "previous_token_heads": [list(x) for x in self.stats.previous_token_heads()],
+            "induction_heads": [list(x) for x in self.stats.induction_heads()],
+        }
+        if self.ablation is not None:
+            out["ablation"] = self.ablation.to_json()
+        return out
+
+    def format(self) -> str:
+        """The terminal table (see `format_head_stats`), after a line describing the ablation."""
+        table = format_head_stats(self.stats, self.ablation)
+        return table if self.ablation is None else self.ablation.describe() + "\n" + table
+
+    def page_data(self, lens: "LogitLens | None" = None) -> dict:
+        return viewer_data(self.maps, self.title, heads=self, lens=lens, tab="heads")
+
+    def write_html(self, path: str | os.PathLike, lens: "LogitLens | None" = None) -> Path:
+        return write_page(self.page_data(lens), path)
+
+    def _repr_html_(self) -> str:
+        return notebook_html(self.page_data())
+
+
+def head_report(model, tokenizer, text: str = DEFAULT_PASSAGE, *, seed: int = 0,
+                ablation: "HeadAblation | None" = None, title: str = "") -> HeadReport:
+    """Every head's statistics on `text` and its induction score (`seed`: the repeated
+    random sequences); `ablation` (from `ablation.head_ablation`) is attached as given."""
+    maps = attention_maps(model, tokenizer, text)
+    if len(maps) < 2:
+        raise MiniGPTError("the text is a single token: head statistics need at least 2")
+    special = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+    stats = maps.head_stats()
+    stats.induction = induction_scores(model, seed=seed, exclude_ids=special)
+    n = min(INDUCTION_SEQ_LEN, model.config.block_size // 2)
+    return HeadReport(maps=maps, stats=stats, seed=seed, induction_seq_len=n, ablation=ablation, title=title)
 
 
 # ---- the HTML viewer and the PNG ---------------------------------------------------------------
 
-_DATA_MARKER = "/*MINIGPT_DATA*/"
 
-
-def _json_for_script(obj) -> str:
-    """JSON that is safe inside <script type="application/json">: every '<', '>' and '&'
-    becomes a \\u escape (still the same JSON), so a token such as '</script>' or '<!--'
-    cannot end or confuse the script element."""
-    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, head: int | None = None) -> dict:
-    """What the viewer reads: tokens, each head's rows cut at the diagonal (row t keeps
-    its t+1 possible keys), rounded to 6 decimals, and the layer/head to open on (head
-    None: the mean over heads)."""
+def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, head: int | None = None, *,
+                lens: "LogitLens | None" = None, heads: HeadReport | None = None, tab: str | None = None) -> dict:
+    """What the viewer reads (see viewer.html's header): tokens, each head's rows cut at
+    the diagonal (row t keeps its t+1 possible keys), rounded to 6 decimals, the
+    layer/head to open on (head None: the mean over heads) and, when given, the per-head
+    report and the logit lens of the same text; `tab` names the tab to open on ("attention", "heads", "lens")."""
     check_index(layer, maps.n_layer, "layer")
     check_index(head, maps.n_head, "head")
     L, H, T, _ = maps.weights.shape
     w = np.round(maps.weights.astype(np.float64), 6)
+    if lens is not None and list(lens.ids) != list(maps.ids):
+        raise ValueError("the lens must read the same tokens as the attention maps")
     return {
         "title": title,
+        "open": tab or "attention",
         "layer": 0 if layer is None else layer,
         # --layer alone opens on the mean of its heads (as the terminal view shows it);
         # nothing given opens on layer 0, head 0.
@@ -463,22 +559,24 @@ def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, 
         "n_layer": L,
         "n_head": H,
         "weights": [[[w[l, h, t, : t + 1].tolist() for t in range(T)] for h in range(H)] for l in range(L)],
+        "heads": None if heads is None else files.json_safe(heads.to_json()),
+        "lens": None if lens is None else lens.to_json(),
     }
 
 
 def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "", layer: int | None = None,
-               head: int | None = None) -> Path:
+               head: int | None = None, lens: "LogitLens | None" = None, heads: HeadReport | None = None,
+               tab: str | None = None) -> Path:
     """Write the interactive viewer: one HTML file with the data inside, no network needed.
 
-    Layer and head selectors, the chosen head's heatmap, an overview of every head in the
-    layer (click one to select it), and the text where hovering or clicking a token shows
-    what it attends to. The template is `viewer.html` next to this module.
+    Layer and head selectors, the chosen head's heatmap (token labels on its axes and a
+    colour scale), an overview of every head in the layer (click one to select it), and
+    the text where hovering or clicking a token shows what it attends to. With `heads`
+    (a HeadReport) a "Heads" tab with every head's statistics and ablation costs; with
+    `lens` (a LogitLens of the same text) a "Logit lens" tab with the attribution.
+    The template is `viewer.html` next to this module.
     """
-    template = (Path(__file__).with_name("viewer.html")).read_text(encoding="utf-8")
-    if template.count(_DATA_MARKER) != 1:
-        raise RuntimeError(f"viewer.html must contain {_DATA_MARKER} exactly once")
-    page = template.replace(_DATA_MARKER, _json_for_script(viewer_data(maps, title, layer, head)))
-    return files.atomic_write(path, page)
+    return write_page(viewer_data(maps, title, layer, head, lens=lens, heads=heads, tab=tab), path)
 
 
 def _matplotlib_figure():
@@ -504,7 +602,7 @@ def write_png(maps: AttentionMaps, path: str | os.PathLike, layer: int | None = 
     im = ax.imshow(np.where(np.tril(np.ones((T, T), bool)), m, np.nan), cmap="viridis", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, label="attention weight")
     if T <= 64:  # beyond that the labels overlap into a grey smear
-        labels = [t.replace("\n", "\u21b5") for t in maps.tokens]
+        labels = [visible_token(t) for t in maps.tokens]
         ax.set_xticks(range(T), labels, rotation=90, fontsize=8)
         ax.set_yticks(range(T), labels, fontsize=8)
     ax.set_xlabel("key (attended to)")

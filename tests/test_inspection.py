@@ -27,6 +27,7 @@ from minigpt.inspection import (
 )
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
+from minigpt.viewer import visible_token
 
 TEXT = "The cat sat on the mat.\nThe dog sat on the log <b>&amp;</b>."
 
@@ -275,7 +276,7 @@ def test_terminal_heatmap_lists_each_tokens_top_keys(tok):
         row = np.round(maps.weights[1, 0, t].astype(np.float64), 6)
         best = int(np.flatnonzero(row == row.max())[0])  # ties (to 1e-6) are listed in position order
         m = re.search(r"-> (.*?)@(\d+) (\d\.\d\d)", line)
-        assert m and int(m.group(2)) == best and m.group(1) == repr(maps.tokens[best])
+        assert m and int(m.group(2)) == best and m.group(1) == f"'{visible_token(maps.tokens[best])}'"
         assert float(m.group(3)) == pytest.approx(maps.weights[1, 0, t, best], abs=0.005)
     assert format_attention(maps).splitlines()[0].startswith("mean over all 2 layers x 2 heads")
 
@@ -409,3 +410,53 @@ def test_bad_input_is_one_line_and_exit_2(capsys, ckpt_dir, odd_checkpoints, arg
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"minigpt {argv[0]}: error: ") and "Traceback" not in err
     assert message in lines[0]
+
+
+# ---- tokens of whitespace keep the columns (terminal attention view, sample --show-probs) ------------
+
+
+def test_visible_token_known_answers():
+    assert visible_token(" \n  ") == "\u00b7\u23ce\u00b7\u00b7"
+    assert visible_token("\tx\x00\r") == "\u21e5x\\x00\u240d"
+    assert visible_token("abcdefgh", 5) == "abcd\u2026" and visible_token("ab", 5) == "ab   "
+    assert visible_token("\u65e5\u672c\u8a9e", 5) == "\u65e5\u672c\u2026"  # wide characters count 2 columns
+    assert visible_token("\u00a0") == "\\xa0"  # a no-break space is not mistaken for a space
+
+
+def test_terminal_attention_view_keeps_columns_with_whitespace_tokens():
+    tokens = ["ROMEO", ":", "\n    ", " ", "\t", "\n\n", "thou"]
+    T = len(tokens)
+    w = np.tril(np.ones((T, T), np.float32))
+    maps = AttentionMaps(tokens=tokens, ids=list(range(T)), weights=(w / w.sum(-1, keepdims=True))[None, None])
+    lines = format_attention(maps, 0, 0).splitlines()
+    assert len(lines) == T + 1  # no token broke a line
+    strips = {line.index(" |") for line in lines[1:]}
+    assert len(strips) == 1, lines  # every shade strip starts in the same column
+    assert "\u23ce\u00b7\u00b7\u00b7\u00b7" in lines[3]
+
+
+def test_show_probs_keeps_columns_with_whitespace_tokens(capsys, tmp_path):
+    """A model wired to prefer a token of a newline and spaces: the --show-probs table must
+    still be one line per token, with its columns in place."""
+    corpus = ["ROMEO:\n    Love night\n    day sweet\n"] * 30
+    t = Tokenizer.train(corpus, vocab_size=270)
+    ws = [i for i in range(t.vocab_size) if "\n" in t.token_str(i) and " " in t.token_str(i)]
+    short = [i for i in range(t.vocab_size) if t.token_str(i) == "a"]
+    assert ws and short
+    model = GPT(GPTConfig(vocab_size=t.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_weights=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.ln_f.bias[0] = 1.0  # the final norm outputs e_0 whatever the input
+        model.lm_head.weight[ws[0], 0] = 4.0  # the whitespace token first, 'a' second
+        model.lm_head.weight[short[0], 0] = 3.0
+    ckpt = save_checkpoint(tmp_path / "ws", model, t)
+    rc, out, err = run_cli(capsys, "sample", "--checkpoint", str(ckpt), "--prompt", "R", "--max-new-tokens", "3",
+                           "--show-probs", "3", "--temperature", "0", "--device", "cpu")
+    assert rc == 0, err
+    picked = [line for line in out.splitlines() if line.startswith("picked")]
+    assert len(picked) == 3 and all("\u23ce" in line for line in picked)
+    for mark in ("p=", "|", "*"):
+        assert len({line.index(mark) for line in picked}) == 1, picked
+    cands = picked[0].split("|", 1)[1]
+    assert cands.index("'a'") - cands.index("*") == 1 + 12 + 1 + 5 + 1 + 1  # fixed-width candidate cells

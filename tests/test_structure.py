@@ -147,8 +147,8 @@ def test_dependencies_point_one_way():
     layers = [
         {"errors"}, {"files", "config"}, {"kernels", "optim"}, {"tokenizer", "model", "runtime", "onednn"},
         {"baselines"}, {"models"},
-        {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling"}, {"completion", "inference"},
-        {"evaluate", "trainer", "inspection", "hf", "serve", "pretrained"}, {"cli"},
+        {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling"}, {"completion", "inference", "viewer"},
+        {"evaluate", "trainer", "lens", "ablation", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
     # A subpackage's modules sit on its layer, and have layers of their own inside it.
     inner = {"serve": [{"config"}, {"protocol"}, {"engine"}, {"wire"}, {"app"}, {"server"}]}
