@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files
+from . import DIST_NAME, files
 from .errors import MiniGPTError, NoAttention
 
 __all__ = [
@@ -488,7 +488,7 @@ def _matplotlib_figure():
     try:  # the optional viz extra
         from matplotlib.figure import Figure
     except ImportError:
-        raise MiniGPTError("--png needs matplotlib, which is not installed: pip install 'minigpt[viz]'") from None
+        raise MiniGPTError(f"--png needs matplotlib, which is not installed: pip install '{DIST_NAME}[viz]'") from None
     return Figure
 
 

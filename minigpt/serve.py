@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from . import DIST_NAME
 from .completion import RowText, encode_prompt
 from .errors import ConfigError, MiniGPTError
 from .sampling import Batch, Draw, SamplingParams
@@ -914,7 +915,7 @@ def _need_extra():
         import starlette  # noqa: F401
         import uvicorn
     except ImportError:
-        raise MiniGPTError("minigpt serve needs Starlette and uvicorn: pip install 'minigpt[serve]'") from None
+        raise MiniGPTError(f"minigpt serve needs Starlette and uvicorn: pip install '{DIST_NAME}[serve]'") from None
     return uvicorn
 
 
