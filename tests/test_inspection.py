@@ -369,7 +369,7 @@ def test_png_flag_without_matplotlib_is_exit_2(capsys, ckpt_dir, tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     rc, out, err = run_cli(capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", "hi", "--png", str(tmp_path / "x.png"))
     assert rc == 2 and out == ""
-    assert err.splitlines() == ["minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt[viz]'"]
+    assert err.splitlines() == ["minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt-toolkit[viz]'"]
 
 
 @pytest.fixture(scope="module")
