@@ -74,6 +74,7 @@ def corpus_cache() -> Path:
                 with files.atomic_output(target / name) as tmp:
                     shutil.copyfile(CORPUS / name, tmp)
     except FileError as e:
-        raise FileError(f"{e} (the bundled corpus is prepared there; set MINIGPT_CACHE to a writable directory)",
-                        e.errno) from None
+        raise FileError(
+            f"{e} (the bundled corpus is prepared there; set MINIGPT_CACHE to a writable directory)", e.errno
+        ) from None
     return target

@@ -53,8 +53,11 @@ def test_the_distribution_name_is_ours_and_every_pip_command_uses_it():
     assert project["name"] == minigpt.DIST_NAME == "minigpt-toolkit"
     assert project["scripts"] == {"minigpt": "minigpt.cli:main"}
     texts = {p: p.read_text(encoding="utf-8") for p in [REPO / "README.md", *sorted((REPO / "minigpt").glob("*.py"))]}
-    wrong = [f"{p.name}: {m.group(0)}" for p, t in texts.items()
-             for m in re.finditer(r"pip install '?minigpt(\[\w+\])?'?(?![-\w])", t)]
+    wrong = [
+        f"{p.name}: {m.group(0)}"
+        for p, t in texts.items()
+        for m in re.finditer(r"pip install '?minigpt(\[\w+\])?'?(?![-\w])", t)
+    ]
     assert not wrong, wrong
     assert "pip install minigpt-toolkit" in texts[REPO / "README.md"]
 
@@ -104,10 +107,17 @@ def test_a_bare_train_in_an_empty_directory_prepares_the_bundled_corpus(tmp_path
     work, cache = tmp_path / "empty", tmp_path / "cache"
     work.mkdir()
     env = dict(os.environ, MINIGPT_CACHE=str(cache), PYTHONPATH=str(REPO))
-    small = ["--max-steps", "4", "--eval-interval", "2", "--eval-steps", "1", "--sample-tokens", "8", "--n-layer", "1",
-             "--n-head", "2", "--n-embd", "32", "--batch-size", "4", "--quiet"]
-    r = subprocess.run([sys.executable, "-m", "minigpt.cli", "train", *small], cwd=work, env=env,
-                       capture_output=True, text=True, timeout=600)
+    small = (
+        "--max-steps 4 --eval-interval 2 --eval-steps 1 --sample-tokens 8 --n-layer 1 --n-head 2 --n-embd 32".split()
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "minigpt.cli", "train", *small, "--batch-size", "4", "--quiet"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     (prepared,) = cache.iterdir()
     meta = json.loads((prepared / "meta.json").read_text())
@@ -116,9 +126,15 @@ def test_a_bare_train_in_an_empty_directory_prepares_the_bundled_corpus(tmp_path
     run = json.loads((work / "out" / "shakespeare" / "train_config.json").read_text())
     assert run["data"]["data"] == str(prepared)
     assert not list(bundled.CORPUS.glob("*.bin")) and not (bundled.CORPUS / "meta.json").exists()
-    e = subprocess.run([sys.executable, "-m", "minigpt.cli", "eval", "--checkpoint", str(work / "out" / "shakespeare"),
-                        "--samples", "0", "--max-tokens", "500", "--json"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    evaluate = ["eval", "--checkpoint", str(work / "out" / "shakespeare"), "--samples", "0", "--max-tokens", "500"]
+    e = subprocess.run(
+        [sys.executable, "-m", "minigpt.cli", *evaluate, "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert e.returncode == 0, e.stderr
     assert json.loads(e.stdout)["data"] == str(prepared)
 
@@ -142,10 +158,19 @@ def _read_by_the_commands() -> set[str]:
 def test_the_wheel_holds_everything_the_commands_read(tmp_path):
     pytest.importorskip("build", reason="the dev extra's `build` builds the wheel")
     src = tmp_path / "src"  # a copy, so that building writes nothing into the checkout
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "out", "build", "dist", "*.egg-info",
-                                                             "__pycache__", ".hypothesis", ".ruff_cache", "data"))
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
-                        str(src)], capture_output=True, text=True, timeout=600)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "out", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".ruff_cache", "data"
+        ),
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert wheel.name == f"minigpt_toolkit-{minigpt.__version__}-py3-none-any.whl"
