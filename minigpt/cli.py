@@ -54,7 +54,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "%(default)" in text or "(default:" in text:
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if "%(default)" in text or "(default:" in text:  # stated by the caller (train's flags)
             return text
         if action.default is None or action.default == "":
             words = getattr(action, "unset", None)

@@ -280,7 +280,8 @@ class OptimArgs:
 class RunArgs:
     out: str = _opt(DEFAULT_RUN, "run directory: checkpoints, metrics.jsonl, config")
     device: str = _opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=DTYPES)
+    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with "
+                      "native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=DTYPES)
     compile: bool | None = _opt(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     eval_interval: int = _opt(250, "evaluate (and checkpoint) every this many steps")
     eval_steps: int = _opt(20, "batches per evaluation of train and val loss")
