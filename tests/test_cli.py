@@ -202,6 +202,13 @@ def cli_formatter():
 
 
 def _same(shown: str, value) -> bool:
+    """Whether `shown` is `value` as --help writes it ("1,000,000" for 10**6), optionally
+    followed by words about it ("127.0.0.1, this machine only")."""
+    head = shown.split(", ")[0]
+    return _equal(shown, value) or (head != shown and _equal(head, value))
+
+
+def _equal(shown: str, value) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return shown == str(value)
     try:
@@ -278,3 +285,35 @@ def test_hugging_face_help_names_gpt2_and_qwen3(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "a Hugging Face GPT-2 or Qwen3 directory" in out
+
+
+def test_training_flags_take_the_types_the_dataclasses_declare():
+    """Flags are built from the real annotations (typing.get_type_hints), not their text:
+    each field's type is the type of its default, bools become --x/--no-x, and a typed
+    flag parses its own type and refuses another."""
+    import argparse
+    from dataclasses import MISSING, dataclass, fields
+
+    from minigpt.config import SECTIONS, _opt, add_train_arguments, field_types
+
+    for cls in SECTIONS.values():
+        types = field_types(cls)
+        for f in fields(cls):
+            if f.default not in (None, MISSING):
+                assert types[f.name] == (type(f.default), False), (cls.__name__, f.name)
+            else:
+                assert types[f.name][1], f.name  # a None default is declared `X | None`
+    parser = _Parser(prog="minigpt train")
+    add_train_arguments(parser)
+    kinds = {a.dest: a for a in parser._actions}
+    assert isinstance(kinds["resume"], argparse.BooleanOptionalAction) and kinds["n_layer"].type is int
+    assert parser.parse_args(["--no-bias", "--n-layer", "3", "--lr", "1e-3"]).n_layer == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--n-layer", "3.5"])
+
+    @dataclass
+    class Planted:  # annotations as `from __future__ import annotations` leaves them: strings
+        a: "int | None" = _opt(None, "a")
+        b: "bool" = _opt(False, "b")
+
+    assert field_types(Planted) == {"a": (int, True), "b": (bool, False)}
