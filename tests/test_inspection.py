@@ -359,7 +359,7 @@ def test_png_without_matplotlib_says_how_to_install(tok, tmp_path, monkeypatch):
     maps = attention_maps(random_gpt(tok.vocab_size), tok, TEXT)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` fail
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(MiniGPTError, match=r"pip install 'minigpt\[viz\]'"):
+    with pytest.raises(MiniGPTError, match=r"pip install 'minigpt-toolkit\[viz\]'"):
         write_png(maps, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
