@@ -600,7 +600,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)")
     p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
     _add_device(p)
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
 
 
 def _run_serve(args) -> int:
