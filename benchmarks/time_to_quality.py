@@ -2,7 +2,7 @@
 beside Kneser-Ney n-grams of orders 2-6 counted on the same data.
 
     python benchmarks/time_to_quality.py                                  # tinyshakespeare, the default recipe
-    python benchmarks/time_to_quality.py --text data/shakespeare/shakespeare.txt.gz   # the bundled corpus
+    python benchmarks/time_to_quality.py --text minigpt/texts/shakespeare/shakespeare.txt.gz   # the bundled corpus
     python benchmarks/time_to_quality.py --text /usr/lib/python3.11/email --vocab-size 2048   # source code
     python benchmarks/time_to_quality.py --extra --max-time 170           # a 3-minute budget
     python benchmarks/time_to_quality.py --extra --preset nanogpt-cpu     # any train.py flags after --extra
@@ -62,7 +62,7 @@ def train(data: Path, out: Path, flags: list[str]) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", nargs="+", default=[str(TINYSHAKESPEARE)], help="what `minigpt prepare` takes")
-    ap.add_argument("--vocab-size", type=int, default=None, help="tokenizer size (default: data/shakespeare/dataset.toml's)")
+    ap.add_argument("--vocab-size", type=int, default=None, help="tokenizer size (default: the bundled corpus's dataset.toml)")
     ap.add_argument("--ngram-orders", type=int, nargs="*", default=[2, 3, 4, 5, 6])
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags (after everything else)")
@@ -71,7 +71,7 @@ def main() -> None:
     from minigpt.data import prepare
 
     if args.vocab_size is None:
-        args.vocab_size = int(re.search(r"vocab_size\s*=\s*(\d+)", (REPO / "data/shakespeare/dataset.toml").read_text()).group(1))
+        args.vocab_size = int(re.search(r"vocab_size\s*=\s*(\d+)", (REPO / "minigpt/texts/shakespeare/dataset.toml").read_text()).group(1))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

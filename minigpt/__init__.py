@@ -5,7 +5,12 @@ The public API, imported lazily so that `import minigpt` (and `minigpt --help`) 
     from minigpt import GPT, GPTConfig, Tokenizer, prepare, load_checkpoint, generate, complete
 """
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it (dynamic version), and
+# CHANGELOG.md has a section for it.
+__version__ = "0.4.0"
+# What pip calls it: `minigpt` on PyPI is another project, so the distribution is named
+# apart while the package (`import minigpt`) and the command (`minigpt`) keep their name.
+DIST_NAME = "minigpt-toolkit"
 
 _API = {
     "GPT": "model", "GPTConfig": "config", "KVCache": "model",

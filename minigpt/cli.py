@@ -19,17 +19,18 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from .config import DEFAULT_RUN, DTYPES, MAX_SEED
 from .errors import MiniGPTError
 from .files import FileError, os_error
 
+from . import DIST_NAME as DIST  # what pip installs: pip install minigpt-toolkit
+
 PROG = "minigpt"
-DEFAULT_RUN = "out/shakespeare"
 
 # Caps on the sizes a sampling command takes (the server has its own, smaller, flags).
 # Generation streams, so these bound run time and the per-row buffers, not a preallocation.
 MAX_NEW_TOKENS = 1_000_000
 MAX_SAMPLES = 1024  # rows decoded in one batch, each with its own KV cache
-MAX_SEED = 2**63 - 1  # torch and numpy take seeds in [0, 2^63)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,8 +40,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help whose defaults are read from the parser itself, at --help time.
+
+    A flag's help ends with "(default: %(default)s)", which argparse fills from the action's
+    default: the value the parser really uses, so the text cannot drift from the code (eval's
+    `set_defaults(max_new_tokens=200, seed=0)` shows 200 and 0; sample shows its own).
+    A default of None (or "") means "not given": its help shows the words `_unset` attached
+    ("random"), or nothing. Help that states its default itself is left alone: the train
+    flags, whose parser default is None so that typed flags can be told apart, show what a
+    bare run gets (config.add_train_arguments). tests/test_cli.py checks every shown
+    default of every command against what the parser (or the resolved config) gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if "%(default)" in text or "(default:" in text:  # stated by the caller (train's flags)
+            return text
+        if action.default is None or action.default == "":
+            words = getattr(action, "unset", None)
+            return f"{text} (default: {words})" if words else text
+        if action.nargs == 0 or action.default == []:  # store_true / append: nothing worth showing
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _unset(action: argparse.Action, words: str) -> argparse.Action:
+    """Say in --help what a flag that defaults to None does when not given ("random")."""
+    action.unset = words  # read by _HelpFormatter
+    return action
+
+
 def _formatter(prog):
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=100)
+    return _HelpFormatter(prog, max_help_position=34, width=100)
 
 
 def _int_in(lo: int, hi: int):
@@ -79,7 +112,7 @@ _seed = _int_in(0, MAX_SEED)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
 
 
 def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
@@ -90,11 +123,11 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
 
     g = p.add_argument_group("sampling (the die)")
     g.add_argument("--max-new-tokens", type=_int_in(min_new_tokens, MAX_NEW_TOKENS), default=500, metavar="N",
-                   help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,} (default: 500)")
+                   help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,}")
     for s in settings():
         g.add_argument(s.flag, dest=s.name, type=_int_in(int(s.lo), int(s.hi)) if s.type is int else _finite_float,
-                       default=s.suggested, metavar=s.metavar, help=f"{s.help} (default: {s.suggested:g})")
-    g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text (default: random)")
+                       default=s.suggested, metavar=s.metavar, help=s.help)
+    _unset(g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text"), "random")
 
 
 def _sampling_params(args):
@@ -119,8 +152,8 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
     p.epilog = "example:\n  minigpt prepare ../shared/data/tinyshakespeare.txt --out build/ts --vocab-size 1024"
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a text file, a .gz text file, a directory (all text files under it, sorted) or a glob")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
-    p.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="tokenizer vocabulary: 256 bytes + <|endoftext|> + merges; 257 = plain bytes (default: 4096)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of the text (at its end) held out for validation (default: 0.1)")
+    p.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="tokenizer vocabulary: 256 bytes + <|endoftext|> + merges; 257 = plain bytes")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of the text (at its end) held out for validation")
     p.add_argument("--tokenizer", metavar="FILE", help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), GPT-2's vocab.json (with merges.txt beside it), or a directory holding either")
     p.add_argument("--force", action="store_true", help="replace a different dataset already in DIR")
     p.add_argument("--replace-invalid", action="store_true", help="replace bytes that are not UTF-8 with U+FFFD (with a warning) instead of stopping")
@@ -196,18 +229,20 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
         "still hold every generated token. Past --block-size tokens of context, the model sees the last\n"
         "block_size tokens."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"a run directory (its best checkpoint, else its last) or a checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="a run directory (its best checkpoint, else its last) or a checkpoint directory")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", metavar="TEXT", help="text to continue (default: read standard input if it is not a terminal, else empty)")
+    _unset(src.add_argument("--prompt", metavar="TEXT", help="text to continue"),
+           "standard input if it is not a terminal, else empty")
     src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
-    p.add_argument("--num-samples", type=_int_in(1, MAX_SAMPLES), default=1, metavar="N", help=f"samples to draw (in one batch), at most {MAX_SAMPLES} (default: 1)")
+    p.add_argument("--num-samples", type=_int_in(1, MAX_SAMPLES), default=1, metavar="N", help=f"samples to draw (in one batch), at most {MAX_SAMPLES}")
     _add_sampling(p)
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample just before this text (repeatable)")
     _add_device(p)
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the decode step (default: on for CUDA)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    _unset(p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                          help="torch.compile the decode step"), "on for CUDA")
     p.add_argument("--json", action="store_true", help='print one JSON object per sample: {"prompt", "text", "ids", "logprobs", "finish_reason"}')
-    p.add_argument("--show-probs", type=_non_negative_int, default=0, metavar="K", help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked")
+    p.add_argument("--show-probs", type=_non_negative_int, default=0, metavar="K", help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked; 0 = off")
 
 
 def _read_prompt(args) -> str:
@@ -314,13 +349,14 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
         "rate, and memorisation (share of generated 8-token n-grams found verbatim in the training split, and the\n"
         "longest generated span found verbatim)."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
-    p.add_argument("--data", metavar="DIR", help="prepared dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
+    _unset(p.add_argument("--data", metavar="DIR", help="prepared dataset"), "the one the checkpoint was trained on")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--max-tokens", type=_int_in(0, 2**62), default=0, metavar="N", help="evaluate only the first N validation tokens (a quick estimate; default: all)")
-    p.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass (default: 16)")
-    p.add_argument("--samples", type=_int_in(1, MAX_SAMPLES), default=10, metavar="N", help="generated samples for diversity and memorisation (default: 10)")
-    p.add_argument("--prompt", default="", metavar="TEXT", help="prompt for the samples (default: empty, i.e. <|endoftext|>)")
+    p.add_argument("--max-tokens", type=_int_in(0, 2**62), default=0, metavar="N", help="evaluate only the first N validation tokens, a quick estimate; 0 = all")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass")
+    p.add_argument("--samples", type=_int_in(0, MAX_SAMPLES), default=10, metavar="N",
+                   help="generated samples for diversity and memorisation; 0 skips sampling")
+    _unset(p.add_argument("--prompt", default="", metavar="TEXT", help="prompt for the samples"), "empty, i.e. <|endoftext|>")
     _add_sampling(p, min_new_tokens=1)
     p.set_defaults(max_new_tokens=200, seed=0)
     _add_device(p)
@@ -372,7 +408,7 @@ def _build_compare(p: argparse.ArgumentParser) -> None:
     p.description = "One table of training runs: model kind, parameters, training time, tokens seen, val bits per byte."
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `minigpt train`")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument("--png", metavar="FILE", help="plot val bits per byte against training time (needs matplotlib: pip install 'minigpt[viz]')")
+    p.add_argument("--png", metavar="FILE", help=f"plot val bits per byte against training time (needs matplotlib: pip install '{DIST}[viz]')")
 
 
 def _run_compare(args) -> int:
@@ -395,11 +431,11 @@ def _build_attention(p: argparse.ArgumentParser) -> None:
         "viewer (opens offline; with the logit lens of the same prompt); --npz the raw weights; --png a heatmap\n"
         "(needs matplotlib)."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to look at (cropped to the last block_size tokens if longer)")
-    p.add_argument("--layer", type=int, metavar="L", help="layer index, 0-based (default: average over layers)")
-    p.add_argument("--head", type=int, metavar="H", help="head index, 0-based (default: average over heads)")
-    p.add_argument("--top", type=int, default=3, metavar="N", help="attended tokens listed per token (default: 3)")
+    _unset(p.add_argument("--layer", type=int, metavar="L", help="layer index, 0-based"), "average over layers")
+    _unset(p.add_argument("--head", type=int, metavar="H", help="head index, 0-based"), "average over heads")
+    p.add_argument("--top", type=int, default=3, metavar="N", help="attended tokens listed per token")
     p.add_argument("--npz", metavar="FILE", help="write arrays weights [n_layer, n_head, T, T] and tokens")
     p.add_argument("--html", metavar="FILE", help="write the interactive viewer (one self-contained HTML file)")
     p.add_argument("--png", metavar="FILE", help="draw the chosen head's heatmap (needs matplotlib)")
@@ -442,7 +478,7 @@ def _run_attention(args) -> int:
         try:  # a missing extra is reported before any work or output
             import matplotlib.figure  # noqa: F401  (the viz extra, imported only when --png is asked for)
         except ImportError:
-            raise MiniGPTError("--png needs matplotlib, which is not installed: pip install 'minigpt[viz]'") from None
+            raise MiniGPTError(f"--png needs matplotlib, which is not installed: pip install '{DIST}[viz]'") from None
     ckpt = _load_attention_model(args.checkpoint, args.device)
     cfg = ckpt.model.config
     check_index(args.layer, cfg.n_layer, "layer")  # before the forward pass: fail fast
@@ -481,9 +517,10 @@ def _build_heads(p: argparse.ArgumentParser) -> None:
         "  minigpt heads --ablate --html heads.html        # + ablation; the viewer with the Heads tab\n"
         "  minigpt heads --ablate --ablate-tokens 0 --json # on the whole validation split"
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
-    p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores (default: a built-in passage)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the repeated random sequence for the induction score (default: 0)")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
+    _unset(p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores"),
+           "a built-in passage")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the repeated random sequence for the induction score")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--html", metavar="FILE", help="write the viewer with the Heads tab (and the text's attention and logit lens)")
     g = p.add_argument_group("ablation")
@@ -622,10 +659,12 @@ def _run_lens(args) -> int:
 
 def _build_import_hf(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Convert a Hugging Face GPT-2 directory (config.json + model.safetensors, or pytorch_model.bin read with\n"
-        "weights_only=True; tokenizer.json if present) into a minigpt checkpoint directory."
+        "Convert a Hugging Face GPT-2 or Qwen3 directory (config.json + model.safetensors, or pytorch_model.bin read\n"
+        "with weights_only=True; tokenizer.json, or GPT-2's vocab.json + merges.txt, if present) into a minigpt\n"
+        "checkpoint directory. Other architectures are refused, naming their model_type."
     )
-    p.add_argument("hf_dir", metavar="HF_DIR", help="directory saved by transformers' GPT2LMHeadModel.save_pretrained")
+    p.add_argument("hf_dir", metavar="HF_DIR",
+                   help="directory saved by transformers' save_pretrained (GPT2LMHeadModel or Qwen3ForCausalLM)")
     p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
     p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
 
@@ -640,8 +679,10 @@ def _run_import_hf(args) -> int:
 
 def _build_export_hf(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Write a minigpt GPT checkpoint as a Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel\n"
-        "and tokenizers load. Only learned positions can be exported: GPT-2 has no sinusoidal or rotary encoding."
+        "Write a minigpt GPT checkpoint as a Hugging Face directory that transformers and tokenizers load: GPT-2's\n"
+        "block (learned positions, LayerNorm, GELU) as GPT2LMHeadModel, the modern block the cpu preset trains\n"
+        "(rotary positions, RMSNorm, QK-norm, SwiGLU, no biases) as Qwen3ForCausalLM. A block neither expresses\n"
+        "exactly (sinusoidal positions, a logit soft-cap, a mix of the two) is refused, saying why."
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
     p.add_argument("out", metavar="OUT_DIR", help="directory to write")
@@ -660,7 +701,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Serve a checkpoint over HTTP: an OpenAI-compatible completions API (/v1/completions, /v1/models,\n"
         "/health) and, at /, a playground that shows each token's die and what it attended to.\n"
-        "Needs the serve extra: pip install 'minigpt[serve]'. Loopback only unless --host says otherwise."
+        f"Needs the serve extra: pip install '{DIST}[serve]'. Loopback only unless --host says otherwise."
     )
     p.epilog = (
         "examples:\n"
@@ -669,7 +710,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
         "  MINIGPT_API_KEY=secret minigpt serve --host 0.0.0.0 --allowed-host gpu-box.lan\n"
         "      # other machines reach it by IP or as gpu-box.lan; clients send 'Authorization: Bearer secret'"
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*' = any). IP addresses, "
@@ -682,7 +723,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)")
     p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
     _add_device(p)
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
 
 
 def _run_serve(args) -> int:
@@ -707,8 +748,10 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "attention": ("show attention weights for a prompt (terminal, HTML viewer, PNG, NPZ)", _build_attention, _run_attention),
     "heads": ("per-head statistics and ablation; find previous-token and induction heads", _build_heads, _run_heads),
     "lens": ("the logit lens and direct logit attribution: what each layer predicts", _build_lens, _run_lens),
-    "import-hf": ("convert a Hugging Face GPT-2 directory to a minigpt checkpoint", _build_import_hf, _run_import_hf),
-    "export-hf": ("write a checkpoint as a Hugging Face GPT-2 directory", _build_export_hf, _run_export_hf),
+    "import-hf": ("convert a Hugging Face GPT-2 or Qwen3 directory to a minigpt checkpoint", _build_import_hf,
+                  _run_import_hf),
+    "export-hf": ("write a checkpoint as a Hugging Face directory (GPT-2, or Qwen3 for the modern block)",
+                  _build_export_hf, _run_export_hf),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }
 

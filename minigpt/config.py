@@ -17,10 +17,11 @@ import argparse
 import dataclasses
 import json
 import math
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 from . import files
 from .errors import ConfigError
@@ -30,6 +31,12 @@ NORMS = ("layernorm", "rmsnorm")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
 MLPS = ("gelu", "gelu_exact", "relu2", "swiglu")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype of train, sample and serve
+
+# Where a run with no --data / --out reads and writes. `data/shakespeare`, where no such
+# directory exists, means the corpus bundled in the package (bundled.py).
+DEFAULT_DATA = "data/shakespeare"
+DEFAULT_RUN = "out/shakespeare"  # also what sample, eval, attention, heads and serve read by default
 
 # Caps on every size a user can type. They are far beyond what a laptop (or one GPU node)
 # trains, and catch typos such as `--n-layer 100000000` before minutes go into building
@@ -220,7 +227,8 @@ class ModelArgs:
     init_from: str | None = _opt(
         None,
         "fine-tune: start from this model's weights instead of random ones. SOURCE is a minigpt run or checkpoint "
-        "directory (a run's best, else last), a Hugging Face GPT-2 directory (config.json + safetensors), or a model "
+        "directory (a run's best, else last), a Hugging Face GPT-2 or Qwen3 directory (config.json + safetensors), or a "
+        "model "
         "name found in the local Hugging Face cache (gpt2, distilgpt2, openai-community/gpt2-medium; offline). The "
         "model's kind, shape and tokenizer come from SOURCE, and the defaults become the finetune preset's "
         "(shown as 'with --init-from' below)",
@@ -249,10 +257,11 @@ class ModelArgs:
 @dataclass
 class DataArgs:
     data: str = _opt(
-        "data/shakespeare",
+        DEFAULT_DATA,
         "prepared dataset directory (see `minigpt prepare`), or text to prepare first, as `minigpt prepare` "
         "takes it: a file, a .gz, a directory of text files or a glob (quoted). Text is prepared with "
-        "--init-from's tokenizer, else with a new one of --vocab-size tokens",
+        "--init-from's tokenizer, else with a new one of --vocab-size tokens. The default, where no such directory "
+        "exists, is the corpus bundled with minigpt, prepared once into ~/.cache/minigpt (or $MINIGPT_CACHE)",
     )
     data_out: str | None = _opt(None, "where text given as --data is prepared (default: OUT/data)", metavar="DIR")
     vocab_size: int = _opt(4096, "tokenizer size when text given as --data is prepared without --init-from")
@@ -285,9 +294,10 @@ class OptimArgs:
 
 @dataclass
 class RunArgs:
-    out: str = _opt("out/shakespeare", "run directory: checkpoints, metrics.jsonl, config")
+    out: str = _opt(DEFAULT_RUN, "run directory: checkpoints, metrics.jsonl, config")
     device: str = _opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with "
+                      "native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=DTYPES)
     compile: bool | None = _opt(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     eval_interval: int = _opt(250, "evaluate (and checkpoint) every this many steps")
     eval_steps: int = _opt(20, "batches per evaluation of train and val loss")
@@ -485,6 +495,27 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 # ---- command line ---------------------------------------------------------------------
 
 
+def field_types(cls) -> dict[str, tuple[type, bool]]:
+    """Each field of a config dataclass: (its type, whether it may be None), read from the
+    real annotations (`typing.get_type_hints` evaluates the strings that `from __future__
+    import annotations` leaves), never from their text.
+
+    >>> field_types(RunArgs)["compile"], field_types(RunArgs)["seed"]
+    ((<class 'bool'>, True), (<class 'int'>, False))
+    """
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        parts = typing.get_args(hint)  # `str | None` -> (str, NoneType); a plain type -> ()
+        if parts:
+            kinds = [t for t in parts if t is not type(None)]
+            if len(kinds) != 1:
+                raise TypeError(f"{cls.__name__}.{name}: a setting has one type (or None), not {hint}")
+            out[name] = (kinds[0], len(kinds) < len(parts))
+        else:
+            out[name] = (hint, False)
+    return out
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -504,11 +535,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[s
                 kw["choices"] = f.metadata["choices"]
             elif f.name == "model" and model_kinds:
                 kw["choices"] = list(model_kinds)
-            typ = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), None)
-            if f.type in (bool, "bool", "bool | None"):
+            typ, _ = field_types(cls)[f.name]
+            if typ is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
-                kw["type"] = f.metadata.get("parse") or typ or str
+                kw["type"] = f.metadata.get("parse") or typ
                 kw["metavar"] = f.metadata.get("metavar", f.name.upper())
             default = PRESETS[DEFAULT_PRESET].get(f.name, f.default)
             tuned = PRESETS[FINETUNE_PRESET].get(f.name, f.default)
@@ -573,22 +604,19 @@ def _coerce_types(cfg: TrainConfig) -> None:
     """TOML gives 1 where a float is meant, or "3" by mistake: check every value's type."""
     if isinstance(cfg.run.max_time, str):  # a duration such as "3m" (TOML or run.json)
         cfg.run.max_time = parse_duration(cfg.run.max_time)
-    for section in SECTIONS:
+    for section, cls in SECTIONS.items():
         obj = getattr(cfg, section)
-        for f in fields(obj):
-            v = getattr(obj, f.name)
-            want = f.type
-            if want in (float, "float") and isinstance(v, int) and not isinstance(v, bool):
-                setattr(obj, f.name, float(v))
-            elif want in (int, "int") and not (isinstance(v, int) and not isinstance(v, bool)):
-                raise ConfigError(f"{f.name}: must be an integer, got {v!r}")
-            elif want in (float, "float") and not isinstance(v, (int, float)):
-                raise ConfigError(f"{f.name}: must be a number, got {v!r}")
-            elif want in (str, "str") and not isinstance(v, str):
-                raise ConfigError(f"{f.name}: must be a string, got {v!r}")
-            elif want in (bool, "bool") and not isinstance(v, bool):
-                raise ConfigError(f"{f.name}: must be true or false, got {v!r}")
-            elif want == "bool | None" and not (v is None or isinstance(v, bool)):
-                raise ConfigError(f"{f.name}: must be true or false, got {v!r}")
-            elif want == "str | None" and not (v is None or isinstance(v, str)):
-                raise ConfigError(f"{f.name}: must be a string, got {v!r}")
+        for name, (want, optional) in field_types(cls).items():
+            v = getattr(obj, name)
+            if v is None and optional:
+                continue
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                setattr(obj, name, float(v))
+            elif want is int and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise ConfigError(f"{name}: must be an integer, got {v!r}")
+            elif want is float and not isinstance(v, (int, float)):
+                raise ConfigError(f"{name}: must be a number, got {v!r}")
+            elif want is str and not isinstance(v, str):
+                raise ConfigError(f"{name}: must be a string, got {v!r}")
+            elif want is bool and not isinstance(v, bool):
+                raise ConfigError(f"{name}: must be true or false, got {v!r}")

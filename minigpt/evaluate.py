@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import files
+from . import DIST_NAME, files
 from .checkpoint import RunDirectory, read_run
 from .completion import complete
 from .data import windows
@@ -362,12 +362,13 @@ def evaluate_checkpoint(
     prompt: str = "", max_new_tokens: int = 200, params=None, seed: int = 0, progress: bool | None = False,
 ) -> dict[str, Any]:
     """Every number `minigpt eval` reports, for a model and a prepared `Dataset` whose
-    tokenizer is the model's. Returns a flat dict (the --json object, less the paths)."""
+    tokenizer is the model's. Returns a flat dict (the --json object, less the paths).
+    `samples=0` skips the sampling half: its numbers are then None (null in --json)."""
     val = data.tokens("val")
     if len(val) < 2:
         raise DataError(f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction")
-    if samples < 1:
-        raise MiniGPTError(f"--samples must be >= 1, got {samples}")
+    if samples < 0:
+        raise MiniGPTError(f"--samples must be >= 0, got {samples}")
     for split in ("val", "train"):  # an id past the model's vocabulary would index out of its tables
         data.check_token_ids(split, model.config.vocab_size)
     window, stride = model.score_window()
@@ -375,12 +376,7 @@ def evaluate_checkpoint(
         model, val, tokenizer.byte_lengths, window=window, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
         progress=progress,
     )
-    outs = complete(model, tokenizer, prompt, num_samples=samples, max_new_tokens=max_new_tokens, params=params, seed=seed)
-    texts = [c.text for c in outs]
-    ids = [c.ids for c in outs]
-    memo = memorization(ids, data.tokens("train"), vocab_size=model.config.vocab_size)
-    longest_ids = ids[memo.longest_sample][memo.longest_offset : memo.longest_offset + memo.longest] if memo.longest else []
-    return {
+    report = {
         "model_type": model.model_type,
         "val_loss": ev["loss"],
         "perplexity": ev["perplexity"],
@@ -391,6 +387,16 @@ def evaluate_checkpoint(
         "window": ev["window"],
         "stride": ev["stride"],
         "samples": samples,
+    }
+    if samples == 0:
+        return {**report, **dict.fromkeys(_SAMPLE_KEYS)}
+    outs = complete(model, tokenizer, prompt, num_samples=samples, max_new_tokens=max_new_tokens, params=params, seed=seed)
+    texts = [c.text for c in outs]
+    ids = [c.ids for c in outs]
+    memo = memorization(ids, data.tokens("train"), vocab_size=model.config.vocab_size)
+    longest_ids = ids[memo.longest_sample][memo.longest_offset : memo.longest_offset + memo.longest] if memo.longest else []
+    return {
+        **report,
         "sample_tokens": sum(len(i) for i in ids),
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
@@ -405,13 +411,21 @@ def evaluate_checkpoint(
     }
 
 
+# What the sampling half of `eval` reports (None each with --samples 0).
+_SAMPLE_KEYS = (
+    "sample_tokens", "distinct_1", "distinct_2", "distinct_3", "repetition_rate", "memorized_8gram_rate",
+    "memorized_8grams", "total_8grams", "longest_memorized_span", "longest_memorized_text",
+    "longest_memorized_train_offset",
+)
+
+
 def _num(x, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
 def format_eval(r: dict[str, Any]) -> str:
     """The readable table `minigpt eval` prints."""
-    span = r["longest_memorized_text"]
+    span = r["longest_memorized_text"] or ""
     span = span if len(span) <= 60 else span[:57] + "..."
     scope = "all" if r["val_exact"] else "first tokens only: an estimate"
     rows = [
@@ -421,12 +435,17 @@ def format_eval(r: dict[str, Any]) -> str:
         ("  loss", f"{_num(r['val_loss'], '.4f')} nats/token"),
         ("  perplexity", _num(r["perplexity"], ".2f")),
         ("  bits per byte", _num(r["bits_per_byte"], ".4f")),
-        ("samples", f"{r['samples']} ({r['sample_tokens']:,} tokens generated)"),
-        ("  distinct-1/2/3", " / ".join(_num(r[f"distinct_{n}"], ".3f") for n in (1, 2, 3)) + "  (unique word n-grams / all)"),
-        ("  repetition", f"{_num(r['repetition_rate'], '.3f')}  (word {REP_N}-grams repeating earlier in their sample)"),
-        ("  memorised", f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} generated {MEMO_N}-token n-grams are in the training split)"),
-        ("  longest copy", f"{r['longest_memorized_span']} tokens" + (f": {json.dumps(span, ensure_ascii=False)}" if span else "")),
     ]
+    if not r["samples"]:
+        rows.append(("samples", "none (--samples 0)"))
+    else:
+        rows += [
+            ("samples", f"{r['samples']} ({r['sample_tokens']:,} tokens generated)"),
+            ("  distinct-1/2/3", " / ".join(_num(r[f"distinct_{n}"], ".3f") for n in (1, 2, 3)) + "  (unique word n-grams / all)"),
+            ("  repetition", f"{_num(r['repetition_rate'], '.3f')}  (word {REP_N}-grams repeating earlier in their sample)"),
+            ("  memorised", f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} generated {MEMO_N}-token n-grams are in the training split)"),
+            ("  longest copy", f"{r['longest_memorized_span']} tokens" + (f": {json.dumps(span, ensure_ascii=False)}" if span else "")),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -505,7 +524,7 @@ def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MiniGPTError("--png needs matplotlib: pip install 'minigpt[viz]'") from None
+        raise MiniGPTError(f"--png needs matplotlib: pip install '{DIST_NAME}[viz]'") from None
     # A bare Figure (no pyplot): no global state, no display backend needed.
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)

@@ -587,7 +587,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     """
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
-        raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 directory)")
+        raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 or Qwen3 directory)")
     _check_out(out, hf_dir, force)
     hf_cfg = files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)
     cfg, from_hf = hf_architecture(hf_cfg, str(hf_dir / CONFIG))
@@ -617,7 +617,7 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     # Refuse what cannot map onto GPT-2 from config.json alone, before reading weights.
     kind, settings = read_model_config(path)
     if not issubclass(models.kind(kind, "model_type").cls, GPT):
-        raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2")
+        raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2 or Qwen3")
     try:
         arch = export_architecture(GPTConfig.from_dict(settings))
     except MiniGPTError as e:

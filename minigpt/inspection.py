@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import files
+from . import DIST_NAME, files
 from .errors import MiniGPTError, NoAttention
 from .viewer import display_width, notebook_html, visible_token, write_page
 
@@ -586,7 +586,7 @@ def _matplotlib_figure():
     try:  # the optional viz extra
         from matplotlib.figure import Figure
     except ImportError:
-        raise MiniGPTError("--png needs matplotlib, which is not installed: pip install 'minigpt[viz]'") from None
+        raise MiniGPTError(f"--png needs matplotlib, which is not installed: pip install '{DIST_NAME}[viz]'") from None
     return Figure
 
 

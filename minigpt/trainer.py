@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__, files, models, onednn, pretrained
+from . import __version__, bundled, files, models, onednn, pretrained
 from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
 from .completion import complete
 from .config import ModelArgs, TrainConfig
@@ -374,6 +374,7 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
             cfg, resume_from = _resume_config(cfg, explicit, run_dir)
         elif cfg.model.init_from is not None:  # SOURCE's kind and shape, weights and tokenizer
             cfg, source = _finetune_config(cfg, explicit)
+        cfg.data.data = bundled.data_dir(cfg.data.data)  # the default corpus, outside a clone: the bundled one
         plan = _plan_data(cfg, source, resuming=resume_from is not None)
         data = None
         if plan.inputs is None:  # a prepared dataset: opened (and checked) before creating --out

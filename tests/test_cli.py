@@ -169,3 +169,151 @@ def test_sample_bad_checkpoints(tmp_path, ckpt):
 def test_empty_prompt_starts_a_document(ckpt):
     r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "", "--max-new-tokens", "4", "--json", "--seed", "2")
     assert r.returncode == 0 and json.loads(r.stdout)["prompt"] == ""
+
+
+# Positional arguments each command needs before it parses (values are never read).
+_REQUIRED = {
+    "prepare": ["in.txt", "--out", "d"], "compare": ["run"], "attention": ["--prompt", "x"],
+    "import-hf": ["hf", "ckpt"], "export-hf": ["ckpt", "hf"],
+}
+
+
+def _shown_defaults(name: str) -> tuple[object, dict[str, str]]:
+    """A command's parser and, per destination, the default its --help text shows."""
+    import re
+
+    _, build, _ = COMMANDS[name]
+    parser = _Parser(prog=f"minigpt {name}", formatter_class=cli_formatter())
+    build(parser)
+    formatter = parser._get_formatter()
+    shown = {}
+    for action in parser._actions:
+        if action.option_strings and action.help:
+            m = re.search(r"\(default: ([^)]*)\)", formatter._expand_help(action))
+            if m:
+                shown[action.dest] = m.group(1)
+    return parser, shown
+
+
+def cli_formatter():
+    from minigpt import cli
+
+    return cli._formatter
+
+
+def _same(shown: str, value) -> bool:
+    """Whether `shown` is `value` as --help writes it ("1,000,000" for 10**6), optionally
+    followed by words about it ("127.0.0.1, this machine only")."""
+    head = shown.split(", ")[0]
+    return _equal(shown, value) or (head != shown and _equal(head, value))
+
+
+def _equal(shown: str, value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return shown == str(value)
+    try:
+        return float(shown.replace(",", "")) == float(value)
+    except ValueError:
+        return False
+
+
+def _is_a_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+        return True
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_default_help_shows_is_the_one_the_parser_uses(name):
+    """The default each flag's --help shows equals what parsing no flag gives: for train, the
+    setting a bare run resolves to (defaults < cpu preset); for the other commands, the
+    parser's own value (eval's 200 new tokens and seed 0, not sample's 500 and random). A
+    flag that defaults to None or "" ("not given") may describe that in words, never as a number."""
+    from minigpt.config import resolve_train_config
+
+    parser, shown = _shown_defaults(name)
+    args = parser.parse_args(_REQUIRED.get(name, []))
+    values = vars(args)
+    if name == "train":
+        cfg = resolve_train_config(args)
+        values = {**cfg.flat(), "preset": cfg.preset}
+    assert shown or name in ("compare", "import-hf", "export-hf"), f"{name} --help shows no default at all"
+    for dest, text in shown.items():
+        value = values.get(dest)
+        if value is None or value == "":
+            assert not _is_a_number(text), f"{name} --{dest}: --help shows {text!r}, the parser gives None"
+        else:
+            assert _same(text, value), f"{name} --{dest}: --help shows {text!r}, the parser gives {value!r}"
+
+
+def test_the_help_check_catches_a_stale_default():
+    """The oracle for the test above: help text written by hand that disagrees with the
+    parser's default (as eval's "(default: 500)" once did) must fail it."""
+    import argparse
+
+    p = _Parser(prog="minigpt x", formatter_class=cli_formatter())
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens (default: 500)")
+    p.add_argument("--top-k", type=int, default=200, help="keep K")
+    p.set_defaults(max_new_tokens=200)
+    fmt = p._get_formatter()
+    texts = {a.dest: fmt._expand_help(a) for a in p._actions if a.option_strings and a.help}
+    assert texts["top_k"].endswith("(default: 200)")  # generated from the parser
+    assert "(default: 500)" in texts["max_new_tokens"] and p.parse_args([]).max_new_tokens == 200  # stale: caught
+    assert not _same("500", 200) and isinstance(p, argparse.ArgumentParser)
+
+
+def test_eval_and_sample_help_show_their_own_sampling_defaults(capsys):
+    for name, tokens, seed in (("eval", "200", "0"), ("sample", "500", "random")):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert f"at most 1,000,000 (default: {tokens})" in out, name
+        assert f"the same seed gives the same text (default: {seed})" in out, name
+
+
+def test_hugging_face_help_names_gpt2_and_qwen3(capsys):
+    """import-hf/export-hf and --init-from do Qwen3 too (a rotary model exports as Qwen3)."""
+    for argv in (["--help"], ["import-hf", "--help"], ["export-hf", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "Qwen3" in out, argv
+        assert "Only learned positions can be exported" not in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a Hugging Face GPT-2 or Qwen3 directory" in out
+
+
+def test_training_flags_take_the_types_the_dataclasses_declare():
+    """Flags are built from the real annotations (typing.get_type_hints), not their text:
+    each field's type is the type of its default, bools become --x/--no-x, and a typed
+    flag parses its own type and refuses another."""
+    import argparse
+    from dataclasses import MISSING, dataclass, fields
+
+    from minigpt.config import SECTIONS, _opt, add_train_arguments, field_types
+
+    for cls in SECTIONS.values():
+        types = field_types(cls)
+        for f in fields(cls):
+            if f.default not in (None, MISSING):
+                assert types[f.name] == (type(f.default), False), (cls.__name__, f.name)
+            else:
+                assert types[f.name][1], f.name  # a None default is declared `X | None`
+    parser = _Parser(prog="minigpt train")
+    add_train_arguments(parser)
+    kinds = {a.dest: a for a in parser._actions}
+    assert isinstance(kinds["resume"], argparse.BooleanOptionalAction) and kinds["n_layer"].type is int
+    assert parser.parse_args(["--no-bias", "--n-layer", "3", "--lr", "1e-3"]).n_layer == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--n-layer", "3.5"])
+
+    @dataclass
+    class Planted:  # annotations as `from __future__ import annotations` leaves them: strings
+        a: "int | None" = _opt(None, "a")
+        b: "bool" = _opt(False, "b")
+
+    assert field_types(Planted) == {"a": (int, True), "b": (bool, False)}

@@ -322,8 +322,29 @@ def test_eval_refuses_a_dataset_with_another_tokenizer(ngram_run, tmp_path, caps
     _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--data", str(other)], "tokenizer")
 
 
-def test_eval_refuses_zero_samples(ngram_run, capsys):
-    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "0"], "--samples: must be between 1 and")
+def test_eval_refuses_a_negative_sample_count(ngram_run, capsys):
+    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "-1"], "--samples: must be between 0 and")
+
+
+def test_eval_samples_0_skips_the_sampling_half(ngram_run, capsys, monkeypatch):
+    """--samples 0: the validation numbers of a sampling run, no sampling at all (the
+    sampler would fail here), the sample metrics null in --json and "none" in the table."""
+    argv = ["eval", "--checkpoint", str(ngram_run), "--max-tokens", "200", "--json"]
+    assert cli.main([*argv, "--samples", "1", "--max-new-tokens", "10"]) == 0
+    with_samples = json.loads(capsys.readouterr().out)
+
+    def no_sampling(*a, **k):
+        raise AssertionError("eval --samples 0 sampled")
+
+    monkeypatch.setattr(ev, "complete", no_sampling)
+    assert cli.main([*argv, "--samples", "0"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("val_loss", "perplexity", "bits_per_byte", "val_tokens", "val_bytes"):
+        assert r[key] == with_samples[key], key
+    assert r["samples"] == 0 and r["sample_tokens"] is None and r["distinct_1"] is None
+    assert cli.main(argv[:-1] + ["--samples", "0"]) == 0
+    table = capsys.readouterr().out
+    assert "bits per byte" in table and "none (--samples 0)" in table and "distinct" not in table
 
 
 def test_eval_refuses_an_empty_validation_split(ngram_run, dataset, tmp_path, capsys):
@@ -382,4 +403,4 @@ def test_compare_bad_run_dirs(ngram_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     _assert_fails(capsys, ["compare", str(tmp_path / "empty")], "not a training run")
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)  # as if not installed
-    _assert_fails(capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt[viz]'")
+    _assert_fails(capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt-toolkit[viz]'")

@@ -360,7 +360,7 @@ def test_png_without_matplotlib_says_how_to_install(tok, tmp_path, monkeypatch):
     maps = attention_maps(random_gpt(tok.vocab_size), tok, TEXT)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` fail
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(MiniGPTError, match=r"pip install 'minigpt\[viz\]'"):
+    with pytest.raises(MiniGPTError, match=r"pip install 'minigpt-toolkit\[viz\]'"):
         write_png(maps, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
@@ -370,7 +370,7 @@ def test_png_flag_without_matplotlib_is_exit_2(capsys, ckpt_dir, tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     rc, out, err = run_cli(capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", "hi", "--png", str(tmp_path / "x.png"))
     assert rc == 2 and out == ""
-    assert err.splitlines() == ["minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt[viz]'"]
+    assert err.splitlines() == ["minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt-toolkit[viz]'"]
 
 
 @pytest.fixture(scope="module")

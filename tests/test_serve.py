@@ -462,7 +462,7 @@ def test_start_up_errors_are_one_line(ckpt, tmp_path, monkeypatch):
     import minigpt.serve as serve
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
-    with pytest.raises(serve.MiniGPTError, match=r"pip install 'minigpt\[serve\]'"):
+    with pytest.raises(serve.MiniGPTError, match=r"pip install 'minigpt-toolkit\[serve\]'"):
         serve.run_server(ServeConfig(checkpoint=str(ckpt)))
 
 

@@ -145,7 +145,7 @@ def test_dependencies_point_one_way():
     """Lower layers never import higher ones (config/errors/files at the bottom, the
     command line at the top)."""
     layers = [
-        {"errors"}, {"files", "config"}, {"kernels", "optim"}, {"tokenizer", "model", "runtime", "onednn"},
+        {"errors"}, {"files", "config"}, {"kernels", "optim"}, {"tokenizer", "model", "runtime", "onednn", "bundled"},
         {"baselines"}, {"models"},
         {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling"}, {"completion", "inference", "viewer"},
         {"evaluate", "trainer", "lens", "ablation", "inspection", "hf", "serve", "pretrained"}, {"cli"},

