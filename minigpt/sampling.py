@@ -445,7 +445,8 @@ class Batch:
             self._seen.scatter_(1, tok[:, None], True)
         self._last = tok
         self.steps += 1
-        return [Draw(r, t, lp, ti, tp, h) for r, t, lp, ti, tp, h in zip(rows, tokens, logprobs, top_ids, top_probs, ents)]
+        per_row = zip(rows, tokens, logprobs, top_ids, top_probs, ents)
+        return [Draw(r, t, lp, ti, tp, h) for r, t, lp, ti, tp, h in per_row]
 
     def _roll(self, shaped: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """[B] the token of every row: argmax for greedy rows, a roll of the die for the

@@ -8,7 +8,7 @@ cache, on each row's whole text."""
 import pytest
 import torch
 
-from minigpt.baselines import RecurrentState, RNNConfig, RNNLM
+from minigpt.baselines import RNNLM, RecurrentState, RNNConfig
 from minigpt.model import KVCache
 from minigpt.models import DecodeCache
 

@@ -256,8 +256,8 @@ def _alone(model, prompt, params, seed, n):
 
 
 # GPT-2's block (learned positions) and the modern one (rotary, RMSNorm, SwiGLU, QK-norm)
-MODERN = dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)
-GPT_VARIANTS = {"learned": dict(pos_encoding="learned"), "rope": dict(pos_encoding="rope"), "modern": MODERN}
+MODERN = {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False}
+GPT_VARIANTS = {"learned": {"pos_encoding": "learned"}, "rope": {"pos_encoding": "rope"}, "modern": MODERN}
 
 
 @pytest.mark.parametrize("variant", GPT_VARIANTS)
@@ -506,3 +506,20 @@ def test_cuda_graph_and_compiled_decode_match_eager():  # pragma: no cover - nee
     a = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=True)]
     b = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=False)]
     assert a == b
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["learned", "modern"])
+def test_cuda_graph_over_a_running_batch_matches_eager(kind):  # pragma: no cover - needs a GPU
+    """Rows joining and leaving give the CUDA-graph path new caches (a new capture each),
+    and making room shifts the captured cache's slots under the graph: the tokens stay
+    those of the eager path."""
+    m = _model(kind).cuda()
+    g = torch.Generator().manual_seed(0)
+    prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
+    plan = {0: [(prompt(3), ROW_PARAMS[0], 1, 45), (prompt(20), ROW_PARAMS[1], 2, 5)],
+            8: [(prompt(10), ROW_PARAMS[2], 3, 30)]}
+    graph, _ = _run_plan(Batch(m, cuda_graph=True), plan, 50)
+    eager, _ = _run_plan(Batch(m, cuda_graph=False), plan, 50)
+    assert {t: ids for t, (ids, _) in graph.items()} == {t: ids for t, (ids, _) in eager.items()}
