@@ -548,6 +548,8 @@ class Batch:
 
     def _retire(self) -> None:
         """Drop the rows that left, and their part of the cache."""
+        if not self._leaving:
+            return
         keep = [b for b, r in enumerate(self.rows) if id(r) not in self._leaving]
         self._leaving.clear()
         if len(keep) == len(self.rows):
