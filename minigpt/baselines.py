@@ -21,6 +21,7 @@ windows of block_size tokens); `--model ngram` is fitted by counting the train s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -380,14 +381,16 @@ class RNNConfig:
 class RecurrentState:
     """The sampler's cache for an RNN: its hidden state between calls.
 
-    An LSTM's state is (h, c), a GRU's is h, each [n_layer, B, n_embd]. `max_len` is None:
-    the state has no capacity to run out of, so the sampler never re-prefills, and each
-    new token costs one step of the recurrence whatever the length of the text (an RNN
-    has no context window; it reads its whole history through the state).
+    An LSTM's state is (h, c), a GRU's is h, each [n_layer, B, n_embd]: one column per
+    row, which is all a row's history comes to. So it offers the KV cache's row operations
+    (see `models.DecodeCache`) without any slots: `select` and `append` pick and join
+    columns, and it is never `full` (an RNN has no context window; each new token costs one
+    step of the recurrence whatever the length of the text).
     `start[b]`: left-padding tokens of row b, which the prefill skips.
     """
 
-    max_len = None
+    static = False  # `state` is a new tensor every step: no CUDA graph over it
+    full = False  # no slots to run out of
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
@@ -397,6 +400,32 @@ class RecurrentState:
     def reset(self, start: torch.Tensor | None = None) -> None:
         self.state = None
         self.start = start
+
+    def _map(self, fn: Callable[..., torch.Tensor], *others: RecurrentState):
+        """fn over the state's tensors: h (GRU), or h and c (LSTM), each [n_layer, B, C]."""
+        states = (self.state, *(o.state for o in others))
+        if any(s is None for s in states):
+            raise ValueError("a recurrent state with no text yet has no rows to select or append: prefill it first")
+        if isinstance(self.state, tuple):
+            return tuple(fn(*parts) for parts in zip(*states))
+        return fn(*states)
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> RecurrentState:
+        """A new state holding only `rows` (indices into this one), in that order."""
+        out = RecurrentState(len(rows))
+        out.state = self._map(lambda t: t.index_select(1, torch.as_tensor(rows, dtype=torch.long, device=t.device)))
+        return out
+
+    def append(self, other: RecurrentState) -> RecurrentState:
+        """A new state with this one's rows, then `other`'s."""
+        if not isinstance(other, RecurrentState):
+            raise TypeError(f"append: a recurrent state takes another one's rows, not a {type(other).__name__}")
+        out = RecurrentState(self.batch_size + other.batch_size)
+        out.state = self._map(lambda a, b: torch.cat([a, b], dim=1), other)
+        return out
+
+    def make_room(self) -> bool:
+        return True  # never full: there is always room
 
 
 class RNNLM(nn.Module):

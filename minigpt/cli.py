@@ -526,9 +526,10 @@ def _build_heads(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ablation")
     g.add_argument("--ablate", action="store_true", help="measure each head's zero- and mean-ablation cost (one pass over the sample per head and method)")
     g.add_argument("--ablate-tokens", type=_non_negative_int, default=ABLATION_TOKENS, metavar="N",
-                   help=f"score the first N tokens of the validation split; 0 = all of it (default: {ABLATION_TOKENS:,})")
-    g.add_argument("--data", metavar="DIR", help="prepared dataset whose val split is scored (default: the one the checkpoint was trained on)")
-    g.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass (default: 16)")
+                   help="score the first N tokens of the validation split; 0 = all of it")
+    _unset(g.add_argument("--data", metavar="DIR", help="prepared dataset whose val split is scored"),
+           "the one the checkpoint was trained on")
+    g.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass")
     _add_device(p)
 
 
@@ -617,12 +618,14 @@ def _build_lens(p: argparse.ArgumentParser) -> None:
         "  minigpt lens --prompt 'ROMEO: But soft, what light' --position 3 --token ':'\n"
         "  minigpt lens --prompt 'To be, or not to be' --html lens.html"
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help=f"run or checkpoint directory (default: {DEFAULT_RUN})")
+    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to read (cropped to its last block_size tokens if longer)")
-    p.add_argument("--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help=f"predictions kept per layer and position (default: {LENS_TOP_K})")
-    p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed (default: the last)")
-    p.add_argument("--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token (default: the real next token, at the last position the model's top guess)")
-    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="print only the N largest parts of the attribution (in model order); 0 = all (default: 24)")
+    p.add_argument("--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help="predictions kept per layer and position")
+    _unset(p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed"),
+           "the last")
+    _unset(p.add_argument("--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token"),
+           "the real next token; at the last position the model's top guess")
+    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="print only the N largest parts of the attribution (in model order); 0 = all")
     p.add_argument("--json", action="store_true", help="print the lens and the attribution as JSON instead of tables")
     p.add_argument("--html", metavar="FILE", help="write the viewer opened on its Logit lens tab (with the prompt's attention)")
     _add_device(p)

@@ -23,6 +23,7 @@ importing Hugging Face GPT-2 weights is a rename plus a transpose (see `hf.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from .config import GPTConfig
 from .errors import ConfigError
 from .kernels import cross_entropy, dropout
 
-__all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "sinusoidal_table", "apply_rope", "check_token_ids"]
+__all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "KVPlan", "sinusoidal_table", "apply_rope", "check_token_ids"]
 
 
 # ---- positional encodings -------------------------------------------------------------
@@ -81,17 +82,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---- KV cache ---------------------------------------------------------------------------
 
 
+class KVPlan(NamedTuple):
+    """Where one forward call's T tokens go in a `KVCache`, and what they may attend to."""
+
+    slots: torch.Tensor  # [T] the slots this call writes
+    positions: torch.Tensor  # [B, T] each token's position within its own row (rows may be left-padded)
+    mask: torch.Tensor  # [B, 1, T, S] bool, True = may attend (S = n_keys)
+    n_keys: int  # S: how many slots, from the first, the queries attend over
+
+
 class KVCache:
-    """Preallocated keys and values of every layer, for incremental decoding.
+    """Preallocated keys and values of every layer, for incremental decoding; the one place
+    that knows their layout.
 
-    k, v: [n_layer, B, H, L, D]. `pos` (a 0-dim device tensor) is the next slot to write;
-    `start[b]` is the first slot of row b that holds a real token (rows of a batch may be
-    left-padded to a common length; padded slots are never attended to).
+    k, v: [n_layer, B, H, L, D]. `pos` (a 0-dim device tensor) is the next slot to write,
+    the same for every row; `start[b]` is the first slot of row b that holds a real token
+    (rows of a batch are left-padded to end together; padded slots are never attended to).
+    A token's position is its slot minus its row's start, so moving a row's slots (`shift`)
+    changes no number the model computes.
 
-    Nothing here changes shape or reads a value back to the host, so a decode step that
-    uses it can be compiled and captured in a CUDA graph: the slot to write is computed
-    on the device from `pos`, and `pos` is advanced in place.
+    A forward call asks `plan(T)`, writes each layer's new keys and values with `update`,
+    then `advance(T)`. None of these changes a shape or reads a value back to the host, so
+    a decode step over the cache can be compiled and captured in a CUDA graph (`static`).
+    The sampler's `Batch` edits a running batch with the row operations: `select` (rows
+    leave), `append` (rows join), `make_room` (the cache is full).
+
+    >>> c = KVCache(n_layer=2, batch_size=3, n_head=4, max_len=16, head_dim=8)
+    >>> c.k.shape, c.fill
+    (torch.Size([2, 3, 4, 16, 8]), 0)
     """
+
+    static = True  # its tensors never move from step to step: a CUDA graph can replay over them
 
     def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, *, device=None, dtype=torch.float32):
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
@@ -109,6 +130,20 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def fill(self) -> int:
+        """Slots in use (== pos). NOTE: a host read of a device counter, so a sync on CUDA;
+        the sampler asks once a step, after reading that step's tokens (the GPU is idle)."""
+        return int(self.pos)
+
+    @property
+    def full(self) -> bool:
+        return self.fill >= self.max_len
+
+    def _like(self, batch_size: int) -> KVCache:
+        n_layer, _, n_head, max_len, head_dim = self.k.shape
+        return KVCache(n_layer, batch_size, n_head, max_len, head_dim, device=self.k.device, dtype=self.k.dtype)
+
     def reset(self, start: torch.Tensor | None = None) -> None:
         """Empty the cache (in place). `start`: per-row count of left-padding slots."""
         self.pos.zero_()
@@ -116,6 +151,104 @@ class KVCache:
             self.start.zero_()
         else:
             self.start.copy_(start)
+
+    # ---- one forward call -------------------------------------------------------------
+
+    def plan(self, T: int) -> KVPlan:
+        """Slots, positions and the attention mask for T new tokens of every row."""
+        slots = self.pos + torch.arange(T, device=self.pos.device)  # [T]
+        positions = (slots[None, :] - self.start[:, None]).clamp_min(0)  # [B, T]
+        # How many slots to attend over. Static shapes want all of them (the mask hides the
+        # empty ones), which is what a compiled / CUDA-graph step needs. On the CPU, reading
+        # the fill level costs no device sync, and attending over the filled slots only
+        # saves most of the attention work early in a long cache.
+        n_keys = self.max_len
+        if self.k.device.type == "cpu" and not torch.compiler.is_compiling():
+            n_keys = int(self.pos) + T
+        key = self.slots[None, None, :n_keys]  # [1, 1, S]
+        # Query at slot s sees keys at slots start[b]..s. A padding query sees only itself,
+        # so its softmax row is never empty (an all -inf row would give NaN).
+        mask = (key <= slots[None, :, None]) & ((key >= self.start[:, None, None]) | (key == slots[None, :, None]))
+        return KVPlan(slots, positions, mask[:, None], n_keys)  # mask [B, 1, T, S]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: KVPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's keys and values k, v [B, H, T, D] of `layer` at the planned
+        slots; return the keys and values to attend over, [B, H, S, D] in k's dtype."""
+        k_buf, v_buf = self.k[layer], self.v[layer]  # [B, H, L, D]
+        k_buf.index_copy_(2, plan.slots, k.to(k_buf.dtype))
+        v_buf.index_copy_(2, plan.slots, v.to(v_buf.dtype))
+        return k_buf[:, :, : plan.n_keys].to(k.dtype), v_buf[:, :, : plan.n_keys].to(v.dtype)
+
+    def advance(self, T: int) -> None:
+        """The call's T tokens are in: the next call writes after them (on the device)."""
+        self.pos.add_(T)
+
+    def rewind(self, n: int) -> None:
+        """Take back the last n tokens: the next call writes over their slots. (The sampler
+        rewinds the warm-up steps it runs before capturing a CUDA graph.)"""
+        self.pos.sub_(n)
+
+    # ---- rows and slots ---------------------------------------------------------------
+
+    def shift(self, d: int) -> None:
+        """Move every row's tokens d slots to the right (d < 0: left), in place. Positions
+        count from each row's start, which moves along, so no key, value or position
+        changes: only free slots move from one end to the other.
+
+        e.g. fill 3, start [1, 0]: row 0 = [pad, a, b], row 1 = [c, d, e]. shift(2) gives
+        [_, _, pad, a, b] and [_, _, c, d, e], start [3, 2], fill 5."""
+        f = self.fill
+        if not -int(self.start.min()) <= d <= self.max_len - f:
+            raise ValueError(f"cannot shift by {d}: rows start at {self.start.tolist()}, {f} of {self.max_len} used")
+        if d == 0:
+            return
+        for t in (self.k, self.v):
+            if d > 0:
+                t[:, :, :, d : d + f] = t[:, :, :, :f].clone()
+            else:
+                t[:, :, :, : f + d] = t[:, :, :, -d:f].clone()
+        self.start.add_(d)
+        self.pos.add_(d)
+
+    def make_room(self) -> bool:
+        """Free slots at the end by dropping the left padding every row has (in place).
+        False if there is none: some row's text fills the cache."""
+        m = int(self.start.min())
+        if m <= 0:
+            return False
+        self.shift(-m)
+        return True
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> KVCache:
+        """A new cache holding only `rows` (indices into this one), in that order."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        out = self._like(len(idx))
+        out.k.copy_(self.k.index_select(1, idx))
+        out.v.copy_(self.v.index_select(1, idx))
+        out.start.copy_(self.start.index_select(0, idx))
+        out.pos.copy_(self.pos)
+        return out
+
+    def append(self, other: KVCache) -> KVCache:
+        """A new cache with this one's rows, then `other`'s. Each side's tokens move right
+        as needed so that every row ends at the same slot (as if all had been left-padded
+        to the longest) and the next token of every row goes to the same slot."""
+        if not isinstance(other, KVCache):
+            raise TypeError(f"append: a KV cache takes another one's rows, not a {type(other).__name__}")
+        if other.k.shape[::2] != self.k.shape[::2]:  # n_layer, H, D
+            raise ValueError(f"append: caches of different models ({other.k.shape} and {self.k.shape})")
+        fa, fb = self.fill, other.fill
+        f = max(fa, fb)
+        if f > self.max_len:
+            raise ValueError(f"append: {fb} tokens do not fit a cache of {self.max_len} slots")
+        B = self.batch_size
+        out = self._like(B + other.batch_size)
+        for dst, a, b in ((out.k, self.k, other.k), (out.v, self.v, other.v)):
+            dst[:, :B, :, f - fa : f] = a[:, :, :, :fa]
+            dst[:, B:, :, f - fb : f] = b[:, :, :, :fb]
+        out.start.copy_(torch.cat([self.start + (f - fa), other.start + (f - fb)]))
+        out.pos.fill_(f)
+        return out
 
 
 # ---- normalisation --------------------------------------------------------------------------
@@ -161,8 +294,9 @@ class CausalSelfAttention(nn.Module):
     # to the explicit [B, H, T, T] product): a different regulariser, see kernels.py.
     weight_dropout = True
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # which of the KV cache's layers is this one's
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v at once
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -177,8 +311,8 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,  # [B, T, C]
         rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin [B or 1, 1, T, D/2]
-        mask: torch.Tensor | None,  # [B, 1, T, S] bool (True = may attend); None = causal over x
-        cache: tuple | None,  # this layer's k, v buffers [B, H, L, D], slots [T], keys to attend over
+        cache: KVCache | None,  # keys and values of the tokens before x; None = causal over x alone
+        plan: KVPlan | None,  # with a cache: where x's tokens go, and the mask [B, 1, T, S]
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape
@@ -200,12 +334,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask = None
         if cache is not None:
-            k_buf, v_buf, slots, n_keys = cache
-            k_buf.index_copy_(2, slots, k.to(k_buf.dtype))  # write this call's keys at their slots
-            v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
-            # attend over the first n_keys slots; the mask hides empty and padded ones
-            k, v = k_buf[:, :, :n_keys].to(q.dtype), v_buf[:, :, :n_keys].to(q.dtype)
+            # store this call's keys and values; attend over the cache's (the mask hides
+            # empty and padded slots)
+            k, v = cache.update(self.layer, k, v, plan)
+            mask = plan.mask
         dropout_p = self.dropout if self.training and self.weight_dropout else 0.0
         if need_weights:
             y, att = explicit_attention(q, k, v, mask, dropout_p)
@@ -279,15 +413,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, mask, cache, need_weights):
-        a, att = self.attn(self.ln_1(x), rope, mask, cache, need_weights)
+    def forward(self, x, rope, cache, plan, need_weights):
+        a, att = self.attn(self.ln_1(x), rope, cache, plan, need_weights)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, att
@@ -342,7 +476,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
                 drop=Dropout(cfg.dropout),
-                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
                 ln_f=make_norm(cfg),
             )
         )
@@ -428,8 +562,8 @@ class GPT(nn.Module):
         if values and kv_cache is not None:
             if kv_cache.batch_size != idx.shape[0]:
                 raise ValueError(f"KV cache is for batch {kv_cache.batch_size}, got batch {idx.shape[0]}")
-            if int(kv_cache.pos) + T > kv_cache.max_len:
-                raise ValueError(f"KV cache holds {kv_cache.max_len} slots; {int(kv_cache.pos)} used + {T} new do not fit")
+            if kv_cache.fill + T > kv_cache.max_len:
+                raise ValueError(f"KV cache holds {kv_cache.max_len} slots; {kv_cache.fill} used + {T} new do not fit")
 
     def forward(
         self,
@@ -452,31 +586,15 @@ class GPT(nn.Module):
             self._validate(idx, targets, kv_cache)
         if kv_cache is not None and return_attention:
             raise ValueError("return_attention is not supported together with kv_cache")
-        B, T = idx.shape
+        T = idx.shape[1]
         c = self.config
 
         if kv_cache is None:
+            plan = None  # plain causal attention within idx
             pos = torch.arange(T, device=idx.device)  # [T]
-            mask = None  # plain causal attention within idx
-            n_keys = None
         else:
-            slots = kv_cache.pos + torch.arange(T, device=idx.device)  # [T]
-            # Position of each token within its own row (rows may be left-padded).
-            pos = (slots[None, :] - kv_cache.start[:, None]).clamp_min(0)  # [B, T]
-            # How many cache slots to attend over. Static shapes want all of them (the mask
-            # hides the empty ones), which is what a compiled / CUDA-graph step needs. On
-            # the CPU, reading the fill level costs no device sync, and attending over the
-            # filled slots only saves most of the attention work early in a long cache.
-            n_keys = kv_cache.max_len
-            if kv_cache.k.device.type == "cpu" and not torch.compiler.is_compiling():
-                n_keys = int(kv_cache.pos) + T
-            key = kv_cache.slots[None, None, :n_keys]  # [1, 1, S]
-            # Query at slot s sees keys at slots start[b]..s. A padding query sees only
-            # itself, so its softmax row is never empty (an all -inf row would give NaN).
-            mask = (key <= slots[None, :, None]) & (
-                (key >= kv_cache.start[:, None, None]) | (key == slots[None, :, None])
-            )
-            mask = mask[:, None]  # [B, 1, T, S]
+            plan = kv_cache.plan(T)  # slots after the cached tokens; the mask over them
+            pos = plan.positions  # [B, T]: rows may be left-padded
 
         x = self.transformer.wte(idx)  # [B, T, C]
         rope = None
@@ -495,13 +613,12 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
 
         attentions = []
-        for i, block in enumerate(self.transformer.h):
-            layer_cache = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], slots, n_keys)
-            x, att = block(x, rope, mask, layer_cache, return_attention)
+        for block in self.transformer.h:
+            x, att = block(x, rope, kv_cache, plan, return_attention)
             if return_attention:
                 attentions.append(att)
         if kv_cache is not None:
-            kv_cache.pos.add_(T)
+            kv_cache.advance(T)
 
         logits = self.lm_head(self.transformer.ln_f(x))  # [B, T, V]
         if c.logit_softcap > 0:

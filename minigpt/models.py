@@ -14,7 +14,7 @@ and `python train.py --model mine`, checkpoints, `sample`, `eval` and `compare` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -37,6 +37,44 @@ class ModelConfig(Protocol):
     def block_size(self) -> int: ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class DecodeCache(Protocol):
+    """What `make_cache` returns: what a model remembers of each row's text between calls,
+    so the next token costs one step instead of a pass over the whole window. The GPT's
+    `model.KVCache` (keys and values, a slot per token) and the RNNs'
+    `baselines.RecurrentState` (one column of hidden state per row) both speak it, and the
+    sampler's `Batch` edits a running batch through it alone, never through a tensor:
+
+        cache = model.make_cache(B, block_size)
+        cache.reset(pads)                    # rows left-padded by pads[b] tokens
+        model(idx [B, P], kv_cache=cache)    # prefill; then model(tok [B, 1], kv_cache=cache) ...
+        cache = cache.select([0, 2])         # rows 1 and 3 left
+        cache = cache.append(joiners)        # a cache of other rows, prefilled on its own, joins
+        if cache.full and not cache.make_room(): ...   # out of slots: re-prefill the windows
+    """
+
+    static: ClassVar[bool]  # tensors that never move (KVCache, with rewind(n)): a CUDA graph can replay
+    batch_size: int
+
+    @property
+    def full(self) -> bool:
+        """No room for another token (never, for a recurrent state)."""
+
+    def reset(self, start: torch.Tensor | None = None) -> None:
+        """Empty it; `start[b]`: the left-padding tokens of row b, which are never read."""
+
+    def select(self, rows: Sequence[int]) -> DecodeCache:
+        """A new cache of `rows` (indices into this one), in that order."""
+
+    def append(self, other: DecodeCache) -> DecodeCache:
+        """A new cache of this one's rows, then `other`'s; the next token of every row goes
+        to the same place (a KV cache shifts one side to line them up)."""
+
+    def make_room(self) -> bool:
+        """Free room for more tokens without changing any row's text (a KV cache drops the
+        left padding all rows share); False where it cannot."""
 
 
 @runtime_checkable
@@ -63,9 +101,11 @@ class LanguageModel(Protocol):
     def flops_per_token(self, seq_len: int | None = None) -> float | None:
         """Training FLOPs per token (for MFU), or None where that means nothing."""
 
-    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> Any | None:
-        """The decoding state for `batch_size` rows, or None: the sampler then re-reads
-        the last block_size tokens every step."""
+    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None,
+                   dtype=None) -> DecodeCache | None:
+        """The decoding state for `batch_size` rows (`max_len` tokens each, where that
+        means something), or None: the sampler then re-reads the last block_size tokens
+        every step (the n-gram)."""
 
     def score_window(self) -> tuple[int, int]:
         """(window, stride) with which `evaluate.evaluate_tokens` scores a whole text."""

@@ -33,9 +33,8 @@ from typing import Any, get_type_hints
 
 import torch
 
-from .baselines import RecurrentState
 from .errors import ConfigError
-from .model import KVCache
+from .models import DecodeCache
 
 # ---- the transforms (pure functions over [B, V] logits) ---------------------------------
 #
@@ -341,10 +340,12 @@ class Step:
 
 
 class _Decoder:
-    """Runs the model over the cache. On CUDA the one-token step is captured once in a
-    CUDA graph (optionally after torch.compile) and replayed: one launch per token."""
+    """Runs the model over one cache: a prefill of every row's window, then one-token
+    steps. Over a static cache on CUDA (`DecodeCache.static`: the KV cache) the step is
+    captured once in a CUDA graph (optionally after torch.compile) and replayed: one
+    launch per token. (gpt-fast's `prefill` / `decode_one_token`.)"""
 
-    def __init__(self, model, cache, *, cuda_graph: bool, compile: bool):
+    def __init__(self, model, cache: DecodeCache, *, cuda_graph: bool, compile: bool):
         self.model, self.cache = model, cache
         self.graph = None
         step = self._eager_step
@@ -354,15 +355,16 @@ class _Decoder:
             except Exception as e:  # pragma: no cover - depends on the platform's compiler
                 warnings.warn(f"torch.compile of the decode step failed ({e}); decoding eagerly")
         self.step_fn = step
-        # Only a static KV cache can be captured (a baseline's recurrent state is not one).
-        self.use_graph = cuda_graph and isinstance(getattr(cache, "k", None), torch.Tensor) and cache.k.is_cuda
+        # Only a static cache can be captured (a recurrent state is a new tensor each step).
+        self.use_graph = cuda_graph and cache.static
         self.static_tok = None
 
     def _eager_step(self, tok: torch.Tensor) -> torch.Tensor:
         return self.model(tok, kv_cache=self.cache).logits[:, -1, :]
 
-    def prefill(self, idx: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        self.cache.reset(start)
+    def prefill(self, idx: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
+        """idx [B, P], left-padded by pads[b] -> logits [B, V] of each row's next token."""
+        self.cache.reset(pads)
         return self.model(idx, kv_cache=self.cache).logits[:, -1, :]
 
     def decode(self, tok: torch.Tensor) -> torch.Tensor:
@@ -377,18 +379,17 @@ class _Decoder:
 
     def _capture(self, tok: torch.Tensor) -> None:  # pragma: no cover - needs CUDA
         self.static_tok = tok.clone()
-        pos = self.cache.pos.clone()
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):  # warm up (and compile) outside the capture
                 self.step_fn(self.static_tok)
-                self.cache.pos.copy_(pos)  # undo the warm-up's advance; its cache writes get overwritten
+                self.cache.rewind(1)  # undo the warm-up's advance; its cache writes get overwritten
         torch.cuda.current_stream().wait_stream(s)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.static_out = self.step_fn(self.static_tok)
-        self.cache.pos.copy_(pos)  # capture does not run the kernels; pos is as before
+        # (capture records the kernels without running them: the cache has not advanced)
 
 
 @dataclass(eq=False)
@@ -422,34 +423,21 @@ class Draw:
     entropy: float | None = None  # of the whole die, in nats
 
 
-def _cache_kind(cache) -> str:
-    """How rows are added to and taken out of a cache without recomputing the others:
-    "kv" (a slot per token, `model.KVCache`), "state" (a recurrent state with one column
-    per row, `baselines.RecurrentState`), or "" (another kind: every change re-prefills)."""
-    if isinstance(cache, KVCache):
-        return "kv"
-    if isinstance(cache, RecurrentState):
-        return "state"
-    return ""
-
-
-def _state_map(state, fn):
-    """Apply fn to a recurrent state: one tensor (GRU) or a tuple of them (LSTM's h, c)."""
-    return tuple(fn(*parts) for parts in zip(*state)) if isinstance(state[0], tuple) else fn(*state)
-
-
 class Batch:
     """Rows decoded together, one token per row per step. Rows may join (`add`) and
-    leave (`remove`) between steps, and the cache is kept rather than recomputed:
+    leave (`remove`) between steps, and the cache is kept rather than recomputed. Each
+    step is a straight recipe:
 
-    - a joining row's window (its last block_size ids) is prefilled on its own and put
-      into the shared KV cache so that it ends at the next free slot, like a left-padded
-      row. If it is longer than what the others hold, they all move right first:
-      positions count from each row's own start, so moving slots changes no number.
-      (A recurrent state just gets one more column.)
-    - a leaving row's slots are dropped (the others are copied into a smaller cache).
-    - a full cache moves everyone left by the padding all rows have; only when a row's
-      window really fills block_size does every step re-prefill (the sliding window).
+        retire the rows that left    cache.select(the others)
+        run the model                one decode step over the cache, or a prefill of every
+                                     window (the first step; and when the cache is full
+                                     and `make_room` finds none: the sliding window)
+        admit the joiners            their windows prefilled on their own, cache.append(theirs)
+        shape the logits, roll       one token per row
+
+    The cache (`models.DecodeCache`: the GPT's KV cache, an RNN's state) does every edit
+    of its tensors itself; this class never sees their layout. A model without a cache
+    (the n-gram, or `use_cache=False`) re-reads every row's window each step instead.
 
     Each row rolls with its own generator (so it draws what it would draw alone), or with
     the batch's shared one; rows sharing a generator draw the whole batch's noise in
@@ -470,22 +458,23 @@ class Batch:
         self.vocab = model.config.vocab_size
         self.device = next(model.parameters()).device
         self.vocab_limit = vocab_limit if vocab_limit is not None and vocab_limit < self.vocab else None
-        self.use_cache = use_cache
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.compile = compile
         self.generator = generator  # for rows added without their own
-        self.rows: list[Row] = []  # in the cache's row order
-        self._joining: list[Row] = []
+        self.rows: list[Row] = []  # the running rows, in the cache's row order
+        self._joining: list[Row] = []  # added, not yet run
         self._leaving: set[int] = set()  # id() of rows to drop before the next step
-        self.cache = None
-        self._cached: bool | None = None if use_cache else False  # None: make_cache not asked yet
-        self._kind, self._max_len, self._decoder = "", None, None
-        self._fill = 0  # cache slots in use (== cache.pos, kept on the host)
-        self._needs_prefill = True
+        self._recompute_only = not use_cache  # also set once the model turns out to have no cache
+        self._decoder: _Decoder | None = None  # the running rows' cache and how to run it
         self._last: torch.Tensor | None = None  # [B] each row's last token: the next decode input
         self._dice: Dice | None = None
         self._seen: torch.Tensor | None = None
         self.steps = self.prefills = self.joins = 0  # counters, for tests and `minigpt serve`'s /health
+
+    @property
+    def cache(self) -> DecodeCache | None:
+        """The running rows' cache (None before the first step, or with no cache)."""
+        return None if self._decoder is None else self._decoder.cache
 
     def __len__(self) -> int:
         return len(self.rows) - len(self._leaving) + len(self._joining)
@@ -517,35 +506,17 @@ class Batch:
     def step(self, top: int = 0, entropy: bool = False) -> list[Draw]:
         """Draw one token for every row (in `self.rows` order, joiners last). `top` > 0
         adds each die's `top` most likely faces, `entropy` its entropy."""
-        if self._leaving:
-            self._drop()
+        self._retire()
         if not self.rows and not self._joining:
             return []
-        logits = self._logits()
+        logits = self._forward()  # [B, V], the joiners admitted
         rows, dice, B = self.rows, self._dice, len(self.rows)
         if self.vocab_limit is not None:
             logits = logits.clone()
             logits[:, self.vocab_limit :] = float("-inf")
         shaped = shape_logits(logits, dice, self._seen)
         probs = torch.softmax(shaped, dim=-1)
-        tok = torch.argmax(shaped, dim=-1) if any(dice.greedy) else None
-        if not all(dice.greedy):
-            first = rows[0].generator
-            if all(r.generator is first for r in rows):
-                rolled = roll(probs, first)  # one draw for the batch: `generate` with one seed
-            else:
-                # One generator per row: each row draws a [1, V] noise of its own, exactly as
-                # it would alone, so its tokens do not depend on who else is in the batch.
-                e = torch.ones(B, probs.shape[-1], dtype=torch.float32, device=probs.device)
-                for b, r in enumerate(rows):
-                    if not dice.greedy[b] and not r.done:
-                        e[b : b + 1] = torch.empty(1, probs.shape[-1], dtype=torch.float32, device=probs.device) \
-                            .exponential_(1.0, generator=r.generator)
-                rolled = _race(probs, e)
-            tok = rolled if tok is None else torch.where(dice.greedy_mask, tok, rolled)
-        if self._last is not None and len(self._last) == B and any(r.done for r in rows):
-            done = torch.tensor([r.done for r in rows], device=tok.device)
-            tok = torch.where(done, self._last, tok)  # finished rows just repeat
+        tok = self._roll(shaped, probs)
         lse = torch.logsumexp(shaped, dim=-1)
         # The picked face always has a probability > 0, so this is finite; the clamp keeps
         # a repeated token of a finished row (which may have none) finite too.
@@ -565,64 +536,82 @@ class Batch:
             self._seen.scatter_(1, tok[:, None], True)
         self._last = tok
         self.steps += 1
-        return [Draw(r, t, lp, ti, tp, h) for r, t, lp, ti, tp, h in zip(rows, tokens, logprobs, top_ids, top_probs, ents)]
+        per_row = zip(rows, tokens, logprobs, top_ids, top_probs, ents)
+        return [Draw(r, t, lp, ti, tp, h) for r, t, lp, ti, tp, h in per_row]
+
+    def _roll(self, shaped: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """[B] the token of every row: argmax for greedy rows, a roll of the die for the
+        others; a finished row repeats its last token."""
+        rows, dice, B = self.rows, self._dice, len(self.rows)
+        tok = torch.argmax(shaped, dim=-1) if any(dice.greedy) else None
+        if not all(dice.greedy):
+            first = rows[0].generator
+            if all(r.generator is first for r in rows):
+                rolled = roll(probs, first)  # one draw for the batch: `generate` with one seed
+            else:
+                # One generator per row: each row draws a [1, V] noise of its own, exactly as
+                # it would alone, so its tokens do not depend on who else is in the batch.
+                e = torch.ones(B, probs.shape[-1], dtype=torch.float32, device=probs.device)
+                for b, r in enumerate(rows):
+                    if not dice.greedy[b] and not r.done:
+                        e[b : b + 1] = torch.empty(1, probs.shape[-1], dtype=torch.float32, device=probs.device) \
+                            .exponential_(1.0, generator=r.generator)
+                rolled = _race(probs, e)
+            tok = rolled if tok is None else torch.where(dice.greedy_mask, tok, rolled)
+        if self._last is not None and len(self._last) == B and any(r.done for r in rows):
+            done = torch.tensor([r.done for r in rows], device=tok.device)
+            tok = torch.where(done, self._last, tok)  # finished rows just repeat
+        return tok
 
     # ---- the model's side -------------------------------------------------------------
 
-    def _logits(self) -> torch.Tensor:
-        """[B, V] logits of the next token of every row, joiners included."""
-        if self._cached is False:  # no cache: every step reads each row's window afresh
-            self._take_joiners()
+    def _forward(self) -> torch.Tensor:
+        """[B, V] logits of the next token of every row; the joiners join `self.rows`."""
+        joiners, self._joining = self._joining, []
+        if self._recompute_only:
+            self._admit(joiners)
             return self._recompute()
-        if self._needs_prefill or not self.rows or (self._joining and not self._kind):
-            self._take_joiners()
+        cache = self.cache
+        if cache is None or not self.rows or (cache.full and not cache.make_room()):
+            # The first step, or a row's window fills block_size: every window afresh.
+            self._admit(joiners)
             return self._prefill()
-        if self._max_len is not None and self._fill >= self._max_len and not self._make_room():
-            self._take_joiners()
-            return self._prefill()  # some row's window fills block_size: slide by recomputing
         logits = self._decoder.decode(self._last[:, None])
-        self._fill += 1
-        if self._joining:
-            logits = torch.cat([logits, self._join()])
+        if joiners:
+            theirs, their_logits = self._prefill_alone(joiners)
+            self._use(cache.append(theirs))  # nobody else is recomputed
+            self._admit(joiners)
+            logits = torch.cat([logits, their_logits])
         return logits
 
-    def _take_joiners(self) -> None:
-        if self._joining or self._dice is None:
-            self.rows += self._joining
-            self.joins += len(self._joining)
-            self._joining = []
-            self._changed()
-
-    def _windows(self, rows: list[Row]) -> tuple[torch.Tensor, list[int]]:
-        """Each row's last block_size ids, left-padded to one length: (idx [B, P], pads)."""
+    def _windows(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's last block_size ids, left-padded to one length: (idx [B, P], pads [B])."""
         windows = [r.ids[-self.block :] for r in rows]
         P = max(len(w) for w in windows)
         idx = torch.tensor([[0] * (P - len(w)) + w for w in windows], dtype=torch.long, device=self.device)
-        return idx, [P - len(w) for w in windows]
+        return idx, torch.tensor([P - len(w) for w in windows], device=self.device)
 
-    def _set_cache(self, cache, n_rows: int) -> None:
-        self.cache, self._cache_rows = cache, n_rows
-        self._kind, self._max_len = _cache_kind(cache), getattr(cache, "max_len", None)
+    def _use(self, cache: DecodeCache) -> None:
         self._decoder = _Decoder(self.model, cache, cuda_graph=self.cuda_graph, compile=self.compile)
 
     def _prefill(self) -> torch.Tensor:
-        """Run every row's window through a fresh cache (at the start, and to slide)."""
-        B = len(self.rows)
-        if self.cache is None or self._cache_rows != B:
-            cache = self.model.make_cache(B, self.block) if self.use_cache else None
+        """Every row's window through the cache, from empty. A cache of the right size is
+        reused (and with it a captured CUDA graph: the sliding window re-prefills each step)."""
+        if self.cache is None or self.cache.batch_size != len(self.rows):
+            cache = self.model.make_cache(len(self.rows), self.block)
             if cache is None:  # a model without one (the n-gram): recompute every step
-                self._cached = False
-                self._changed()
+                self._recompute_only = True
                 return self._recompute()
-            self._cached = True
-            self._set_cache(cache, B)
-        idx, pads = self._windows(self.rows)
-        logits = self._decoder.prefill(idx, torch.tensor(pads, device=self.device))
-        self._fill = idx.shape[1]
-        self._needs_prefill = False
+            self._use(cache)
         self.prefills += 1
-        self._changed()
-        return logits
+        return self._decoder.prefill(*self._windows(self.rows))
+
+    def _prefill_alone(self, rows: list[Row]) -> tuple[DecodeCache, torch.Tensor]:
+        """Joiners' windows through a cache of their own: (that cache, their logits [n, V])."""
+        idx, pads = self._windows(rows)
+        cache = self.model.make_cache(len(rows), self.block)
+        cache.reset(pads)
+        return cache, self.model(idx, kv_cache=cache).logits[:, -1, :]
 
     def _recompute(self) -> torch.Tensor:
         """Without a cache: a full pass over each row's window. There is no padding mask
@@ -640,88 +629,29 @@ class Batch:
             out[torch.tensor(which, device=self.device)] = logits
         return out
 
-    def _shift(self, d: int) -> None:
-        """Move every row's slots d to the right (d < 0: left). Positions are slot - start,
-        so no key, value or position changes; only free slots move to the other end."""
-        c, f = self.cache, self._fill
-        for t in (c.k, c.v):
-            if d > 0:
-                t[:, :, :, d : d + f] = t[:, :, :, :f].clone()
-            else:
-                t[:, :, :, : f + d] = t[:, :, :, -d:f].clone()
-        c.start.add_(d)
-        c.pos.add_(d)
-        self._fill += d
+    # ---- rows joining and leaving -----------------------------------------------------
 
-    def _make_room(self) -> bool:
-        """The cache is full: shift left by the padding every row has, if there is some."""
-        if self._kind != "kv":
-            return False
-        m = int(self.cache.start.min())
-        if m <= 0:
-            return False
-        self._shift(-m)
-        return True
+    def _admit(self, joiners: list[Row]) -> None:
+        if joiners or self._dice is None:
+            self.rows += joiners
+            self.joins += len(joiners)
+            self._changed()
 
-    def _join(self) -> torch.Tensor:
-        """Prefill the joiners on their own and merge them into the cache (after the
-        others' decode step); returns their next-token logits."""
-        new, B = self._joining, len(self.rows)
-        idx, pads = self._windows(new)
-        n, P = len(new), idx.shape[1]
-        c = self.cache
-        if self._kind == "kv":
-            if P > self._fill:
-                self._shift(P - self._fill)
-            f = self._fill
-            temp = self.model.make_cache(n, self._max_len)
-            temp.reset(torch.tensor([f - (P - p) for p in pads], device=self.device))
-            temp.pos.fill_(f - P)  # the window ends at slot f, where the others' next token goes
-            logits = self.model(idx, kv_cache=temp).logits[:, -1, :]
-            merged = self.model.make_cache(B + n, self._max_len)
-            for dst, a, b in ((merged.k, c.k, temp.k), (merged.v, c.v, temp.v)):
-                dst[:, :B] = a
-                dst[:, B:] = b
-            merged.start.copy_(torch.cat([c.start, temp.start]))
-            merged.pos.fill_(f)
-        else:
-            temp = self.model.make_cache(n)
-            temp.reset(torch.tensor(pads, device=self.device))
-            logits = self.model(idx, kv_cache=temp).logits[:, -1, :]
-            merged = self.model.make_cache(B + n)
-            merged.state = _state_map((c.state, temp.state), lambda a, b: torch.cat([a, b], dim=1))
-        self.rows += new
-        self.joins += n
-        self._joining = []
-        self._set_cache(merged, B + n)
-        self._changed()
-        return logits
-
-    def _drop(self) -> None:
+    def _retire(self) -> None:
+        """Drop the rows that left, and their part of the cache."""
+        if not self._leaving:
+            return
         keep = [b for b, r in enumerate(self.rows) if id(r) not in self._leaving]
         self._leaving.clear()
         if len(keep) == len(self.rows):
             return
         self.rows = [self.rows[b] for b in keep]
-        if not self.rows:
-            self._last, self._needs_prefill = None, True
+        if not self.rows:  # the next rows start with a prefill (into this cache, if their number fits)
+            self._last = None
             return
-        kt = torch.tensor(keep, device=self.device)
-        c = self.cache
-        if self._cached and self._kind == "kv":
-            merged = self.model.make_cache(len(keep), self._max_len)
-            merged.k.copy_(c.k[:, kt])
-            merged.v.copy_(c.v[:, kt])
-            merged.start.copy_(c.start[kt])
-            merged.pos.fill_(self._fill)
-            self._set_cache(merged, len(keep))
-        elif self._cached and self._kind == "state":
-            merged = self.model.make_cache(len(keep))
-            merged.state = _state_map((c.state,), lambda a: a.index_select(1, kt))
-            self._set_cache(merged, len(keep))
-        elif self._cached:
-            self._needs_prefill = True
-        self._last = self._last[kt] if self._last is not None else None
+        if self.cache is not None:
+            self._use(self.cache.select(keep))
+        self._last = self._last[torch.tensor(keep, device=self.device)]
         self._changed()
 
     def _changed(self) -> None:

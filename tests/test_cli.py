@@ -173,7 +173,7 @@ def test_empty_prompt_starts_a_document(ckpt):
 
 # Positional arguments each command needs before it parses (values are never read).
 _REQUIRED = {
-    "prepare": ["in.txt", "--out", "d"], "compare": ["run"], "attention": ["--prompt", "x"],
+    "prepare": ["in.txt", "--out", "d"], "compare": ["run"], "attention": ["--prompt", "x"], "lens": ["--prompt", "x"],
     "import-hf": ["hf", "ckpt"], "export-hf": ["ckpt", "hf"],
 }
 

@@ -297,12 +297,17 @@ def _alone(model, prompt, params, seed, n):
     return ids(list(generate(model, [prompt], n, params, seed=seed)))
 
 
-@pytest.mark.parametrize("pe", ["learned", "rope"])
-def test_rows_join_and_leave_a_running_batch(pe):
+# GPT-2's block (learned positions) and the modern one (rotary, RMSNorm, SwiGLU, QK-norm)
+MODERN = {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False}
+GPT_VARIANTS = {"learned": {"pos_encoding": "learned"}, "rope": {"pos_encoding": "rope"}, "modern": MODERN}
+
+
+@pytest.mark.parametrize("variant", GPT_VARIANTS)
+def test_rows_join_and_leave_a_running_batch(variant):
     """Rows join mid-run (one longer than what the batch holds, one shorter), one leaves,
     the cache fills up and slides past block_size (32): every row still draws exactly
     what it draws alone, and joining never re-prefills the rows already running."""
-    m = tiny_gpt(pos_encoding=pe)
+    m = tiny_gpt(**GPT_VARIANTS[variant])
     g = torch.Generator().manual_seed(0)
     prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
     plan = {  # step at which it joins: (prompt, params, seed, steps it stays)
@@ -328,11 +333,12 @@ def test_rows_join_and_leave_a_running_batch(pe):
     assert len(batch) == 0 and batch.joins == 4
 
 
-def test_rnn_rows_join_and_leave_a_running_batch():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_rows_join_and_leave_a_running_batch(cell):
     from minigpt.baselines import RNNConfig, RNNLM
 
     torch.manual_seed(2)
-    m = RNNLM(RNNConfig(vocab_size=40, block_size=16, n_layer=2, n_embd=32, cell="lstm")).eval()
+    m = RNNLM(RNNConfig(vocab_size=40, block_size=16, n_layer=2, n_embd=32, cell=cell)).eval()
     p = SamplingParams(temperature=1.0)
     batch = Batch(m)
     a = batch.add([1, 2, 3], p, torch.Generator().manual_seed(1))
@@ -347,6 +353,62 @@ def test_rnn_rows_join_and_leave_a_running_batch():
     assert a.new_ids == _alone(m, [1, 2, 3], p, 1, 7)
     assert b.new_ids == _alone(m, [5, 6, 7, 8, 9], p, 2, 8)
     assert batch.prefills == 1
+
+
+def _model(kind):
+    if kind in GPT_VARIANTS:
+        return tiny_gpt(**GPT_VARIANTS[kind])
+    from minigpt.baselines import RNNConfig, RNNLM
+
+    torch.manual_seed(3)
+    # block_size 64: the recompute path reads the last block_size tokens, the state all of
+    # them; they agree while no text outgrows the block (this plan's reach 48)
+    return RNNLM(RNNConfig(vocab_size=300, block_size=64, n_layer=2, n_embd=32, cell=kind)).eval()
+
+
+def _run_plan(batch, plan, steps):
+    """Drive a batch through `plan` ({step: [(prompt, params, seed, steps it stays)]});
+    returns each row's drawn ids and logprobs by tag, and the prefill count after each step."""
+    rows, stays, prefills = {}, {}, []
+    for step in range(steps):
+        for p, prm, s, n in plan.get(step, []):
+            row = batch.add(p, prm, torch.Generator().manual_seed(s), tag=(step, s))
+            rows[row.tag], stays[row.tag] = (row, []), n
+        for d in batch.step():
+            rows[d.row.tag][1].append(d.logprob)
+            if len(d.row.new_ids) == stays[d.row.tag]:
+                batch.remove(d.row)
+        prefills.append(batch.prefills)
+    return {tag: (row.new_ids, lps) for tag, (row, lps) in rows.items()}, prefills
+
+
+@pytest.mark.parametrize("kind", [*GPT_VARIANTS, "lstm", "gru"])
+def test_a_running_batch_draws_what_recomputing_draws(kind):
+    """The cached path against the no-cache recompute path on one plan: rows join (longer
+    and shorter than what the batch holds) and leave mid-batch, the cache reaches the
+    context limit (block_size 32) and makes room by dropping the padding the rows left
+    behind (no prefill), then a window fills block_size and the batch slides."""
+    m = _model(kind)
+    g = torch.Generator().manual_seed(0)
+    prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
+    plan = {  # step: [(prompt, params, seed, steps it stays)]
+        0: [(prompt(3), ROW_PARAMS[0], 1, 45), (prompt(20), ROW_PARAMS[1], 2, 5)],
+        8: [(prompt(10), ROW_PARAMS[2], 3, 30), (prompt(1), ROW_PARAMS[3], 4, 3)],
+        14: [(prompt(25), ROW_PARAMS[1], 5, 20)],
+    }
+    cached, prefills = _run_plan(Batch(m), plan, 50)
+    recomputed, _ = _run_plan(Batch(m, use_cache=False), plan, 50)
+    assert cached.keys() == recomputed.keys()
+    for tag, (new_ids, logprobs) in cached.items():
+        assert new_ids == recomputed[tag][0], tag
+        assert logprobs == pytest.approx(recomputed[tag][1], abs=1e-4), tag
+    # Without making room the cache would be full by step 12 (20 slots + 12 tokens): no
+    # prefill until a row's window really fills block_size (the first row at step 29).
+    assert prefills[20] == 1
+    if kind in GPT_VARIANTS:
+        assert prefills[-1] > 1  # then the window slides: every step re-prefills
+    else:
+        assert prefills[-1] == 1  # an RNN has no window: its state carries on
 
 
 # ---- extreme settings stay finite -----------------------------------------------------------
@@ -490,3 +552,20 @@ def test_cuda_graph_and_compiled_decode_match_eager():  # pragma: no cover - nee
     a = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=True)]
     b = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=False)]
     assert a == b
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["learned", "modern"])
+def test_cuda_graph_over_a_running_batch_matches_eager(kind):  # pragma: no cover - needs a GPU
+    """Rows joining and leaving give the CUDA-graph path new caches (a new capture each),
+    and making room shifts the captured cache's slots under the graph: the tokens stay
+    those of the eager path."""
+    m = _model(kind).cuda()
+    g = torch.Generator().manual_seed(0)
+    prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
+    plan = {0: [(prompt(3), ROW_PARAMS[0], 1, 45), (prompt(20), ROW_PARAMS[1], 2, 5)],
+            8: [(prompt(10), ROW_PARAMS[2], 3, 30)]}
+    graph, _ = _run_plan(Batch(m, cuda_graph=True), plan, 50)
+    eager, _ = _run_plan(Batch(m, cuda_graph=False), plan, 50)
+    assert {t: ids for t, (ids, _) in graph.items()} == {t: ids for t, (ids, _) in eager.items()}
