@@ -99,7 +99,24 @@ SHAPES = (
 # allows, and the run ends early. Extrapolated; to be refitted.
 MAX_PASSES = 40.0
 
-RULES = {"regularisation": REGULARISATION, "vocabulary": VOCABULARY, "shape": SHAPES}
+# A fine-tune's learning rate (`--init-from` without --lr) by the source's parameters: the
+# finetune preset's constant 3e-5 is GPT-2's (nanoGPT's finetune_shakespeare.py), and barely
+# moves a model of minigpt's size, which was trained at 4e-3 (AdamW) and forgets little at 1e-3.
+FINETUNE_LR = (
+    Rule(0, dict(lr=1e-3),
+         "a 2M-parameter minigpt run (issue 27): 3e-5 2.705 -> 2.638 bits/byte, 1e-3 -> 2.412; "
+         "benchmarks/finetune_lr_sweep.py (BENCHMARKS, fine-tune defaults)"),
+    Rule(20e6, dict(lr=3e-5), "GPT-2 small (124M): nanoGPT's fine-tune of it on Shakespeare"),
+)
+
+RULES = {"regularisation": REGULARISATION, "vocabulary": VOCABULARY, "shape": SHAPES, "finetune_lr": FINETUNE_LR}
+
+
+def finetune_lr(n_params: int) -> float:
+    """>>> finetune_lr(2_000_000), finetune_lr(124_000_000)
+    (0.001, 3e-05)
+    """
+    return pick(FINETUNE_LR, n_params)["lr"]
 
 
 def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:

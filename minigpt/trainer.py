@@ -41,7 +41,7 @@ from . import __version__, files, models, pretrained
 from .baselines import NGramConfig, NGramLM
 from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
 from .completion import complete
-from .config import ModelArgs, TrainConfig
+from .config import FINETUNE_PRESET, PRESETS, ModelArgs, TrainConfig
 from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows
 from .errors import CheckpointError, ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
@@ -355,6 +355,12 @@ def _finetune_config(cfg: TrainConfig, explicit: dict[str, Any]) -> tuple[TrainC
     cfg.set("model", spec.kind)
     cfg.set("block_size", block_size)
     cfg.set("init_from_sha256", source.weights_sha256)
+    if cfg.preset == FINETUNE_PRESET and "lr" not in explicit and cfg.optim.lr == PRESETS[FINETUNE_PRESET]["lr"]:
+        # The finetune preset's rate is GPT-2's; a smaller source wants a larger one (plan.FINETUNE_LR).
+        lr = plan_mod.finetune_lr(source.model.num_params())
+        if "min_lr" not in explicit and cfg.optim.min_lr == cfg.optim.lr:
+            cfg.optim.min_lr = lr  # still a constant rate
+        cfg.optim.lr = lr
     cfg.validate()
     return cfg, source
 
@@ -1115,10 +1121,12 @@ class _Run:
         return cfg
 
     def _report_finetune(self, step: int, last_eval: dict[str, Any]) -> None:
-        """One line: what fine-tuning bought (SOURCE's val loss at step 0 -> now), and the
-        peak memory it took."""
-        start = next((l for l in self.run_dir.read_metrics() if l["step"] == 0 and "val_loss" in l), None)
-        now = f"{last_eval['val_loss']:.4f} at step {last_eval['step']}"
+        """One line: what fine-tuning bought (SOURCE's val loss at step 0 -> the best step's,
+        the one `best` holds, and the last step's if it differs), and the peak memory it took."""
+        start = next((m for m in self.run_dir.read_metrics() if m["step"] == 0 and "val_loss" in m), None)
+        now = f"{self.pos.best_val:.4f} at step {self.pos.best_step} (best)"
+        if last_eval["step"] != self.pos.best_step:
+            now += f", {last_eval['val_loss']:.4f} at step {last_eval['step']} (last)"
         gain = f"val loss {start['val_loss']:.4f} before -> {now}" if start else f"val loss {now}"
         rss = peak_rss_bytes()
         memory = f", peak memory {rss / 2**30:.2f} GiB" if rss else ""
