@@ -1,9 +1,12 @@
-"""The training loop behind `python train.py` / `minigpt train`.
+"""The training run behind `python train.py` / `minigpt train`.
 
-A recipe in order: set up the runtime -> prepare/open the data -> build or resume the
-model -> AdamW with warmup + cosine decay -> for each step: accumulate gradients over
-micro-batches, clip, step -> every `eval_interval` steps: evaluate, write metrics,
-checkpoint atomically -> at the end: a final evaluation, a checkpoint and a sample.
+A recipe in order: set up the runtime -> prepare/open the data -> plan what the user left
+unset (plan.py: the budget, vocabulary, dropout, ...; one line before training) -> build or
+resume the model -> the optimizers and the model wrapped for the device -> `train_step`
+after `train_step` (loop.py: forward and backward over the micro-batches, clip, step) ->
+every `eval_interval` steps: evaluate, write metrics, checkpoint atomically -> at the end: a
+final evaluation, a checkpoint, a sample and the verdict (which step `best` holds, against
+an n-gram counted on the same data).
 
 Exactness: the data windows of step s depend only on (seed, s), the learning rate only
 on s, and the optimizer moments and RNG states are saved with every checkpoint. So a run
@@ -48,7 +51,7 @@ from .evaluate import loss_sums, metrics_from_sums
 from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
 from . import plan as plan_mod
 from .plan import Budget
-from .runtime import Runtime, configure_threads, enable_tf32, init_runtime, keep_freed_memory
+from .runtime import Runtime, configure_threads, init_runtime, keep_freed_memory
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -552,6 +555,10 @@ def _make_plan(cfg: TrainConfig, data: Dataset, rt: Runtime, started: float,
         n_evals = 1 + steps_guess / r.eval_interval
         elapsed = time.perf_counter() - started
         seconds_left = budget * (1 - plan_mod.Budget.MARGIN) - elapsed - n_evals * eval_cost - 2.0
+        if rt.distributed:  # rank 0's clock for every rank: they must make one plan
+            t = torch.tensor([seconds_left if rt.is_main else 0.0], dtype=torch.float64,
+                             device=rt.device if rt.device.type == "cuda" else "cpu")
+            seconds_left = float(rt.all_reduce_sum(t).item())
     current = {**new.flat(), "vocab_size": data.vocab_size}
     the_plan = plan_mod.choose(train_tokens=n_train, tokens_per_s=tok_s, tokens_per_step=tokens_per_step,
                                seconds_left=max(seconds_left, 0.0), budget_s=budget, max_steps=o.max_steps,
@@ -1045,9 +1052,12 @@ class _Run:
         ngram = NGramLM(NGramConfig(vocab_size=self.model.config.vocab_size, order=YARDSTICK_ORDER)).fit(counted)
         cpu = Runtime(torch.device("cpu"), torch.float32)
         o, r = self.cfg.optim, self.cfg.run
-        # batch 1 x (eval_steps x batch x ranks) batches: the same windows as the evaluations'
-        ev = evaluate(ngram, self.val_tokens, self.byte_lengths, block_size=self.cfg.model.block_size, batch_size=1,
-                      steps=r.eval_steps * o.batch_size * self.rt.world_size, rt=cpu)
+        # The same windows as the evaluations' (eval_steps x ranks batches of batch_size), in
+        # batches of one where a batch's probabilities would be large (GPT-2's vocabulary).
+        block, vocab = self.cfg.model.block_size, self.model.config.vocab_size
+        batch = o.batch_size if o.batch_size * block * vocab <= 1 << 26 else 1
+        ev = evaluate(ngram, self.val_tokens, self.byte_lengths, block_size=block, batch_size=batch,
+                      steps=r.eval_steps * self.rt.world_size * (o.batch_size // batch), rt=cpu)
         return {"order": YARDSTICK_ORDER, "tokens": len(counted), "all_tokens": len(counted) == len(self.train_tokens),
                 "bpb": ev["bpb"], "seconds": time.perf_counter() - t}
 
@@ -1101,7 +1111,7 @@ class _Run:
             t = torch.tensor([float(new or 0)], dtype=torch.float64,
                              device=self.rt.device if self.rt.device.type == "cuda" else "cpu")
             new = int(self.rt.all_reduce_sum(t).item()) or None
-        if new is None or new == self.total:
+        if new is None or (new == self.total and self.planned):
             return False
         first = not self.planned
         self.total, self.planned = new, True
