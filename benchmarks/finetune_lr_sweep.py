@@ -42,13 +42,15 @@ def run(text: Path, source_bytes: int, tune_bytes: int, source_steps: int, tune_
         (tmp / "a.txt").write_bytes(raw[:source_bytes])
         (tmp / "b.txt").write_bytes(raw[len(raw) // 2: len(raw) // 2 + tune_bytes])
         _train("--data", str(tmp / "a.txt"), "--out", str(tmp / "src"), "--max-steps", str(source_steps),
-               "--n-layer", "2", "--n-head", "4", "--n-embd", "128", "--eval-interval", str(source_steps))
+               "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--batch-size", "16",
+               "--eval-interval", str(source_steps), "--eval-steps", "4")
         rows = []
         for lr in [None, *lrs]:
             out = tmp / f"ft-{lr}"
             flags = [] if lr is None else ["--lr", str(lr)]
             _train("--init-from", str(tmp / "src"), "--data", str(tmp / "b.txt"), "--out", str(out),
-                   "--max-steps", str(tune_steps), "--eval-interval", str(max(1, tune_steps // 4)), *flags)
+                   "--max-steps", str(tune_steps), "--eval-interval", str(max(1, tune_steps // 4)), "--eval-steps", "8",
+                   *flags)
             before, best = _best_bpb(out)
             used = json.loads((out / "train_config.json").read_text())["optim"]["lr"]
             rows.append((("bare --init-from" if lr is None else f"--lr {lr:g}"), used, before, best))
@@ -60,10 +62,10 @@ def run(text: Path, source_bytes: int, tune_bytes: int, source_steps: int, tune_
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt")
-    ap.add_argument("--source-bytes", type=int, default=200_000)
+    ap.add_argument("--source-bytes", type=int, default=150_000)
     ap.add_argument("--tune-bytes", type=int, default=100_000)
-    ap.add_argument("--source-steps", type=int, default=150)
-    ap.add_argument("--tune-steps", type=int, default=60)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3])
+    ap.add_argument("--source-steps", type=int, default=120)
+    ap.add_argument("--tune-steps", type=int, default=40)
+    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 3e-4, 1e-3, 3e-3])
     a = ap.parse_args()
     run(a.text, a.source_bytes, a.tune_bytes, a.source_steps, a.tune_steps, a.lrs)
