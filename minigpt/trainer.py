@@ -45,7 +45,9 @@ from .baselines import NGramConfig, NGramLM
 from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
 from .completion import complete
 from .config import FINETUNE_PRESET, PRESETS, ModelArgs, TrainConfig
-from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows
+from .data import (
+    RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows,
+)
 from .errors import CheckpointError, ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
 from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
@@ -165,7 +167,9 @@ def padded_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
     return np.pad(b, (0, vocab_size - len(b))) if len(b) < vocab_size else b
 
 
-def eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int) -> dict[str, Any]:
+def eval_splits(
+    model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int,
+) -> dict[str, Any]:
     """One evaluation line: train and val loss on the fixed windows, and val bits per byte."""
     kw = dict(block_size=cfg.model.block_size, batch_size=cfg.optim.batch_size, steps=cfg.run.eval_steps, rt=rt)
     tr = evaluate(model, train_tokens, byte_lengths, **kw)
@@ -437,7 +441,8 @@ def _check_tokenizer(data: Dataset, source: pretrained.Source | None) -> None:
         return
     ours, theirs = data.tokenizer, source.require_tokenizer()
     if ours.to_str() != theirs.to_str():
-        how = f"{ours.vocab_size} vs {theirs.vocab_size} tokens" if ours.vocab_size != theirs.vocab_size else "other merges"
+        how = (f"{ours.vocab_size} vs {theirs.vocab_size} tokens" if ours.vocab_size != theirs.vocab_size
+               else "other merges")
         raise DataError(
             f"--data {data.path}: prepared with another tokenizer than --init-from {source.name}'s ({how}); "
             f"give the text itself as --data and it is prepared with {source.name}'s tokenizer"
@@ -581,7 +586,8 @@ def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirec
     model's shape (or kind) is refused: the weights would not fit."""
     last = run_dir.last()
     if last is None:
-        raise MiniGPTError(f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); train without --resume first")
+        raise MiniGPTError(f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); "
+                           f"train without --resume first")
     run = read_run(last)
     if not isinstance(run.get("config"), dict):
         raise MiniGPTError(f"--resume: {last / 'run.json'} records no training config")
@@ -734,7 +740,8 @@ class _Run:
             torch.manual_seed(cfg.run.seed)  # the model's initialisation depends only on the seed
             self.model = models.from_args(cfg.model, data.vocab_size)
         # Frozen parts get no gradient, so the optimizer (fresh or resumed) holds only the rest.
-        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings, layers=cfg.optim.freeze_layers)
+        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings,
+                                        layers=cfg.optim.freeze_layers)
         if self.frozen and not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("freeze_layers: with these freezes no weight is left to train")
         for split in ("train", "val"):  # one vectorised pass per split (cached), naming the file at fault
@@ -765,7 +772,8 @@ class _Run:
         the data's: the same ids must mean the same text."""
         ckpt = load_checkpoint(path, need_tokenizer=False)
         if ckpt.tokenizer is not None and ckpt.tokenizer.to_str() != self.tokenizer.to_str():
-            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with the data it was trained on")
+            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with "
+                               f"the data it was trained on")
         state = load_trainer_state(path)
         self.trainer_state = state
         if ckpt.run is not None and isinstance(ckpt.run.get("init_from"), dict):
@@ -823,7 +831,8 @@ class _Run:
         ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, self.rt, step)
         if self.rt.is_main:
             note = f"{self.init_from['source']} before fine-tuning" if step == 0 and self.init_from else ""
-            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb, note=note)
+            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb,
+                            note=note)
         return ev
 
     def _evaluate_timed(self, step: int) -> dict[str, Any]:
@@ -870,7 +879,8 @@ class _Run:
             "best_val_bpb": self.pos.best_bpb,
             "tokens_seen": self.pos.tokens_seen, "train_time_s": self.clock.elapsed, **extra_state,
         }
-        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state, is_best=is_best)
+        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state,
+                          is_best=is_best)
 
     def _evaluate_and_save(self, step: int, extra_state: dict[str, Any]) -> dict[str, Any]:
         """Evaluate, then checkpoint; the checkpoint is the new `best` if val loss improved.
@@ -916,7 +926,8 @@ class _Run:
         sizes = ", ".join(f"{k}-grams {n:,}" for k, n in enumerate(self.model.config.sizes, start=1))
         rt.print(f"{kind.name}: counted {self.pos.tokens_seen:,} tokens in {fit_time:.2f} s ({sizes}); "
                  f"saved {self.run_dir.path}/last", file=sys.stderr)
-        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev, "train_time_s": fit_time}
+        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev,
+                   "train_time_s": fit_time}
         if signals.received is not None:
             summary["interrupted"] = signals.received
             rt.print(f"{signal.Signals(signals.received).name}: the counting pass had finished; saved "
@@ -1034,9 +1045,9 @@ class _Run:
             frozen = f"; frozen: {', '.join(self.frozen)}" if self.frozen else ""
             constant = " constant" if o.min_lr == o.lr and not o.warmup_steps else ""
             rt.print(
-                f"fine-tuning {where}, weights sha256 {src['weights_sha256'][:16]}... | training {trainable / 1e6:.2f}M "
-                f"of {n_params / 1e6:.2f}M parameters{frozen} | block {m.block_size}, lr {o.lr:g}{constant}, "
-                f"{o.max_steps} steps",
+                f"fine-tuning {where}, weights sha256 {src['weights_sha256'][:16]}... | training "
+                f"{trainable / 1e6:.2f}M of {n_params / 1e6:.2f}M parameters{frozen} | block {m.block_size}, "
+                f"lr {o.lr:g}{constant}, {o.max_steps} steps",
                 file=sys.stderr,
             )
 
@@ -1141,7 +1152,8 @@ class _Run:
         rss = peak_rss_bytes()
         memory = f", peak memory {rss / 2**30:.2f} GiB" if rss else ""
         self.rt.print(
-            f"fine-tuned {self.init_from['source']} for {step} steps: {gain} ({self.clock.elapsed:.1f} s of training{memory})",
+            f"fine-tuned {self.init_from['source']} for {step} steps: {gain} "
+            f"({self.clock.elapsed:.1f} s of training{memory})",
             file=sys.stderr,
         )
 
