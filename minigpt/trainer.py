@@ -588,6 +588,7 @@ class _Run:
             self._finish()
             if self.model.learns_by != "counting":
                 self._verdict(summary)
+        self.rt.barrier()  # under torchrun: every rank leaves together (rank 0 may still be writing)
         return summary
 
     # ---- evaluate and save -------------------------------------------------------------------
