@@ -203,11 +203,17 @@ def _build_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args) -> int:
-    from .config import explicit_overrides, resolve_train_config
+    from .config import explicit_overrides, load_toml, resolve_train_config
+    from .plan import free_settings
     from .trainer import train
 
     cfg = resolve_train_config(args)
-    summary = train(cfg, explicit=explicit_overrides(args), progress=not args.quiet)
+    explicit = explicit_overrides(args)
+    # What the user gave (flags, or keys of --config): the rest of the cpu default's plannable
+    # settings the run chooses for itself (plan.py), and says so before training.
+    given = set(explicit) | set(load_toml(args.config) if args.config else {})
+    cfg.planned = free_settings(cfg.preset, given, fine_tune=cfg.model.init_from is not None, resume=cfg.run.resume)
+    summary = train(cfg, explicit=explicit, progress=not args.quiet)
     if summary.get("interrupted"):
         return 128 + int(summary["interrupted"])
     return 0

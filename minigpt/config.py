@@ -322,6 +322,10 @@ class TrainConfig:
     data: DataArgs = field(default_factory=DataArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     run: RunArgs = field(default_factory=RunArgs)
+    # The settings the run plans itself (plan.py: the budget, vocabulary, dropout, ...): the
+    # `cpu` default's that the user left unset. Empty: every setting is taken as given (the
+    # Python API's default, and what a planned run records once the plan is made).
+    planned: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -329,7 +333,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        out = cls(preset=d.pop("preset", DEFAULT_PRESET))
+        out = cls(preset=d.pop("preset", DEFAULT_PRESET), planned=d.pop("planned", []))
+        _check(isinstance(out.planned, list) and all(isinstance(x, str) for x in out.planned), "planned",
+               f"must be a list of setting names, got {out.planned!r}")
         for name, section in SECTIONS.items():
             setattr(out, name, dataclass_from_dict(section, d.pop(name, {})))
         if d:

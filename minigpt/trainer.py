@@ -1,9 +1,12 @@
-"""The training loop behind `python train.py` / `minigpt train`.
+"""The training run behind `python train.py` / `minigpt train`.
 
-A recipe in order: set up the runtime -> prepare/open the data -> build or resume the
-model -> AdamW with warmup + cosine decay -> for each step: accumulate gradients over
-micro-batches, clip, step -> every `eval_interval` steps: evaluate, write metrics,
-checkpoint atomically -> at the end: a final evaluation, a checkpoint and a sample.
+A recipe in order: set up the runtime -> prepare/open the data -> plan what the user left
+unset (plan.py: the budget, vocabulary, dropout, ...; one line before training) -> build or
+resume the model -> the optimizers and the model wrapped for the device -> `train_step`
+after `train_step` (loop.py: forward and backward over the micro-batches, clip, step) ->
+every `eval_interval` steps: evaluate, write metrics, checkpoint atomically -> at the end: a
+final evaluation, a checkpoint, a sample and the verdict (which step `best` holds, against
+an n-gram counted on the same data).
 
 Exactness: the data windows of step s depend only on (seed, s), the learning rate only
 on s, and the optimizer moments and RNG states are saved with every checkpoint. So a run
@@ -21,14 +24,11 @@ data, and run.json records where the run started (`init_from`, with the weights'
 
 from __future__ import annotations
 
-import glob
-import math
-import os
 import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,36 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import __version__, bundled, files, models, onednn, pretrained
-from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state, read_run
+from . import __version__, bundled, files, models, pretrained, startup
+from . import plan as plan_mod
+from .baselines import NGramConfig, NGramLM
+from .checkpoint import RunDirectory, load_checkpoint, load_trainer_state
 from .completion import complete
-from .config import ModelArgs, TrainConfig
-from .data import RECIPE_FILE, Dataset, WindowSampler, eval_offsets, prepare, prepare_from_recipe, resolve_inputs, windows
-from .errors import CheckpointError, ConfigError, DataError, MiniGPTError
+from .config import TrainConfig
+from .data import (
+    Dataset,
+    WindowSampler,
+    eval_offsets,
+    resolve_inputs,
+    windows,
+)
+from .errors import ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
-from .runtime import Runtime, configure_threads, enable_tf32, init_runtime, keep_freed_memory
+from .optim import make_optimizer, make_optimizers, muon_params  # noqa: F401 (trainer.make_optimizer: tests, benchmarks)
+from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
+from .plan import Budget
+from .runtime import Runtime, configure_threads, init_runtime, keep_freed_memory
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+# Validation loss rising at this many evaluations in a row is reported while it happens.
+RISES = 2
+# The yardstick the run ends with: a Kneser-Ney n-gram of this order, counted on at most this
+# many train tokens (~1 s per million here) and scored on the run's own validation windows.
+YARDSTICK_ORDER = 5
+YARDSTICK_TOKENS = 1_000_000
 
 
 class NonFiniteLoss(MiniGPTError):
@@ -56,84 +75,6 @@ class NonFiniteLoss(MiniGPTError):
 
 
 # ---- the pieces ----------------------------------------------------------------------
-
-
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int, schedule: str = "cosine",
-          cooldown: float = 0.4) -> float:
-    """The learning rate at `step`: linear warmup to `lr` over `warmup` steps (step 0
-    starts at lr / warmup, not at 0), then, up to `decay_steps` (and `min_lr` after):
-
-    - cosine: cosine decay from `lr` to `min_lr` (GPT-2, nanoGPT);
-    - wsd ("warmup-stable-decay", Hägele et al. 2024): constant at `lr`, then a linear
-      cooldown to `min_lr` over the last `cooldown` share of the steps. Only the cooldown
-      depends on the run's length, so a run can be extended (or fixed from a time budget)
-      late, and the constant phase explores at the full rate for longer.
-
-    >>> lr_at(500, 1.0, 0.1, 0, 1000, "wsd", 0.4), lr_at(800, 1.0, 0.1, 0, 1000, "wsd", 0.4)
-    (1.0, 0.55)
-    """
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if step >= decay_steps:
-        return min_lr
-    if schedule == "wsd":
-        start = decay_steps - int(round(cooldown * decay_steps))
-        if step < start:
-            return lr
-        return lr - (step - start) / max(1, decay_steps - start) * (lr - min_lr)
-    progress = (step - warmup) / max(1, decay_steps - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices (embeddings, linear weights) only: decaying biases
-    and LayerNorm gains toward zero only hurts (GPT-2/nanoGPT practice)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    # fused: one kernel for the whole update, on CUDA and (since torch 2.4) on the CPU,
-    # where it took the optimizer from ~2.6 to ~1.0 ms a step at nanoGPT's CPU shape.
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=True)
-
-
-def muon_params(model: nn.Module) -> list[nn.Parameter]:
-    """The matrices Muon updates: every 2-D weight inside the blocks (attention and MLP
-    projections). Embeddings, the output head and the gains/biases stay with AdamW: Muon
-    orthogonalises a matrix's update, which suits maps between hidden spaces, not lookup
-    tables or the vocabulary head (Jordan et al., the Muon README)."""
-    return [p for n, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and ".h." in f".{n}"]
-
-
-def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    """AdamW for everything (--optimizer adamw), or Muon for the blocks' matrices plus AdamW
-    for the rest (--optimizer muon). Every param group carries `lr_scale`, its rate relative
-    to --lr, so one schedule drives both: Muon's group runs at --muon-lr x the schedule."""
-    o = cfg.optim
-    if o.optimizer != "muon" or not muon_params(model):  # no block matrices (an RNN): AdamW for all
-        opt = make_optimizer(model, cfg, device)
-        for g in opt.param_groups:
-            g["lr_scale"] = 1.0
-        return [opt]
-    hidden = muon_params(model)
-    taken = {id(p) for p in hidden}
-
-    class _Rest(nn.Module):  # the parameters AdamW keeps, for make_optimizer's decay rule
-        def __init__(self, params):
-            super().__init__()
-            self.ps = nn.ParameterList(params)
-
-    rest = _Rest([p for p in model.parameters() if p.requires_grad and id(p) not in taken])
-    adamw = make_optimizer(rest, cfg, device)
-    for g in adamw.param_groups:
-        g["lr_scale"] = 1.0
-    muon = torch.optim.Muon(hidden, lr=o.muon_lr, weight_decay=0.0, momentum=0.95, nesterov=True)
-    for g in muon.param_groups:
-        g["lr_scale"] = o.muon_lr / o.lr
-    return [muon, adamw]
 
 
 @torch.no_grad()
@@ -178,7 +119,9 @@ def padded_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
     return np.pad(b, (0, vocab_size - len(b))) if len(b) < vocab_size else b
 
 
-def eval_splits(model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int) -> dict[str, Any]:
+def eval_splits(
+    model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int,
+) -> dict[str, Any]:
     """One evaluation line: train and val loss on the fixed windows, and val bits per byte."""
     kw = dict(block_size=cfg.model.block_size, batch_size=cfg.optim.batch_size, steps=cfg.run.eval_steps, rt=rt)
     tr = evaluate(model, train_tokens, byte_lengths, **kw)
@@ -198,110 +141,6 @@ def write_eval_line(run_dir: RunDirectory, ev: dict, *, time_s: float, tokens: i
         f"val {ev['val_bpb']:.4f} bits/byte{f' ({note})' if note else ''}",
         file=sys.stderr,
     )
-
-
-class _Signals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and
-    exits. A second Ctrl-C aborts at once (the last checkpoint is still intact)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a test thread)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-            raise KeyboardInterrupt
-        self.received = signum
-        tqdm.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _TimeBudget:
-    """--max-time: how many steps fit a wall-clock budget. After `CALIBRATION` steps, and
-    at least `CALIBRATION_SHARE` of the budget, it knows the time per step (on a shared VM
-    the speed moves by 10-30% from one second to the next: a longer look is a steadier
-    estimate); each evaluation (and its checkpoint) costs about what the one at step 0
-    did, once every eval_interval steps. Solving
-
-        elapsed + (N - k) * per_step + (N / eval_interval + 1) * eval_cost <= budget
-
-    for N gives the run's step count."""
-
-    CALIBRATION = 20
-    CALIBRATION_SHARE = 0.04
-
-    def __init__(self, seconds: float, started: float, eval_cost: float, eval_interval: int):
-        self.seconds, self.started, self.eval_cost, self.eval_interval = seconds, started, eval_cost, eval_interval
-        self.t0 = time.perf_counter()
-        self.first_step: int | None = None
-
-    def due(self, step: int) -> bool:
-        if self.first_step is None:  # the first step pays one-off costs (allocation): time from after it
-            self.first_step, self.t0 = step, time.perf_counter()
-            return False
-        return (step - self.first_step >= self.CALIBRATION
-                and time.perf_counter() - self.t0 >= self.CALIBRATION_SHARE * self.seconds)
-
-    def steps(self, step: int) -> int:
-        now = time.perf_counter()
-        per_step = (now - self.t0) / (step - self.first_step)
-        left = self.seconds - (now - self.started) - 1.5 * self.eval_cost  # the final evaluation, with a margin
-        return step + max(0, int(left / (per_step + 1.2 * self.eval_cost / self.eval_interval)))
-
-
-class _Stopwatch:
-    """Training time: wall-clock time minus the pauses for evaluation and checkpoints."""
-
-    def __init__(self, elapsed: float = 0.0):
-        self.elapsed = elapsed
-        self._since = time.perf_counter()
-
-    def read(self) -> float:
-        now = time.perf_counter()
-        self.elapsed += now - self._since
-        self._since = now
-        return self.elapsed
-
-    @contextmanager
-    def paused(self):
-        self.read()
-        try:
-            yield
-        finally:
-            self._since = time.perf_counter()
-
-
-def _make_out(out: Path) -> Path | None:
-    """Create the run directory (and check it is writable, so a run never trains for
-    minutes and then fails to save). Returns the topmost directory this call created
-    (None if `out` existed), so a run that fails before saving anything can remove it."""
-    created = None
-    for p in [out, *out.parents]:
-        if p.exists():
-            break
-        created = p
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise files.os_error(e, out, "cannot write to the output directory") from None
-    return created
 
 
 def _rng_state() -> dict[str, Any]:
@@ -351,7 +190,7 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
     --data is prepared once --out exists, and a run that fails before its first
     checkpoint removes what it created.
     """
-    started = time.perf_counter()  # --max-time counts from here
+    started = time.perf_counter() - plan_mod.process_age()  # --max-time is a promise for the whole process
     explicit = explicit or {}
     models.kind(cfg.model.model)  # an unknown kind is refused before anything is written
     if cfg.run.resume and cfg.model.init_from is not None:
@@ -371,17 +210,23 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
     try:
         resume_from, source = None, None
         if cfg.run.resume:  # the saved run's settings (its data directory among them), flags on top
-            cfg, resume_from = _resume_config(cfg, explicit, run_dir)
+            cfg, resume_from = startup.resume_config(cfg, explicit, run_dir)
         elif cfg.model.init_from is not None:  # SOURCE's kind and shape, weights and tokenizer
-            cfg, source = _finetune_config(cfg, explicit)
+            cfg, source = startup.finetune_config(cfg, explicit)
         cfg.data.data = bundled.data_dir(cfg.data.data)  # the default corpus, outside a clone: the bundled one
-        plan = _plan_data(cfg, source, resuming=resume_from is not None)
+        plan = startup.data_plan(cfg, source, resuming=resume_from is not None)
+        text_bytes = None
+        if plan.inputs is not None and cfg.planned:
+            text_bytes = _text_bytes(plan)
+            if "vocab_size" in cfg.planned:  # the vocabulary from the text's size (plan.py)
+                plan.vocab_size = plan_mod.vocab_for(text_bytes)
+                cfg.data.vocab_size = plan.vocab_size  # (recorded, as the rest of --data's preparation)
         data = None
         if plan.inputs is None:  # a prepared dataset: opened (and checked) before creating --out
-            data = _open_data(cfg, rt, progress)
-            _check_tokenizer(data, source)
+            data = startup.open_data(cfg, rt, progress)
+            startup.check_tokenizer(data, source)
         if rt.is_main:
-            created = _make_out(out)
+            created = startup.make_out(out)
         # From here on the directory is this process's: a second trainer is refused by the lock.
         with run_dir.lock() if rt.is_main else nullcontext():
             if resume_from is None and run_dir.last() is not None:
@@ -390,15 +235,19 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
                     f"(or delete {out}) to start afresh"
                 )
             if data is None:  # text: prepared with SOURCE's tokenizer (or a new one) into --data-out
-                data_created = _topmost_missing(plan.out)
-                data = _prepare_text(plan, rt, progress)
+                data_created = files.topmost_missing(plan.out)
+                data = startup.prepare_text(plan, rt, progress)
                 cfg.data.data = str(plan.out)  # what --resume, eval and compare read from run.json
-                _check_tokenizer(data, source)
-            return _Run(cfg, rt, data, run_dir, resume_from, progress, started, source).run()
-    except BaseException:
+                startup.check_tokenizer(data, source)
+            the_plan = None
+            if cfg.planned:
+                cfg, the_plan = _make_plan(cfg, data, rt, started, text_bytes)
+            return _Run(cfg, rt, data, run_dir, resume_from, progress, started, source, the_plan).run()
+    except BaseException as e:
         # A run that failed before saving a checkpoint leaves no directory behind that it
-        # created (its metrics and config describe nothing that can be loaded).
-        if rt.is_main and run_dir.last() is None:
+        # created (its metrics and config describe nothing that can be loaded). A run refused
+        # by another trainer's lock removes nothing: the directory is that trainer's.
+        if rt.is_main and run_dir.last() is None and getattr(e, "kind", None) != "locked":
             for d in (data_created, created):
                 if d is not None:
                     shutil.rmtree(d, ignore_errors=True)
@@ -407,188 +256,101 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
         rt.shutdown()
 
 
-def _open_data(cfg: TrainConfig, rt: Runtime, progress: bool = True) -> Dataset:
-    data_dir = Path(cfg.data.data)
-    if not (data_dir / "meta.json").exists() and (data_dir / RECIPE_FILE).exists():
-        if rt.is_main:
-            rt.print(f"preparing {data_dir} (first use; see {data_dir / RECIPE_FILE})", file=sys.stderr)
-            prepare_from_recipe(data_dir, progress=progress)
-        rt.barrier()
-    return Dataset(data_dir)
+# ---- the plan: settings chosen from the data, the budget and this machine's speed ------------------
 
 
-# ---- fine-tuning: SOURCE, and data in its tokenizer -----------------------------------------
+def _text_bytes(plan: startup.DataPlan) -> int:
+    """The size of the text to prepare (a .gz counts ~3x its size: text compresses about so)."""
+    paths = resolve_inputs(plan.inputs, exclude=plan.out)
+    return sum(p.stat().st_size * (3 if p.suffix == ".gz" else 1) for p in paths)
 
 
-def _finetune_config(cfg: TrainConfig, explicit: dict[str, Any]) -> tuple[TrainConfig, pretrained.Source]:
-    """SOURCE loaded, and the run's config made to describe the model it is: SOURCE's kind
-    and shape (flags the user typed that would change them are refused; a preset's or a
-    file's are replaced), --block-size (0: SOURCE's) and --dropout, and the weights'
-    SHA-256 in `init_from_sha256` (checked against it when the user gave one)."""
-    m = cfg.model
-    spec = pretrained.inspect_source(m.init_from)  # config.json only: refusals come before reading weights
-    pretrained.check_flags(spec, explicit)
-    block_size = m.block_size or spec.block_size
-    pretrained.check_block_size(spec, block_size)
-    pretrained.check_freeze(spec, cfg.optim.freeze_layers)
-    source = pretrained.load_source(spec, block_size=block_size, dropout=m.dropout)
-    source.require_tokenizer()
-    if m.init_from_sha256 is not None and m.init_from_sha256.lower() != source.weights_sha256:
-        raise CheckpointError(
-            f"--init-from {spec.name}: its weights' SHA-256 is {source.weights_sha256}, not the "
-            f"--init-from-sha256 given ({m.init_from_sha256})"
-        )
-    cfg = TrainConfig.from_dict(cfg.to_dict())  # the caller's config is left as it was
-    settings = source.model.config.to_dict()
-    for name in ModelArgs.__dataclass_fields__:
-        if name in settings and name not in ("block_size", "dropout"):
-            cfg.set(name, settings[name])
-    cfg.set("model", spec.kind)
-    cfg.set("block_size", block_size)
-    cfg.set("init_from_sha256", source.weights_sha256)
-    cfg.validate()
-    return cfg, source
+def _measure_speed(cfg: TrainConfig, data: Dataset, rt: Runtime, steps: int = 4) -> float:
+    """This machine's training speed (tokens/s) for `cfg`'s model without dropout: a few
+    steps of a throwaway copy, after one that pays the one-off costs. It leaves the RNG as
+    it found it, so the run itself is what it would be without the probe. Under torchrun,
+    the mean over the ranks (every rank must make the same plan)."""
+    rng = _rng_state()
+    probe = TrainConfig.from_dict(cfg.to_dict())
+    probe.model.dropout = 0.0
+    model = models.from_args(probe.model, data.vocab_size).to(rt.device)
+    model.check_inputs = False
+    _set_rng_state(rng)
+    optimizers = make_optimizers(model, probe, rt.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
+    wrapped = wrap_for_device(model, rt, False)  # (compiling would cost more than the probe)
+    o = probe.optim
+    sampler = WindowSampler(data.tokens("train"), probe.model.block_size, o.batch_size, grad_accum=o.grad_accum,
+                            rank=rt.rank, world_size=rt.world_size, seed=probe.run.seed, device=rt.device)
+    set_lr(optimizers, o.lr)
+    t0 = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            t0 = time.perf_counter()
+        batches = (sampler.get(step, micro) for micro in range(o.grad_accum))
+        train_step(wrapped, model, optimizers, scaler, batches, grad_accum=o.grad_accum, grad_clip=o.grad_clip,
+                   rt=rt).item()
+    per_step = (time.perf_counter() - t0) / steps
+    tok_s = o.batch_size * o.grad_accum * rt.world_size * probe.model.block_size / max(per_step, 1e-9)
+    if rt.distributed:
+        t = torch.tensor([tok_s], dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+        tok_s = float(rt.all_reduce_sum(t).item()) / rt.world_size
+    return tok_s
 
 
-@dataclass
-class _DataPlan:
-    """Text given as --data, to prepare into `out` once --out exists (`inputs` None: --data
-    is a prepared dataset, or a directory with a recipe that prepares itself in place)."""
-
-    inputs: list[str] | None = None
-    out: Path | None = None
-    tokenizer: Path | None = None  # tokenizer.json to encode with; None: train one of vocab_size
-    vocab_size: int = 4096
-    val_fraction: float = 0.1
-
-
-def _has_text_files(d: Path) -> bool:
-    return any(q.is_file() and not any(part.startswith(".") for part in q.relative_to(d).parts) for q in d.rglob("*"))
-
-
-def _plan_data(cfg: TrainConfig, source: pretrained.Source | None, *, resuming: bool) -> _DataPlan:
-    """What --data is. A prepared dataset (meta.json) is used as it is, and so is a
-    directory with a dataset.toml recipe (prepared in place on first use), except in a
-    fine-tune, where the recipe's sources are text for SOURCE's tokenizer. A file, a
-    glob or a directory of text files is text to prepare. A path that does not exist is
-    left to `Dataset` to report."""
-    d = Path(cfg.data.data)
-    recipe = d / RECIPE_FILE
-    inputs: list[str] | None = None
-    val_fraction = 0.1
-    if d.is_dir():
-        prepared = (d / "meta.json").exists() or (d / "train.bin").exists()
-        if source is not None and recipe.is_file() and not (prepared and _speaks(d, source)):
-            raw = files.load_toml(recipe, "dataset recipe")
-            sources = raw.get("sources")
-            if not isinstance(sources, list) or not sources or not all(isinstance(x, str) for x in sources):
-                raise DataError(f"{recipe}: lists no sources (expected sources = [\"file.txt\", ...])")
-            inputs = [str(d / x) for x in sources]
-            val_fraction = raw.get("val_fraction", 0.1)
-            if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool):
-                raise DataError(f"{recipe}: val_fraction must be a number, got {val_fraction!r}")
-        elif not prepared and not recipe.is_file() and _has_text_files(d):
-            inputs = [str(d)]
-    elif d.is_file() or (not d.exists() and glob.has_magic(str(d))):
-        inputs = [str(d)]
-    if inputs is None:
-        return _DataPlan()
-    if resuming:
-        raise DataError(
-            f"--data {d}: is text to prepare, but --resume continues on the prepared dataset its run recorded; "
-            f"drop --data (or name a prepared dataset directory)"
-        )
-    out = Path(cfg.data.data_out) if cfg.data.data_out else Path(cfg.run.out) / "data"
-    resolve_inputs(inputs, exclude=out)  # missing or empty inputs are refused before anything is written
-    return _DataPlan(
-        inputs, out, source.tokenizer_path if source is not None else None, cfg.data.vocab_size, val_fraction
-    )
-
-
-def _speaks(d: Path, source: pretrained.Source) -> bool:
-    """Whether the prepared dataset in `d` is in SOURCE's tokenizer."""
-    try:
-        return Dataset(d).tokenizer.to_str() == source.require_tokenizer().to_str()
-    except MiniGPTError:
-        return False
-
-
-def _check_tokenizer(data: Dataset, source: pretrained.Source | None) -> None:
-    """A fine-tune's data must be in SOURCE's tokenizer: the same ids must mean the same text."""
-    if source is None:
-        return
-    ours, theirs = data.tokenizer, source.require_tokenizer()
-    if ours.to_str() != theirs.to_str():
-        how = f"{ours.vocab_size} vs {theirs.vocab_size} tokens" if ours.vocab_size != theirs.vocab_size else "other merges"
-        raise DataError(
-            f"--data {data.path}: prepared with another tokenizer than --init-from {source.name}'s ({how}); "
-            f"give the text itself as --data and it is prepared with {source.name}'s tokenizer"
-        )
-
-
-def _topmost_missing(path: Path) -> Path | None:
-    """The outermost directory that creating `path` would create (None if it exists)."""
-    created = None
-    for p in [path, *path.parents]:
-        if p.exists():
-            break
-        created = p
-    return created
-
-
-def _prepare_text(plan: _DataPlan, rt: Runtime, progress: bool) -> Dataset:
-    """`minigpt prepare` of the text into plan.out (on the main process; the others wait),
-    with SOURCE's tokenizer or a new one. A directory that already holds this dataset is
-    reused as it is."""
-    if rt.is_main:
-        if progress:  # (with --quiet, a text that turns out bad leaves its error as the one line on stderr)
-            how = f"with {plan.tokenizer}" if plan.tokenizer else f"with a new tokenizer of {plan.vocab_size} tokens"
-            rt.print(f"preparing {', '.join(plan.inputs)} into {plan.out} ({how})", file=sys.stderr)
-        try:
-            prepare(plan.inputs, plan.out, vocab_size=plan.vocab_size, val_fraction=plan.val_fraction,
-                    tokenizer=plan.tokenizer, progress=progress)
-        except DataError as e:
-            if "already holds" in str(e):  # prepare's advice names its own flags (--out, --force)
-                raise DataError(
-                    f"--data-out {plan.out}: already holds another dataset (other text, settings or tokenizer); "
-                    f"choose another --data-out"
-                ) from None
-            raise
-    rt.barrier()
-    return Dataset(plan.out)
-
-
-def _resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirectory) -> tuple[TrainConfig, Path]:
-    """The saved run's config, with the flags given now applied on top. Changing the
-    model's shape (or kind) is refused: the weights would not fit."""
-    last = run_dir.last()
-    if last is None:
-        raise MiniGPTError(f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); train without --resume first")
-    run = read_run(last)
-    if not isinstance(run.get("config"), dict):
-        raise MiniGPTError(f"--resume: {last / 'run.json'} records no training config")
-    try:
-        saved = TrainConfig.from_dict(run["config"])
-    except MiniGPTError as e:
-        raise MiniGPTError(f"--resume: {last / 'run.json'}: {e}") from None
-    model_fields = set(saved.model.__dataclass_fields__)
-    frozen_fields = {"freeze_embeddings", "freeze_layers"}  # the optimizer state covers exactly the trainable weights
-    for k, v in explicit.items():
-        if k in model_fields and getattr(saved.model, k) != v:
-            raise MiniGPTError(
-                f"--resume: the checkpoint in {last} has {k}={getattr(saved.model, k)!r}, not {v!r}; "
-                f"a different model needs a new --out"
-            )
-        if k in frozen_fields and getattr(saved.optim, k) != v:
-            raise MiniGPTError(
-                f"--resume: the run in {run_dir.path} trains with {k}={getattr(saved.optim, k)!r}, not {v!r}; "
-                f"freezing other weights is a new fine-tune (a new --out)"
-            )
-        if k not in ("resume",):
-            saved.set(k, v)
-    saved.run.resume = True
-    saved.validate()
-    return saved, last
+def _make_plan(cfg: TrainConfig, data: Dataset, rt: Runtime, started: float,
+               text_bytes: int | None) -> tuple[TrainConfig, plan_mod.Plan]:
+    """The plan for the settings in cfg.planned (plan.py), and the config it makes: a copy
+    of `cfg` with the chosen settings, the budget as max_time, the first step estimate as
+    max_steps, and nothing left to plan (so it is what run.json records, and a --resume or
+    a rerun of it trains exactly this)."""
+    planned, m, o, r = set(cfg.planned), cfg.model, cfg.optim, cfg.run
+    n_train, n_val = len(data.tokens("train")), len(data.tokens("val"))
+    new = TrainConfig.from_dict({**cfg.to_dict(), "planned": []})
+    if n_train == 0:
+        raise DataError(f"--data {data.path}: the train split holds no tokens; give more text")
+    block, batch = m.block_size, o.batch_size
+    if planned & {"block_size", "batch_size"}:
+        fb, fs = plan_mod.fit_window(n_train, n_val, block, batch)
+        block = fb if "block_size" in planned else block
+        batch = fs if "batch_size" in planned else batch
+    for k, v in {**plan_mod.pick(plan_mod.SHAPES, 0.0), "block_size": block, "batch_size": batch}.items():
+        if k in planned:
+            new.set(k, v)
+    new.validate()
+    startup.check_windows(new, data, rt.world_size)  # before the probe trains on them
+    budget = plan_mod.DEFAULT_BUDGET_S if "max_time" in planned else r.max_time
+    tok_s = _measure_speed(new, data, rt) if budget > 0 else 0.0
+    tokens_per_step = new.optim.batch_size * new.optim.grad_accum * rt.world_size * new.model.block_size
+    seconds_left = 0.0
+    if budget > 0:
+        # The reserves before the first measurement: each evaluation ~ forward passes over
+        # 2 x eval_steps batches (a forward is ~1/3 of a training step) plus a checkpoint;
+        # the final sample and the exit. The budget re-plans with measured costs.
+        eval_cost = 2 * r.eval_steps * tokens_per_step / max(3 * tok_s, 1e-9) + 0.3
+        steps_guess = budget * tok_s / tokens_per_step
+        n_evals = 1 + steps_guess / r.eval_interval
+        elapsed = time.perf_counter() - started
+        seconds_left = budget * (1 - plan_mod.Budget.MARGIN) - elapsed - n_evals * eval_cost - 2.0
+        if rt.distributed:  # rank 0's clock for every rank: they must make one plan
+            t = torch.tensor([seconds_left if rt.is_main else 0.0], dtype=torch.float64,
+                             device=rt.device if rt.device.type == "cuda" else "cpu")
+            seconds_left = float(rt.all_reduce_sum(t).item())
+    current = {**new.flat(), "vocab_size": data.vocab_size}
+    the_plan = plan_mod.choose(train_tokens=n_train, tokens_per_s=tok_s, tokens_per_step=tokens_per_step,
+                               seconds_left=max(seconds_left, 0.0), budget_s=budget, max_steps=o.max_steps,
+                               current=current, planned=sorted(planned), text_bytes=text_bytes)
+    the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
+    if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's
+        the_plan.yours = sorted(set(the_plan.yours) - {"vocab_size"})
+    for k in ("dropout", "weight_decay"):
+        if k in planned:
+            new.set(k, the_plan.settings[k])
+    if budget > 0:
+        new.run.max_time = budget
+        new.optim.max_steps = the_plan.steps
+    new.validate()
+    return new, the_plan
 
 
 @dataclass
@@ -599,6 +361,67 @@ class _Progress:
     best_val: float = float("inf")
     tokens_seen: int = 0
     train_time: float = 0.0
+    best_step: int = 0  # the step `best` holds, and its val bits per byte
+    best_bpb: float = float("inf")
+
+    def advance(self, tokens: int) -> int:
+        """One more optimizer step over `tokens` tokens; returns the new step."""
+        self.step += 1
+        self.tokens_seen += tokens
+        return self.step
+
+
+class _TrainLog:
+    """The training lines: the loss summed on the device between log lines (one host sync
+    per line), the NaN/inf check before anything is saved, and tokens/s (and MFU on a GPU)."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        dev = run.rt.device
+        self.loss = torch.zeros((), device=dev)  # summed over steps since the last line
+        self.bad = torch.zeros((), dtype=torch.bool, device=dev)
+        self.steps, self.since = 0, run.clock.read()
+        self.flops_per_token = run.model.flops_per_token(run.cfg.model.block_size)
+        self.peak = _peak_flops(dev)
+
+    def add(self, step_loss: torch.Tensor) -> None:
+        self.bad |= ~torch.isfinite(step_loss)
+        self.loss += step_loss
+        self.steps += 1
+
+    def check_finite(self, step: int, lr: float, bar) -> None:
+        """The loss must be finite, or the run stops before a bad checkpoint can replace a good one."""
+        rt = self.run.rt
+        if not (rt.any(bool(self.bad.item())) if rt.distributed else bool(self.bad.item())):
+            return
+        bar.close()
+        run_dir = self.run.run_dir
+        kept = (f"the last good checkpoint in {run_dir.path} is intact" if run_dir.last() is not None
+                else "no checkpoint had been saved yet")
+        raise NonFiniteLoss(
+            f"the loss became {(self.loss / max(1, self.steps)).item()} by step {step} "
+            f"(learning rate {lr:.3g}); stopped without saving ({kept}): lower --lr, or check the data"
+        )
+
+    def write(self, step: int, lr: float, bar) -> None:
+        run, rt = self.run, self.run.rt
+        if rt.distributed:
+            rt.all_reduce_sum(self.loss)
+            self.loss /= rt.world_size
+        mean_loss = (self.loss / self.steps).item()
+        now = run.clock.read()
+        tok_s = self.steps * run.tokens_per_step / max(1e-9, now - self.since)
+        if rt.is_main:
+            line = {"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1)}
+            if self.flops_per_token and self.peak:
+                line["mfu"] = round(self.flops_per_token * tok_s / self.peak, 4)
+            run.run_dir.append_metrics(line)
+            if run.tb:
+                run.tb.add_scalar("train/loss", mean_loss, step)
+                run.tb.add_scalar("train/lr", lr, step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        self.loss.zero_()
+        self.steps, self.since = 0, now
 
 
 class _Run:
@@ -614,16 +437,19 @@ class _Run:
     """
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, data: Dataset, run_dir: RunDirectory, resume_from: Path | None,
-                 progress: bool, started: float, source: pretrained.Source | None = None):
+                 progress: bool, started: float, source: pretrained.Source | None = None,
+                 plan: plan_mod.Plan | None = None):
         self.cfg, self.rt, self.data, self.run_dir, self.progress = cfg, rt, data, run_dir, progress
         self.started = started
         self.tokenizer = data.tokenizer
         self.train_tokens, self.val_tokens = data.tokens("train"), data.tokens("val")
-        self._check_data()
+        startup.check_windows(cfg, data, rt.world_size)
         self.pos = _Progress()
         self.trainer_state: dict[str, Any] | None = None
         # Where a fine-tune started (run.json "init_from"); a resumed run carries it on.
         self.init_from: dict[str, Any] | None = source.record() if source is not None else None
+        # What the run planned for itself (run.json "plan"); a resumed run carries it on.
+        self.plan: dict[str, Any] | None = plan.to_dict() if plan is not None else None
         if resume_from is not None:
             self.model = self._resume(resume_from)
         elif source is not None:
@@ -633,7 +459,8 @@ class _Run:
             torch.manual_seed(cfg.run.seed)  # the model's initialisation depends only on the seed
             self.model = models.from_args(cfg.model, data.vocab_size)
         # Frozen parts get no gradient, so the optimizer (fresh or resumed) holds only the rest.
-        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings, layers=cfg.optim.freeze_layers)
+        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings,
+                                        layers=cfg.optim.freeze_layers)
         if self.frozen and not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("freeze_layers: with these freezes no weight is left to train")
         for split in ("train", "val"):  # one vectorised pass per split (cached), naming the file at fault
@@ -641,37 +468,39 @@ class _Run:
         self.model.check_inputs = False  # the data were checked once, above; skip the per-step host sync
         self.model.to(rt.device)
         self.byte_lengths = padded_byte_lengths(self.tokenizer, self.model.config.vocab_size)
-        self.clock = _Stopwatch(self.pos.train_time)
+        self.clock = Stopwatch(self.pos.train_time)
         self.tb = None
+        self.val_history: list[float] = []
+        self.yardstick: dict[str, Any] | None = None
+        o = cfg.optim
+        self.tokens_per_step = o.batch_size * o.grad_accum * rt.world_size * cfg.model.block_size
+        self.total = o.max_steps  # the run's length: --max-steps, or what the time budget plans
+        self.budget: Budget | None = None
+        self.planned = False
+        if cfg.run.max_time > 0:
+            # A planned run stops at MAX_PASSES over the data even if the budget allows more.
+            ceiling = (int(plan_mod.MAX_PASSES * len(self.train_tokens) / self.tokens_per_step)
+                       if plan is not None else None)
+            self.budget = Budget(cfg.run.max_time, started, eval_interval=cfg.run.eval_interval, schedule=o.schedule,
+                                 cooldown=o.cooldown, ceiling=ceiling)
 
     # ---- set-up ---------------------------------------------------------------------------
-
-    def _check_data(self) -> None:
-        m, o = self.cfg.model, self.cfg.optim
-        for split, toks in (("train", self.train_tokens), ("val", self.val_tokens)):
-            if len(toks) < m.block_size + 1:
-                raise DataError(
-                    f"the {split} split of {self.data.path} holds {len(toks)} tokens, fewer than one window of "
-                    f"block_size {m.block_size} needs ({m.block_size + 1}); lower --block-size or prepare more text"
-                )
-        global_batch = o.batch_size * o.grad_accum * self.rt.world_size
-        if global_batch > len(self.train_tokens) - m.block_size:
-            raise DataError(
-                f"the train split has only {len(self.train_tokens) - m.block_size} distinct windows of block_size "
-                f"{m.block_size}, fewer than a global batch of {global_batch}; lower --batch-size/--grad-accum"
-            )
 
     def _resume(self, path: Path) -> nn.Module:
         """The checkpoint's model and the progress saved beside it. Its tokenizer must be
         the data's: the same ids must mean the same text."""
         ckpt = load_checkpoint(path, need_tokenizer=False)
         if ckpt.tokenizer is not None and ckpt.tokenizer.to_str() != self.tokenizer.to_str():
-            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with the data it was trained on")
+            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with "
+                               f"the data it was trained on")
         state = load_trainer_state(path)
         self.trainer_state = state
         if ckpt.run is not None and isinstance(ckpt.run.get("init_from"), dict):
             self.init_from = ckpt.run["init_from"]
-        self.pos = _Progress(state["step"], state["best_val_loss"], state["tokens_seen"], state["train_time_s"])
+        if ckpt.run is not None and isinstance(ckpt.run.get("plan"), dict):
+            self.plan = ckpt.run["plan"]
+        self.pos = _Progress(state["step"], state["best_val_loss"], state["tokens_seen"], state["train_time_s"],
+                             state.get("best_step", 0), state.get("best_val_bpb", float("inf")))
         return ckpt.model
 
     def _start_logs(self) -> None:
@@ -688,7 +517,7 @@ class _Run:
             self.tb = _tensorboard_writer()(str(self.run_dir.path / "tensorboard"))
 
     def run(self) -> dict[str, Any]:
-        m, o = self.cfg.model, self.cfg.optim
+        o = self.cfg.optim
         if self.trainer_state is not None and (self.model.learns_by == "counting" or self.pos.step >= o.max_steps):
             if self.model.learns_by == "counting":
                 self.rt.print(f"{self.run_dir.path}: a model that learns by counting is complete after one pass; "
@@ -699,7 +528,7 @@ class _Run:
             return {"step": self.pos.step, "out": str(self.run_dir.path), "resumed": True}
         self._start_logs()
         try:
-            with _Signals() as signals:
+            with Signals() as signals:
                 if self.model.learns_by == "counting":
                     summary = self._fit(signals)
                 else:
@@ -709,6 +538,9 @@ class _Run:
                 self.tb.close()
         if summary.get("interrupted") is None:
             self._finish()
+            if self.model.learns_by != "counting":
+                self._verdict(summary)
+        self.rt.barrier()  # under torchrun: every rank leaves together (rank 0 may still be writing)
         return summary
 
     # ---- evaluate and save -------------------------------------------------------------------
@@ -719,41 +551,75 @@ class _Run:
         ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, self.rt, step)
         if self.rt.is_main:
             note = f"{self.init_from['source']} before fine-tuning" if step == 0 and self.init_from else ""
-            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb, note=note)
+            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb,
+                            note=note)
         return ev
+
+    def _evaluate_timed(self, step: int) -> dict[str, Any]:
+        """The step-0 evaluation; what it cost is the time budget's first estimate of an evaluation's."""
+        t = time.perf_counter()
+        with self.clock.paused():
+            ev = self._evaluate(step)
+        if self.budget is not None:
+            self.budget.record_eval(1.2 * (time.perf_counter() - t))  # later ones also write a checkpoint
+        self._watch_validation(ev)
+        return ev
+
+    def _watch_validation(self, ev: dict[str, Any]) -> None:
+        """Say so while it happens when val loss has risen at RISES evaluations in a row:
+        the model has begun to learn the train split by heart, and `best` keeps the step
+        before (sample, eval and serve read it)."""
+        self.val_history.append(ev["val_loss"])
+        recent = self.val_history[-(RISES + 1):]
+        rising = len(recent) == RISES + 1 and all(b > a for a, b in zip(recent, recent[1:]))
+        if rising and self.rt.is_main and self.pos.best_step > 0:
+            path = " -> ".join(f"{v:.4f}" for v in recent)
+            tqdm.write(
+                f"step {ev['step']:>6}: val loss has risen at {RISES} evaluations in a row ({path}): the model is "
+                f"overfitting; {self.run_dir.path}/best holds step {self.pos.best_step} "
+                f"({self.pos.best_bpb:.4f} bits/byte)", file=sys.stderr,
+            )
 
     def _run_info(self, step: int, ev: dict | None) -> dict[str, Any]:
         """run.json: the config and where the run stands (read by --resume, eval, compare)."""
         return {
-            "config": self.cfg.to_dict(), "model_type": self.model.model_type, "step": step,
+            "config": self._recorded_config().to_dict(), "model_type": self.model.model_type, "step": step,
             "tokens_seen": self.pos.tokens_seen, "train_time_s": round(self.clock.elapsed, 3),
             "num_params": models.unwrap(self.model).num_params(), "best_val_loss": self.pos.best_val,
             **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}), "minigpt_version": __version__,
             **({"init_from": self.init_from} if self.init_from else {}),
+            **({"plan": self.plan} if self.plan else {}),
         }
 
     def _save(self, step: int, ev: dict | None, is_best: bool, extra_state: dict[str, Any]) -> None:
         if not self.rt.is_main:
             return
         state = {
-            "step": step, "rng": _rng_state(), "best_val_loss": self.pos.best_val,
+            "step": step, "rng": _rng_state(), "best_val_loss": self.pos.best_val, "best_step": self.pos.best_step,
+            "best_val_bpb": self.pos.best_bpb,
             "tokens_seen": self.pos.tokens_seen, "train_time_s": self.clock.elapsed, **extra_state,
         }
-        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state, is_best=is_best)
+        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state,
+                          is_best=is_best)
 
     def _evaluate_and_save(self, step: int, extra_state: dict[str, Any]) -> dict[str, Any]:
         """Evaluate, then checkpoint; the checkpoint is the new `best` if val loss improved.
-        Neither counts as training time."""
+        Neither counts as training time; the time budget learns what they cost."""
+        t = time.perf_counter()
         with self.clock.paused():
             ev = self._evaluate(step)
             improved = ev["val_loss"] < self.pos.best_val
-            self.pos.best_val = min(self.pos.best_val, ev["val_loss"])
+            if improved:
+                self.pos.best_val, self.pos.best_step, self.pos.best_bpb = ev["val_loss"], step, ev["val_bpb"]
             self._save(step, ev, improved, extra_state)
+            self._watch_validation(ev)
+        if self.budget is not None:
+            self.budget.record_eval(time.perf_counter() - t)
         return ev
 
     # ---- fit: kinds that learn by counting ----------------------------------------------------
 
-    def _fit(self, signals: "_Signals") -> dict[str, Any]:
+    def _fit(self, signals: Signals) -> dict[str, Any]:
         """One counting pass over the train split, between an evaluation of the empty model
         (uniform) at step 0 and one of the counted model at step 1. "Step 1" is that pass;
         tokens_seen is the split's length and the training time is the counting time.
@@ -780,7 +646,8 @@ class _Run:
         sizes = ", ".join(f"{k}-grams {n:,}" for k, n in enumerate(self.model.config.sizes, start=1))
         rt.print(f"{kind.name}: counted {self.pos.tokens_seen:,} tokens in {fit_time:.2f} s ({sizes}); "
                  f"saved {self.run_dir.path}/last", file=sys.stderr)
-        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev, "train_time_s": fit_time}
+        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev,
+                   "train_time_s": fit_time}
         if signals.received is not None:
             summary["interrupted"] = signals.received
             rt.print(f"{signal.Signals(signals.received).name}: the counting pass had finished; saved "
@@ -789,11 +656,83 @@ class _Run:
 
     # ---- descend: kinds that learn by gradient ----------------------------------------------
 
-    def _descend(self, signals: "_Signals") -> dict[str, Any]:
-        cfg, rt, m, o, r = self.cfg, self.rt, self.cfg.model, self.cfg.optim, self.cfg.run
-        model = self.model
-        optimizers = make_optimizers(model, cfg, rt.device)
-        scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
+    def _descend(self, signals: Signals) -> dict[str, Any]:
+        """The recipe: optimizers (restored on --resume), the model wrapped for the device,
+        the step-0 evaluation, then `train_step` after `train_step`, with a log line every
+        log_interval steps and an evaluation + checkpoint every eval_interval steps."""
+        o, r = self.cfg.optim, self.cfg.run
+        optimizers, scaler = self._optimizers()
+        wrapped = wrap_for_device(self.model, self.rt, r.compile)
+        sampler = WindowSampler(
+            self.train_tokens, self.cfg.model.block_size, o.batch_size, grad_accum=o.grad_accum, rank=self.rt.rank,
+            world_size=self.rt.world_size, seed=r.seed, device=self.rt.device,
+        )
+        if self.plan is not None and self.trainer_state is None:
+            self.rt.print(self.plan["line"], file=sys.stderr)  # after the run's checks: bad input stays one line
+        self._banner(wrapped)
+
+        def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
+            states = [opt.state_dict() for opt in optimizers]
+            return {"optimizer": states[0] if len(states) == 1 else states,
+                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+
+        last_eval = self._evaluate_timed(0) if self.pos.step == 0 else None
+        with self.clock.paused():  # counted now, so that the time budget has already paid for it
+            self.yardstick = self._count_yardstick()
+        if self.budget is not None:  # the final sample and the process's exit come after the last step
+            self.budget.tail = self._sample_cost() + 0.5
+        self.model.train()
+        log = _TrainLog(self)
+        bar = tqdm(total=self.total, initial=self.pos.step, desc="train", unit="step",
+                   disable=not (self.progress and self.rt.is_main), dynamic_ncols=True)
+        interrupted = None
+        while self.pos.step < self.total:
+            step = self.pos.step
+            lr = self._lr(step)
+            set_lr(optimizers, lr)
+            batches = (sampler.get(step, micro) for micro in range(o.grad_accum))
+            loss = train_step(wrapped, self.model, optimizers, scaler, batches, grad_accum=o.grad_accum,
+                              grad_clip=o.grad_clip, rt=self.rt)
+            step = self.pos.advance(self.tokens_per_step)
+            log.add(loss)
+            if self._replan(step):
+                bar.total = self.total
+
+            is_last = step >= self.total
+            stop_now = self.rt.any(signals.received is not None)
+            if step % r.log_interval == 0 or is_last or step % r.eval_interval == 0 or stop_now:
+                log.check_finite(step, lr, bar)  # before anything is saved
+            if step % r.log_interval == 0 or is_last:
+                log.write(step, lr, bar)
+            bar.update(1)
+            if step % r.eval_interval == 0 or is_last:
+                last_eval = self._evaluate_and_save(step, state())
+            elif stop_now:
+                with self.clock.paused():
+                    self._save(step, None, False, state())
+            if stop_now:
+                interrupted = signals.received
+                break
+        bar.close()
+        if self.budget is not None and self.rt.is_main:
+            self.run_dir.write_train_config(self._recorded_config().to_dict())
+        step = self.pos.step
+        summary = {"step": step, "out": str(self.run_dir.path), "best_val_loss": self.pos.best_val, **(last_eval or {}),
+                   "train_time_s": self.clock.elapsed}
+        if self.init_from and last_eval and self.rt.is_main:
+            self._report_finetune(step, last_eval)
+        if interrupted is not None:
+            name = signal.Signals(interrupted).name if interrupted else "signal"
+            self.rt.print(f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume",
+                          file=sys.stderr)
+            summary["interrupted"] = interrupted
+        return summary
+
+    def _optimizers(self) -> tuple[list[torch.optim.Optimizer], torch.amp.GradScaler]:
+        """The optimizers (and fp16's GradScaler), with their state and the RNG states
+        restored from the checkpoint on --resume."""
+        optimizers = make_optimizers(self.model, self.cfg, self.rt.device)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.rt.dtype == torch.float16)
         if self.trainer_state is not None:
             saved = self.trainer_state["optimizer"]
             saved = saved if isinstance(saved, list) else [saved]  # one AdamW state before Muon existed
@@ -805,176 +744,136 @@ class _Run:
             if "scaler" in self.trainer_state and scaler.is_enabled():
                 scaler.load_state_dict(self.trainer_state["scaler"])
             _set_rng_state(self.trainer_state["rng"])
+        return optimizers, scaler
 
-        use_compile = r.compile if r.compile is not None else rt.device.type == "cuda"
-        if rt.device.type == "cpu" and not use_compile:
-            # fp32 matrix products by oneDNN (AVX-512) instead of MKL: ~1.9x a GPT-2-sized
-            # layer's forward + backward here; parameters and state_dict are untouched.
-            onednn.use_onednn_linears(model)
-        fwd_model = torch.compile(model) if use_compile else model
-        if rt.distributed:
-            fwd_model = nn.parallel.DistributedDataParallel(
-                fwd_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-            )
-        sampler = WindowSampler(
-            self.train_tokens, m.block_size, o.batch_size, grad_accum=o.grad_accum, rank=rt.rank,
-            world_size=rt.world_size, seed=r.seed, device=rt.device,
-        )
-        decay_steps = o.lr_decay_steps or o.max_steps
+    def _banner(self, wrapped: Wrapped) -> None:
+        """What trains on what: the model, the data, the device (and for a fine-tune, where
+        it starts and what it trains)."""
+        m, o, rt, model = self.cfg.model, self.cfg.optim, self.rt, self.model
         n_params = model.num_params()
-        flops_tok = model.flops_per_token(m.block_size)
-        peak = _peak_flops(rt.device)
         rt.print(
             f"{m.model}: {n_params / 1e6:.2f}M parameters | data {self.data.path} ({len(self.train_tokens):,} train / "
             f"{len(self.val_tokens):,} val tokens, vocab {self.data.vocab_size}) | device {rt.device} "
-            f"{str(rt.dtype).removeprefix('torch.')}{' compiled' if use_compile else ''}"
+            f"{str(rt.dtype).removeprefix('torch.')}{' compiled' if wrapped.compiled else ''}"
             f"{f' x{rt.world_size} processes' if rt.distributed else ''}",
             file=sys.stderr,
         )
-        if self.init_from:  # where it starts, what it trains, and how
+        if self.init_from:
             src = self.init_from
             where = src["source"] if src["path"] == src["source"] else f"{src['source']} ({src['path']})"
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             frozen = f"; frozen: {', '.join(self.frozen)}" if self.frozen else ""
             constant = " constant" if o.min_lr == o.lr and not o.warmup_steps else ""
             rt.print(
-                f"fine-tuning {where}, weights sha256 {src['weights_sha256'][:16]}... | training {trainable / 1e6:.2f}M "
-                f"of {n_params / 1e6:.2f}M parameters{frozen} | block {m.block_size}, lr {o.lr:g}{constant}, "
-                f"{o.max_steps} steps",
+                f"fine-tuning {where}, weights sha256 {src['weights_sha256'][:16]}... | training "
+                f"{trainable / 1e6:.2f}M of {n_params / 1e6:.2f}M parameters{frozen} | block {m.block_size}, "
+                f"lr {o.lr:g}{constant}, {o.max_steps} steps",
                 file=sys.stderr,
             )
 
-        def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
-            states = [opt.state_dict() for opt in optimizers]
-            return {"optimizer": states[0] if len(states) == 1 else states,
-                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+    def _count_yardstick(self) -> dict[str, Any] | None:
+        """A Kneser-Ney n-gram counted on (at most YARDSTICK_TOKENS of) the train split and
+        scored on the very validation windows the run's evaluations use, so the verdict can
+        say what the GPT's bits per byte are worth against counting. Rank 0 only, on the CPU;
+        under torchrun the windows are all ranks' together, as in `evaluate`."""
+        if not self.rt.is_main:
+            return None
+        t = time.perf_counter()
+        counted = self.train_tokens[:YARDSTICK_TOKENS]
+        ngram = NGramLM(NGramConfig(vocab_size=self.model.config.vocab_size, order=YARDSTICK_ORDER)).fit(counted)
+        cpu = Runtime(torch.device("cpu"), torch.float32)
+        o, r = self.cfg.optim, self.cfg.run
+        # The same windows as the evaluations' (eval_steps x ranks batches of batch_size), in
+        # batches of one where a batch's probabilities would be large (GPT-2's vocabulary).
+        block, vocab = self.cfg.model.block_size, self.model.config.vocab_size
+        batch = o.batch_size if o.batch_size * block * vocab <= 1 << 26 else 1
+        ev = evaluate(ngram, self.val_tokens, self.byte_lengths, block_size=block, batch_size=batch,
+                      steps=r.eval_steps * self.rt.world_size * (o.batch_size // batch), rt=cpu)
+        return {"order": YARDSTICK_ORDER, "tokens": len(counted), "all_tokens": len(counted) == len(self.train_tokens),
+                "bpb": ev["bpb"], "seconds": time.perf_counter() - t}
 
-        last_eval = None
-        eval_cost = 0.0
-        if self.pos.step == 0:
-            t_eval = time.perf_counter()
-            with self.clock.paused():
-                last_eval = self._evaluate(0)
-            eval_cost = time.perf_counter() - t_eval
-        budget = _TimeBudget(r.max_time, self.started, eval_cost, r.eval_interval) if r.max_time > 0 else None
-        model.train()
-        tokens_per_step = o.batch_size * o.grad_accum * rt.world_size * m.block_size
-        step = self.pos.step
-        loss_acc = torch.zeros((), device=rt.device)  # summed over steps since the last log
-        bad = torch.zeros((), dtype=torch.bool, device=rt.device)
-        steps_since_log, t_log = 0, self.clock.read()
-        interrupted = None
-        bar = tqdm(total=o.max_steps, initial=step, desc="train", unit="step", disable=not (self.progress and rt.is_main),
-                   dynamic_ncols=True)
-        while step < o.max_steps:
-            # -- one optimizer step: accumulate gradients over micro-batches, clip, update
-            lr = lr_at(step, o.lr, o.min_lr, o.warmup_steps, decay_steps, o.schedule, o.cooldown)
-            for opt in optimizers:
-                for g in opt.param_groups:
-                    g["lr"] = lr * g["lr_scale"]
-            step_loss = torch.zeros((), device=rt.device)
-            for micro in range(o.grad_accum):
-                x, y = sampler.get(step, micro)
-                # DDP: all-reduce gradients only on the last micro-step (no_sync before it).
-                sync = (not rt.distributed) or micro == o.grad_accum - 1
-                with fwd_model.no_sync() if not sync else nullcontext():
-                    with rt.autocast():
-                        loss = fwd_model(x, y).loss / o.grad_accum
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach()
-            if o.grad_clip > 0:
-                for opt in optimizers:
-                    scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            for opt in optimizers:
-                scaler.step(opt)
-            scaler.update()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            step += 1
-            self.pos.step = step
-            self.pos.tokens_seen += tokens_per_step
-            bad |= ~torch.isfinite(step_loss)
-            loss_acc += step_loss
-            steps_since_log += 1
-            if budget is not None and budget.due(step):
-                # Fix the run's length from the speed of its first steps, so the schedule's
-                # cooldown ends on time; the plan is recorded (max_steps, max_time 0), so
-                # --resume and a rerun of this config are exact.
-                o.max_steps = max(step + 1, budget.steps(step))
-                decay_steps = o.lr_decay_steps or o.max_steps
-                r.max_time = 0.0
-                budget = None
-                bar.total = o.max_steps
-                if rt.is_main:
-                    self.run_dir.write_train_config(cfg.to_dict())
-                rt.print(f"--max-time: {o.max_steps} steps fit the budget", file=sys.stderr)
+    def _verdict(self, summary: dict[str, Any]) -> None:
+        """The run's last lines: where the model is, which step `best` holds and its bits per
+        byte, and how that compares with the n-gram counted on the same data."""
+        if not self.rt.is_main or self.pos.best_step == 0:
+            return
+        out, best = self.run_dir.path, self.pos.best_bpb
+        last = summary.get("val_bpb")
+        last_part = f"; the last, step {summary['step']}: {last:.4f}" if last is not None and summary["step"] != \
+            self.pos.best_step else ""
+        self.rt.print(f"model: {out}/best is step {self.pos.best_step}, {best:.4f} bits/byte on the validation "
+                      f"windows{last_part} (sample, eval and serve read {out}/best)", file=sys.stderr)
+        y = self.yardstick
+        if y is not None:
+            gap = y["bpb"] - best
+            what = "better" if gap > 0 else "worse"
+            counted = "the train split" if y["all_tokens"] else f"the first {_short(y['tokens'])} train tokens"
+            self.rt.print(f"yardstick: a {y['order']}-gram (Kneser-Ney) counted on {counted} in {y['seconds']:.1f} s "
+                          f"scores {y['bpb']:.4f} bits/byte on the same windows: the model is {abs(gap):.4f} "
+                          f"{what}", file=sys.stderr)
 
-            # -- a NaN check before anything is saved, a log line, an evaluation + checkpoint
-            is_last = step == o.max_steps
-            stop_now = rt.any(signals.received is not None) if rt.distributed else signals.received is not None
-            will_save = step % r.eval_interval == 0 or is_last or stop_now
-            if step % r.log_interval == 0 or is_last or will_save:
-                # One host sync per log interval (and before every save): the loss must be
-                # finite, or the run stops before a bad checkpoint can replace a good one.
-                bad_any = rt.any(bool(bad.item())) if rt.distributed else bool(bad.item())
-                if bad_any:
-                    bar.close()
-                    kept = (f"the last good checkpoint in {self.run_dir.path} is intact" if self.run_dir.last() is not None
-                            else "no checkpoint had been saved yet")
-                    raise NonFiniteLoss(
-                        f"the loss became {(loss_acc / max(1, steps_since_log)).item()} by step {step} "
-                        f"(learning rate {lr:.3g}); stopped without saving ({kept}): lower --lr, or check the data"
-                    )
-            if step % r.log_interval == 0 or is_last:
-                if rt.distributed:
-                    rt.all_reduce_sum(loss_acc)
-                    loss_acc /= rt.world_size
-                mean_loss = (loss_acc / steps_since_log).item()
-                now = self.clock.read()
-                tok_s = steps_since_log * tokens_per_step / max(1e-9, now - t_log)
-                if rt.is_main:
-                    line = {"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": round(tok_s, 1)}
-                    if flops_tok and peak:
-                        line["mfu"] = round(flops_tok * tok_s / peak, 4)
-                    self.run_dir.append_metrics(line)
-                    if self.tb:
-                        self.tb.add_scalar("train/loss", mean_loss, step)
-                        self.tb.add_scalar("train/lr", lr, step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                loss_acc.zero_()
-                steps_since_log, t_log = 0, now
-            bar.update(1)
+    def _sample_cost(self) -> float:
+        """What the final sample will cost: a few tokens timed now, scaled to --sample-tokens."""
+        n = self.cfg.run.sample_tokens
+        if not (self.rt.is_main and n > 0):
+            return 0.0
+        model = models.unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        t = time.perf_counter()
+        complete(model, self.tokenizer, "", max_new_tokens=8, seed=self.cfg.run.seed)  # its own generator: no RNG used
+        model.train(was_training)
+        return (time.perf_counter() - t) * n / 8
 
-            if step % r.eval_interval == 0 or is_last:
-                last_eval = self._evaluate_and_save(step, state())
-            elif stop_now:
-                with self.clock.paused():
-                    self._save(step, None, False, state())
-            if stop_now:
-                interrupted = signals.received
-                break
-        bar.close()
-        summary = {"step": step, "out": str(self.run_dir.path), "best_val_loss": self.pos.best_val, **(last_eval or {}),
-                   "train_time_s": self.clock.elapsed}
-        if self.init_from and last_eval and rt.is_main:
-            self._report_finetune(step, last_eval)
-        if interrupted is not None:
-            name = signal.Signals(interrupted).name if interrupted else "signal"
-            rt.print(f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume", file=sys.stderr)
-            summary["interrupted"] = interrupted
-        return summary
+    def _lr(self, step: int) -> float:
+        """The schedule at `step`: it ends at --lr-decay-steps, else at the run's (planned) length."""
+        o = self.cfg.optim
+        return lr_at(step, o.lr, o.min_lr, o.warmup_steps, o.lr_decay_steps or self.total, o.schedule, o.cooldown)
+
+    def _replan(self, step: int) -> bool:
+        """Ask the time budget (if any) for the run's length after `step` steps; True if it
+        changed. Under torchrun rank 0's answer is every rank's, at log_interval steps."""
+        if self.budget is None:
+            return False
+        if self.rt.distributed and step % self.cfg.run.log_interval:
+            return False
+        new = self.budget.steps(step, self.total, self.clock.read()) if self.rt.is_main else None
+        if self.rt.distributed:
+            t = torch.tensor([float(new or 0)], dtype=torch.float64,
+                             device=self.rt.device if self.rt.device.type == "cuda" else "cpu")
+            new = int(self.rt.all_reduce_sum(t).item()) or None
+        if new is None or (new == self.total and self.planned):
+            return False
+        first = not self.planned
+        self.total, self.planned = new, True
+        if first:
+            if self.rt.is_main:  # the plan is recorded: --resume and a rerun of train_config.json are exact
+                self.run_dir.write_train_config(self._recorded_config().to_dict())
+            self.rt.print(f"--max-time: {self.total} steps fit the budget", file=sys.stderr)
+        return True
+
+    def _recorded_config(self) -> TrainConfig:
+        """The config as this run trains it: with a time budget, the planned step count and
+        no budget (so --resume, and a rerun of the saved config, train exactly these steps)."""
+        if self.budget is None or not self.planned:
+            return self.cfg
+        cfg = TrainConfig.from_dict(self.cfg.to_dict())
+        cfg.optim.max_steps, cfg.run.max_time = self.total, 0.0
+        return cfg
 
     def _report_finetune(self, step: int, last_eval: dict[str, Any]) -> None:
-        """One line: what fine-tuning bought (SOURCE's val loss at step 0 -> now), and the
-        peak memory it took."""
-        start = next((l for l in self.run_dir.read_metrics() if l["step"] == 0 and "val_loss" in l), None)
-        now = f"{last_eval['val_loss']:.4f} at step {last_eval['step']}"
+        """One line: what fine-tuning bought (SOURCE's val loss at step 0 -> the best step's,
+        the one `best` holds, and the last step's if it differs), and the peak memory it took."""
+        start = next((m for m in self.run_dir.read_metrics() if m["step"] == 0 and "val_loss" in m), None)
+        now = f"{self.pos.best_val:.4f} at step {self.pos.best_step} (best)"
+        if last_eval["step"] != self.pos.best_step:
+            now += f", {last_eval['val_loss']:.4f} at step {last_eval['step']} (last)"
         gain = f"val loss {start['val_loss']:.4f} before -> {now}" if start else f"val loss {now}"
         rss = peak_rss_bytes()
         memory = f", peak memory {rss / 2**30:.2f} GiB" if rss else ""
         self.rt.print(
-            f"fine-tuned {self.init_from['source']} for {step} steps: {gain} ({self.clock.elapsed:.1f} s of training{memory})",
+            f"fine-tuned {self.init_from['source']} for {step} steps: {gain} "
+            f"({self.clock.elapsed:.1f} s of training{memory})",
             file=sys.stderr,
         )
 
@@ -989,6 +888,11 @@ class _Run:
         model.eval()
         text = complete(model, self.tokenizer, "", max_new_tokens=r.sample_tokens, seed=r.seed)[0].text
         print(f"--- sample ({r.sample_tokens} tokens) ---\n{text}\n---", flush=True)
+
+
+def _short(n: int) -> str:
+    """1.0M, 350k, 900."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
 def _tensorboard_writer():

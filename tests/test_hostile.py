@@ -440,9 +440,9 @@ def test_non_finite_weights_are_refused_everywhere(tmp_path, tokenizer):
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, dataset_dir, monkeypatch):
-    from minigpt import trainer as trainer_mod
+    from minigpt import optim as optim_mod
 
-    real = trainer_mod.make_optimizer
+    real = optim_mod.make_optimizer
 
     def poisoned(model, cfg, device):
         opt = real(model, cfg, device)
@@ -457,7 +457,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, d
         opt.step = bad_step
         return opt
 
-    monkeypatch.setattr(trainer_mod, "make_optimizer", poisoned)
+    monkeypatch.setattr(optim_mod, "make_optimizer", poisoned)
     out = tmp_path / "deep" / "run"
     rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(out), *TINY, "--log-interval", "1")
     # the run's own progress lines come first; the failure is the one error line at the end

@@ -145,10 +145,10 @@ def test_dependencies_point_one_way():
     """Lower layers never import higher ones (config/errors/files at the bottom, the
     command line at the top)."""
     layers = [
-        {"errors"}, {"files", "config"}, {"kernels", "optim"}, {"tokenizer", "model", "runtime", "onednn", "bundled"},
-        {"baselines"}, {"models"},
-        {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling"}, {"completion", "inference", "viewer"},
-        {"evaluate", "trainer", "lens", "ablation", "inspection", "hf", "serve", "pretrained"}, {"cli"},
+        {"errors"}, {"files", "config"}, {"kernels", "optim"},
+        {"tokenizer", "model", "runtime", "onednn", "bundled", "plan"}, {"baselines"}, {"models"},
+        {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling", "loop"}, {"completion", "inference", "viewer"},
+        {"evaluate", "trainer", "startup", "lens", "ablation", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
     # A subpackage's modules sit on its layer, and have layers of their own inside it.
     inner = {"serve": [{"config"}, {"protocol"}, {"engine"}, {"wire"}, {"app"}, {"server"}]}

@@ -23,6 +23,7 @@ from .conftest import REPO, assert_one_line_error, run_cli, tiny_gpt
 TINY = dict(
     n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, max_steps=20, eval_interval=10, eval_steps=2,
     log_interval=1, warmup_steps=2, lr=3e-3, min_lr=3e-4, sample_tokens=0, device="cpu", threads=1,
+    dropout=0.0, weight_decay=0.1,  # the cpu preset's, given: a CLI run would otherwise plan them (plan.py)
 )
 
 

@@ -1,0 +1,173 @@
+"""One optimizer step and what it runs on: the pieces the trainer's loop is made of.
+
+    lr_at             the learning rate at a step (warmup, then cosine or warmup-stable-decay)
+    wrap_for_device   the model as the step calls it: oneDNN linears on the CPU, torch.compile, DDP
+    train_step        forward and backward over the micro-batches, clip, optimizer step
+    Stopwatch         training time: wall-clock minus the pauses for evaluation and checkpoints
+    Signals           Ctrl-C / SIGTERM become a flag the loop reads at the end of a step
+
+No I/O and no decisions about how long to train: those are the trainer's (trainer.py) and the
+plan's (plan.py).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import onednn
+from .plan import cooldown_start
+from .runtime import Runtime
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int, schedule: str = "cosine",
+          cooldown: float = 0.4) -> float:
+    """The learning rate at `step`: linear warmup to `lr` over `warmup` steps (step 0
+    starts at lr / warmup, not at 0), then, up to `decay_steps` (and `min_lr` after):
+
+    - cosine: cosine decay from `lr` to `min_lr` (GPT-2, nanoGPT);
+    - wsd ("warmup-stable-decay", Hägele et al. 2024): constant at `lr`, then a linear
+      cooldown to `min_lr` over the last `cooldown` share of the steps. Only the cooldown
+      depends on the run's length, so a run can be extended (or fixed from a time budget)
+      late, and the constant phase explores at the full rate for longer.
+
+    >>> lr_at(500, 1.0, 0.1, 0, 1000, "wsd", 0.4), lr_at(800, 1.0, 0.1, 0, 1000, "wsd", 0.4)
+    (1.0, 0.55)
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= decay_steps:
+        return min_lr
+    if schedule == "wsd":
+        start = cooldown_start(decay_steps, cooldown)
+        if step < start:
+            return lr
+        return lr - (step - start) / max(1, decay_steps - start) * (lr - min_lr)
+    progress = (step - warmup) / max(1, decay_steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    """Every param group runs at `lr` times its own `lr_scale` (Muon's group is faster)."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+
+
+@dataclass
+class Wrapped:
+    """The model as the training step calls it (`forward`), and how it was wrapped."""
+
+    forward: nn.Module
+    compiled: bool
+
+
+def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrapped:
+    """The one place that prepares the model for the device. The parameters stay the
+    model's own (the optimizers, checkpoints and evaluation use `model` itself).
+
+    - CPU, not compiled: fp32 matrix products by oneDNN (AVX-512) instead of MKL, ~1.9x a
+      GPT-2-sized layer's forward + backward here; parameters and state_dict are untouched;
+    - torch.compile: on CUDA by default (`compile` None), on request elsewhere;
+    - torchrun: DistributedDataParallel, which all-reduces the gradients in backward.
+    """
+    use_compile = compile if compile is not None else rt.device.type == "cuda"
+    if rt.device.type == "cpu" and not use_compile:
+        onednn.use_onednn_linears(model)
+    forward = torch.compile(model) if use_compile else model
+    if rt.distributed:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
+    return Wrapped(forward, use_compile)
+
+
+def train_step(
+    wrapped: Wrapped, model: nn.Module, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+    batches, *, grad_accum: int, grad_clip: float, rt: Runtime,
+) -> torch.Tensor:
+    """One optimizer step: forward and backward over `grad_accum` micro-batches (`batches`
+    yields them as (x, y)), clip the global gradient norm, step every optimizer, zero the
+    gradients. Returns the step's mean loss as a device tensor (no host sync: the caller
+    decides when to look at it).
+
+    Under DDP the gradients are all-reduced only on the last micro-batch (`no_sync` before
+    it). The loss of each micro-batch is divided by grad_accum, so the summed gradients are
+    those of the mean over the whole step's windows."""
+    step_loss = torch.zeros((), device=rt.device)
+    for micro, (x, y) in enumerate(batches):
+        sync = (not rt.distributed) or micro == grad_accum - 1
+        with wrapped.forward.no_sync() if not sync else nullcontext():
+            with rt.autocast():
+                loss = wrapped.forward(x, y).loss / grad_accum
+            scaler.scale(loss).backward()
+        step_loss += loss.detach()
+    if grad_clip > 0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return step_loss
+
+
+class Stopwatch:
+    """Training time: wall-clock time minus the pauses for evaluation and checkpoints."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.elapsed = elapsed
+        self._since = time.perf_counter()
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        self.elapsed += now - self._since
+        self._since = now
+        return self.elapsed
+
+    @contextmanager
+    def paused(self):
+        self.read()
+        try:
+            yield
+        finally:
+            self._since = time.perf_counter()
+
+
+class Signals:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and
+    exits. A second Ctrl-C aborts at once (the last checkpoint is still intact)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signum
+        tqdm.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
+                   file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

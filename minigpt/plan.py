@@ -1,0 +1,348 @@
+"""A run that plans itself: from the training text, the time budget and this machine's
+measured speed, the settings a user would otherwise have to know to choose.
+
+    python train.py --data my.txt
+    plan: 0.61M train tokens; 285 s at ~19k tokens/s = ~5.2M tokens = 8.5 passes -> 3x192, dropout 0.1, wd 0.1,
+          vocab 1024, ~2150 steps
+
+Two parts, both used by the trainer:
+
+- **the rules** (`RULES` below, one small table per setting): how many passes over the
+  training tokens the budget buys decides dropout and weight decay; the size of the text
+  decides the vocabulary; a corpus too small for the preset's window or batch gets smaller
+  ones. Each row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none
+  yet, and all are meant to be refitted by sweeps. `choose` applies them to the settings
+  the user left unset (`TrainConfig.planned`) and returns a `Plan` whose `line()` is printed
+  before training and whose `to_dict()` goes into run.json.
+- **the budget** (`Budget`): how many steps fit the wall-clock budget of the whole process
+  (start-up, preparation, training, evaluations, the final checkpoint and sample). The
+  step count is re-planned from the measured rate while the schedule is in its stable phase
+  (warmup-stable-decay: only the cooldown depends on the run's length, and it is planned
+  last), so a machine that slows mid-run still ends on time.
+
+The plan is the `cpu` default's: other presets, a fine-tune and a resumed run do not plan
+(a resumed run keeps the plan its run.json records, so it resumes exactly). Any flag the
+user gives wins, and the plan line marks it "(yours)". No torch here: the trainer measures
+the speed and hands it in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import DEFAULT_PRESET
+
+# The settings a plan may choose (when the user left them unset). "max_time" stands for
+# the budget itself: unset (and no --max-steps), a run gets DEFAULT_BUDGET_S.
+PLANNABLE = ("max_time", "vocab_size", "dropout", "weight_decay", "n_layer", "n_head", "n_embd", "block_size",
+             "batch_size")
+
+# The whole process must end within 5 minutes; the budget promise is +-3%, so a bare run
+# aims 5% under: 285 s.
+DEFAULT_BUDGET_S = 285.0
+
+
+# ---- the rules -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of a rule table: from `at_least` (passes, or bytes of text) upward, these
+    settings; `evidence` says which measurement the row rests on."""
+
+    at_least: float
+    settings: dict[str, Any]
+    evidence: str
+
+
+# Passes over the training tokens the budget buys -> regularisation. Dropout costs ~30% of a
+# CPU step (bernoulli masks, and attention off its flash kernel), so it is only worth it
+# where the data is seen often enough to overfit.
+REGULARISATION = (
+    Rule(0.0, dict(dropout=0.0, weight_decay=0.1),
+         "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)"),
+    Rule(4.0, dict(dropout=0.1, weight_decay=0.1),
+         "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
+         "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source)"),
+    Rule(24.0, dict(dropout=0.2, weight_decay=0.1),
+         "extrapolated: man pages (0.35M tokens) overfit from ~3 passes without dropout; nanoGPT's "
+         "shakespeare-char, seen ~40 times, uses 0.2. Weight decay 0.1 everywhere: not swept yet"),
+)
+
+# Bytes of text to prepare -> tokenizer size. A larger vocabulary carries more bytes per
+# token but needs more text to learn each token's embedding.
+VOCABULARY = (
+    Rule(0, dict(vocab_size=512), "extrapolated: 512 lost to 1024 at 1 MB (2.249 vs 2.204), so only below that"),
+    Rule(256 << 10, dict(vocab_size=1024),
+         "tinyshakespeare (1 MB): 1024 beat 2048 and 4096 at equal time (2.232 / 2.270 / 2.261, 4x128; "
+         "2.204 / 2.239 at 4x192) (BENCHMARKS, how the default recipe was chosen)"),
+    Rule(2 << 20, dict(vocab_size=2048),
+         "bundled corpus (5 MB): 2048 beat 1024 (2.072 vs 2.100) and tied 4096 (2.073), which is slower"),
+    Rule(16 << 20, dict(vocab_size=4096), "extrapolated: 4096 tied 2048 at 5 MB; more text supports more tokens"),
+)
+
+# Passes -> the model's shape. One row: the shape sweep (tinyshakespeare ~7 passes, the
+# bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in minutes.
+SHAPES = (
+    Rule(0.0, dict(n_layer=3, n_head=6, n_embd=192),
+         "3 x 6 x 192 won the shape sweep on tinyshakespeare and the bundled corpus (BENCHMARKS)"),
+)
+
+# More passes than this only overfit further (man pages: validation was best at ~3 passes
+# without dropout, and rose after): a tiny corpus trains for fewer steps than the budget
+# allows, and the run ends early. Extrapolated; to be refitted.
+MAX_PASSES = 40.0
+
+# A fine-tune's learning rate (`--init-from` without --lr) by the source's parameters: the
+# finetune preset's constant 3e-5 is GPT-2's (nanoGPT's finetune_shakespeare.py), and barely
+# moves a model of minigpt's size, which was trained at 4e-3 (AdamW) and forgets little at 1e-3.
+FINETUNE_LR = (
+    Rule(0, dict(lr=1e-3),
+         "a 2M-parameter minigpt run (issue 27): 3e-5 2.705 -> 2.638 bits/byte, 1e-3 -> 2.412; "
+         "benchmarks/finetune_lr_sweep.py (2 x 64 source, 40 steps on other tinyshakespeare text, best val "
+         "bits/byte from 3.462): 3e-5 3.363, 3e-4 3.208, 1e-3 3.133, 3e-3 3.119 (2026-12-05, a loaded machine)"),
+    Rule(20e6, dict(lr=3e-5), "GPT-2 small (124M): nanoGPT's fine-tune of it on Shakespeare"),
+)
+
+RULES = {"regularisation": REGULARISATION, "vocabulary": VOCABULARY, "shape": SHAPES, "finetune_lr": FINETUNE_LR}
+
+
+def finetune_lr(n_params: int) -> float:
+    """>>> finetune_lr(2_000_000), finetune_lr(124_000_000)
+    (0.001, 3e-05)
+    """
+    return pick(FINETUNE_LR, n_params)["lr"]
+
+
+def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:
+    """The settings of the last row whose `at_least` is <= value.
+
+    >>> pick(REGULARISATION, 7.0)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
+    (0.1, 2048)
+    """
+    chosen = rules[0]
+    for rule in rules:
+        if value >= rule.at_least:
+            chosen = rule
+    return dict(chosen.settings)
+
+
+def vocab_for(text_bytes: int) -> int:
+    return pick(VOCABULARY, text_bytes)["vocab_size"]
+
+
+def fit_window(train_tokens: int, val_tokens: int, block_size: int, batch_size: int) -> tuple[int, int]:
+    """A context and batch a small corpus can fill: the val split must hold one window of
+    block_size + 1 tokens, the train split a batch of distinct windows. Halves the block
+    (to 8 at least) and then the batch; the trainer refuses what still does not fit.
+
+    >>> fit_window(10_000, 1_000, 64, 32), fit_window(300, 40, 64, 32)
+    ((64, 32), (32, 32))
+    """
+    while block_size > 8 and val_tokens < block_size + 1:
+        block_size //= 2
+    while batch_size > 1 and train_tokens - block_size < batch_size:
+        batch_size //= 2
+    return block_size, batch_size
+
+
+def free_settings(preset: str, given: set[str], *, fine_tune: bool = False, resume: bool = False) -> list[str]:
+    """The settings a plan chooses: the `cpu` default's plannable ones the user did not give
+    (on the command line or in --config). None for other presets, another --model (a
+    baseline), a fine-tune or a resumed run. --max-steps means an exact step count: no
+    budget then."""
+    if preset != DEFAULT_PRESET or "model" in given or fine_tune or resume:
+        return []
+    return [n for n in PLANNABLE if n not in given and not (n == "max_time" and "max_steps" in given)]
+
+
+@dataclass
+class Plan:
+    """What the plan chose, and from what. `settings` holds every plannable value the run
+    uses; `yours` names those the user gave."""
+
+    train_tokens: int
+    budget_s: float  # 0: no budget (an exact --max-steps)
+    tokens_per_s: float
+    tokens_per_step: int
+    steps: int  # the first estimate; the budget re-plans it while the schedule is stable
+    settings: dict[str, Any]
+    yours: list[str] = field(default_factory=list)
+    text_bytes: int | None = None
+    small_corpus: bool = False  # the block or batch was lowered to fit the text
+
+    @property
+    def passes(self) -> float:
+        return self.steps * self.tokens_per_step / max(1, self.train_tokens)
+
+    def line(self) -> str:
+        """One line, e.g. `plan: 0.61M train tokens; 285 s at ~19k tokens/s = ~5.2M tokens
+        = 8.5 passes -> 3x192, dropout 0.1, wd 0.1, vocab 1024, ~2150 steps`."""
+        s, mine = self.settings, set(self.yours)
+
+        def tag(names, text):
+            return text + (" (yours)" if mine & set(names) else "")
+
+        tokens = self.steps * self.tokens_per_step
+        head = f"plan: {_si(self.train_tokens)} train tokens; "
+        if self.budget_s > 0:
+            head += (f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at ~{_si(self.tokens_per_s, 'k')} tokens/s = "
+                     f"~{_si(tokens)} tokens = {self.passes:.1f} passes -> ")
+        else:
+            head += f"{self.steps} steps (yours) = ~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
+        parts = [
+            tag(["n_layer", "n_embd", "n_head"], f"{s['n_layer']}x{s['n_embd']}"),
+            tag(["dropout"], f"dropout {s['dropout']:g}"),
+            tag(["weight_decay"], f"wd {s['weight_decay']:g}"),
+            tag(["vocab_size"], f"vocab {s['vocab_size']}"),
+        ]
+        if self.small_corpus:
+            parts.append(tag(["block_size", "batch_size"], f"block {s['block_size']} x batch {s['batch_size']}"))
+        if self.budget_s > 0:
+            parts.append(f"~{self.steps} steps")
+        return head + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line(), "train_tokens": self.train_tokens, "budget_s": self.budget_s,
+            "tokens_per_s": round(self.tokens_per_s, 1), "steps": self.steps, "passes": round(self.passes, 3),
+            "settings": dict(self.settings),
+            "yours": sorted(self.yours), **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
+        }
+
+
+def _si(x: float, at_least: str = "") -> str:
+    """0.61M, 19k, 830 (tokens/s in k: ~1.1k)."""
+    if x >= 1e5 and at_least != "k":
+        return f"{x / 1e6:.2f}M" if x < 10e6 else f"{x / 1e6:.1f}M"
+    if x >= 1e3 or at_least == "k":
+        return f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def choose(*, train_tokens: int, tokens_per_s: float, tokens_per_step: int, seconds_left: float, budget_s: float,
+           max_steps: int, current: dict[str, Any], planned: list[str], text_bytes: int | None = None) -> Plan:
+    """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
+    time left for training once start-up, preparation and the reserves are paid), hence how
+    many passes over the data, hence the regularisation and shape (the rules above) for the
+    settings in `planned`; the others keep their `current` values (the user's, or the
+    preset's). Without a budget the step count is `max_steps`."""
+    if budget_s > 0:
+        steps = max(1, int(seconds_left * tokens_per_s / tokens_per_step))
+    else:
+        steps = max_steps
+    passes = steps * tokens_per_step / max(1, train_tokens)
+    chosen = {**pick(REGULARISATION, passes), **pick(SHAPES, passes)}
+    settings = {k: (chosen[k] if k in planned and k in chosen else current[k])
+                for k in ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size",
+                          "batch_size")}
+    if budget_s > 0 and passes > MAX_PASSES:
+        steps = max(1, int(MAX_PASSES * train_tokens / tokens_per_step))
+    yours = [k for k in PLANNABLE if k not in planned]
+    return Plan(train_tokens, budget_s, tokens_per_s, tokens_per_step, steps, settings, yours, text_bytes)
+
+
+# ---- the budget ----------------------------------------------------------------------------------
+
+
+def cooldown_start(decay_steps: int, cooldown: float) -> int:
+    """The first step of the wsd schedule's cooldown (before it the rate is constant)."""
+    return decay_steps - int(round(cooldown * decay_steps))
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere 0, and the budget counts
+    from the trainer's start). The budget is a promise for the whole process."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
+class Budget:
+    """How many steps fit a wall-clock budget for the whole process, re-planned as the run
+    goes. Solving
+
+        elapsed + (N - k) * per_step + (evaluations left) * eval_cost + tail <= target
+
+    for N gives the run's step count, where per_step is the recent training rate (the last
+    `WINDOW_SHARE` of the budget, so a machine that slows is seen soon), eval_cost what the
+    last evaluation and checkpoint took (measured), tail the final sample and the process's
+    exit (measured or estimated by the trainer), and target the budget less `MARGIN`.
+
+    The first plan waits for `CALIBRATION` steps and `CALIBRATION_SHARE` of the budget (on a
+    shared VM the speed moves by 10-30% from one second to the next: a longer look is a
+    steadier estimate). Under the wsd schedule it is re-planned every check while the
+    schedule is stable (a new N never moves the cooldown's start before the current step),
+    and once the cooldown has begun only shortened, if the run would overrun by more than
+    `OVERRUN`. Under cosine (whose whole curve depends on N) it is planned once, then only
+    shortened the same way. `clock` is time.perf_counter (a test hands in a fake one)."""
+
+    CALIBRATION = 20
+    CALIBRATION_SHARE = 0.04
+    WINDOW_SHARE = 0.06
+    MARGIN = 0.012
+    OVERRUN = 0.015
+
+    def __init__(self, seconds: float, started: float, *, eval_interval: int, schedule: str, cooldown: float,
+                 eval_cost: float = 0.0, tail: float = 0.0, ceiling: int | None = None,
+                 clock: Callable[[], float] | None = None):
+        self.seconds, self.started, self.eval_interval = seconds, started, eval_interval
+        self.wsd, self.cooldown = schedule == "wsd", cooldown
+        self.eval_cost, self.tail, self.ceiling = eval_cost, tail, ceiling
+        self.clock = clock or (lambda: time.perf_counter())  # looked up at each call (a test may replace it)
+        self.samples: deque[tuple[int, float]] = deque()  # (step, training time)
+        self.first: tuple[int, float] | None = None
+        self.planned = False
+
+    def record_eval(self, seconds: float) -> None:
+        """What an evaluation with its checkpoint just cost (the next ones will cost about as much)."""
+        self.eval_cost = seconds
+
+    def steps(self, step: int, total: int, train_time: float) -> int | None:
+        """After `step` steps (`train_time` seconds of training so far), the new total, or
+        None to keep `total`."""
+        if self.ceiling is not None and total > self.ceiling:  # the plan's cap holds from the start
+            return max(step, self.ceiling)
+        if self.first is None:  # the first step pays one-off costs (allocation): time from after it
+            self.first = (step, train_time)
+            self.samples.append(self.first)
+            return None
+        self.samples.append((step, train_time))
+        window = max(self.WINDOW_SHARE * self.seconds, 1e-9)
+        while len(self.samples) > self.CALIBRATION and train_time - self.samples[1][1] >= window:
+            self.samples.popleft()
+        if not self.planned and (step - self.first[0] < self.CALIBRATION
+                                 or train_time - self.first[1] < self.CALIBRATION_SHARE * self.seconds):
+            return None
+        s0, t0 = self.samples[0]
+        per_step = (train_time - t0) / max(1, step - s0)
+        new = self._fit(step, per_step)
+        if not self.planned:
+            self.planned = True
+            return new
+        stable = self.wsd and step < cooldown_start(total, self.cooldown)
+        if stable:
+            return new if new != total else None
+        overrun = (total - new) * per_step
+        return new if overrun > self.OVERRUN * self.seconds else None
+
+    def _fit(self, step: int, per_step: float) -> int:
+        elapsed = self.clock() - self.started
+        left = self.seconds * (1 - self.MARGIN) - elapsed - self.tail - self.eval_cost  # the last evaluation
+        n = step + max(0, int(left / (per_step + self.eval_cost / self.eval_interval)))
+        if self.wsd:  # never start the cooldown in the past: it begins now at the latest
+            n = max(n, math.ceil(step / max(1e-9, 1 - self.cooldown)))
+        if self.ceiling is not None:
+            n = min(n, self.ceiling)
+        return max(step + 1, n)

@@ -1,0 +1,222 @@
+"""A run that plans itself (plan.py): the rules, the plan line and its record, flags winning
+over the plan, exact resume of a planned run, the budget re-planned on a machine that slows
+(a fake clock), and a tiny or empty corpus."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from minigpt import plan as plan_mod
+from minigpt.plan import REGULARISATION, VOCABULARY, Budget, fit_window, free_settings, pick, vocab_for
+
+from .test_trainer import metrics
+
+# A small model and evaluation, so each run takes seconds; the plan still chooses the rest.
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-steps", "1", "--sample-tokens", "0",
+         "--device", "cpu", "--threads", "1", "--warmup-steps", "2", "--log-interval", "1"]
+
+
+def train_cli(*args: str) -> tuple[int, str]:
+    """`minigpt train ARGS --quiet` in this process: (exit code, stderr)."""
+    from minigpt.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["train", *args, "--quiet"])
+    return rc, err.getvalue()
+
+
+def plan_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("plan: ")]
+
+
+def run_json(out: Path) -> dict:
+    return json.loads((out / "last" / "run.json").read_text())
+
+
+# ---- the rules ------------------------------------------------------------------------------------
+
+
+def test_rules_pick_the_row_of_the_passes_and_the_text_size():
+    assert pick(REGULARISATION, 3.0)["dropout"] == 0.0  # the bundled corpus (~3 passes): no dropout
+    assert pick(REGULARISATION, 7.0)["dropout"] == 0.1  # tinyshakespeare (~7 passes): 0.1
+    assert pick(REGULARISATION, 100.0)["dropout"] == 0.2
+    assert [vocab_for(n) for n in (3_000, 1 << 20, 5 << 20, 100 << 20)] == [512, 1024, 2048, 4096]
+    assert all(rule.evidence for table in plan_mod.RULES.values() for rule in table)  # every row says why
+    assert all(a.at_least < b.at_least for table in plan_mod.RULES.values() for a, b in zip(table, table[1:]))
+    assert [r.at_least for r in VOCABULARY][0] == 0
+
+
+def test_a_small_corpus_gets_a_window_and_batch_it_can_fill():
+    block, batch = fit_window(train_tokens=300, val_tokens=40, block_size=64, batch_size=32)
+    assert val_ok(40, block) and 300 - block >= batch and (block, batch) == (32, 32)
+    assert fit_window(100_000, 10_000, 64, 32) == (64, 32)  # a normal corpus keeps the preset's
+    block, batch = fit_window(train_tokens=30, val_tokens=12, block_size=64, batch_size=32)
+    assert val_ok(12, block) and 30 - block >= batch
+
+
+def val_ok(val_tokens: int, block: int) -> bool:
+    return val_tokens >= block + 1
+
+
+def test_free_settings_are_the_cpu_defaults_the_user_left_unset():
+    assert "dropout" in free_settings("cpu", set()) and "max_time" in free_settings("cpu", set())
+    assert "dropout" not in free_settings("cpu", {"dropout"})
+    assert "max_time" not in free_settings("cpu", {"max_steps"})  # --max-steps: exact steps, no budget
+    assert free_settings("nanogpt-cpu", set()) == free_settings("shakespeare-char", set()) == []
+    assert free_settings("cpu", set(), fine_tune=True) == free_settings("cpu", set(), resume=True) == []
+    assert free_settings("cpu", {"model"}) == []  # a baseline (--model lstm) trains as asked
+
+
+# ---- the plan line, its record, and the user's flags ----------------------------------------------------
+
+
+def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_passes(tmp_path, corpus_file):
+    """Few passes over the text: no dropout; many: dropout 0.1 — each the rule's answer for
+    the passes the record reports (the oracle is the table, read independently)."""
+    for steps in (2, 30):
+        out = tmp_path / f"r{steps}"
+        rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", str(steps),
+                            "--eval-interval", "100", *SMALL)
+        assert rc == 0, err
+        lines = plan_lines(err)
+        assert len(lines) == 1
+        rec = run_json(out)
+        plan = rec["plan"]
+        assert plan["line"] == lines[0]
+        tokens_per_step = rec["config"]["optim"]["batch_size"] * rec["config"]["model"]["block_size"]
+        passes = steps * tokens_per_step / plan["train_tokens"]
+        assert plan["passes"] == pytest.approx(passes, rel=1e-3)
+        assert plan["train_tokens"] == len(_split_tokens(out, "train"))
+        want = pick(REGULARISATION, passes)["dropout"]
+        assert rec["config"]["model"]["dropout"] == plan["settings"]["dropout"] == want
+        assert f"dropout {want:g}" in lines[0] and f"{steps} steps (yours)" in lines[0]
+        # the corpus is ~20 KB: the vocabulary for its size
+        assert rec["config"]["data"]["vocab_size"] == vocab_for(corpus_file.stat().st_size) == 512
+        vocab = json.loads((out / "data" / "meta.json").read_text())["vocab_size"]  # BPE may stop short of 512
+        assert f"vocab {vocab}" in lines[0] and "(yours), vocab" not in lines[0] and not lines[0].endswith("(yours)")
+        assert "1x32 (yours)" in lines[0]  # the shape flags were given
+        assert rec["config"]["planned"] == []  # the record is the plan made: a rerun of it is exact
+    assert passes >= 4 and want == 0.1  # the second run did cross the rule's line
+
+
+def _split_tokens(out: Path, split: str):
+    from minigpt.data import Dataset
+
+    return Dataset(out / "data").tokens(split)
+
+
+def test_flags_win_over_the_plan_and_are_marked_yours(tmp_path, corpus_file):
+    out = tmp_path / "r"
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", "30", "--eval-interval", "100",
+                        "--dropout", "0.05", "--vocab-size", "300", "--weight-decay", "0.2", *SMALL)
+    assert rc == 0, err
+    line = plan_lines(err)[0]
+    rec = run_json(out)
+    assert "dropout 0.05 (yours)" in line and "vocab 300 (yours)" in line and "wd 0.2 (yours)" in line
+    assert rec["config"]["model"]["dropout"] == 0.05 and rec["config"]["optim"]["weight_decay"] == 0.2
+    assert json.loads((out / "data" / "meta.json").read_text())["vocab_size"] <= 300
+    assert {"dropout", "vocab_size", "weight_decay", "n_layer"} <= set(rec["plan"]["yours"])
+
+
+def test_other_presets_do_not_plan(tmp_path, corpus_file):
+    rc, err = train_cli("--preset", "nanogpt-cpu", "--data", str(corpus_file), "--out", str(tmp_path / "r"),
+                        "--max-steps", "2", *SMALL)
+    assert rc == 0, err
+    assert plan_lines(err) == [] and "plan" not in run_json(tmp_path / "r")
+    assert run_json(tmp_path / "r")["config"]["data"]["vocab_size"] == 4096  # the flag's default, as before
+
+
+def test_a_planned_run_resumes_exactly_and_keeps_its_plan(tmp_path, corpus_file):
+    """N steps in one planned run == N/2, then --resume for N/2 more (dropout included: the
+    plan chose it, and the resumed run must keep it)."""
+    common = [*SMALL, "--lr-decay-steps", "20", "--eval-interval", "5"]
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "a"), "--max-steps", "20", *common)
+    assert rc == 0, err
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "b"), "--max-steps", "10", *common)
+    assert rc == 0, err
+    before = run_json(tmp_path / "b")["plan"]
+    rc, err = train_cli("--resume", "--out", str(tmp_path / "b"), "--max-steps", "20", *common)
+    assert rc == 0, err
+    assert plan_lines(err) == []  # a resumed run does not plan again...
+    ra, rb = run_json(tmp_path / "a"), run_json(tmp_path / "b")
+    assert rb["plan"] == before  # ...and keeps the plan it made
+    assert ra["config"]["model"]["dropout"] == rb["config"]["model"]["dropout"] > 0  # both planned dropout
+    a, _ = metrics(tmp_path / "a")
+    b, _ = metrics(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+
+
+# ---- the budget ------------------------------------------------------------------------------------
+
+
+def simulate(budget_s: float, *, slow_from: float, factor: float, replan: bool, eval_interval: int = 200,
+             eval_cost: float = 1.0, startup: float = 5.0) -> tuple[float, int]:
+    """A run on a fake clock: steps of 0.05 s until `slow_from` seconds, then `factor` times
+    slower (a competing load arrives mid-run); an evaluation every eval_interval steps.
+    Returns (when the whole process ends, steps). `replan=False` is the old behaviour: the
+    step count fixed once, from the first steps."""
+    now = {"t": startup}
+    b = Budget(budget_s, 0.0, eval_interval=eval_interval, schedule="wsd", cooldown=0.4, eval_cost=eval_cost,
+               tail=0.5, clock=lambda: now["t"])
+    step, total, train_time, fixed = 0, 10**9, 0.0, False
+    while step < total:
+        dt = 0.05 * (factor if now["t"] >= slow_from else 1.0)
+        now["t"] += dt
+        train_time += dt
+        step += 1
+        if not (fixed and not replan):
+            new = b.steps(step, total, train_time)
+            if new is not None:
+                total, fixed = new, True
+        if step % eval_interval == 0 or step == total:
+            now["t"] += eval_cost
+    return now["t"] + 0.5, step
+
+
+@pytest.mark.parametrize("budget_s", [60.0, 180.0, 600.0])
+def test_budget_replans_when_the_machine_slows_mid_run(budget_s):
+    steady, _ = simulate(budget_s, slow_from=10**9, factor=1.0, replan=True)
+    assert budget_s * 0.97 <= steady <= budget_s * 1.03  # the promise: within 3%
+    slowed, steps = simulate(budget_s, slow_from=budget_s * 0.3, factor=1.6, replan=True)
+    assert budget_s * 0.97 <= slowed <= budget_s * 1.03, slowed
+    once, once_steps = simulate(budget_s, slow_from=budget_s * 0.3, factor=1.6, replan=False)
+    assert once > budget_s * 1.1 and steps < once_steps  # planning once overruns: the oracle can fail
+
+
+def test_budget_stops_at_the_plans_ceiling():
+    now = {"t": 0.0}
+    b = Budget(100.0, 0.0, eval_interval=10**6, schedule="wsd", cooldown=0.4, ceiling=50, clock=lambda: now["t"])
+    step, total = 0, 10**9
+    while step < total:
+        now["t"] += 0.01
+        step += 1
+        total = b.steps(step, total, now["t"]) or total
+    assert step == 50
+
+
+# ---- tiny and empty text --------------------------------------------------------------------------------
+
+
+def test_a_tiny_corpus_trains_with_a_window_it_can_fill_and_an_empty_one_is_refused(tmp_path, corpus_text):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text(corpus_text[:2500])
+    out = tmp_path / "r"
+    rc, err = train_cli("--data", str(tiny), "--out", str(out), "--max-steps", "3", *SMALL)
+    assert rc == 0, err
+    rec = run_json(out)
+    n_train, n_val = len(_split_tokens(out, "train")), len(_split_tokens(out, "val"))
+    block, batch = rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]
+    assert n_val >= block + 1 and n_train - block >= batch  # what the trainer needs, met
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    rc, err = train_cli("--data", str(empty), "--out", str(tmp_path / "e"), *SMALL)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "empty" in err, err
+    assert not (tmp_path / "e").exists()
