@@ -202,7 +202,9 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, dataset_di
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dataset_dir, monkeypatch):
-    real = trainer_mod.make_optimizer
+    from minigpt import optim as optim_mod  # the optimizers' one home (the trainer calls make_optimizers there)
+
+    real = optim_mod.make_optimizer
 
     def poisoned(model, cfg, device):
         opt = real(model, cfg, device)
@@ -220,7 +222,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dataset_
         opt.step = step
         return opt
 
-    monkeypatch.setattr(trainer_mod, "make_optimizer", poisoned)
+    monkeypatch.setattr(optim_mod, "make_optimizer", poisoned)
     out = tmp_path / "run"
     with pytest.raises(MiniGPTError, match=r"the loss became nan by step 14.*intact"):
         train(make_cfg(out, dataset_dir, max_steps=30, eval_interval=5), progress=False)
