@@ -521,8 +521,10 @@ def _run_import_hf(args) -> int:
 
 def _build_export_hf(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Write a minigpt GPT checkpoint as a Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel\n"
-        "and tokenizers load. Only learned positions can be exported: GPT-2 has no sinusoidal or rotary encoding."
+        "Write a minigpt GPT checkpoint as a Hugging Face directory: GPT-2's block as GPT2LMHeadModel, the modern\n"
+        "block (RoPE, RMSNorm, QK-norm, SwiGLU, no biases) as Qwen3ForCausalLM. AutoModelForCausalLM loads it and\n"
+        "AutoTokenizer encodes exactly as minigpt does; generate() stops at <|endoftext|>. A block neither\n"
+        "architecture expresses is refused, naming the setting."
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
     p.add_argument("out", metavar="OUT_DIR", help="directory to write")
