@@ -360,7 +360,10 @@ def _run_eval(args) -> int:
 
 
 def _build_compare(p: argparse.ArgumentParser) -> None:
-    p.description = "One table of training runs: model kind, parameters, training time, tokens seen, val bits per byte."
+    p.description = (
+        "One table of training runs: model kind, the dataset each was validated on, parameters, training time,\n"
+        "tokens seen, val bits per byte (a note says when the runs were validated on different data)."
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `minigpt train`")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--png", metavar="FILE", help="plot val bits per byte against training time (needs matplotlib: pip install 'minigpt[viz]')")
