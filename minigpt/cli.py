@@ -95,6 +95,12 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
     g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text (default: random)")
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
+                        "saved by `minigpt quantize` is int8 without it) (default: off)")
+
+
 def _sampling_params(args):
     """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")."""
     from .sampling import SamplingParams
@@ -203,6 +209,7 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
     _add_device(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the decode step (default: on for CUDA)")
+    _add_quantize(p)
     p.add_argument("--json", action="store_true", help='print one JSON object per sample: {"prompt", "text", "ids", "logprobs", "finish_reason"}')
     p.add_argument("--show-probs", type=_non_negative_int, default=0, metavar="K", help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked")
 
@@ -244,7 +251,7 @@ def _run_sample(args) -> int:
     prompt = _read_prompt(args)
     from .inference import load_for_inference
 
-    ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype)
+    ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype, quantize=args.quantize)
     tok = ckpt.tokenizer
     if args.compile and device.type != "cuda":
         raise MiniGPTError("--compile: compiling the decode step is for CUDA (on the CPU, decoding is already prepacked for oneDNN)")
@@ -315,6 +322,7 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     _add_sampling(p, min_new_tokens=1)
     p.set_defaults(max_new_tokens=200, seed=0)
     _add_device(p)
+    _add_quantize(p)
 
 
 def _run_eval(args) -> int:
@@ -326,7 +334,7 @@ def _run_eval(args) -> int:
 
     params = _sampling_params(args)
     # float32 weights: the numbers should not depend on the device's fast dtype.
-    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32")
+    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32", quantize=args.quantize)
     data_dir = args.data
     if data_dir is None:
         try:
@@ -542,6 +550,25 @@ def _run_export_hf(args) -> int:
     return 0
 
 
+def _build_quantize(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write an int8 copy of a GPT checkpoint: every Linear weight as int8 with one scale per output channel\n"
+        "(safetensors, no pickle), about a quarter of the fp32 size. sample, eval and serve load it as int8."
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory (float weights)")
+    p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
+    p.add_argument("--method", choices=("int8",), default="int8", help="quantization (default: int8)")
+    p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
+
+
+def _run_quantize(args) -> int:
+    from .quantize import quantize_checkpoint
+
+    path = quantize_checkpoint(args.checkpoint, args.out, args.method, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
 def _build_serve(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Serve a checkpoint over HTTP: an OpenAI-compatible completions API (/v1/completions, /v1/models,\n"
@@ -565,6 +592,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
     _add_device(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    _add_quantize(p)
 
 
 def _run_serve(args) -> int:
@@ -575,6 +603,7 @@ def _run_serve(args) -> int:
         api_key=args.api_key if args.api_key is not None else (os.environ.get("MINIGPT_API_KEY") or None),
         max_tokens_cap=args.max_tokens_cap, max_n=args.max_n, max_prompt_tokens=args.max_prompt_tokens,
         max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, dtype=args.dtype,
+        quantize=args.quantize,
     )
     return run_server(cfg)
 
@@ -588,7 +617,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "attention": ("show attention weights for a prompt (terminal, HTML viewer, PNG, NPZ)", _build_attention, _run_attention),
     "heads": ("per-head attention statistics; find previous-token and induction heads", _build_heads, _run_heads),
     "import-hf": ("convert a Hugging Face GPT-2 directory to a minigpt checkpoint", _build_import_hf, _run_import_hf),
-    "export-hf": ("write a checkpoint as a Hugging Face GPT-2 directory", _build_export_hf, _run_export_hf),
+    "export-hf": ("write a checkpoint as a Hugging Face GPT-2 or Qwen3 directory", _build_export_hf, _run_export_hf),
+    "quantize": ("write an int8 copy of a checkpoint (faster CPU decoding)", _build_quantize, _run_quantize),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }
 

@@ -47,6 +47,7 @@ from .checkpoint import (
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
+from .quantize import saved_quantization
 from .tokenizer import EOT, MERGES_FILE, VOCAB_FILE, Tokenizer
 
 __all__ = ["import_hf", "export_hf", "gpt_config_from_hf", "hf_config_from_gpt", "gpt_state_from_hf", "hf_state_from_gpt"]
@@ -558,6 +559,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     path, out = resolve_checkpoint(checkpoint), Path(out_dir)
     # Refuse what cannot map onto GPT-2 from config.json alone, before reading weights.
     kind, settings = read_model_config(path)
+    if (method := saved_quantization(path)) is not None:
+        raise CheckpointError(f"{path}: is quantized ({method}); export the float checkpoint it was made from")
     if not issubclass(models.kind(kind, "model_type").cls, GPT):
         raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2")
     try:

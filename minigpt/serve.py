@@ -84,6 +84,7 @@ class ServeConfig:
     queue_size: int = 64  # requests waiting beyond the running batch before 503
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers (quantize.py)
 
     def check(self) -> None:
         for name in ("max_tokens_cap", "max_n", "max_prompt_tokens", "max_batch", "queue_size"):
@@ -946,7 +947,7 @@ def run_server(cfg: ServeConfig) -> int:
 
     sock = bind(cfg.host, cfg.port)
     try:
-        ckpt, device = load_for_inference(cfg.checkpoint, cfg.device, cfg.dtype)
+        ckpt, device = load_for_inference(cfg.checkpoint, cfg.device, cfg.dtype, quantize=cfg.quantize)
         if ckpt.tokenizer is None:
             raise MiniGPTError(f"{ckpt.path}: no tokenizer.json, so text cannot be turned into ids")
         model_id = Path(os.path.abspath(cfg.checkpoint)).name or "minigpt"

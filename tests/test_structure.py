@@ -111,7 +111,7 @@ def test_dependencies_point_one_way():
     command line at the top)."""
     layers = [
         {"errors"}, {"files", "config"}, {"tokenizer", "model", "runtime", "onednn"}, {"baselines"}, {"models"},
-        {"checkpoint", "data", "sampling"}, {"completion", "inference"},
+        {"checkpoint", "data", "sampling"}, {"completion", "inference", "quantize"},
         {"evaluate", "trainer", "inspection", "hf", "serve", "pretrained"}, {"cli"},
     ]
     level = {m: i for i, group in enumerate(layers) for m in group}
