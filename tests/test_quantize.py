@@ -102,9 +102,10 @@ def trained_run(tmp_path_factory, dataset_dir):
     out = tmp_path_factory.mktemp("q") / "run"
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
-    for k, v in dict(model="gpt", data=str(dataset_dir), out=str(out), device="cpu", sample_tokens=0, n_layer=2,
-                     n_head=2, n_embd=32, block_size=32, batch_size=8, max_steps=30, lr=3e-3, min_lr=3e-4,
-                     warmup_steps=5, eval_interval=30, eval_steps=1, log_interval=30).items():
+    settings = {"model": "gpt", "data": str(dataset_dir), "out": str(out), "device": "cpu", "sample_tokens": 0,
+                "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "max_steps": 30, "lr": 3e-3,
+                "min_lr": 3e-4, "warmup_steps": 5, "eval_interval": 30, "eval_steps": 1, "log_interval": 30}
+    for k, v in settings.items():
         cfg.set(k, v)
     train(cfg, progress=False)
     return out
@@ -131,7 +132,7 @@ def test_saved_int8_checkpoint_round_trips_and_is_smaller(trained_run, tmp_path,
     meta = json.loads((tmp_path / "q8" / "config.json").read_text())
     assert meta["quantization"]["method"] == "int8"
     with safe_open(str(tmp_path / "q8" / "model.safetensors"), "pt") as f:
-        dtypes = {n: f.get_slice(n).get_dtype() for n in f.keys()}
+        dtypes = {n: f.get_slice(n).get_dtype() for n in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     assert dtypes["transformer.h.0.attn.c_attn.weight"] == "I8" and dtypes["lm_head.weight"] == "I8"
     assert dtypes["transformer.h.0.attn.c_attn.scales"] == "F32" and dtypes["transformer.wte.weight"] == "F32"
     # A quarter of the bytes for every matrix (the float embedding stays; a tied head adds an int8 copy).
