@@ -84,7 +84,8 @@ def main() -> None:
         hf.generate(ids, do_sample=True, temperature=1.0, top_k=50, max_new_tokens=n, min_new_tokens=n,
                     num_return_sequences=batch, pad_token_id=0)
 
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}, "
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, "
           f"{args.new_tokens} new tokens, {args.checkpoint or 'random GPT-2 124M'}")
     print(f"{'batch':>5}  {'transformers fp32':>18}  {'minigpt fp32':>14}  {'minigpt int8':>14}  {'int8/hf':>7}  "
           f"{'int8/fp32':>9}")

@@ -550,6 +550,28 @@ def _run_export_hf(args) -> int:
     return 0
 
 
+def _build_export_gguf(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write a minigpt GPT checkpoint as one GGUF file for llama.cpp, Ollama and LM Studio, tokenizer included:\n"
+        "GPT-2's block as llama.cpp's gpt2 architecture, the modern block as qwen3. Needs: pip install gguf."
+    )
+    p.epilog = ("examples:\n  minigpt export-gguf out/shakespeare shakespeare.gguf --type q8_0\n"
+                "  llama-cli -m shakespeare.gguf -p 'ROMEO:'")
+    p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
+    p.add_argument("out", metavar="FILE.gguf", help="file to write")
+    p.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
+                   help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32) (default: f16)")
+    p.add_argument("--force", action="store_true", help="replace FILE.gguf if it exists")
+
+
+def _run_export_gguf(args) -> int:
+    from .gguf_export import export_gguf
+
+    path = export_gguf(args.checkpoint, args.out, args.type, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
 def _build_quantize(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Write an int8 copy of a GPT checkpoint: every Linear weight as int8 with one scale per output channel\n"
@@ -618,6 +640,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "heads": ("per-head attention statistics; find previous-token and induction heads", _build_heads, _run_heads),
     "import-hf": ("convert a Hugging Face GPT-2 directory to a minigpt checkpoint", _build_import_hf, _run_import_hf),
     "export-hf": ("write a checkpoint as a Hugging Face GPT-2 or Qwen3 directory", _build_export_hf, _run_export_hf),
+    "export-gguf": ("write a checkpoint as one GGUF file (llama.cpp, Ollama, LM Studio)", _build_export_gguf,
+                    _run_export_gguf),
     "quantize": ("write an int8 copy of a checkpoint (faster CPU decoding)", _build_quantize, _run_quantize),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }

@@ -184,7 +184,8 @@ def saved_quantization(path: Path) -> str | None:
         return None
     method = q.get("method") if isinstance(q, dict) else None
     if method not in METHODS:
-        raise CheckpointError(f"{path / CONFIG}: quantization {q!r} is not one this minigpt reads ({', '.join(METHODS)})")
+        raise CheckpointError(f"{path / CONFIG}: quantization {q!r} is not one this minigpt reads "
+                              f"({', '.join(METHODS)})")
     return method
 
 
@@ -251,7 +252,8 @@ def load_quantized(path: Path, device: torch.device, *, need_tokenizer: bool = T
         except MiniGPTError as e:
             raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
     elif need_tokenizer:
-        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)")
+        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be "
+                              f"encoded)")
     run = read_run(path) if (path / RUN).is_file() else None
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=kind, run=run)
 
