@@ -164,3 +164,25 @@ def test_export_gguf_refuses_an_existing_file_unless_forced(tmp_path, capsys, to
     assert "--force" in capsys.readouterr().err and (tmp_path / "m.gguf").read_bytes() == b"old"
     assert main(["export-gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--force"]) == 0
     assert (tmp_path / "m.gguf").read_bytes()[:4] == b"GGUF"
+
+
+# ---- llama.cpp itself (llama-cpp-python, when installed: it builds llama.cpp from source) ----------------------
+
+
+@pytest.mark.slow  # loads llama.cpp
+@pytest.mark.parametrize("variant", ["gpt2", "qwen3"])
+def test_llama_cpp_loads_the_file_and_matches_minigpt(tmp_path, tokenizer, variant):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = randomised(**VARIANTS[variant])
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    assert main(["export-gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--type", "f32"]) == 0
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, logits_all=True, verbose=False, n_threads=1)
+    for text in ["ROMEO: thou art", "  héllo\n\n\tworld 123", "x_1 = 'é'"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text), text
+    ids = tokenizer.encode("ROMEO: But soft, what light")[:32]
+    llm.reset()
+    llm.eval(ids)
+    theirs = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(theirs, ours, atol=1e-3, rtol=1e-3)
