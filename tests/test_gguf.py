@@ -4,8 +4,9 @@ Oracles: the metadata llama.cpp's loader reads for its gpt2 and qwen3 architectu
 the model's config; the tokenizer fields give back the tokenizer's pieces and merges; and
 the tensors, mapped back by llama.cpp's names (written out here independently of the
 exporter), rebuild a GPT whose logits equal the original's (f32 exactly, q8_0 within the
-quantization step). Not checked here: llama.cpp itself running the file (that needs
-llama-cpp-python built from source).
+quantization step). And, where llama-cpp-python is installed (it builds llama.cpp from
+source: `CMAKE_BUILD_PARALLEL_LEVEL=1 pip install llama-cpp-python`), llama.cpp itself loads
+each architecture's file, tokenizes like minigpt and gives its logits (the last test).
 """
 
 from __future__ import annotations
@@ -176,7 +177,9 @@ def test_llama_cpp_loads_the_file_and_matches_minigpt(tmp_path, tokenizer, varia
     model = randomised(**VARIANTS[variant])
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
     assert main(["export-gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--type", "f32"]) == 0
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, logits_all=True, verbose=False, n_threads=1)
+    # f32 KV cache (llama.cpp defaults to f16, which alone moves logits by ~1e-3)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, logits_all=True, verbose=False, n_threads=1,
+                          type_k=0, type_v=0)
     for text in ["ROMEO: thou art", "  héllo\n\n\tworld 123", "x_1 = 'é'"]:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text), text
     ids = tokenizer.encode("ROMEO: But soft, what light")[:32]
@@ -185,4 +188,7 @@ def test_llama_cpp_loads_the_file_and_matches_minigpt(tmp_path, tokenizer, varia
     theirs = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0]
-    torch.testing.assert_close(theirs, ours, atol=1e-3, rtol=1e-3)
+    # Qwen3 matches to 1e-3. GPT-2 to 3e-3: ggml's CPU GELU reads an f16 lookup table
+    # (GGML_GELU_FP16), ~1e-3 off per activation, which a few logits of this random model amplify.
+    tol = 3e-3 if variant == "gpt2" else 1e-3
+    torch.testing.assert_close(theirs, ours, atol=tol, rtol=1e-3)
