@@ -130,6 +130,12 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
     _unset(g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text"), "random")
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
+                        "saved by `minigpt quantize` is int8 without it) (default: off)")
+
+
 def _sampling_params(args):
     """SamplingParams from the flags; its errors name the flag ("--top-p must be in (0, 1]")
     and carry the field (`ConfigError.field`)."""
@@ -247,6 +253,7 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
     _unset(p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                           help="torch.compile the decode step"), "on for CUDA")
+    _add_quantize(p)
     p.add_argument("--json", action="store_true", help='print one JSON object per sample: {"prompt", "text", "ids", "logprobs", "finish_reason"}')
     p.add_argument("--show-probs", type=_non_negative_int, default=0, metavar="K", help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked; 0 = off")
 
@@ -289,7 +296,7 @@ def _run_sample(args) -> int:
     prompt = _read_prompt(args)
     from .inference import load_for_inference
 
-    ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype)
+    ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype, quantize=args.quantize)
     tok = ckpt.tokenizer
     if args.compile and device.type != "cuda":
         raise MiniGPTError("--compile: compiling the decode step is for CUDA (on the CPU, decoding is already prepacked for oneDNN)")
@@ -366,6 +373,7 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     _add_sampling(p, min_new_tokens=1)
     p.set_defaults(max_new_tokens=200, seed=0)
     _add_device(p)
+    _add_quantize(p)
 
 
 def _run_eval(args) -> int:
@@ -377,7 +385,7 @@ def _run_eval(args) -> int:
 
     params = _sampling_params(args)
     # float32 weights: the numbers should not depend on the device's fast dtype.
-    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32")
+    ckpt, _ = load_for_inference(args.checkpoint, args.device, "float32", quantize=args.quantize)
     data_dir = args.data
     if data_dir is None:
         try:
@@ -411,7 +419,10 @@ def _run_eval(args) -> int:
 
 
 def _build_compare(p: argparse.ArgumentParser) -> None:
-    p.description = "One table of training runs: model kind, parameters, training time, tokens seen, val bits per byte."
+    p.description = (
+        "One table of training runs: model kind, the dataset each was validated on, parameters, training time,\n"
+        "tokens seen, val bits per byte (a note says when the runs were validated on different data)."
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `minigpt train`")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument("--png", metavar="FILE", help=f"plot val bits per byte against training time (needs matplotlib: pip install '{DIST}[viz]')")
@@ -690,8 +701,9 @@ def _build_export_hf(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Write a minigpt GPT checkpoint as a Hugging Face directory that transformers and tokenizers load: GPT-2's\n"
         "block (learned positions, LayerNorm, GELU) as GPT2LMHeadModel, the modern block the cpu preset trains\n"
-        "(rotary positions, RMSNorm, QK-norm, SwiGLU, no biases) as Qwen3ForCausalLM. A block neither expresses\n"
-        "exactly (sinusoidal positions, a logit soft-cap, a mix of the two) is refused, saying why."
+        "(rotary positions, RMSNorm, QK-norm, SwiGLU, no biases) as Qwen3ForCausalLM. AutoModelForCausalLM loads it\n"
+        "and AutoTokenizer encodes exactly as minigpt does; generate() stops at <|endoftext|>. A block neither\n"
+        "expresses exactly (sinusoidal positions, a logit soft-cap, a mix of the two) is refused, saying why."
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
     p.add_argument("out", metavar="OUT_DIR", help="directory to write")
@@ -702,6 +714,47 @@ def _run_export_hf(args) -> int:
     from .hf import export_hf
 
     path = export_hf(args.checkpoint, args.out, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def _build_export_gguf(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write a minigpt GPT checkpoint as one GGUF file for llama.cpp, Ollama and LM Studio, tokenizer included:\n"
+        "GPT-2's block as llama.cpp's gpt2 architecture, the modern block as qwen3. Needs: pip install gguf."
+    )
+    p.epilog = ("examples:\n  minigpt export-gguf out/shakespeare shakespeare.gguf --type q8_0\n"
+                "  llama-cli -m shakespeare.gguf -p 'ROMEO:'")
+    p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
+    p.add_argument("out", metavar="FILE.gguf", help="file to write")
+    p.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
+                   help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32) (default: f16)")
+    p.add_argument("--force", action="store_true", help="replace FILE.gguf if it exists")
+
+
+def _run_export_gguf(args) -> int:
+    from .gguf_export import export_gguf
+
+    path = export_gguf(args.checkpoint, args.out, args.type, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def _build_quantize(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write an int8 copy of a GPT checkpoint: every Linear weight as int8 with one scale per output channel\n"
+        "(safetensors, no pickle), about a quarter of the fp32 size. sample, eval and serve load it as int8."
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory (float weights)")
+    p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
+    p.add_argument("--method", choices=("int8",), default="int8", help="quantization (default: int8)")
+    p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
+
+
+def _run_quantize(args) -> int:
+    from .quantize import quantize_checkpoint
+
+    path = quantize_checkpoint(args.checkpoint, args.out, args.method, force=args.force)
     print(f"wrote {path}")
     return 0
 
@@ -733,6 +786,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
     _add_device(p)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    _add_quantize(p)
 
 
 def _run_serve(args) -> int:
@@ -743,7 +797,7 @@ def _run_serve(args) -> int:
         api_key=args.api_key if args.api_key is not None else (os.environ.get("MINIGPT_API_KEY") or None),
         max_tokens_cap=args.max_tokens_cap, max_n=args.max_n, max_prompt_tokens=args.max_prompt_tokens,
         max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, dtype=args.dtype,
-        allowed_hosts=tuple(args.allowed_host),
+        allowed_hosts=tuple(args.allowed_host), quantize=args.quantize,
     )
     return run_server(cfg)
 
@@ -761,6 +815,9 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                   _run_import_hf),
     "export-hf": ("write a checkpoint as a Hugging Face directory (GPT-2, or Qwen3 for the modern block)",
                   _build_export_hf, _run_export_hf),
+    "export-gguf": ("write a checkpoint as one GGUF file (llama.cpp, Ollama, LM Studio)", _build_export_gguf,
+                    _run_export_gguf),
+    "quantize": ("write an int8 copy of a checkpoint (faster CPU decoding)", _build_quantize, _run_quantize),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }
 

@@ -459,9 +459,10 @@ json_safe = files.json_safe  # what `eval --json` and `compare --json` print thr
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """One row of `minigpt compare`: what a run directory says about itself.
 
-    From the last checkpoint's run.json (else the best's): model kind, parameters, steps,
-    training time, tokens seen. From metrics.jsonl: the best and the final validation
-    bits per byte, and the curve (time_s, val_bpb) for the plot."""
+    From the last checkpoint's run.json (else the best's): model kind, the prepared dataset
+    it was trained and validated on (as run.json records it), parameters, steps, training
+    time, tokens seen. From metrics.jsonl: the best and the final validation bits per byte,
+    and the curve (time_s, val_bpb) for the plot."""
     p = Path(run_dir)
     if not p.is_dir():
         raise MiniGPTError(f"{p}: no such run directory")
@@ -476,9 +477,12 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     kind = info.get("model_type")
     if kind is None and isinstance(info.get("config", {}).get("model"), dict):
         kind = info["config"]["model"].get("model")
+    data = info.get("config", {}).get("data")
+    data = data.get("data") if isinstance(data, dict) else None
     return {
         "run": str(run_dir),
         "model_type": kind if isinstance(kind, str) else None,
+        "data": data if isinstance(data, str) else None,
         "num_params": info.get("num_params"),
         "step": info.get("step", evals[-1]["step"] if evals else None),
         "train_time_s": info.get("train_time_s", curve[-1][0] if curve else None),
@@ -499,23 +503,30 @@ def _human(n) -> str:
 
 
 def format_compare(rows: list[dict[str, Any]]) -> str:
-    """An aligned table, one line per run."""
-    head = ["run", "model", "params", "steps", "train time", "tokens seen", "best val bpb", "final val bpb"]
+    """An aligned table, one line per run, and a note when the runs were validated on
+    different datasets (their bits per byte then measure different text)."""
+    head = ["run", "model", "data", "params", "steps", "train time", "tokens seen", "best val bpb", "final val bpb"]
     body = [
         [
-            r["run"], r["model_type"] or "?", _human(r["num_params"]), "-" if r["step"] is None else str(r["step"]),
+            r["run"], r["model_type"] or "?", r["data"] or "?", _human(r["num_params"]),
+            "-" if r["step"] is None else str(r["step"]),
             "-" if r["train_time_s"] is None else f"{r['train_time_s']:.1f} s", _human(r["tokens_seen"]),
             _num(r["best_val_bpb"], ".4f"), _num(r["final_val_bpb"], ".4f"),
         ]
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    left = {0, 1}  # text columns left-aligned, numbers right-aligned
+    left = {0, 1, 2}  # text columns left-aligned, numbers right-aligned
 
     def line(cells):
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+    lines = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    datasets = list(dict.fromkeys(r["data"] for r in rows if r["data"]))  # known ones, in order
+    if len(datasets) > 1:
+        lines.append(f"note: these runs were validated on {len(datasets)} different datasets ({', '.join(datasets)}): "
+                     f"compare bits per byte only between runs on the same data")
+    return "\n".join(lines)
 
 
 def plot_runs(rows: list[dict[str, Any]], path: str | Path) -> None:

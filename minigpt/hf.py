@@ -45,7 +45,8 @@ from .checkpoint import (
 from .config import GPTConfig, is_real
 from .errors import CheckpointError, MiniGPTError
 from .model import GPT
-from .tokenizer import MERGES_FILE, VOCAB_FILE, Tokenizer
+from .quantize import saved_quantization
+from .tokenizer import EOT, MERGES_FILE, VOCAB_FILE, Tokenizer
 
 __all__ = ["import_hf", "export_hf", "gpt_config_from_hf", "hf_config_from_gpt", "gpt_state_from_hf", "hf_state_from_gpt"]
 
@@ -603,9 +604,11 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
 
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write a minigpt GPT checkpoint (or a run directory's best/last) as a Hugging Face
-    directory: config.json, model.safetensors and tokenizer.json, loadable with
+    directory: config.json, model.safetensors, generation_config.json and, when the
+    checkpoint has a tokenizer, tokenizer.json with its tokenizer_config.json, loadable with
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` and
-    `tokenizers.Tokenizer.from_file(out_dir / "tokenizer.json")`. Returns `out_dir`.
+    `transformers.AutoTokenizer.from_pretrained(out_dir)` (same ids as minigpt's; see
+    `hf_tokenizer_config`). Returns `out_dir`.
 
     The architecture is the one that computes the same function (`export_architecture`):
     GPT-2 for GPT-2's block, Qwen3 for the modern block; anything else is refused, saying why.
@@ -616,6 +619,8 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     path, out = resolve_checkpoint(checkpoint), Path(out_dir)
     # Refuse what cannot map onto GPT-2 from config.json alone, before reading weights.
     kind, settings = read_model_config(path)
+    if (method := saved_quantization(path)) is not None:
+        raise CheckpointError(f"{path}: is quantized ({method}); export the float checkpoint it was made from")
     if not issubclass(models.kind(kind, "model_type").cls, GPT):
         raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2 or Qwen3")
     try:
@@ -635,7 +640,55 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     # never leaves a half-written directory that from_pretrained would half-load.
     with files.atomic_directory(out) as tmp:
         save_tensors(tensors, tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        _write_json(tmp / CONFIG, hf_config)
+        _write_json(tmp / GENERATION_CONFIG, hf_generation_config(eot_id))
         if ckpt.tokenizer is not None:
             (tmp / TOKENIZER).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
+            _write_json(tmp / TOKENIZER_CONFIG, hf_tokenizer_config(ckpt.tokenizer, model.config.block_size))
     return out
+
+
+# ---- what AutoTokenizer and generate() read beside the weights --------------------------
+
+TOKENIZER_CONFIG, GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
+
+
+def hf_tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
+    """The tokenizer_config.json that makes `transformers.AutoTokenizer` encode exactly as
+    minigpt does.
+
+    Subtle: without one, AutoTokenizer picks the tokenizer class of config.json's
+    model_type, and transformers 5 rebuilds that class's own pipeline from the vocabulary
+    and merges instead of reading tokenizer.json's: for a Qwen3 export that is Qwen2's
+    pre-tokenizer (digits one by one, whitespace before a newline glued to it, punctuation
+    glued to the next word), not GPT-2's regex the model was trained with, and every
+    pipeline, vLLM or TGI that loads the export silently feeds the model other ids.
+    `PreTrainedTokenizerFast` runs tokenizer.json as it is, for GPT-2 and Qwen3 exports alike.
+
+    split_special_tokens: a literal "<|endoftext|>" in text stays text, as in
+    `Tokenizer.encode` (a call passes split_special_tokens=False for minigpt's
+    allow_special=True). clean_up_tokenization_spaces off: decoding gives back the text
+    exactly (transformers would otherwise turn " ." into ".").
+    """
+    eot = EOT if tokenizer.eot_id is not None else None
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": None,  # byte-level: every byte has a token, nothing is unknown
+        "pad_token": None,  # as GPT-2; generation_config.json names the pad id for generate()
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
+        "model_max_length": block_size,
+    }
+
+
+def hf_generation_config(eot_id: int | None) -> dict[str, Any]:
+    """generation_config.json: `generate()` stops at <|endoftext|> and pads with it (the
+    sampling settings stay transformers' own: greedy unless do_sample=True is passed)."""
+    return {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id}
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -316,7 +316,8 @@ def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie, mlp
     code, out, err = cli(capsys, "export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"))
     assert code == 0, err
     assert out.strip() == f"wrote {tmp_path / 'hf'}"
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 
     hf, info = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info

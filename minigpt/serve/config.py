@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from ..config import DEFAULT_RUN
 from ..errors import ConfigError
 
 
@@ -12,7 +13,7 @@ from ..errors import ConfigError
 class ServeConfig:
     """What `minigpt serve` runs with (the command's flags, see `minigpt serve --help`)."""
 
-    checkpoint: str = "out/shakespeare"
+    checkpoint: str = DEFAULT_RUN
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # require "Authorization: Bearer <key>" on the API
@@ -23,6 +24,7 @@ class ServeConfig:
     queue_size: int = 64  # requests waiting beyond the running batch before 503
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers (quantize.py)
     # Names (Host headers) the server answers to besides IP addresses and localhost: a web
     # page under another name that resolves to us (DNS rebinding) is refused. "*" = any.
     allowed_hosts: tuple[str, ...] = ()

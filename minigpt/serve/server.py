@@ -112,7 +112,7 @@ def run_server(cfg: ServeConfig) -> int:
 
     sock = bind(cfg.host, cfg.port)
     try:
-        ckpt, device = load_for_inference(cfg.checkpoint, cfg.device, cfg.dtype)
+        ckpt, device = load_for_inference(cfg.checkpoint, cfg.device, cfg.dtype, quantize=cfg.quantize)
         if ckpt.tokenizer is None:
             raise MiniGPTError(f"{ckpt.path}: no tokenizer.json, so text cannot be turned into ids")
         model_id = Path(os.path.abspath(cfg.checkpoint)).name or "minigpt"

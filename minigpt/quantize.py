@@ -1,0 +1,277 @@
+"""Weight-only int8: a GPT's matrices stored as 8-bit integers, for faster decoding on the CPU.
+
+Why: decoding one token multiplies one activation row by every weight matrix, so on a
+CPU it is bound by how fast the weights stream from memory (GPT-2 small: ~500 MB of fp32
+per token). Stored as int8 they are a quarter of that.
+
+How (per-channel symmetric, as gpt-fast's `quantize.py` and torchao's int8 weight-only):
+each output row i of a weight W [N, K] gets its own scale, s_i = max_k |W_ik| / 127, and
+is stored as q_ik = round(W_ik / s_i) in [-127, 127]. The product is then
+
+    y = x W^T + b  ~=  (x q^T) * s + b        (x [M, K] in fp32 or bf16, q int8 [N, K], s [N])
+
+which PyTorch computes in one CPU kernel, `torch.ops.aten._weight_int8pack_mm`, reading
+the int8 weights and converting them on the fly. Activations, embeddings, norms and the
+KV cache stay in floating point; only nn.Linear layers change (the attention and MLP
+projections and the output head: a tied head gets its own int8 copy, the embedding table
+stays float for the lookup). Per-row rounding error is at most s_i / 2 per weight, so a
+trained model's bits per byte move by well under 0.01 (tested in tests/test_quantize.py).
+
+A quantized model is for inference only. `save_quantized` writes it as a checkpoint
+directory whose config.json says so ("quantization"), read back by `load_quantized`
+(safetensors: int8 weights and float scales, no pickle); `inference.load_for_inference`
+takes either a float checkpoint plus `quantize="int8"` or such a directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from . import files, models
+from .checkpoint import (
+    CONFIG,
+    FORMAT,
+    FORMAT_VERSION,
+    RUN,
+    TOKENIZER,
+    WEIGHTS,
+    Checkpoint,
+    json_dumps,
+    load_checkpoint,
+    read_model_config,
+    read_run,
+    resolve_checkpoint,
+    save_tensors,
+)
+from .errors import CheckpointError, MiniGPTError
+from .model import GPT
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "METHODS",
+    "Int8Linear",
+    "load_quantized",
+    "quantize_checkpoint",
+    "quantize_int8",
+    "quantize_model",
+    "quantize_weight",
+    "save_quantized",
+    "saved_quantization",
+]
+
+METHODS = ("int8",)  # what --quantize takes
+QMAX = 127  # symmetric: -127..127 (-128 unused, so that q and -q are both representable)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [N, K], scales float32 [N]) with w ~= q * scales[:, None], one scale per
+    output row. A row of zeros gets scale 1 (any scale would do: its q is all zero).
+
+    >>> q, s = quantize_weight(torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]]))
+    >>> q.tolist(), [round(x, 6) for x in s.tolist()]
+    ([[64, -127, 32], [0, 0, 0]], [0.007874, 1.0])
+    """
+    w = w.detach().float()
+    amax = w.abs().amax(dim=1)
+    scales = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    q = torch.round(w / scales[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    return q.contiguous(), scales.contiguous()
+
+
+def _kernel_ok(x: torch.Tensor, k: int) -> bool:
+    """Whether `_weight_int8pack_mm` takes this input. Subtle: in torch 2.13 its bf16
+    path reads out of bounds (a segfault, not an exception) when K is not a multiple of
+    16 (found on K = 8, 24, 33, 40, 100, one row or several); fp32 took every shape
+    tried, and fp16 is held to bf16's rule to be safe."""
+    if x.device.type != "cpu" or x.numel() == 0 or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    return x.dtype == torch.float32 or k % 16 == 0
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear's function with an int8 weight [N, K] and a scale per output row [N].
+
+    State: `weight` (int8), `scales` (the compute dtype: `model.to(torch.bfloat16)` casts
+    them, never the int8 weight) and `bias` (or None): buffers, as nothing here trains."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        w = linear.weight
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, device=w.device)
+        q, s = quantize_weight(w)
+        m.weight.copy_(q)
+        m.scales = s.to(w.dtype)
+        if linear.bias is not None:
+            m.bias = linear.bias.detach().clone()
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k)  # [M, K], M = all leading dims
+        scales = self.scales.to(x2.dtype)
+        if _kernel_ok(x2, k):
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, scales)
+        else:
+            # Other devices and shapes: the same function from a dequantized copy (no speed-up).
+            y = F.linear(x2, self.weight.to(x2.dtype) * scales[:, None])
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+def _swap_linears(model: nn.Module, make) -> int:
+    """Replace every nn.Linear (and subclass, e.g. onednn's) below `model` by make(linear)."""
+    n = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(module, name, make(child))
+                n += 1
+    return n
+
+
+def _check_quantizable(model: nn.Module, method: str) -> None:
+    if method not in METHODS:
+        raise MiniGPTError(f"--quantize {method!r}: supported: {', '.join(METHODS)}")
+    if not isinstance(model, GPT):
+        raise MiniGPTError(f"--quantize {method}: only GPT checkpoints are quantized (this is a {model.model_type}: "
+                           f"its weights are not the matrices that bound decoding)")
+    if getattr(model, "prepacked", False):
+        raise MiniGPTError("quantize before prepacking for oneDNN (the prepacked layers hold no plain weight)")
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Quantize every Linear of a float GPT in place (weights per output row to int8) and
+    return it; the model is then for inference only. MiniGPTError for another kind."""
+    return quantize_model(model, "int8")
+
+
+def quantize_model(model: nn.Module, method: str) -> nn.Module:
+    """`quantize_int8` by name (`--quantize METHOD`); MiniGPTError for an unknown method."""
+    _check_quantizable(model, method)
+    with torch.no_grad():
+        _swap_linears(model, Int8Linear.from_linear)
+    model.quantization = method
+    return model
+
+
+# ---- quantized checkpoints -----------------------------------------------------------------------
+
+
+def saved_quantization(path: Path) -> str | None:
+    """The "quantization" a checkpoint directory's config.json records (None: float)."""
+    meta = files.read_json_object(path / CONFIG, "the model's config", CheckpointError)
+    q = meta.get("quantization")
+    if q is None:
+        return None
+    method = q.get("method") if isinstance(q, dict) else None
+    if method not in METHODS:
+        raise CheckpointError(f"{path / CONFIG}: quantization {q!r} is not one this minigpt reads "
+                              f"({', '.join(METHODS)})")
+    return method
+
+
+def save_quantized(path: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer | None,
+                   run: dict[str, Any] | None = None) -> Path:
+    """Write a quantized model as a checkpoint directory, atomically: model.safetensors
+    holds each Linear's int8 `weight`, its `scales` and bias, and the float rest;
+    config.json is a checkpoint config plus {"quantization": {"method": "int8", ...}}."""
+    if getattr(model, "quantization", None) not in METHODS:
+        raise MiniGPTError("save_quantized: the model is not quantized (call quantize_int8 first)")
+    tensors = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items()}
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict(),
+        "quantization": {"method": model.quantization, "scheme": "weight-only, per output channel, symmetric",
+                         "layers": sorted(n.removesuffix(".scales") for n in tensors if n.endswith(".scales"))},
+    }
+    with files.atomic_directory(path) as tmp:
+        save_tensors(tensors, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json_dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
+        if run is not None:
+            (tmp / RUN).write_text(json_dumps(run, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def load_quantized(path: Path, device: torch.device, *, need_tokenizer: bool = True) -> Checkpoint:
+    """A checkpoint written by `save_quantized`, onto `device`: the GPT of its config.json
+    with Int8Linear layers, its tensors checked for names, shapes and dtypes (one line
+    naming the file when they do not fit), its tokenizer and run.json."""
+    kind, settings = read_model_config(path)
+    method = saved_quantization(path)
+    try:
+        model = models.build(kind, settings)
+        _check_quantizable(model, method)
+    except MiniGPTError as e:
+        raise CheckpointError(f"{path / CONFIG}: {e}") from None
+    _swap_linears(model, lambda lin: Int8Linear(lin.in_features, lin.out_features, lin.bias is not None))
+    model.quantization = method
+    weights = path / WEIGHTS
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights}: cannot read safetensors file (truncated or corrupt?): {e}") from None
+    expected = model.state_dict()
+    if set(tensors) != set(expected):
+        odd = min(set(tensors) ^ set(expected))
+        raise CheckpointError(f"{weights}: does not match {CONFIG} ({'missing' if odd in expected else 'unexpected'} "
+                              f"tensor {odd})")
+    for name, t in tensors.items():
+        want = expected[name]
+        if t.shape != want.shape or (t.dtype == torch.int8) != (want.dtype == torch.int8):
+            raise CheckpointError(f"{weights}: tensor {name} is {t.dtype} {tuple(t.shape)}, {CONFIG} implies "
+                                  f"{want.dtype} {tuple(want.shape)}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values")
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+
+    tokenizer = None
+    if (path / TOKENIZER).is_file():
+        try:
+            tokenizer = Tokenizer.load(path / TOKENIZER)
+        except MiniGPTError as e:
+            raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
+    elif need_tokenizer:
+        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be "
+                              f"encoded)")
+    run = read_run(path) if (path / RUN).is_file() else None
+    return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=kind, run=run)
+
+
+def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, method: str = "int8",
+                        force: bool = False) -> Path:
+    """`minigpt quantize`: a float checkpoint (or a run's best/last) -> a quantized checkpoint
+    directory at `out`, with the same tokenizer and run.json (so `eval` finds its data)."""
+    if method not in METHODS:
+        raise MiniGPTError(f"--method {method!r}: supported: {', '.join(METHODS)}")
+    path, out = resolve_checkpoint(src), Path(out)
+    if saved_quantization(path) is not None:
+        raise CheckpointError(f"{path}: is already quantized ({saved_quantization(path)})")
+    o, p = out.resolve(), path.resolve()
+    if o == p or o in p.parents:
+        raise CheckpointError(f"{out}: holds the input {path}; choose another output directory")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
+    ckpt = load_checkpoint(path, "cpu", need_tokenizer=False)
+    quantize_int8(ckpt.model)
+    return save_quantized(out, ckpt.model, ckpt.tokenizer, ckpt.run)  # atomic: replaces `out` once complete
