@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,8 +98,9 @@ class Stream:
 
 @contextmanager
 def recording(model) -> Iterator[Stream]:
-    """Within the block, every forward pass of `model` fills the yielded Stream (the last
-    pass wins). The hooks are removed on leaving, whatever happens inside.
+    """Within the block, every forward pass of `model` made by this thread fills the yielded
+    Stream (the last pass wins; other threads' passes are ignored). The hooks are removed on
+    leaving, whatever happens inside.
 
     >>> with recording(model) as s:                       # doctest: +SKIP
     ...     model(idx)
@@ -108,21 +110,31 @@ def recording(model) -> Iterator[Stream]:
     require_gpt(model, "reading the residual stream")
     blocks = model.transformer.h
     s = Stream(z=[None] * len(blocks), attn=[None] * len(blocks), mlp=[None] * len(blocks), resid=[None] * len(blocks))
+    # subtle: hooks belong to the modules, so every thread's passes would fire them; a server
+    # decodes other requests on the same model meanwhile. Only this thread's passes are kept.
+    owner = threading.get_ident()
 
     def keep(where: list, i: int, pick):
         def hook(_module, _inputs, output):
-            where[i] = pick(output)[0].detach()
+            if threading.get_ident() == owner:
+                where[i] = pick(output)[0].detach()
+        return hook
+
+    def keep_z(i: int):
+        def hook(_module, inputs):
+            if threading.get_ident() == owner:
+                s.z[i] = inputs[0][0].detach()
         return hook
 
     def keep_embed(_module, _inputs, output):
-        s.embed = output[0].detach()
+        if threading.get_ident() == owner:
+            s.embed = output[0].detach()
 
     handles = [model.transformer.drop.register_forward_hook(keep_embed)]  # the sum wte (+ wpe) enters here
     try:
         for i, block in enumerate(blocks):
             handles += [
-                block.attn.c_proj.register_forward_pre_hook(
-                    lambda _m, inputs, i=i: s.z.__setitem__(i, inputs[0][0].detach())),
+                block.attn.c_proj.register_forward_pre_hook(keep_z(i)),
                 block.attn.register_forward_hook(keep(s.attn, i, lambda out: out[0])),  # (output, weights)
                 block.mlp.register_forward_hook(keep(s.mlp, i, lambda out: out)),
                 block.register_forward_hook(keep(s.resid, i, lambda out: out[0])),  # (x, weights)

@@ -75,8 +75,12 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def server(model, tokenizer):
-    app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=64, max_n=4, max_prompt_tokens=100, max_batch=8,
-                                                  queue_size=8), model_id=MODEL)
+    app = create_app(
+        model,
+        tokenizer,
+        ServeConfig(max_tokens_cap=64, max_n=4, max_prompt_tokens=100, max_batch=8, queue_size=8),
+        model_id=MODEL,
+    )
     with live(app) as url:
         yield url, app.state.engine
 
@@ -111,7 +115,11 @@ def test_seeded_completion_is_complete_and_its_logprobs_are_a_plain_forward_pass
     die, lp = choice["die"], choice["logprobs"]
     assert die["token_ids"] == want.ids and choice["text"] == want.text
     assert choice["finish_reason"] == ("length" if want.finish_reason == "length" else "stop")
-    assert out["usage"] == {"prompt_tokens": len(tokenizer.encode("ROMEO:")), "completion_tokens": 12, "total_tokens": len(tokenizer.encode("ROMEO:")) + 12}
+    assert out["usage"] == {
+        "prompt_tokens": len(tokenizer.encode("ROMEO:")),
+        "completion_tokens": 12,
+        "total_tokens": len(tokenizer.encode("ROMEO:")) + 12,
+    }
     assert lp["tokens"] == [tokenizer.token_str(t) for t in want.ids]
 
     # The oracle: each token's die recomputed from a plain forward pass over the text before it.
@@ -129,8 +137,13 @@ def test_seeded_completion_is_complete_and_its_logprobs_are_a_plain_forward_pass
             assert die["top_ids"][i] == top.indices.tolist()
             assert die["top_probs"][i] == pytest.approx(top.values.tolist(), abs=1e-5)
             assert lp["top_logprobs"][i] == pytest.approx(
-                {tokenizer.token_str(j): math.log(p) for j, p in zip(top.indices.tolist(), top.values.tolist()) if p > 0},
-                abs=1e-4)
+                {
+                    tokenizer.token_str(j): math.log(p)
+                    for j, p in zip(top.indices.tolist(), top.values.tolist())
+                    if p > 0
+                },
+                abs=1e-4,
+            )
             p = logp.exp()
             entropy = -(p[p > 0] * logp[p > 0]).sum().item()
             assert die["entropy"][i] == pytest.approx(entropy, abs=1e-4)
@@ -156,8 +169,15 @@ def test_n_and_prompt_lists_give_every_choice_its_index_and_seed(client, model, 
 
 
 def test_stream_is_server_sent_events_ending_in_done_with_the_same_tokens(client):
-    body = dict(prompt="ROMEO:", max_tokens=10, seed=3, logprobs=2, temperature=0.9, stream=True,
-                stream_options={"include_usage": True})
+    body = dict(
+        prompt="ROMEO:",
+        max_tokens=10,
+        seed=3,
+        logprobs=2,
+        temperature=0.9,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     lines = []
     with client.stream("POST", "/v1/completions", json={"model": MODEL, **body}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -168,7 +188,9 @@ def test_stream_is_server_sent_events_ending_in_done_with_the_same_tokens(client
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 10
     whole = post(client, {**body, "stream": False, "stream_options": None}).json()["choices"][0]
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["text"]
-    assert sum((c["choices"][0]["logprobs"]["token_logprobs"] for c in chunks), []) == whole["logprobs"]["token_logprobs"]
+    assert (
+        sum((c["choices"][0]["logprobs"]["token_logprobs"] for c in chunks), []) == whole["logprobs"]["token_logprobs"]
+    )
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 9 + ["length"]
 
 
@@ -191,12 +213,14 @@ def test_the_openai_client_works_unchanged_streaming_included(server, model, tok
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server[0] + "/v1", api_key="-", max_retries=0)
     assert [m.id for m in client.models.list()] == [MODEL]
-    out = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7,
-                                    extra_body={"top_k": 50})
+    out = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7, extra_body={"top_k": 50}
+    )
     want = alone(model, tokenizer, "ROMEO:", 5, 8, SamplingParams(temperature=0.7, top_k=50))
     assert out.choices[0].text == want.text and out.usage.completion_tokens == len(want.ids)
-    stream = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7,
-                                       extra_body={"top_k": 50}, stream=True)
+    stream = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7, extra_body={"top_k": 50}, stream=True
+    )
     assert "".join(chunk.choices[0].text for chunk in stream) == want.text
     with pytest.raises(openai.BadRequestError, match="top_p"):
         client.completions.create(model=MODEL, prompt="x", top_p=1.5)
@@ -209,8 +233,10 @@ def test_the_openai_client_works_unchanged_streaming_included(server, model, tok
 
 def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text(server, model, tokenizer):
     url, engine = server
-    bodies = [dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
-              dict(prompt="JULIET: my love", max_tokens=14, seed=2, temperature=1.2, top_k=30)]
+    bodies = [
+        dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
+        dict(prompt="JULIET: my love", max_tokens=14, seed=2, temperature=1.2, top_k=30),
+    ]
     engine.pause()  # both requests wait, so they join the batch at the same step
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool, httpx.Client(base_url=url, timeout=60) as c:
@@ -222,9 +248,14 @@ def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text
         engine.resume()
     ids = [r["id"] for r in results]
     assert any(set(ids) <= set(step) for step in engine.trace), "the two requests never shared a step"
-    assert results[0]["choices"][0]["text"] == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
-    assert results[1]["choices"][0]["text"] == alone(
-        model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
+    assert (
+        results[0]["choices"][0]["text"]
+        == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
+    )
+    assert (
+        results[1]["choices"][0]["text"]
+        == alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
+    )
 
 
 def test_a_request_joins_one_already_running_without_recomputing_it(server, client, model, tokenizer):
@@ -243,8 +274,11 @@ def test_a_request_joins_one_already_running_without_recomputing_it(server, clie
         return draws
 
     engine.batch.step = step_then_pause
-    with client.stream("POST", "/v1/completions", json={"model": MODEL, **a}) as r, \
-            concurrent.futures.ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=60) as other:
+    with (
+        client.stream("POST", "/v1/completions", json={"model": MODEL, **a}) as r,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=url, timeout=60) as other,
+    ):
         lines = (line for line in r.iter_lines() if line.startswith("data: {"))
         first = json.loads(next(lines)[6:])  # A has drawn one token and the engine is held
         pieces.append(first["choices"][0]["text"])
@@ -258,7 +292,10 @@ def test_a_request_joins_one_already_running_without_recomputing_it(server, clie
         pieces += [json.loads(line[6:])["choices"][0]["text"] for line in lines]
         b_out = later.result().json()
     assert "".join(pieces) == alone(model, tokenizer, "ROMEO:", 21, 20, SamplingParams(temperature=0.9)).text
-    assert b_out["choices"][0]["text"] == alone(model, tokenizer, "JULIET: my", 22, 8, SamplingParams(temperature=1.1)).text
+    assert (
+        b_out["choices"][0]["text"]
+        == alone(model, tokenizer, "JULIET: my", 22, 8, SamplingParams(temperature=1.1)).text
+    )
     assert engine.batch.prefills == prefills, "B's joining re-prefilled A"
     assert any({first["id"], b_out["id"]} <= set(step) for step in engine.trace), "A and B never shared a step"
 
@@ -266,7 +303,11 @@ def test_a_request_joins_one_already_running_without_recomputing_it(server, clie
 def test_a_full_queue_answers_503_with_retry_after(model, tokenizer):
     app = create_app(model, tokenizer, ServeConfig(max_batch=1, queue_size=1), model_id=MODEL)
     engine = app.state.engine
-    with live(app) as url, httpx.Client(base_url=url, timeout=60) as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with (
+        live(app) as url,
+        httpx.Client(base_url=url, timeout=60) as c,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
         engine.pause()
         try:
             waiting = pool.submit(post, c, dict(prompt="a", max_tokens=3, seed=0))
@@ -285,8 +326,9 @@ def test_a_client_that_disconnects_stops_its_generation(model, tokenizer):
     app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=100_000), model_id=MODEL)
     engine = app.state.engine
     with live(app) as url, httpx.Client(base_url=url, timeout=60) as c:
-        with c.stream("POST", "/v1/completions",
-                      json={"model": MODEL, "prompt": "ROMEO:", "max_tokens": 100_000, "stream": True}) as r:
+        with c.stream(
+            "POST", "/v1/completions", json={"model": MODEL, "prompt": "ROMEO:", "max_tokens": 100_000, "stream": True}
+        ) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(4)]  # two events (each line and a blank one)
             assert got[0].startswith("data: {")
@@ -344,12 +386,44 @@ def _bad_requests():
         ("seed string", "POST", "/v1/completions", j(seed="1"), 400, "seed"),
         ("logprobs over 20", "POST", "/v1/completions", j(logprobs=21), 400, "logprobs"),
         ("echo string", "POST", "/v1/completions", j(echo="yes"), 400, "echo"),
-        ("stream_options alone", "POST", "/v1/completions", j(stream_options={"include_usage": True}), 400, "stream_options"),
+        (
+            "stream_options alone",
+            "POST",
+            "/v1/completions",
+            j(stream_options={"include_usage": True}),
+            400,
+            "stream_options",
+        ),
         ("body too large", "POST", "/v1/completions", b"{" + b" " * 3_000_000 + b"}", 413, None),
         ("no such path", "GET", "/v1/chat/nothing", None, 404, None),
         ("wrong method", "GET", "/v1/completions", None, 405, None),
         ("attention: bad ids", "POST", "/minigpt/attention", {"ids": [], "layer": 0}, 400, "ids"),
         ("attention: bad layer", "POST", "/minigpt/attention", {"ids": [1, 2], "layer": 9}, 400, "layer"),
+        ("lens: neither ids nor prompt", "POST", "/minigpt/lens", {"position": 0}, 400, "ids"),
+        ("lens: ids and prompt", "POST", "/minigpt/lens", {"ids": [1, 2], "prompt": "a"}, 400, "prompt"),
+        ("lens: empty ids", "POST", "/minigpt/lens", {"ids": []}, 400, "ids"),
+        ("lens: ids not ints", "POST", "/minigpt/lens", {"ids": ["a"]}, 400, "ids"),
+        ("lens: id out of range", "POST", "/minigpt/lens", {"ids": [1, 10**6]}, 400, "ids"),
+        ("lens: ids over the cap", "POST", "/minigpt/lens", {"ids": [1] * 165}, 400, "ids"),
+        ("lens: empty prompt", "POST", "/minigpt/lens", {"prompt": ""}, 400, "prompt"),
+        ("lens: prompt text over the cap", "POST", "/minigpt/lens", {"prompt": "x" * 20_000}, 400, "prompt"),
+        ("lens: position past the end", "POST", "/minigpt/lens", {"ids": [1, 2], "position": 2}, 400, "position"),
+        ("lens: position before the start", "POST", "/minigpt/lens", {"ids": [1, 2], "position": -3}, 400, "position"),
+        ("lens: position huge", "POST", "/minigpt/lens", {"ids": [1, 2], "position": 10**30}, 400, "position"),
+        ("lens: position a float", "POST", "/minigpt/lens", {"ids": [1, 2], "position": 1.5}, 400, "position"),
+        (
+            "lens: position out of the context",
+            "POST",
+            "/minigpt/lens",
+            {"ids": [1] * 40, "position": 3},
+            400,
+            "position",
+        ),
+        ("lens: top_k 0", "POST", "/minigpt/lens", {"ids": [1, 2], "top_k": 0}, 400, "top_k"),
+        ("lens: top_k over 20", "POST", "/minigpt/lens", {"ids": [1, 2], "top_k": 21}, 400, "top_k"),
+        ("lens: unknown field", "POST", "/minigpt/lens", {"ids": [1, 2], "layer": 0}, 400, "layer"),
+        ("lens: unknown model", "POST", "/minigpt/lens", {"model": "gpt-4", "ids": [1, 2]}, 404, "model"),
+        ("lens: GET", "GET", "/minigpt/lens", None, 405, None),
     ]
 
 
@@ -370,8 +444,9 @@ def test_a_storm_of_bad_requests_gets_openai_shaped_errors_and_the_server_keeps_
         assert post(client, good).json()["choices"][0]["text"] == want, what
 
 
-def test_a_failing_step_fails_its_requests_cleanly_and_the_engine_goes_on(server, client, model, tokenizer, capsys,
-                                                                          monkeypatch):
+def test_a_failing_step_fails_its_requests_cleanly_and_the_engine_goes_on(
+    server, client, model, tokenizer, capsys, monkeypatch
+):
     url, engine = server
 
     def boom(*a, **kw):
@@ -402,9 +477,16 @@ def test_an_api_key_is_required_when_set(model, tokenizer):
         assert c.post("/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # no secrets there
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).completions.create(model=MODEL, prompt="a")
-        assert openai.OpenAI(base_url=url + "/v1", api_key="s3cret").completions.create(
-            model=MODEL, prompt="a", max_tokens=2).choices[0].finish_reason == "length"
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).completions.create(
+                model=MODEL, prompt="a"
+            )
+        assert (
+            openai.OpenAI(base_url=url + "/v1", api_key="s3cret")
+            .completions.create(model=MODEL, prompt="a", max_tokens=2)
+            .choices[0]
+            .finish_reason
+            == "length"
+        )
 
 
 def test_only_loopback_is_quiet():
@@ -428,6 +510,55 @@ def test_attention_endpoint_gives_the_models_own_weights(client, model, tokenize
     for h in range(2):
         for t in range(len(ids)):
             assert out["weights"][h][t] == pytest.approx(att[h, t, : t + 1].tolist(), abs=1e-4)
+
+
+def test_lens_endpoint_is_lens_json_and_its_last_layer_is_the_models_own_distribution(client, model, tokenizer):
+    from minigpt.lens import lens_json
+
+    text = "ROMEO: O, she doth teach the torches"
+    ids = tokenizer.encode(text)
+    T = len(ids)
+    # (body, what lens_json is asked): ids at a position, text from the end, the default (the last)
+    for body, position, top_k in [
+        ({"ids": ids, "position": 3}, 3, 5),
+        ({"prompt": text, "position": -2, "top_k": 7}, T - 2, 7),
+        ({"ids": ids[:6]}, 5, 5),
+    ]:
+        r = client.post("/minigpt/lens", json={"model": MODEL, **body})
+        assert r.status_code == 200, r.text
+        used = ids[:6] if "position" not in body else ids
+        want = lens_json(model, tokenizer, used, position=position, top_k=top_k)
+        assert r.json() == want, body  # the same numbers, to the last digit
+        # ... and the lens's last row is the model's own next-token distribution at that position
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor([used])).logits[0, position].double(), -1)
+        last = want["layers"][-1]
+        assert [p["id"] for p in last["top"]] == probs.topk(top_k).indices.tolist()
+        assert [p["prob"] for p in last["top"]] == pytest.approx(probs.topk(top_k).values.tolist(), abs=1e-5)
+        if position + 1 < len(used):
+            nxt = used[position + 1]
+            assert last["next_prob"] == pytest.approx(probs[nxt].item(), abs=1e-5)
+            assert last["next_rank"] == int((probs > probs[nxt]).sum()) + 1
+        assert [layer["layer"] for layer in want["layers"]] == ["embed", "L0", "L1"]
+
+
+def test_the_lens_reads_its_own_forward_pass_while_other_threads_run_the_model(model, tokenizer):
+    """The server decodes other requests on the same model while a lens request reads the
+    residual stream: their passes must not land in its recording (hooks are per module)."""
+    from minigpt.lens import recording
+
+    ids, other = tokenizer.encode("ROMEO: O, she doth"), tokenizer.encode("JULIET: Ay")
+    with torch.no_grad(), recording(model) as alone_:
+        model(torch.tensor([ids]))
+    with torch.no_grad(), recording(model) as s:
+        model(torch.tensor([ids]))
+        t = threading.Thread(target=lambda: model(torch.tensor([other])))  # a pass in the engine's thread
+        t.start()
+        t.join()
+    for name in ("z", "attn", "mlp", "resid"):
+        for a, b in zip(getattr(alone_, name), getattr(s, name)):
+            assert a.shape == b.shape and torch.equal(a, b), name
+    assert torch.equal(alone_.embed, s.embed)
 
 
 def test_playground_page_is_self_contained(client):
@@ -469,7 +600,11 @@ def test_start_up_errors_are_one_line(ckpt, tmp_path, monkeypatch):
 def test_minigpt_serve_prints_its_url_serves_and_stops_on_ctrl_c(ckpt, model, tokenizer):
     proc = subprocess.Popen(
         [sys.executable, "-m", "minigpt.cli", "serve", "--checkpoint", str(ckpt), "--port", "0", "--device", "cpu"],
-        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()  # "minigpt serve: tiny (gpt, cpu) on http://127.0.0.1:PORT/ ..."
@@ -477,7 +612,9 @@ def test_minigpt_serve_prints_its_url_serves_and_stops_on_ctrl_c(ckpt, model, to
         url = line.split("on ", 1)[1].split("/ ", 1)[0]
         with httpx.Client(base_url=url, timeout=60) as c:
             wait_until(lambda: _up(c), "the server answers")
-            out = c.post("/v1/completions", json={"model": "tiny", "prompt": "ROMEO:", "max_tokens": 5, "seed": 2}).json()
+            out = c.post(
+                "/v1/completions", json={"model": "tiny", "prompt": "ROMEO:", "max_tokens": 5, "seed": 2}
+            ).json()
         assert out["choices"][0]["text"] == alone(model, tokenizer, "ROMEO:", 2, 5).text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
@@ -500,7 +637,7 @@ def _up(c) -> bool:
 
 
 def test_an_lstm_is_served_without_attention(tokenizer):
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
     torch.manual_seed(0)
     lstm = RNNLM(RNNConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_embd=16, cell="lstm")).eval()
@@ -509,9 +646,13 @@ def test_an_lstm_is_served_without_attention(tokenizer):
     with live(app) as url, httpx.Client(base_url=url, timeout=60) as c:
         r = post(c, dict(prompt=["ROMEO:", "O"], max_tokens=6, seed=4))
         assert [ch["text"] for ch in r.json()["choices"]] == [
-            alone(lstm, tokenizer, p, 4 + j, 6).text for j, p in enumerate(["ROMEO:", "O"])]
+            alone(lstm, tokenizer, p, 4 + j, 6).text for j, p in enumerate(["ROMEO:", "O"])
+        ]
         r = c.post("/minigpt/attention", json={"ids": [1, 2], "layer": 0})
         assert r.status_code == 422 and "no attention" in r.json()["error"]["message"]
+        r = c.post("/minigpt/lens", json={"ids": [1, 2]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "no_layers", r.text
+        assert "no layers" in r.json()["error"]["message"] and "lstm" in r.json()["error"]["message"]
 
 
 def test_an_ngram_is_served(tokenizer, corpus_text):

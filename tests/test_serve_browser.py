@@ -62,8 +62,15 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
     with live(app) as url, httpx.Client(base_url=url, timeout=60) as api:
 
         def api_die(prompt):
-            body = {"model": "tiny", "prompt": prompt, "max_tokens": MAX_TOKENS, "seed": SEED, "logprobs": 10, "die": True,
-                    **SETTINGS}
+            body = {
+                "model": "tiny",
+                "prompt": prompt,
+                "max_tokens": MAX_TOKENS,
+                "seed": SEED,
+                "logprobs": 10,
+                "die": True,
+                **SETTINGS,
+            }
             r = api.post("/v1/completions", json=body)
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]
@@ -76,8 +83,9 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("request", lambda r: requests.append(r.url))
-                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
-                           else route.abort())
+                page.route(
+                    "**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort()
+                )
                 page.goto(url + "/")
                 page.wait_for_selector("body[data-ready='1']", timeout=10_000)
 
@@ -102,7 +110,8 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
                 # 2. The tokens and their shading probabilities are the API's.
                 want = api_die("ROMEO:")
                 gen = page.eval_on_selector_all(
-                    "#output .tok.gen", "els => els.map(e => [Number(e.dataset.id), Number(e.dataset.prob)])")
+                    "#output .tok.gen", "els => els.map(e => [Number(e.dataset.id), Number(e.dataset.prob)])"
+                )
                 assert [g[0] for g in gen] == want["die"]["token_ids"]
                 for (_, prob), lp in zip(gen, want["logprobs"]["token_logprobs"]):
                     assert prob == pytest.approx(math.exp(lp), abs=1e-5)
@@ -113,7 +122,8 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
                 k = 3
                 page.hover(f"#output .tok[data-index='{n_prompt + k}']")
                 faces = page.eval_on_selector_all(
-                    "#die .face", "els => els.map(e => [Number(e.dataset.id), Number(e.dataset.prob)])")
+                    "#die .face", "els => els.map(e => [Number(e.dataset.id), Number(e.dataset.prob)])"
+                )
                 top = [(i, q) for i, q in zip(want["die"]["top_ids"][k], want["die"]["top_probs"][k]) if q > 0]
                 drawn = (want["die"]["token_ids"][k], math.exp(want["logprobs"]["token_logprobs"][k]))
                 if drawn[0] not in want["die"]["top_ids"][k]:
@@ -169,6 +179,81 @@ def test_playground_draws_shows_dice_rerolls_and_attention_like_the_api(tokenize
 
                 shot = Path(os.environ.get("PYTEST_TMP", "/tmp")) / "minigpt-playground.png"
                 page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+
+    assert errors == [], f"page errors: {errors}"
+    assert [m for m in console if m.startswith(("error", "warning"))] == [], f"console: {console}"
+    assert all(u.startswith(url) for u in requests), f"requests elsewhere: {requests}"
+
+
+def test_playground_lens_panel_shows_what_the_lens_endpoint_answers(tokenizer):
+    """Pin a drawn token, then a prompt token: the layers panel must show, layer by layer, the
+    top predictions and the rank and probability of the token that came, as /minigpt/lens
+    answers them for the text up to that token; Esc clears it."""
+    sync_playwright = _need_browser()
+    model = tiny_gpt(vocab_size=tokenizer.vocab_size)
+    app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=64), model_id="tiny")
+    with live(app) as url, httpx.Client(base_url=url, timeout=60) as api:
+        errors, console, requests = [], [], []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda r: requests.append(r.url))
+                page.route(
+                    "**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort()
+                )
+                page.goto(url + "/")
+                page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+                assert page.locator("#lens .layer").count() == 0  # nothing pinned yet
+                page.fill("#prompt", "ROMEO:")
+                page.fill("#max-tokens", "6")
+                page.fill("#seed", "3")
+                page.click("#generate")
+                page.wait_for_selector("body[data-state='done']", timeout=15_000)
+                gen = page.eval_on_selector_all("#output .tok.gen", "els => els.map(e => Number(e.dataset.id))")
+                ids = tokenizer.encode("ROMEO:") + gen
+                n_prompt = page.locator("#output .tok.prompt").count()
+                assert n_prompt == len(tokenizer.encode("ROMEO:")) and len(gen) == 6
+
+                for i in (n_prompt + 3, 2):  # a drawn token, then a prompt token
+                    page.click(f"#output .tok[data-index='{i}']")
+                    page.wait_for_selector(f"#lens[data-position='{i - 1}']", timeout=10_000)
+                    r = api.post("/minigpt/lens", json={"model": "tiny", "ids": ids[: i + 1], "position": i - 1})
+                    assert r.status_code == 200, r.text
+                    want = r.json()
+                    assert want["next"]["id"] == ids[i]
+                    rows = page.eval_on_selector_all(
+                        "#lens .layer",
+                        """els => els.map(e => ({
+                        layer: e.dataset.layer, rank: Number(e.dataset.nextRank), prob: Number(e.dataset.nextProb),
+                        top: [...e.querySelectorAll('.pred')].map(s => [Number(s.dataset.id), Number(s.dataset.prob),
+                                                                        s.textContent, s.classList.contains('next')]),
+                        rankText: e.querySelector('.rank').textContent}))""",
+                    )
+                    assert [row["layer"] for row in rows] == [layer["layer"] for layer in want["layers"]]
+                    for row, layer in zip(rows, want["layers"]):
+                        assert row["rank"] == layer["next_rank"] and row["prob"] == layer["next_prob"]
+                        assert row["rankText"] == f"#{layer['next_rank']} \u00b7 {layer['next_prob']:.4f}"
+                        assert [t[0] for t in row["top"]] == [q["id"] for q in layer["top"]]
+                        assert [t[1] for t in row["top"]] == [q["prob"] for q in layer["top"]]
+                        assert [t[3] for t in row["top"]] == [q["id"] == ids[i] for q in layer["top"]]
+                        for t, q in zip(row["top"], layer["top"]):  # the text shown: the token and its probability
+                            assert t[2].endswith(f"{q['prob']:.3f}") and len(t[2]) > len(f"{q['prob']:.3f}") + 1
+                    label = page.text_content("#lens-label")  # (the heading is upper-cased by CSS)
+                    assert f"#{i}" in label and ("drawn" if i >= n_prompt else "prompt") in label
+                    # model text is set as text, never parsed as markup
+                    tags = page.eval_on_selector_all("#lens-table *", "els => [...new Set(els.map(e => e.tagName))]")
+                    assert set(tags) <= {"THEAD", "TBODY", "TR", "TH", "TD", "SPAN", "CODE"}, tags
+
+                shot = Path(os.environ.get("PYTEST_TMP", "/tmp")) / "minigpt-playground-lens.png"
+                page.screenshot(path=str(shot), full_page=True)
+                page.keyboard.press("Escape")
+                assert page.locator("#lens .layer").count() == 0
+                assert page.get_attribute("#lens", "data-position") == ""
             finally:
                 browser.close()
 

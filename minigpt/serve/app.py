@@ -10,6 +10,7 @@ What the routes share (model, tokenizer, engine, caps) is one `Served` object on
     GET  /v1/models[/{id}]      the one model served
     POST /v1/completions        OpenAI's completions, streamed or whole
     POST /minigpt/attention     every head's attention in one layer (the playground's)
+    POST /minigpt/lens          what each layer would predict at one position (the playground's pinned token)
 
 Before any route, `wire.Guard` checks the Host header and makes redirects relative; JSON
 bodies are read by `wire.read_json` (Content-Type, size cap, deadline).
@@ -35,6 +36,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..errors import MiniGPTError
+from ..lens import lens_json
 from ..sampling import settings
 from .config import ServeConfig
 from .engine import Choice, Engine, Job, Overloaded, attention_rows, prompt_logprobs
@@ -43,7 +46,9 @@ from .protocol import (
     ApiError,
     AttentionBody,
     CompletionRequest,
+    LensBody,
     bad,
+    lens_target,
     model_not_found,
     openapi,
     parse_completion_request,
@@ -66,8 +71,10 @@ def logprobs_of(c: Choice, lo: int, hi: int, tokenizer) -> dict:
     return {
         "tokens": [tokenizer.token_str(t) for t in c.tokens[lo:hi]],
         "token_logprobs": [round(x, 6) for x in c.logprobs[lo:hi]],
-        "top_logprobs": [{tokenizer.token_str(i): round(math.log(p), 6) for i, p in zip(ti, tp) if p > 0}
-                         for ti, tp in zip(tops, probs)],
+        "top_logprobs": [
+            {tokenizer.token_str(i): round(math.log(p), 6) for i, p in zip(ti, tp) if p > 0}
+            for ti, tp in zip(tops, probs)
+        ],
         "text_offset": c.offsets[lo:hi],
     }
 
@@ -80,19 +87,26 @@ def prompt_part(c: Choice, scores: dict, tokenizer) -> dict:
     for t in ids:  # where each prompt token starts in the prompt's text
         offsets.append(min(pos, len(text)))
         pos += len(tokenizer.token_bytes(t).decode("utf-8", errors="replace"))
-    return {"tokens": [tokenizer.token_str(t) for t in ids],
-            "token_logprobs": [None if x is None else round(x, 6) for x in lps],
-            "top_logprobs": [None if d is None else {tokenizer.token_str(i): round(v, 6) for i, v in d.items()}
-                             for d in tops],
-            "text_offset": offsets}
+    return {
+        "tokens": [tokenizer.token_str(t) for t in ids],
+        "token_logprobs": [None if x is None else round(x, 6) for x in lps],
+        "top_logprobs": [
+            None if d is None else {tokenizer.token_str(i): round(v, 6) for i, v in d.items()} for d in tops
+        ],
+        "text_offset": offsets,
+    }
 
 
 def die_of(c: Choice, lo: int, hi: int, first: bool, tokenizer) -> dict:
     """minigpt's "die" extension: ids, readable tokens, each die's top faces and entropy."""
-    d = {"token_ids": c.tokens[lo:hi], "tokens": [tokenizer.token_str(t) for t in c.tokens[lo:hi]],
-         "top_ids": c.top_ids[lo:hi], "top_tokens": [[tokenizer.token_str(t) for t in ti] for ti in c.top_ids[lo:hi]],
-         "top_probs": [[round(p, 7) for p in ps] for ps in c.top_probs[lo:hi]],
-         "entropy": [round(h, 6) for h in c.entropy[lo:hi]]}
+    d = {
+        "token_ids": c.tokens[lo:hi],
+        "tokens": [tokenizer.token_str(t) for t in c.tokens[lo:hi]],
+        "top_ids": c.top_ids[lo:hi],
+        "top_tokens": [[tokenizer.token_str(t) for t in ti] for ti in c.top_ids[lo:hi]],
+        "top_probs": [[round(p, 7) for p in ps] for ps in c.top_probs[lo:hi]],
+        "entropy": [round(h, 6) for h in c.entropy[lo:hi]],
+    }
     if first:
         d["prompt_ids"] = c.prompt_ids
         d["prompt_tokens"] = [tokenizer.token_str(t) for t in c.prompt_ids]
@@ -105,8 +119,14 @@ def usage(job: Job, n_prompt: int) -> dict:
 
 
 def envelope(job: Job, model_id: str, choices: list, **extra) -> dict:
-    return {"id": job.id, "object": "text_completion", "created": int(time.time()), "model": model_id,
-            "choices": choices, **extra}
+    return {
+        "id": job.id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": choices,
+        **extra,
+    }
 
 
 def whole_choice(c: Choice, req: CompletionRequest, scores: dict, tokenizer) -> dict:
@@ -117,8 +137,12 @@ def whole_choice(c: Choice, req: CompletionRequest, scores: dict, tokenizer) -> 
         if req.echo:
             pp = prompt_part(c, scores, tokenizer)
             lp = {k: pp[k] + lp[k] for k in lp}
-    choice = {"text": (req.prompt_texts[c.index // req.n] if req.echo else "") + c.text.text, "index": c.index,
-              "logprobs": lp, "finish_reason": c.finish_reason}
+    choice = {
+        "text": (req.prompt_texts[c.index // req.n] if req.echo else "") + c.text.text,
+        "index": c.index,
+        "logprobs": lp,
+        "finish_reason": c.finish_reason,
+    }
     if req.die:
         choice["die"] = die_of(c, 0, len(c.tokens), True, tokenizer)
     return choice
@@ -158,8 +182,12 @@ class Served:
         got = request.headers.get("authorization", "")
         scheme, _, token = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, ("Incorrect API key provided" if got else "You didn't provide an API key")
-                           + ": send 'Authorization: Bearer <key>'", code="invalid_api_key")
+            raise ApiError(
+                401,
+                ("Incorrect API key provided" if got else "You didn't provide an API key")
+                + ": send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+            )
 
     async def body_of(self, request):
         """The caller checked, then its JSON body."""
@@ -204,13 +232,17 @@ async def one_model(request):
 
 async def attention(request):
     s = _served(request)
-    body: AttentionBody = validate(AttentionBody, await s.body_of(request),
-                                   {"ids": "ids must be a non-empty list of token ids"})
+    body: AttentionBody = validate(
+        AttentionBody, await s.body_of(request), {"ids": "ids must be a non-empty list of token ids"}
+    )
     if body.model not in (None, s.model_id):
         raise model_not_found(body.model)
     if not s.info["has_attention"]:
-        raise ApiError(422, f"this model ({s.model_type}) has no attention to show: attention maps need a GPT "
-                       "checkpoint", code="no_attention")
+        raise ApiError(
+            422,
+            f"this model ({s.model_type}) has no attention to show: attention maps need a GPT checkpoint",
+            code="no_attention",
+        )
     V, n_layer = s.tokenizer.vocab_size, s.info["n_layer"]
     if not (body.ids and all(0 <= t < V for t in body.ids)):
         raise bad(f"ids must be a non-empty list of token ids in 0..{V - 1}", "ids")
@@ -221,6 +253,25 @@ async def attention(request):
     out = await run_in_threadpool(attention_rows, s.model, body.ids, body.layer)
     out["tokens"] = [s.tokenizer.token_str(i) for i in out["ids"]]
     out["n_layer"] = n_layer
+    return JSONResponse(out)
+
+
+async def lens(request):
+    s = _served(request)
+    body: LensBody = validate(LensBody, await s.body_of(request), {"ids": "ids must be a list of token ids"})
+    if body.model not in (None, s.model_id):
+        raise model_not_found(body.model)
+    if not s.info["has_attention"]:
+        raise ApiError(
+            422,
+            f"this model ({s.model_type}) has no layers to read: the logit lens needs a GPT checkpoint",
+            code="no_layers",
+        )
+    ids, position = lens_target(body, s.tokenizer, s.cfg, s.info["block_size"])
+    try:
+        out = await run_in_threadpool(lens_json, s.model, s.tokenizer, ids, position=position, top_k=body.top_k)
+    except MiniGPTError as e:  # lens_target checks what lens_json refuses; should one slip by, it is still bad input
+        raise bad(str(e)) from None
     return JSONResponse(out)
 
 
@@ -239,8 +290,12 @@ async def completions(request):
         try:
             s.engine.submit(job)
         except Overloaded:
-            raise ApiError(503, "The server is busy: its queue is full. Retry shortly.", code="overloaded",
-                           headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503,
+                "The server is busy: its queue is full. Retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
     else:
         for c in job.choices:
             c.finish_now()
@@ -280,9 +335,12 @@ async def _stream(s: Served, req: CompletionRequest, job: Job, scores, n_prompt:
     pending = {c.index for c in job.choices if c.finish_reason is None}
     for c in job.choices:
         if req.echo or req.die or c.finish_reason is not None:
-            choice = {"text": req.prompt_texts[c.index // req.n] if req.echo else "", "index": c.index,
-                      "logprobs": prompt_part(c, scores, tok) if req.echo and req.logprobs is not None else None,
-                      "finish_reason": c.finish_reason}
+            choice = {
+                "text": req.prompt_texts[c.index // req.n] if req.echo else "",
+                "index": c.index,
+                "logprobs": prompt_part(c, scores, tok) if req.echo and req.logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            }
             if req.die:
                 choice["die"] = die_of(c, 0, 0, True, tok)
             yield sse(envelope(job, s.model_id, [choice]))
@@ -292,9 +350,12 @@ async def _stream(s: Served, req: CompletionRequest, job: Job, scores, n_prompt:
             yield sse(event[1].body())
             break
         _, c, i, piece, done = event
-        choice = {"text": piece, "index": c.index,
-                  "logprobs": logprobs_of(c, i, i + 1, tok) if req.logprobs is not None else None,
-                  "finish_reason": c.finish_reason if done else None}
+        choice = {
+            "text": piece,
+            "index": c.index,
+            "logprobs": logprobs_of(c, i, i + 1, tok) if req.logprobs is not None else None,
+            "finish_reason": c.finish_reason if done else None,
+        }
         if req.die:
             choice["die"] = die_of(c, i, i + 1, False, tok)
         yield sse(envelope(job, s.model_id, [choice]))
@@ -307,17 +368,23 @@ async def _stream(s: Served, req: CompletionRequest, job: Job, scores, n_prompt:
 
 
 ROUTES = [
-    Route("/", playground), Route("/health", health), Route("/openapi.json", openapi_json),
-    Route("/v1/models", models), Route("/v1/models/{model:path}", one_model),
-    Route("/v1/completions", completions, methods=["POST"]), Route("/minigpt/attention", attention, methods=["POST"]),
+    Route("/", playground),
+    Route("/health", health),
+    Route("/openapi.json", openapi_json),
+    Route("/v1/models", models),
+    Route("/v1/models/{model:path}", one_model),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/minigpt/attention", attention, methods=["POST"]),
+    Route("/minigpt/lens", lens, methods=["POST"]),
 ]
 
 
 # ---- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: str = "minigpt",
-               model_type: str | None = None):
+def create_app(
+    model, tokenizer, cfg: ServeConfig | None = None, *, model_id: str = "minigpt", model_type: str | None = None
+):
     """The Starlette app: the API and the playground over `model` (already loaded). The
     engine starts and stops with the app (its lifespan); `app.state.engine` is it.
 
@@ -332,17 +399,29 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
     engine = Engine(model, vocab_limit=tokenizer.vocab_size, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     mcfg = model.config
     info = {
-        "model": model_id, "model_type": model_type, "has_attention": has_attention,
+        "model": model_id,
+        "model_type": model_type,
+        "has_attention": has_attention,
         "n_layer": getattr(mcfg, "n_layer", 0) if has_attention else 0,
         "n_head": getattr(mcfg, "n_head", 0) if has_attention else 0,
-        "block_size": mcfg.block_size, "vocab_size": tokenizer.vocab_size, "max_tokens_cap": cfg.max_tokens_cap,
-        "max_n": cfg.max_n, "max_logprobs": MAX_LOGPROBS, "auth": bool(cfg.api_key),
+        "block_size": mcfg.block_size,
+        "vocab_size": tokenizer.vocab_size,
+        "max_tokens_cap": cfg.max_tokens_cap,
+        "max_n": cfg.max_n,
+        "max_logprobs": MAX_LOGPROBS,
+        "auth": bool(cfg.api_key),
         # The playground starts from `minigpt sample`'s settings, and from an empty prompt
         # (a fresh document), whatever text the model was trained on.
         "sampling": {s.name: s.suggested for s in settings()},
     }
-    card = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "minigpt",
-            "model_type": model_type, "context_length": mcfg.block_size}
+    card = {
+        "id": model_id,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "minigpt",
+        "model_type": model_type,
+        "context_length": mcfg.block_size,
+    }
     served = Served(model, tokenizer, cfg, model_id, model_type, engine, info, card, openapi(model_id))
 
     @asynccontextmanager
@@ -353,8 +432,11 @@ def create_app(model, tokenizer, cfg: ServeConfig | None = None, *, model_id: st
         finally:
             engine.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
-                    exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash})
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_crash},
+    )
     app.add_middleware(Guard, allowed=cfg.allowed_host_names())
     app.state.served = served
     app.state.engine = engine
@@ -378,8 +460,14 @@ async def on_http_error(request, e: HTTPException):
     if e.status_code == 404:
         return error_response(ApiError(404, f"no such endpoint: {request.method} {path}", code="not_found"))
     if e.status_code == 405:
-        return error_response(ApiError(405, f"{request.method} is not allowed on {path}",
-                                       code="method_not_allowed", type="invalid_request_error"))
+        return error_response(
+            ApiError(
+                405,
+                f"{request.method} is not allowed on {path}",
+                code="method_not_allowed",
+                type="invalid_request_error",
+            )
+        )
     return error_response(ApiError(e.status_code, str(e.detail)))
 
 

@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from ..completion import encode_prompt
 from ..errors import ConfigError
+from ..lens import LENS_TOP_K
 from ..sampling import SamplingParams, Setting, settings
 
 MAX_LOGPROBS = 20  # top candidates per token a request may ask for (OpenAI allows 5, vLLM 20)
@@ -39,8 +40,16 @@ class ApiError(Exception):
     """An error answered as OpenAI answers them:
     {"error": {"message": ..., "type": ..., "param": ..., "code": ...}} with an HTTP status."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers or {}
         self.type = type or {401: "authentication_error", 404: "not_found_error", 503: "server_error"}.get(
@@ -153,6 +162,19 @@ class AttentionBody(BaseModel):
     layer: int = 0
 
 
+class LensBody(BaseModel):
+    """POST /minigpt/lens: what each layer would predict at one position (the logit lens),
+    of token `ids` or of `prompt`'s tokens (one of the two). `position` counts in those
+    tokens (negative: from the end; default the last); `lens_target` checks it."""
+
+    model_config = _STRICT
+    model: Text | None = None
+    ids: list[int] | None = None
+    prompt: Text | None = None
+    position: int | None = None
+    top_k: int = Field(LENS_TOP_K, ge=1, le=MAX_LOGPROBS, description="predictions shown per layer")
+
+
 # What a refusal says, by field, where pydantic's own words would not help.
 _HINTS = {
     "model": "model is required: a string, the id /v1/models lists",
@@ -236,8 +258,11 @@ def parse_completion_request(body: Any, *, model_id: str, tokenizer, cfg) -> Com
         raise bad(f"max_tokens must be a whole number in 0..{cfg.max_tokens_cap} (the server's cap)", "max_tokens")
     prompts, texts = _prompts(req.prompt, tokenizer, cfg)
     if len(prompts) * req.n > cfg.max_batch:
-        raise bad(f"this request asks for {len(prompts) * req.n} completions ({len(prompts)} prompts x n={req.n}); "
-                  f"the server takes at most {cfg.max_batch} per request", "n")
+        raise bad(
+            f"this request asks for {len(prompts) * req.n} completions ({len(prompts)} prompts x n={req.n}); "
+            f"the server takes at most {cfg.max_batch} per request",
+            "n",
+        )
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stops) > MAX_STOPS:
         raise bad(_HINTS["stop"], "stop")
@@ -247,9 +272,18 @@ def parse_completion_request(body: Any, *, model_id: str, tokenizer, cfg) -> Com
         raise bad("stream_options is only allowed with stream: true", "stream_options")
     params = SamplingParams(**{s.name: getattr(req, s.name) for s in settings()})  # already checked: cannot fail
     return CompletionRequest(
-        prompts=prompts, prompt_texts=texts, params=params, max_tokens=req.max_tokens, n=req.n, stop=stops,
-        seed=req.seed, echo=req.echo, logprobs=req.logprobs, stream=req.stream,
-        include_usage=bool(req.stream_options and req.stream_options.include_usage), die=req.die,
+        prompts=prompts,
+        prompt_texts=texts,
+        params=params,
+        max_tokens=req.max_tokens,
+        n=req.n,
+        stop=stops,
+        seed=req.seed,
+        echo=req.echo,
+        logprobs=req.logprobs,
+        stream=req.stream,
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        die=req.die,
     )
 
 
@@ -264,13 +298,19 @@ def _prompts(prompt, tokenizer, cfg) -> tuple[list[list[int]], list[str]]:
     for p in prompt:
         if isinstance(p, str):
             if len(p) > 64 * cfg.max_prompt_tokens:  # too long to be within the cap: don't tokenize it
-                raise bad(f"a prompt is longer than the server's cap of {cfg.max_prompt_tokens} tokens", "prompt",
-                          "context_length_exceeded")
+                raise bad(
+                    f"a prompt is longer than the server's cap of {cfg.max_prompt_tokens} tokens",
+                    "prompt",
+                    "context_length_exceeded",
+                )
             try:
                 ids, text = encode_prompt(tokenizer, p), p
             except ConfigError:  # the one refusal encode_prompt has: empty, and no <|endoftext|> to start from
-                raise bad("prompt is empty and this model's tokenizer has no <|endoftext|> to start a document "
-                          "from: give some text", "prompt") from None
+                raise bad(
+                    "prompt is empty and this model's tokenizer has no <|endoftext|> to start a document "
+                    "from: give some text",
+                    "prompt",
+                ) from None
         elif p:
             bad_id = next((t for t in p if not 0 <= t < V), None)
             if bad_id is not None:
@@ -280,11 +320,48 @@ def _prompts(prompt, tokenizer, cfg) -> tuple[list[list[int]], list[str]]:
         else:
             raise bad("each prompt must be a string or a non-empty list of token ids", "prompt")
         if len(ids) > cfg.max_prompt_tokens:
-            raise bad(f"a prompt has {len(ids)} tokens; the server's cap is {cfg.max_prompt_tokens}", "prompt",
-                      "context_length_exceeded")
+            raise bad(
+                f"a prompt has {len(ids)} tokens; the server's cap is {cfg.max_prompt_tokens}",
+                "prompt",
+                "context_length_exceeded",
+            )
         ids_list.append(ids)
         texts.append(text)
     return ids_list, texts
+
+
+def lens_target(body: LensBody, tokenizer, cfg, block_size: int) -> tuple[list[int], int]:
+    """The ids a lens request reads and the position in them (0..T-1), or a 400 naming the
+    field: ids or prompt, not both; ids in the vocabulary; at most a prompt and its completion
+    long (what the playground can hold); a position the model's context still holds."""
+    if body.ids is None and body.prompt is None:
+        raise bad("ids (a list of token ids) or prompt (text) is required", "ids")
+    if body.ids is not None and body.prompt is not None:
+        raise bad("give ids or prompt, not both", "prompt")
+    cap = cfg.max_prompt_tokens + cfg.max_tokens_cap
+    if body.prompt is not None:
+        if len(body.prompt) > 64 * cap:  # too long to be within the cap: don't tokenize it
+            raise bad(f"prompt is longer than the server's cap of {cap} tokens", "prompt", "context_length_exceeded")
+        ids, field = tokenizer.encode(body.prompt), "prompt"
+        if not ids:
+            raise bad("prompt is empty: give at least one token of text to look at", "prompt")
+    else:
+        V, ids, field = tokenizer.vocab_size, body.ids, "ids"
+        if not (ids and all(0 <= t < V for t in ids)):
+            raise bad(f"ids must be a non-empty list of token ids in 0..{V - 1}", "ids")
+    T = len(ids)
+    if T > cap:
+        raise bad(f"{field} has {T} tokens; the server's cap is {cap}", field, "context_length_exceeded")
+    p = T - 1 if body.position is None else body.position
+    if not -T <= p < T:
+        raise bad(f"position must be a whole number in 0..{T - 1} (or -{T}..-1 from the end)", "position")
+    p %= T
+    if p < T - block_size:  # the model reads the last block_size tokens: this one is not among them
+        raise bad(
+            f"position {body.position} is outside the model's context: of {T} tokens it reads the last {block_size}",
+            "position",
+        )
+    return ids, p
 
 
 # ---- the schema -----------------------------------------------------------------------------------
@@ -293,14 +370,23 @@ def _prompts(prompt, tokenizer, cfg) -> tuple[list[list[int]], list[str]]:
 def openapi(model_id: str) -> dict:
     """An OpenAPI 3.1 description of the JSON endpoints, generated from the models above (what
     FastAPI would serve at /openapi.json, without its /docs page, which loads from a CDN)."""
-    _, schemas = models_json_schema([(CompletionBody, "validation"), (AttentionBody, "validation")],
-                                    ref_template="#/components/schemas/{model}")
-    error = {"description": "an error in OpenAI's shape: {\"error\": {message, type, param, code}}"}
+    _, schemas = models_json_schema(
+        [(CompletionBody, "validation"), (AttentionBody, "validation"), (LensBody, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    error = {"description": 'an error in OpenAI\'s shape: {"error": {message, type, param, code}}'}
 
     def post(name: str, summary: str) -> dict:
-        return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}},
-            "responses": {"200": {"description": "OK"}, "4XX": error}}}
+        return {
+            "post": {
+                "summary": summary,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+                },
+                "responses": {"200": {"description": "OK"}, "4XX": error},
+            }
+        }
 
     return {
         "openapi": "3.1.0",
@@ -308,6 +394,7 @@ def openapi(model_id: str) -> dict:
         "paths": {
             "/v1/completions": post("CompletionBody", "OpenAI's completions (streamed with stream: true)"),
             "/minigpt/attention": post("AttentionBody", "every head's attention in one layer"),
+            "/minigpt/lens": post("LensBody", "what each layer would predict at one position (the logit lens)"),
             "/v1/models": {"get": {"summary": "the one model served", "responses": {"200": {"description": "OK"}}}},
             "/health": {"get": {"summary": "status and engine counters", "responses": {"200": {"description": "OK"}}}},
         },
