@@ -90,8 +90,21 @@ def pypi(cache: Path, requirement: str) -> Path:
     name = requirement.split("==")[0]
     found = sorted(dl.glob(f"{name}-*.whl"))
     if not found:
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dl),
-             requirement], dl)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(dl),
+                requirement,
+            ],
+            dl,
+        )
         found = sorted(dl.glob(f"{name}-*.whl"))
     return found[-1]
 

@@ -32,8 +32,15 @@ def sync(device):
 
 def time_hf(model, prompt, batch, new_tokens, device):
     ids = torch.tensor([prompt], device=device)
-    kw = dict(do_sample=True, temperature=1.0, top_k=50, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-              num_return_sequences=batch, pad_token_id=50256)
+    kw = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=50,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        num_return_sequences=batch,
+        pad_token_id=50256,
+    )
     model.generate(ids, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
     sync(device)
     t0 = time.perf_counter()
@@ -67,16 +74,20 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile minigpt's decode step (default: on for CUDA)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile minigpt's decode step (default: on for CUDA)",
+    )
     ap.add_argument("--skip-hf", action="store_true", help="time minigpt only")
     args = ap.parse_args()
 
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from minigpt.inference import load_for_inference
     from minigpt.hf import import_hf
+    from minigpt.inference import load_for_inference
 
     transformers.logging.set_verbosity_error()
     device = torch.device(args.device)
@@ -92,9 +103,11 @@ def main() -> None:
     hf.to(device=device, dtype=dtype)
     prompt = torch.randint(0, 50257, (8,), generator=torch.Generator().manual_seed(0)).tolist()
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "
-          f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, {args.new_tokens} new tokens"
-          f"{', minigpt decode compiled' if compile_ else ''}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "
+        f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, {args.new_tokens} new tokens"
+        f"{', minigpt decode compiled' if compile_ else ''}"
+    )
     print(f"{'batch':>5}  {'transformers':>14}  {'minigpt':>14}  {'ratio':>6}")
     with torch.inference_mode():
         for b in args.batches:

@@ -40,17 +40,46 @@ def run(text: Path, source_bytes: int, tune_bytes: int, source_steps: int, tune_
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         (tmp / "a.txt").write_bytes(raw[:source_bytes])
-        (tmp / "b.txt").write_bytes(raw[len(raw) // 2: len(raw) // 2 + tune_bytes])
-        _train("--data", str(tmp / "a.txt"), "--out", str(tmp / "src"), "--max-steps", str(source_steps),
-               "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--batch-size", "16",
-               "--eval-interval", str(source_steps), "--eval-steps", "4")
+        (tmp / "b.txt").write_bytes(raw[len(raw) // 2 : len(raw) // 2 + tune_bytes])
+        _train(
+            "--data",
+            str(tmp / "a.txt"),
+            "--out",
+            str(tmp / "src"),
+            "--max-steps",
+            str(source_steps),
+            "--n-layer",
+            "2",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "64",
+            "--batch-size",
+            "16",
+            "--eval-interval",
+            str(source_steps),
+            "--eval-steps",
+            "4",
+        )
         rows = []
         for lr in [None, *lrs]:
             out = tmp / f"ft-{lr}"
             flags = [] if lr is None else ["--lr", str(lr)]
-            _train("--init-from", str(tmp / "src"), "--data", str(tmp / "b.txt"), "--out", str(out),
-                   "--max-steps", str(tune_steps), "--eval-interval", str(max(1, tune_steps // 4)), "--eval-steps", "8",
-                   *flags)
+            _train(
+                "--init-from",
+                str(tmp / "src"),
+                "--data",
+                str(tmp / "b.txt"),
+                "--out",
+                str(out),
+                "--max-steps",
+                str(tune_steps),
+                "--eval-interval",
+                str(max(1, tune_steps // 4)),
+                "--eval-steps",
+                "8",
+                *flags,
+            )
             before, best = _best_bpb(out)
             used = json.loads((out / "train_config.json").read_text())["optim"]["lr"]
             rows.append((("bare --init-from" if lr is None else f"--lr {lr:g}"), used, before, best))
@@ -61,7 +90,9 @@ def run(text: Path, source_bytes: int, tune_bytes: int, source_steps: int, tune_
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt")
+    ap.add_argument(
+        "--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
+    )
     ap.add_argument("--source-bytes", type=int, default=150_000)
     ap.add_argument("--tune-bytes", type=int, default=100_000)
     ap.add_argument("--source-steps", type=int, default=120)

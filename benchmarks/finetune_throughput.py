@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -87,8 +86,15 @@ def setup(work: Path, args) -> tuple[Path, Path]:
     tok = Tokenizer.train_files([TINYSHAKESPEARE], args.vocab_size)
     shape = TINY if args.tiny else GPT2_SMALL
     vocab = max(tok.vocab_size, args.model_vocab)
-    cfg = GPT2Config(vocab_size=vocab, **shape, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        **shape,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.eot_id,
+        eos_token_id=tok.eot_id,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg)
     model.save_pretrained(hf_dir)
@@ -96,9 +102,12 @@ def setup(work: Path, args) -> tuple[Path, Path]:
     n_params = sum(p.numel() for p in model.parameters())
     del model
     prepare([TINYSHAKESPEARE], data, tokenizer=hf_dir / "tokenizer.json", progress=False)
-    print(f"setup: tokenizer {tok.vocab_size} tokens, model vocab {vocab}, {n_params / 1e6:.1f}M parameters "
-          f"({'x'.join(str(shape[k]) for k in ('n_layer', 'n_head', 'n_embd'))}, {shape['n_positions']} positions), "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"setup: tokenizer {tok.vocab_size} tokens, model vocab {vocab}, {n_params / 1e6:.1f}M parameters "
+        f"({'x'.join(str(shape[k]) for k in ('n_layer', 'n_head', 'n_embd'))}, {shape['n_positions']} positions), "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     return hf_dir, data
 
 
@@ -110,12 +119,41 @@ def child_minigpt(args) -> dict:
 
     out = Path(args.out)
     total = args.warmup + args.steps
-    code = main([
-        "train", "--init-from", args.hf, "--data", args.data, "--out", str(out), "--block-size", str(args.block_size),
-        "--batch-size", str(args.batch_size), "--max-steps", str(total), "--eval-interval", str(10**9),
-        "--eval-steps", "1", "--log-interval", "1", "--sample-tokens", "0", "--device", "cpu", "--dtype", args.dtype,
-        "--threads", str(args.threads), "--no-compile", "--seed", str(SEED), "--quiet",
-    ])
+    code = main(
+        [
+            "train",
+            "--init-from",
+            args.hf,
+            "--data",
+            args.data,
+            "--out",
+            str(out),
+            "--block-size",
+            str(args.block_size),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-steps",
+            str(total),
+            "--eval-interval",
+            str(10**9),
+            "--eval-steps",
+            "1",
+            "--log-interval",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--device",
+            "cpu",
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+            "--no-compile",
+            "--seed",
+            str(SEED),
+            "--quiet",
+        ]
+    )
     if code != 0:
         raise SystemExit(f"minigpt train exited {code}")
     import torch
@@ -154,7 +192,7 @@ def child_transformers(args) -> dict:
         times.append(time.perf_counter() - t0)
         if not torch.isfinite(loss):
             raise SystemExit(f"transformers: loss {loss.item()} at step {step}")
-    tps = [B * T / t for t in times[args.warmup:]]
+    tps = [B * T / t for t in times[args.warmup :]]
     return {"tokens_per_s": statistics.median(tps), "peak_rss": peak_rss(), "threads": torch.get_num_threads()}
 
 
@@ -163,10 +201,32 @@ def run_child(which: str, hf: Path, data: Path, work: Path, args) -> dict:
     result = work / f"{which}.json"
     out = work / f"run-{which}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--hf", str(hf), "--data", str(data),
-           "--out", str(out), "--result", str(result), "--block-size", str(args.block_size),
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--dtype", args.dtype, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        which,
+        "--hf",
+        str(hf),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--result",
+        str(result),
+        "--block-size",
+        str(args.block_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -207,8 +267,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         hf, data = setup(work, args)
-        print(f"batch {args.batch_size} x {args.block_size}, {args.dtype}, {args.warmup} warm-up + {args.steps} steps, "
-              f"{args.rounds} rounds", flush=True)
+        print(
+            f"batch {args.batch_size} x {args.block_size}, {args.dtype}, {args.warmup} warm-up + {args.steps} steps, "
+            f"{args.rounds} rounds",
+            flush=True,
+        )
         rows = []
         for r in range(args.rounds):
             order = ("minigpt", "transformers") if r % 2 == 0 else ("transformers", "minigpt")
@@ -216,18 +279,32 @@ def main() -> None:
             ratio = got["minigpt"]["tokens_per_s"] / got["transformers"]["tokens_per_s"]
             rows.append({"round": r + 1, **{f"{w}_{k}": v for w in got for k, v in got[w].items()}, "ratio": ratio})
             m, t = got["minigpt"], got["transformers"]
-            print(f"round {r + 1}: minigpt {m['tokens_per_s']:,.0f} tok/s, {m['peak_rss'] / 2**30:.2f} GiB peak | "
-                  f"transformers {t['tokens_per_s']:,.0f} tok/s, {t['peak_rss'] / 2**30:.2f} GiB peak | "
-                  f"ratio {ratio:.2f}x (threads {m['threads']}/{t['threads']})", flush=True)
+            print(
+                f"round {r + 1}: minigpt {m['tokens_per_s']:,.0f} tok/s, {m['peak_rss'] / 2**30:.2f} GiB peak | "
+                f"transformers {t['tokens_per_s']:,.0f} tok/s, {t['peak_rss'] / 2**30:.2f} GiB peak | "
+                f"ratio {ratio:.2f}x (threads {m['threads']}/{t['threads']})",
+                flush=True,
+            )
         ratio = statistics.median(r["ratio"] for r in rows)
         rss_m = max(r["minigpt_peak_rss"] for r in rows)
         rss_t = max(r["transformers_peak_rss"] for r in rows)
         met = ratio >= 1.3 and rss_m <= rss_t
-        print(f"median ratio {ratio:.2f}x; peak RSS minigpt {rss_m / 2**30:.2f} GiB vs transformers "
-              f"{rss_t / 2**30:.2f} GiB; goal (>= 1.3x at <= its memory): {'met' if met else 'not met'}")
+        print(
+            f"median ratio {ratio:.2f}x; peak RSS minigpt {rss_m / 2**30:.2f} GiB vs transformers "
+            f"{rss_t / 2**30:.2f} GiB; goal (>= 1.3x at <= its memory): {'met' if met else 'not met'}"
+        )
         if args.json:
-            Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if v is not None},
-                                                   "rounds": rows, "median_ratio": ratio, "goal_met": met}, indent=2))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "args": {k: v for k, v in vars(args).items() if v is not None},
+                        "rounds": rows,
+                        "median_ratio": ratio,
+                        "goal_met": met,
+                    },
+                    indent=2,
+                )
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

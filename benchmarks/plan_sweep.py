@@ -45,8 +45,21 @@ def dataset(corpus: str, vocab: int, repo: Path) -> Path:
         text = REPO / "out" / "suite" / f"{corpus}.txt"
         if not text.exists():
             raise SystemExit(f"{text} not found: run benchmarks/corpus_suite.py first")
-        sh([sys.executable, "-m", "minigpt.cli", "prepare", str(text), "--out", str(data), "--vocab-size", str(vocab),
-            "--force"], repo)
+        sh(
+            [
+                sys.executable,
+                "-m",
+                "minigpt.cli",
+                "prepare",
+                str(text),
+                "--out",
+                str(data),
+                "--vocab-size",
+                str(vocab),
+                "--force",
+            ],
+            repo,
+        )
     return data
 
 
@@ -91,8 +104,10 @@ def table() -> None:
     print(f"{'corpus':16} {'vocab':>5} {'steps':>5} {'passes':>6} {'flags':32} {'bpb':>7} {'bpb/2':>7}")
     for r in sorted(rows, key=lambda r: (r["corpus"], r["vocab"], r["flags"])):
         half = r.get("bpb_stride_half")
-        print(f"{r['corpus']:16} {r['vocab']:>5} {r['steps']:>5} {r.get('passes', 0):>6.2f} {r['flags'][:32]:32} "
-              f"{r['bpb']:>7.4f} {half if half is not None else float('nan'):>7.4f}")
+        print(
+            f"{r['corpus']:16} {r['vocab']:>5} {r['steps']:>5} {r.get('passes', 0):>6.2f} {r['flags'][:32]:32} "
+            f"{r['bpb']:>7.4f} {half if half is not None else float('nan'):>7.4f}"
+        )
 
 
 def main() -> None:
@@ -119,8 +134,24 @@ def main() -> None:
                 if done(rows, key):
                     continue
                 run = OUT / "runs" / f"{corpus}-v{vocab}-ngram{n}"
-                sh([sys.executable, "train.py", "--data", str(data), "--out", str(run), "--quiet", "--model", "ngram",
-                    "--ngram-order", str(n), "--sample-tokens", "0"], args.repo)
+                sh(
+                    [
+                        sys.executable,
+                        "train.py",
+                        "--data",
+                        str(data),
+                        "--out",
+                        str(run),
+                        "--quiet",
+                        "--model",
+                        "ngram",
+                        "--ngram-order",
+                        str(n),
+                        "--sample-tokens",
+                        "0",
+                    ],
+                    args.repo,
+                )
                 row = {**key, "steps": 0, "train_tokens": train_tokens, **exact(run, data, args.repo)}
                 record(row)
                 rows.append(row)
@@ -132,13 +163,37 @@ def main() -> None:
                 tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in flags) or "defaults"
                 run = OUT / "runs" / f"{corpus}-v{vocab}-s{args.steps}-{tag}"
                 t0 = time.perf_counter()
-                sh([sys.executable, "train.py", "--data", str(data), "--out", str(run), "--quiet", "--max-steps",
-                    str(args.steps), "--sample-tokens", "0", *shlex.split(flags)], args.repo)
+                sh(
+                    [
+                        sys.executable,
+                        "train.py",
+                        "--data",
+                        str(data),
+                        "--out",
+                        str(run),
+                        "--quiet",
+                        "--max-steps",
+                        str(args.steps),
+                        "--sample-tokens",
+                        "0",
+                        *shlex.split(flags),
+                    ],
+                    args.repo,
+                )
                 cfg = json.loads((run / "train_config.json").read_text())
-                seen = args.steps * cfg["optim"]["batch_size"] * cfg["optim"].get("grad_accum", 1) * cfg["model"][
-                    "block_size"]
-                row = {**key, "train_tokens": train_tokens, "passes": seen / train_tokens,
-                       "wall_s_unquiet": time.perf_counter() - t0, **exact(run, data, args.repo)}
+                seen = (
+                    args.steps
+                    * cfg["optim"]["batch_size"]
+                    * cfg["optim"].get("grad_accum", 1)
+                    * cfg["model"]["block_size"]
+                )
+                row = {
+                    **key,
+                    "train_tokens": train_tokens,
+                    "passes": seen / train_tokens,
+                    "wall_s_unquiet": time.perf_counter() - t0,
+                    **exact(run, data, args.repo),
+                }
                 record(row)
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -79,8 +79,13 @@ MODES = ("hf", "hf_fast", "prepare", "prepare_train")
 
 
 def run_child(mode: str, path: Path, tok: Path, out: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(tok), str(out)], capture_output=True, text=True,
-                       cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(path), str(tok), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -123,8 +128,11 @@ def main() -> None:
                 r = min(runs[mode], key=lambda x: x["seconds"])
                 r["rss"] = max(x["rss"] for x in runs[mode])
                 results[(mb, mode)] = r
-                print(f"{mb:>5} MB  {mode:<14} {r['bytes'] / r['seconds'] / 1e6:7.2f} MB/s   peak RSS {r['rss'] / 2**20:7.1f} MiB"
-                      f"   {r['tokens']:,} tokens", flush=True)
+                print(
+                    f"{mb:>5} MB  {mode:<14} {r['bytes'] / r['seconds'] / 1e6:7.2f} MB/s   peak RSS {r['rss'] / 2**20:7.1f} MiB"
+                    f"   {r['tokens']:,} tokens",
+                    flush=True,
+                )
             path.unlink()
 
     if set(args.modes) != set(MODES):
@@ -137,11 +145,15 @@ def main() -> None:
     lo, hi = min(args.sizes), max(args.sizes)
     if lo != hi:
         ratio = results[(hi, "prepare")]["rss"] / results[(lo, "prepare")]["rss"]
-        print(f"\npeak RSS of minigpt prepare: {results[(hi, 'prepare')]['rss'] / 2**20:.0f} MiB at {hi} MB vs "
-              f"{results[(lo, 'prepare')]['rss'] / 2**20:.0f} MiB at {lo} MB = {ratio:.2f}x (goal <= 1.5x)")
+        print(
+            f"\npeak RSS of minigpt prepare: {results[(hi, 'prepare')]['rss'] / 2**20:.0f} MiB at {hi} MB vs "
+            f"{results[(lo, 'prepare')]['rss'] / 2**20:.0f} MiB at {lo} MB = {ratio:.2f}x (goal <= 1.5x)"
+        )
         ratio = results[(hi, "prepare_train")]["rss"] / results[(lo, "prepare_train")]["rss"]
-        print(f"with tokenizer training: {results[(hi, 'prepare_train')]['rss'] / 2**20:.0f} MiB vs "
-              f"{results[(lo, 'prepare_train')]['rss'] / 2**20:.0f} MiB = {ratio:.2f}x")
+        print(
+            f"with tokenizer training: {results[(hi, 'prepare_train')]['rss'] / 2**20:.0f} MiB vs "
+            f"{results[(lo, 'prepare_train')]['rss'] / 2**20:.0f} MiB = {ratio:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -77,18 +77,31 @@ def main() -> None:
         def run(batch, n):
             for _ in generate(model, [prompt] * batch, n, params, seed=0):
                 pass
+
         return run
 
     def theirs(batch, n):
         ids = torch.tensor([prompt])
-        hf.generate(ids, do_sample=True, temperature=1.0, top_k=50, max_new_tokens=n, min_new_tokens=n,
-                    num_return_sequences=batch, pad_token_id=0)
+        hf.generate(
+            ids,
+            do_sample=True,
+            temperature=1.0,
+            top_k=50,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            num_return_sequences=batch,
+            pad_token_id=0,
+        )
 
-    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, "
-          f"{args.new_tokens} new tokens, {args.checkpoint or 'random GPT-2 124M'}")
-    print(f"{'batch':>5}  {'transformers fp32':>18}  {'minigpt fp32':>14}  {'minigpt int8':>14}  {'int8/hf':>7}  "
-          f"{'int8/fp32':>9}")
+    print(
+        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, "
+        f"{args.new_tokens} new tokens, {args.checkpoint or 'random GPT-2 124M'}"
+    )
+    print(
+        f"{'batch':>5}  {'transformers fp32':>18}  {'minigpt fp32':>14}  {'minigpt int8':>14}  {'int8/hf':>7}  "
+        f"{'int8/fp32':>9}"
+    )
     with torch.inference_mode():
         for b in args.batches:
             h = float("nan") if args.skip_hf else tokens_per_s(theirs, b, args.new_tokens)
@@ -103,8 +116,9 @@ def main() -> None:
             data = Dataset(args.data)
             for name, ck in (("fp32", fp32), ("int8", int8)):
                 window, stride = ck.model.score_window()
-                ev = evaluate_tokens(ck.model, data.tokens("val"), data.tokenizer.byte_lengths, window=window,
-                                     stride=stride)
+                ev = evaluate_tokens(
+                    ck.model, data.tokens("val"), data.tokenizer.byte_lengths, window=window, stride=stride
+                )
                 print(f"{name}: validation bits per byte {ev['bpb']:.4f}")
         if args.checkpoint and fp32.tokenizer is not None:
             greedy = SamplingParams(temperature=0)

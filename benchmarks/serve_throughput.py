@@ -54,10 +54,29 @@ def start_server(checkpoint: str, device: str, max_tokens: int, max_batch: int, 
     """`minigpt serve` on 127.0.0.1, port 0; returns (process, base URL) once it answers."""
     import httpx
 
-    cmd = [sys.executable, "-m", "minigpt.cli", "serve", "--checkpoint", checkpoint, "--host", "127.0.0.1",
-           "--port", "0", "--device", device, "--max-tokens-cap", str(max(max_tokens, 16)),
-           "--max-batch", str(max_batch), "--queue-size", "256"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "minigpt.cli",
+        "serve",
+        "--checkpoint",
+        checkpoint,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        device,
+        "--max-tokens-cap",
+        str(max(max_tokens, 16)),
+        "--max-batch",
+        str(max_batch),
+        "--queue-size",
+        "256",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     line = proc.stdout.readline()  # "minigpt serve: NAME (KIND, DEVICE) on http://127.0.0.1:PORT/ ..."
     if "http://" not in line:
         proc.wait(timeout=30)
@@ -130,11 +149,17 @@ async def level(url: str, model: str, clients: int, requests: int, max_tokens: i
     gaps = [g for r in results for g in r["gaps"]]
     tokens = sum(r["tokens"] for r in results)
     return {
-        "clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[0] if errors else None,
-        "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1),
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "tokens": tokens,
+        "seconds": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
         "ttft_p50_ms": round(1000 * percentile([r["ttft"] for r in results], 50), 1),
         "ttft_p95_ms": round(1000 * percentile([r["ttft"] for r in results], 95), 1),
-        "token_p50_ms": round(1000 * percentile(gaps, 50), 2), "token_p95_ms": round(1000 * percentile(gaps, 95), 2),
+        "token_p50_ms": round(1000 * percentile(gaps, 50), 2),
+        "token_p95_ms": round(1000 * percentile(gaps, 95), 2),
     }
 
 
@@ -157,8 +182,13 @@ def sample_py(checkpoint: str, device: str, requests: int, max_tokens: int, dead
         latencies.append(time.perf_counter() - t)
         tokens += len(c.ids)
     wall = time.perf_counter() - t0
-    return {"requests": requests, "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 1),
-            "request_p50_ms": round(1000 * percentile(latencies, 50), 1)}
+    return {
+        "requests": requests,
+        "tokens": tokens,
+        "seconds": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "request_p50_ms": round(1000 * percentile(latencies, 50), 1),
+    }
 
 
 def main() -> None:
@@ -167,7 +197,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (default: 1 8 32)")
     ap.add_argument("--requests", type=int, default=64, help="requests per level (default: 64)")
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: 64)")
-    ap.add_argument("--sample-requests", type=int, default=8, help="requests for the complete() comparison (default: 8)")
+    ap.add_argument(
+        "--sample-requests", type=int, default=8, help="requests for the complete() comparison (default: 8)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--time-limit", type=float, default=1800, help="seconds for the whole run (default: 1800)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -186,29 +218,50 @@ def main() -> None:
         for c in args.clients:
             r = asyncio.run(level(url, model, c, args.requests, args.max_tokens, deadline))
             levels.append(r)
-            print(f"{c:>3} clients: {r['tokens_per_s']:>8.1f} tokens/s | TTFT p50 {r['ttft_p50_ms']:.1f} ms "
-                  f"p95 {r['ttft_p95_ms']:.1f} ms | per token p50 {r['token_p50_ms']:.2f} ms p95 {r['token_p95_ms']:.2f} ms"
-                  f" | {r['requests']} requests, {r['tokens']} tokens, {r['errors']} errors", flush=True)
+            print(
+                f"{c:>3} clients: {r['tokens_per_s']:>8.1f} tokens/s | TTFT p50 {r['ttft_p50_ms']:.1f} ms "
+                f"p95 {r['ttft_p95_ms']:.1f} ms | per token p50 {r['token_p50_ms']:.2f} ms p95 {r['token_p95_ms']:.2f} ms"
+                f" | {r['requests']} requests, {r['tokens']} tokens, {r['errors']} errors",
+                flush=True,
+            )
         engine = httpx.get(url + "/health", timeout=30).json()["engine"]
     finally:
         stop_server(proc)
 
     sample = sample_py(args.checkpoint, args.device, args.sample_requests, args.max_tokens, deadline)
-    print(f"complete() (sample.py), one request at a time: {sample['tokens_per_s']:.1f} tokens/s "
-          f"({sample['requests']} requests, p50 {sample['request_p50_ms']:.1f} ms each)")
+    print(
+        f"complete() (sample.py), one request at a time: {sample['tokens_per_s']:.1f} tokens/s "
+        f"({sample['requests']} requests, p50 {sample['request_p50_ms']:.1f} ms each)"
+    )
     by = {r["clients"]: r for r in levels}
     goal = None
     if 1 in by and 8 in by:
         ratio = by[8]["tokens_per_s"] / by[1]["tokens_per_s"]
         goal = {"ratio_8_to_1": round(ratio, 2), "met": ratio >= 1.5}
-        print(f"goal: 8 clients >= 1.5x the tokens/s of 1 client: {ratio:.2f}x ({'met' if ratio >= 1.5 else 'NOT met'})")
-    print(f"engine: {engine['steps']} steps, at most {engine['max_rows_in_step']} rows in one, "
-          f"{engine['rejected']} rejected")
+        print(
+            f"goal: 8 clients >= 1.5x the tokens/s of 1 client: {ratio:.2f}x ({'met' if ratio >= 1.5 else 'NOT met'})"
+        )
+    print(
+        f"engine: {engine['steps']} steps, at most {engine['max_rows_in_step']} rows in one, "
+        f"{engine['rejected']} rejected"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "checkpoint": args.checkpoint, "device": args.device, "max_tokens": args.max_tokens, "levels": levels,
-            "sample_py": sample, "goal": goal, "engine": engine,
-        }, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "checkpoint": args.checkpoint,
+                    "device": args.device,
+                    "max_tokens": args.max_tokens,
+                    "levels": levels,
+                    "sample_py": sample,
+                    "goal": goal,
+                    "engine": engine,
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     if any(r["errors"] for r in levels):
         raise SystemExit(f"errors: {[r['first_error'] for r in levels if r['errors']]}")
 

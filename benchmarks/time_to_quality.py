@@ -45,14 +45,18 @@ def exact(run: Path, data: Path) -> dict:
     ckpt, _ = load_for_inference(run / "last", "cpu", "float32")
     ds = Dataset(data)
     window, stride = ckpt.model.score_window()
-    return evaluate_tokens(ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=stride,
-                           batch_size=32)
+    return evaluate_tokens(
+        ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=stride, batch_size=32
+    )
 
 
 def train(data: Path, out: Path, flags: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(data), "--out", str(out), "--quiet", *flags],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data", str(data), "--out", str(out), "--quiet", *flags],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
@@ -62,7 +66,9 @@ def train(data: Path, out: Path, flags: list[str]) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", nargs="+", default=[str(TINYSHAKESPEARE)], help="what `minigpt prepare` takes")
-    ap.add_argument("--vocab-size", type=int, default=None, help="tokenizer size (default: the bundled corpus's dataset.toml)")
+    ap.add_argument(
+        "--vocab-size", type=int, default=None, help="tokenizer size (default: the bundled corpus's dataset.toml)"
+    )
     ap.add_argument("--ngram-orders", type=int, nargs="*", default=[2, 3, 4, 5, 6])
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags (after everything else)")
@@ -71,7 +77,9 @@ def main() -> None:
     from minigpt.data import prepare
 
     if args.vocab_size is None:
-        args.vocab_size = int(re.search(r"vocab_size\s*=\s*(\d+)", (REPO / "minigpt/texts/shakespeare/dataset.toml").read_text()).group(1))
+        args.vocab_size = int(
+            re.search(r"vocab_size\s*=\s*(\d+)", (REPO / "minigpt/texts/shakespeare/dataset.toml").read_text()).group(1)
+        )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,9 +91,19 @@ def main() -> None:
         ev = exact(tmp / "gpt", data)
         cfg = json.loads((tmp / "gpt" / "train_config.json").read_text())
         summary = log.strip().splitlines()[0] if log.strip() else ""
-        rows.append({"run": "GPT: python train.py " + " ".join(args.extra), "wall_s": wall, "bpb": ev["bpb"],
-                     "loss": ev["loss"], "steps": cfg["optim"]["max_steps"]})
-        print(f"{summary}\nGPT: {wall:.1f} s, {cfg['optim']['max_steps']} steps, val {ev['bpb']:.4f} bits/byte", flush=True)
+        rows.append(
+            {
+                "run": "GPT: python train.py " + " ".join(args.extra),
+                "wall_s": wall,
+                "bpb": ev["bpb"],
+                "loss": ev["loss"],
+                "steps": cfg["optim"]["max_steps"],
+            }
+        )
+        print(
+            f"{summary}\nGPT: {wall:.1f} s, {cfg['optim']['max_steps']} steps, val {ev['bpb']:.4f} bits/byte",
+            flush=True,
+        )
         for n in args.ngram_orders:
             w, _ = train(data, tmp / f"ngram{n}", ["--model", "ngram", "--ngram-order", str(n), "--sample-tokens", "0"])
             e = exact(tmp / f"ngram{n}", data)
@@ -93,9 +111,11 @@ def main() -> None:
             print(f"{n}-gram: {w:.1f} s, val {e['bpb']:.4f} bits/byte", flush=True)
 
     s = meta["splits"]
-    print(f"\n{', '.join(map(str, args.text))}: vocab {args.vocab_size}, train {s['train']['tokens']:,} tokens "
-          f"({s['train']['bytes']:,} bytes), val {s['val']['tokens']:,} tokens ({s['val']['bytes']:,} bytes); "
-          f"prepared in {t_prep:.1f} s (not timed below)")
+    print(
+        f"\n{', '.join(map(str, args.text))}: vocab {args.vocab_size}, train {s['train']['tokens']:,} tokens "
+        f"({s['train']['bytes']:,} bytes), val {s['val']['tokens']:,} tokens ({s['val']['bytes']:,} bytes); "
+        f"prepared in {t_prep:.1f} s (not timed below)"
+    )
     print(f"{'run':<48} {'wall':>8} {'val bits/byte':>14}")
     for r in rows:
         print(f"{r['run'][:48]:<48} {r['wall_s']:>7.1f}s {r['bpb']:>14.4f}")

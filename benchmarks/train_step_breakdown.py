@@ -92,6 +92,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return step
 
     rows = {
@@ -118,8 +119,10 @@ def main() -> None:
             f(x, y)
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["nanoGPT (its model.py, fp32)"])
-    print(f"one training step, batch {B} x {T}, {args.steps} interleaved steps each "
-          f"(torch threads: {torch.get_num_threads()})")
+    print(
+        f"one training step, batch {B} x {T}, {args.steps} interleaved steps each "
+        f"(torch threads: {torch.get_num_threads()})"
+    )
     print(f"{'row':<34} {'ms/step':>8} {'tokens/s':>9} {'vs nanoGPT':>11}")
     for k, v in times.items():
         med = statistics.median(v)

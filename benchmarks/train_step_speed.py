@@ -130,8 +130,13 @@ def worker(repo: str, levers: dict, args: dict) -> None:
 
     for _ in range(args["warmup"]):
         step()
-    info = dict(flops_per_token=model.flops_per_token(T), tokens_per_step=B * T, missing=missing,
-                dtype=str(rt.dtype), threads=torch.get_num_threads())
+    info = dict(
+        flops_per_token=model.flops_per_token(T),
+        tokens_per_step=B * T,
+        missing=missing,
+        dtype=str(rt.dtype),
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -171,15 +176,25 @@ def bf16_peak(torch, n: int = 2048, reps: int = 5) -> float:
 
 class Worker:
     def __init__(self, name: str, repo: Path, levers: dict, args):
-        spec = dict(preset=args.preset, dropout=args.dropout, batch_size=args.batch_size, vocab=args.vocab,
-                    dtype=args.dtype, warmup=args.warmup, threads=args.threads)
+        spec = dict(
+            preset=args.preset,
+            dropout=args.dropout,
+            batch_size=args.batch_size,
+            vocab=args.vocab,
+            dtype=args.dtype,
+            warmup=args.warmup,
+            threads=args.threads,
+        )
         # the worker function comes from this file, whichever repo's minigpt it imports
-        code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import train_step_speed as t; "
-                f"t.worker({str(repo)!r}, json.loads({json.dumps(json.dumps(levers))}), "
-                f"json.loads({json.dumps(json.dumps(spec))}))")
+        code = (
+            f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import train_step_speed as t; "
+            f"t.worker({str(repo)!r}, json.loads({json.dumps(json.dumps(levers))}), "
+            f"json.loads({json.dumps(json.dumps(spec))}))"
+        )
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=repo)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=repo
+        )
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -196,8 +211,9 @@ class Worker:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", nargs="+", default=["off", "fused-loss", "batched-muon", "on"],
-                    choices=list(VARIANTS))
+    ap.add_argument(
+        "--variants", nargs="+", default=["off", "fused-loss", "batched-muon", "on"], choices=list(VARIANTS)
+    )
     ap.add_argument("--base", type=Path, default=None, help="also run this checkout's minigpt (the 'before' side)")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary (the bundled corpus's: 2048)")
@@ -207,8 +223,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=50, help="steps timed per variant per round")
     ap.add_argument("--warmup", type=int, default=15, help="steps run once before timing (compilation too)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default); on a "
-                    "machine shared with other jobs, 1 keeps a variant from waiting on a descheduled thread")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per worker (0: torch's default); on a "
+        "machine shared with other jobs, 1 keeps a variant from waiting on a descheduled thread",
+    )
     ap.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps per variant")
     args = ap.parse_args()
     if args.base is not None and not (args.base / "minigpt" / "__init__.py").is_file():
@@ -239,22 +260,30 @@ def report(workers: list[Worker], args) -> None:
         for w in workers:
             times[w.name] += w.ask(steps=args.steps)["times"]
         peaks.append(workers[r % len(workers)].ask(peak=1)["gflops"])
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {statistics.median(t) * 1e3:.1f} ms"
-                                                          for n, t in times.items()), file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {statistics.median(t) * 1e3:.1f} ms" for n, t in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     peak = max(peaks)
     first = workers[0]
     base_ms = statistics.median(times[first.name])
     info = first.info
-    print(f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step, {info['dtype']}, "
-          f"{info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step")
+    print(
+        f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step, {info['dtype']}, "
+        f"{info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step"
+    )
     print(f"bf16 product peak ({'2048^3'}): {peak:,.0f} GFLOP/s (best of {len(peaks)} measurements in this run)")
     print(f"{'variant':<16} {'ms/step':>8} {'tokens/s':>9} {'vs ' + first.name:>10} {'MFU':>6}  levers missing")
     for w in workers:
         ms = statistics.median(times[w.name])
         tps = w.info["tokens_per_step"] / ms
         mfu = w.info["flops_per_token"] * tps / (peak * 1e9)
-        print(f"{w.name:<16} {ms * 1e3:>8.2f} {tps:>9,.0f} {base_ms / ms:>9.2f}x {mfu:>6.1%}  "
-              f"{', '.join(w.info['missing']) or '-'}")
+        print(
+            f"{w.name:<16} {ms * 1e3:>8.2f} {tps:>9,.0f} {base_ms / ms:>9.2f}x {mfu:>6.1%}  "
+            f"{', '.join(w.info['missing']) or '-'}"
+        )
     if args.profile:
         for w in workers:
             print(f"\n---- {w.name}: {args.profile} steps under torch.profiler ----")

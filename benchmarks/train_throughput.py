@@ -77,9 +77,17 @@ def synthetic_dataset(path: Path, vocab: int, n_tokens: int = 20_000_000) -> Pat
     for split, n in (("train", n_tokens), ("val", n_tokens // 20)):
         rng.integers(0, vocab, n, dtype=np.int64).astype(dtype).tofile(path / f"{split}.bin")
         splits[split] = {"file": f"{split}.bin", "tokens": n, "bytes": n, "chars": n, "documents": 1}
-    meta = {"format": "minigpt-dataset", "version": 1, "vocab_size": vocab, "dtype": dtype.name, "eot_id": 0,
-            "val_fraction": 0.05, "splits": splits, "sources": [],
-            "tokenizer": {"file": "tokenizer.json", "sha256": hashlib.sha256(tok.to_str().encode()).hexdigest()}}
+    meta = {
+        "format": "minigpt-dataset",
+        "version": 1,
+        "vocab_size": vocab,
+        "dtype": dtype.name,
+        "eot_id": 0,
+        "val_fraction": 0.05,
+        "splits": splits,
+        "sources": [],
+        "tokenizer": {"file": "tokenizer.json", "sha256": hashlib.sha256(tok.to_str().encode()).hexdigest()},
+    }
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -95,19 +103,33 @@ def setup_nanogpt(tmp: Path) -> Path:
     stub.mkdir()
     (stub / "requests.py").write_text("# stub: nanoGPT's prepare.py only downloads when input.txt is missing\n")
     env = dict(os.environ, PYTHONPATH=str(stub))
-    subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=root, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "data/shakespeare_char/prepare.py"], cwd=root, env=env, check=True, capture_output=True
+    )
     return root
 
 
 def run_nanogpt(root: Path, steps: int, warmup: int) -> tuple[float, float]:
     """(median tokens/s after warmup, wall seconds) of nanoGPT's CPU recipe."""
     cmd = [
-        sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
-        "--eval_iters=20", "--log_interval=1", f"--block_size={SHAPE['block_size']}", f"--batch_size={SHAPE['batch_size']}",
-        f"--n_layer={SHAPE['n_layer']}", f"--n_head={SHAPE['n_head']}", f"--n_embd={SHAPE['n_embd']}",
-        f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dropout=0.0", "--always_save_checkpoint=False",
-        f"--eval_interval={steps}", "--out_dir=out-bench",
+        sys.executable,
+        "train.py",
+        "config/train_shakespeare_char.py",
+        "--device=cpu",
+        "--compile=False",
+        "--eval_iters=20",
+        "--log_interval=1",
+        f"--block_size={SHAPE['block_size']}",
+        f"--batch_size={SHAPE['batch_size']}",
+        f"--n_layer={SHAPE['n_layer']}",
+        f"--n_head={SHAPE['n_head']}",
+        f"--n_embd={SHAPE['n_embd']}",
+        f"--max_iters={steps}",
+        f"--lr_decay_iters={steps}",
+        "--dropout=0.0",
+        "--always_save_checkpoint=False",
+        f"--eval_interval={steps}",
+        "--out_dir=out-bench",
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
@@ -122,15 +144,36 @@ def run_nanogpt(root: Path, steps: int, warmup: int) -> tuple[float, float]:
 
 def run_minigpt(data: Path, out: Path, variant: str, args) -> tuple[float, float]:
     """(median tokens/s after warmup, wall seconds) of `minigpt train` in its own process."""
-    flags = ["--preset", args.preset, "--data", str(data), "--out", str(out), "--max-steps", str(args.steps),
-             "--eval-interval", str(10**9), "--eval-steps", "1", "--log-interval", "10", "--sample-tokens", "0",
-             "--device", args.device, "--quiet", *VARIANTS[variant]]
+    flags = [
+        "--preset",
+        args.preset,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(args.steps),
+        "--eval-interval",
+        str(10**9),
+        "--eval-steps",
+        "1",
+        "--log-interval",
+        "10",
+        "--sample-tokens",
+        "0",
+        "--device",
+        args.device,
+        "--quiet",
+        *VARIANTS[variant],
+    ]
     if args.batch_size:
         flags += ["--batch-size", str(args.batch_size)]
     if args.grad_accum:
         flags += ["--grad-accum", str(args.grad_accum)]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "minigpt.cli", "train", *flags], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "minigpt.cli", "train", *flags], cwd=REPO, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"minigpt {variant} failed:\n{proc.stderr[-2000:]}")
@@ -168,15 +211,22 @@ def main() -> None:
         for r in range(args.rounds):
             if nano is not None:
                 results.setdefault("nanoGPT", []).append(run_nanogpt(nano, args.steps, args.warmup))
-                print(f"round {r + 1}: nanoGPT {results['nanoGPT'][-1][0]:>9,.0f} tokens/s, "
-                      f"{results['nanoGPT'][-1][1]:.1f} s", flush=True)
+                print(
+                    f"round {r + 1}: nanoGPT {results['nanoGPT'][-1][0]:>9,.0f} tokens/s, "
+                    f"{results['nanoGPT'][-1][1]:.1f} s",
+                    flush=True,
+                )
             for v in args.variants:
                 results.setdefault(v, []).append(run_minigpt(data, tmp / f"run-{v}", v, args))
-                print(f"round {r + 1}: minigpt {v:<12} {results[v][-1][0]:>9,.0f} tokens/s, {results[v][-1][1]:.1f} s",
-                      flush=True)
+                print(
+                    f"round {r + 1}: minigpt {v:<12} {results[v][-1][0]:>9,.0f} tokens/s, {results[v][-1][1]:.1f} s",
+                    flush=True,
+                )
 
-    print(f"\n{args.steps} steps x {args.rounds} rounds, median tokens/s after step {args.warmup}; "
-          f"ratio = per-round minigpt / nanoGPT, median over rounds")
+    print(
+        f"\n{args.steps} steps x {args.rounds} rounds, median tokens/s after step {args.warmup}; "
+        f"ratio = per-round minigpt / nanoGPT, median over rounds"
+    )
     print(f"{'run':<22} {'tokens/s':>10} {'wall s':>8} {'vs nanoGPT':>11} {'wall ratio':>11}")
     for name, rows in results.items():
         tps, wall = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)

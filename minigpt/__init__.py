@@ -13,14 +13,22 @@ __version__ = "0.4.0"
 DIST_NAME = "minigpt-toolkit"
 
 _API = {
-    "GPT": "model", "GPTConfig": "config", "KVCache": "model",
+    "GPT": "model",
+    "GPTConfig": "config",
+    "KVCache": "model",
     "Tokenizer": "tokenizer",
-    "prepare": "corpus", "Dataset": "dataset", "WindowSampler": "dataset",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "load_for_inference": "inference",
+    "prepare": "corpus",
+    "Dataset": "dataset",
+    "WindowSampler": "dataset",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_for_inference": "inference",
     "LanguageModel": "models",
-    "generate": "sampling", "SamplingParams": "sampling",
+    "generate": "sampling",
+    "SamplingParams": "sampling",
     "complete": "completion",
-    "TrainConfig": "config", "train": "trainer",
+    "TrainConfig": "config",
+    "train": "trainer",
     "attention_maps": "inspection",
 }
 

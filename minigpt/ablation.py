@@ -70,6 +70,7 @@ def ablated(model, heads: Iterable[tuple[int, int]], means: torch.Tensor | None 
             for h in hs:
                 z[..., h * D : (h + 1) * D] = 0 if means is None else means[l, h * D : (h + 1) * D].to(z.dtype)
             return (z,)
+
         return hook
 
     handles = []
@@ -96,6 +97,7 @@ def _summing_heads(model) -> Iterator[tuple[torch.Tensor, list[int]]]:
             sums[l] += z.double().sum(dim=(0, 1))
             if l == 0:
                 count[0] += z.shape[0] * z.shape[1]
+
         return hook
 
     handles = [block.attn.c_proj.register_forward_pre_hook(add(l)) for l, block in enumerate(model.transformer.h)]
@@ -181,8 +183,14 @@ class HeadAblation:
         """The sample and the intact model's numbers (the per-head ones are in each head's row)."""
         out = {
             "methods": list(self.methods),
-            "sample": {"data": self.source, "split": "val", "tokens": self.sample_tokens, "bytes": self.sample_bytes,
-                       "of_tokens": self.split_tokens, "first": True},
+            "sample": {
+                "data": self.source,
+                "split": "val",
+                "tokens": self.sample_tokens,
+                "bytes": self.sample_bytes,
+                "of_tokens": self.split_tokens,
+                "first": True,
+            },
             "base_val_bpb": self.base_bpb,
         }
         if self.prompt_kl is not None:
@@ -193,11 +201,16 @@ class HeadAblation:
         """One line saying what was measured on what."""
         whole = self.sample_tokens >= self.split_tokens
         split = f"{self.source}'s validation split" if self.source else "the validation split"
-        sample = (f"the whole of {split}" if whole else
-                  f"the first {self.sample_tokens:,} of {self.split_tokens:,} tokens of {split}")
+        sample = (
+            f"the whole of {split}"
+            if whole
+            else f"the first {self.sample_tokens:,} of {self.split_tokens:,} tokens of {split}"
+        )
         kl = "" if self.prompt_kl is None else "; KL: how the next-token distribution after the text changes, in bits"
-        return (f"ablation ({' and '.join(self.methods)}) on {sample} ({self.sample_bytes:,} bytes): the intact model "
-                f"scores {self.base_bpb:.4f} bits/byte; Δbpb: the rise without the head{kl}")
+        return (
+            f"ablation ({' and '.join(self.methods)}) on {sample} ({self.sample_bytes:,} bytes): the intact model "
+            f"scores {self.base_bpb:.4f} bits/byte; Δbpb: the rise without the head{kl}"
+        )
 
 
 def _distribution(model, idx: torch.Tensor) -> torch.Tensor:
@@ -239,14 +252,15 @@ def head_ablation(
     window, stride = model.score_window()
 
     def score() -> dict:
-        return evaluate_tokens(model, tokens, byte_lengths, window=window, stride=stride, batch_size=batch_size,
-                               max_tokens=max_tokens)
+        return evaluate_tokens(
+            model, tokens, byte_lengths, window=window, stride=stride, batch_size=batch_size, max_tokens=max_tokens
+        )
 
     idx = None
     if prompt is not None:
         if tokenizer is None:
             raise MiniGPTError("a prompt needs the tokenizer to be read")
-        ids = tokenizer.encode(prompt)[-c.block_size:]
+        ids = tokenizer.encode(prompt)[-c.block_size :]
         if not ids:
             raise MiniGPTError("the prompt is empty: give at least one token of text")
         idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -282,7 +296,16 @@ def head_ablation(
     if not math.isfinite(base["bpb"]):
         raise MiniGPTError("the validation sample holds no bytes of text (only special tokens?): nothing to score")
     return HeadAblation(
-        methods=methods, base_bpb=base["bpb"], bpb=bpb, sample_tokens=n, sample_bytes=base["bytes"],
-        split_tokens=len(tokens), prompt_tokens=0 if idx is None else idx.shape[1], prompt_kl=kl, prompt_top=tops,
-        base_top=base_top, strings=strings, source=source,
+        methods=methods,
+        base_bpb=base["bpb"],
+        bpb=bpb,
+        sample_tokens=n,
+        sample_bytes=base["bytes"],
+        split_tokens=len(tokens),
+        prompt_tokens=0 if idx is None else idx.shape[1],
+        prompt_kl=kl,
+        prompt_top=tops,
+        base_top=base_top,
+        strings=strings,
+        source=source,
     )

@@ -63,8 +63,11 @@ class NGramConfig:
         _check(_positive_int(self.vocab_size), "vocab_size", f"must be a positive integer, got {self.vocab_size!r}")
         _check(_positive_int(self.order), "ngram_order", f"must be a positive integer, got {self.order!r}")
         _check(
-            isinstance(self.sizes, list) and len(self.sizes) in (0, self.order) and all(isinstance(s, int) and s >= 0 for s in self.sizes),
-            "sizes", f"must list {self.order} non-negative counts (one per order), got {self.sizes!r}",
+            isinstance(self.sizes, list)
+            and len(self.sizes) in (0, self.order)
+            and all(isinstance(s, int) and s >= 0 for s in self.sizes),
+            "sizes",
+            f"must list {self.order} non-negative counts (one per order), got {self.sizes!r}",
         )
 
     @property
@@ -86,7 +89,7 @@ class _KNIndex:
     follow it, and table entries start[r] .. start[r + 1] - 1 are those followers.
     """
 
-    def __init__(self, model: "NGramLM"):
+    def __init__(self, model: NGramLM):
         V, n = model.config.vocab_size, model.config.order
         self.keys = [getattr(model, f"keys_{k}") for k in range(1, n + 1)]
         self.counts = [getattr(model, f"counts_{k}").double() for k in range(1, n + 1)]
@@ -195,7 +198,7 @@ class NGramLM(nn.Module):
 
     # ---- counting ------------------------------------------------------------------------
 
-    def fit(self, tokens: np.ndarray) -> "NGramLM":
+    def fit(self, tokens: np.ndarray) -> NGramLM:
         """Count every k-gram (k = 1..order) of `tokens` (e.g. the train split) and set the
         discounts. Replaces whatever was counted before. Seconds for millions of tokens:
         one np.unique per order."""
@@ -334,7 +337,9 @@ class NGramLM(nn.Module):
 
     # ---- keeping the derived index in step with the tensors ----------------------------------
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Counts have data-dependent shapes: take the incoming ones (a freshly built model
         # is empty, e.g. when the trainer resumes an n-gram run).
         for k in range(1, self.config.order + 1):
@@ -342,7 +347,9 @@ class NGramLM(nn.Module):
                 t = state_dict.get(prefix + name)
                 if t is not None and t.shape != getattr(self, name).shape:
                     setattr(self, name, torch.zeros(t.shape, dtype=torch.long, device=self.discount.device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         self.config.sizes = [getattr(self, f"keys_{k}").numel() for k in range(1, self.config.order + 1)]
         self._index = None
 
@@ -370,7 +377,11 @@ class RNNConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_embd"):
             v = getattr(self, name)
             _check(_positive_int(v), name, f"must be a positive integer, got {v!r}")
-        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _check(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            "dropout",
+            f"must be in [0, 1), got {self.dropout!r}",
+        )
         _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)}; got {self.cell!r}")
         _check(isinstance(self.tie_weights, bool), "tie_weights", f"must be true or false, got {self.tie_weights!r}")
 
@@ -557,13 +568,17 @@ class RNNLM(nn.Module):
         y, cache.state = rnn(x, cache.state)
         return y
 
-    def forward(self, idx, targets=None, *, kv_cache: RecurrentState | None = None, return_attention: bool = False) -> GPTOutput:
+    def forward(
+        self, idx, targets=None, *, kv_cache: RecurrentState | None = None, return_attention: bool = False
+    ) -> GPTOutput:
         """Logits for every position of idx [B, T]; loss if targets are given (-1 ignored).
         With `kv_cache`, idx continues the text whose state the cache holds (and the state
         advances past it); without, the text starts from a zero state."""
         if return_attention:
             raise NoAttention(self.config.cell)
-        check_token_ids(idx, targets, self.config.vocab_size, check_values=self.check_inputs and not torch.compiler.is_compiling())
+        check_token_ids(
+            idx, targets, self.config.vocab_size, check_values=self.check_inputs and not torch.compiler.is_compiling()
+        )
         x = self.drop(self.wte(idx))  # [B, T, C]
         h = self._run(x, kv_cache)  # [B, T, C]
         logits = self.lm_head(self.drop(h))  # [B, T, V]

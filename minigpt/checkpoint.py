@@ -50,7 +50,11 @@ from .tokenizer import Tokenizer
 FORMAT = "minigpt-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, TOKENIZER, RUN, TRAINER_STATE = (
-    "model.safetensors", "config.json", "tokenizer.json", "run.json", "trainer_state.pt"
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "run.json",
+    "trainer_state.pt",
 )
 METRICS, TRAIN_CONFIG, LOCK = "metrics.jsonl", "train_config.json", ".lock"
 PICKLED_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "ckpt.pt", "model.bin")
@@ -111,7 +115,12 @@ def save_checkpoint(
     model = models.unwrap(model)
     with files.atomic_directory(path) as tmp:
         save_tensors(_tensors_to_save(model), tmp / WEIGHTS)
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict()}
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model_type": model.model_type,
+            "model": model.config.to_dict(),
+        }
         (tmp / CONFIG).write_text(_json_text(meta), encoding="utf-8")
         if tokenizer is not None:
             (tmp / TOKENIZER).write_text(tokenizer.to_str(), encoding="utf-8")
@@ -133,13 +142,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p} (train one with `python train.py`, or pass --checkpoint DIR)")
     if not p.is_dir():
-        raise CheckpointError(f"{p} is not a directory: a checkpoint is a directory holding {WEIGHTS}, {CONFIG} and {TOKENIZER}")
+        raise CheckpointError(
+            f"{p} is not a directory: a checkpoint is a directory holding {WEIGHTS}, {CONFIG} and {TOKENIZER}"
+        )
     if (p / CONFIG).exists() or (p / WEIGHTS).exists():
         return p
     for name in ("best", "last"):
         if (p / name / CONFIG).is_file():
             return p / name
-    raise CheckpointError(f"no checkpoint in {p}: expected {CONFIG} + {WEIGHTS}, or a run directory with best/ or last/")
+    raise CheckpointError(
+        f"no checkpoint in {p}: expected {CONFIG} + {WEIGHTS}, or a run directory with best/ or last/"
+    )
 
 
 def read_model_config(path: Path) -> tuple[str, dict[str, Any]]:
@@ -147,7 +160,9 @@ def read_model_config(path: Path) -> tuple[str, dict[str, Any]]:
     before any weights are read: callers can refuse a kind early (e.g. no attention)."""
     meta = read_json_object(path / CONFIG, "the model's config", CheckpointError)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG}: not a minigpt checkpoint config (for Hugging Face GPT-2 use `minigpt import-hf`)")
+        raise CheckpointError(
+            f"{path / CONFIG}: not a minigpt checkpoint config (for Hugging Face GPT-2 use `minigpt import-hf`)"
+        )
     version = meta.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{path / CONFIG}: version must be an integer, got {version!r}")
@@ -223,7 +238,9 @@ def _load_weights(path: Path, model: nn.Module) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", *, need_tokenizer: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, need_tokenizer: bool = True
+) -> Checkpoint:
     """Load a checkpoint (or a run directory's best/last) onto `device`.
 
     Every failure is a CheckpointError naming the file: missing, truncated, not JSON,
@@ -252,7 +269,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                 f"{path / TOKENIZER}: has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} (mismatched files?)"
             )
     elif need_tokenizer:
-        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)")
+        raise CheckpointError(
+            f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)"
+        )
     run = read_run(path) if (path / RUN).is_file() else None
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=kind, run=run)
 
@@ -280,9 +299,15 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
 
 def _number(state: dict, key: str, f: Path, kind: type, default=None):
     v = state.get(key, default)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else isinstance(v, int) and not isinstance(v, bool)
+    ok = (
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        if kind is float
+        else isinstance(v, int) and not isinstance(v, bool)
+    )
     if not ok or (isinstance(v, (int, float)) and v < 0):
-        raise CheckpointError(f"{f}: {key} must be a non-negative {'number' if kind is float else 'integer'}, got {v!r}")
+        raise CheckpointError(
+            f"{f}: {key} must be a non-negative {'number' if kind is float else 'integer'}, got {v!r}"
+        )
     return kind(v)
 
 
@@ -334,7 +359,9 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
         if key in state and not isinstance(state[key], dict):
             raise CheckpointError(f"{f}: {key} must be a dict, got {type(state[key]).__name__}")
     opt = state.get("optimizer")  # one optimizer's state, or a list (Muon + AdamW)
-    if opt is not None and not (isinstance(opt, dict) or (isinstance(opt, list) and opt and all(isinstance(o, dict) for o in opt))):
+    if opt is not None and not (
+        isinstance(opt, dict) or (isinstance(opt, list) and opt and all(isinstance(o, dict) for o in opt))
+    ):
         raise CheckpointError(f"{f}: optimizer must be a state dict or a list of them, got {type(opt).__name__}")
     rng = state.get("rng")
     if rng is not None and not isinstance(rng.get("torch"), torch.Tensor):
@@ -414,8 +441,11 @@ class RunDirectory:
             step = obj.get("step")
             if not (isinstance(step, int) and not isinstance(step, bool)):
                 continue
-            if any(not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool))
-                   for k, v in obj.items() if k != "step"):
+            if any(
+                not (v is None or isinstance(v, (int, float)) and not isinstance(v, bool))
+                for k, v in obj.items()
+                if k != "step"
+            ):
                 continue
             out.append(obj)
         return out
@@ -451,7 +481,8 @@ class RunDirectory:
         if held is None:
             raise MiniGPTError(
                 f"{self.path} is in use by another minigpt training process; wait for it to finish, "
-                f"or choose another --out", kind="locked"
+                f"or choose another --out",
+                kind="locked",
             )
         try:
             yield

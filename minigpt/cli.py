@@ -19,11 +19,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from . import DIST_NAME as DIST  # what pip installs: pip install minigpt-toolkit
 from .config import DEFAULT_RUN, DTYPES, MAX_SEED
 from .errors import MiniGPTError
 from .files import FileError, os_error
-
-from . import DIST_NAME as DIST  # what pip installs: pip install minigpt-toolkit
 
 PROG = "minigpt"
 
@@ -122,18 +121,38 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
     from .sampling import settings  # imports torch: only when sample's or eval's parser is built
 
     g = p.add_argument_group("sampling (the die)")
-    g.add_argument("--max-new-tokens", type=_int_in(min_new_tokens, MAX_NEW_TOKENS), default=500, metavar="N",
-                   help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,}")
+    g.add_argument(
+        "--max-new-tokens",
+        type=_int_in(min_new_tokens, MAX_NEW_TOKENS),
+        default=500,
+        metavar="N",
+        help=f"tokens to generate per sample, at most {MAX_NEW_TOKENS:,}",
+    )
     for s in settings():
-        g.add_argument(s.flag, dest=s.name, type=_int_in(int(s.lo), int(s.hi)) if s.type is int else _finite_float,
-                       default=s.suggested, metavar=s.metavar, help=s.help)
-    _unset(g.add_argument("--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text"), "random")
+        g.add_argument(
+            s.flag,
+            dest=s.name,
+            type=_int_in(int(s.lo), int(s.hi)) if s.type is int else _finite_float,
+            default=s.suggested,
+            metavar=s.metavar,
+            help=s.help,
+        )
+    _unset(
+        g.add_argument(
+            "--seed", type=_seed, default=None, help="random seed in [0, 2^63): the same seed gives the same text"
+        ),
+        "random",
+    )
 
 
 def _add_quantize(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
-                        "saved by `minigpt quantize` is int8 without it) (default: off)")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
+        "saved by `minigpt quantize` is int8 without it) (default: off)",
+    )
 
 
 def _sampling_params(args):
@@ -156,13 +175,38 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
         "last --val-fraction of the text (nanoGPT's split)."
     )
     p.epilog = "example:\n  minigpt prepare ../shared/data/tinyshakespeare.txt --out build/ts --vocab-size 1024"
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a text file, a .gz text file, a directory (all text files under it, sorted) or a glob")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a text file, a .gz text file, a directory (all text files under it, sorted) or a glob",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
-    p.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="tokenizer vocabulary: 256 bytes + <|endoftext|> + merges; 257 = plain bytes")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of the text (at its end) held out for validation")
-    p.add_argument("--tokenizer", metavar="FILE", help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), GPT-2's vocab.json (with merges.txt beside it), or a directory holding either")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="tokenizer vocabulary: 256 bytes + <|endoftext|> + merges; 257 = plain bytes",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of the text (at its end) held out for validation",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), GPT-2's vocab.json (with merges.txt beside it), or a directory holding either",
+    )
     p.add_argument("--force", action="store_true", help="replace a different dataset already in DIR")
-    p.add_argument("--replace-invalid", action="store_true", help="replace bytes that are not UTF-8 with U+FFFD (with a warning) instead of stopping")
+    p.add_argument(
+        "--replace-invalid",
+        action="store_true",
+        help="replace bytes that are not UTF-8 with U+FFFD (with a warning) instead of stopping",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -170,8 +214,14 @@ def _run_prepare(args) -> int:
     from .data import prepare
 
     meta = prepare(
-        args.inputs, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction, tokenizer=args.tokenizer,
-        force=args.force, replace_invalid=args.replace_invalid, progress=not args.quiet,
+        args.inputs,
+        args.out,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
+        tokenizer=args.tokenizer,
+        force=args.force,
+        replace_invalid=args.replace_invalid,
+        progress=not args.quiet,
     )
     s = meta["splits"]
     print(
@@ -241,21 +291,52 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
         "still hold every generated token. Past --block-size tokens of context, the model sees the last\n"
         "block_size tokens."
     )
-    p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="a run directory (its best checkpoint, else its last) or a checkpoint directory")
+    p.add_argument(
+        "--checkpoint",
+        default=DEFAULT_RUN,
+        metavar="DIR",
+        help="a run directory (its best checkpoint, else its last) or a checkpoint directory",
+    )
     src = p.add_mutually_exclusive_group()
-    _unset(src.add_argument("--prompt", metavar="TEXT", help="text to continue"),
-           "standard input if it is not a terminal, else empty")
+    _unset(
+        src.add_argument("--prompt", metavar="TEXT", help="text to continue"),
+        "standard input if it is not a terminal, else empty",
+    )
     src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
-    p.add_argument("--num-samples", type=_int_in(1, MAX_SAMPLES), default=1, metavar="N", help=f"samples to draw (in one batch), at most {MAX_SAMPLES}")
+    p.add_argument(
+        "--num-samples",
+        type=_int_in(1, MAX_SAMPLES),
+        default=1,
+        metavar="N",
+        help=f"samples to draw (in one batch), at most {MAX_SAMPLES}",
+    )
     _add_sampling(p)
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample just before this text (repeatable)")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT", help="end a sample just before this text (repeatable)"
+    )
     _add_device(p)
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
-    _unset(p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                          help="torch.compile the decode step"), "on for CUDA")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere"
+    )
+    _unset(
+        p.add_argument(
+            "--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the decode step"
+        ),
+        "on for CUDA",
+    )
     _add_quantize(p)
-    p.add_argument("--json", action="store_true", help='print one JSON object per sample: {"prompt", "text", "ids", "logprobs", "finish_reason"}')
-    p.add_argument("--show-probs", type=_non_negative_int, default=0, metavar="K", help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked; 0 = off")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per sample: {"prompt", "text", "ids", "logprobs", "finish_reason"}',
+    )
+    p.add_argument(
+        "--show-probs",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked; 0 = off",
+    )
 
 
 def _read_prompt(args) -> str:
@@ -271,7 +352,9 @@ def _read_prompt(args) -> str:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise MiniGPTError(f"--prompt-file {args.prompt_file}: not UTF-8 text (invalid byte at offset {e.start})") from None
+            raise MiniGPTError(
+                f"--prompt-file {args.prompt_file}: not UTF-8 text (invalid byte at offset {e.start})"
+            ) from None
     if sys.stdin is not None and not sys.stdin.isatty():  # None: standard input was closed (`<&-`)
         try:
             data = sys.stdin.buffer.read()
@@ -299,7 +382,9 @@ def _run_sample(args) -> int:
     ckpt, device = load_for_inference(args.checkpoint, args.device, args.dtype, quantize=args.quantize)
     tok = ckpt.tokenizer
     if args.compile and device.type != "cuda":
-        raise MiniGPTError("--compile: compiling the decode step is for CUDA (on the CPU, decoding is already prepacked for oneDNN)")
+        raise MiniGPTError(
+            "--compile: compiling the decode step is for CUDA (on the CPU, decoding is already prepacked for oneDNN)"
+        )
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     out = sys.stdout
     stream = not args.json and not args.show_probs
@@ -335,15 +420,36 @@ def _run_sample(args) -> int:
         out.write(prompt)
         out.flush()
     samples = complete(
-        ckpt.model, tok, prompt, num_samples=n, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed,
-        stop=args.stop, on_text=on_text if stream else None, on_step=on_step if args.show_probs else None,
-        top=args.show_probs, compile=compile_,
+        ckpt.model,
+        tok,
+        prompt,
+        num_samples=n,
+        max_new_tokens=args.max_new_tokens,
+        params=params,
+        seed=args.seed,
+        stop=args.stop,
+        on_text=on_text if stream else None,
+        on_step=on_step if args.show_probs else None,
+        top=args.show_probs,
+        compile=compile_,
     )
     if args.json:
         for s in samples:
             # allow_nan=False: every logprob is finite (the sampler guarantees it); a NaN
             # would make the line invalid JSON, so fail loudly rather than print one.
-            out.write(json.dumps({"prompt": s.prompt, "text": s.text, "ids": s.ids, "logprobs": [round(x, 6) for x in s.logprobs], "finish_reason": s.finish_reason}, allow_nan=False) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "prompt": s.prompt,
+                        "text": s.text,
+                        "ids": s.ids,
+                        "logprobs": [round(x, 6) for x in s.logprobs],
+                        "finish_reason": s.finish_reason,
+                    },
+                    allow_nan=False,
+                )
+                + "\n"
+            )
     elif stream:
         out.write("\n")
         for i, s in enumerate(samples[1:], start=2):
@@ -365,11 +471,25 @@ def _build_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
     _unset(p.add_argument("--data", metavar="DIR", help="prepared dataset"), "the one the checkpoint was trained on")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--max-tokens", type=_int_in(0, 2**62), default=0, metavar="N", help="evaluate only the first N validation tokens, a quick estimate; 0 = all")
+    p.add_argument(
+        "--max-tokens",
+        type=_int_in(0, 2**62),
+        default=0,
+        metavar="N",
+        help="evaluate only the first N validation tokens, a quick estimate; 0 = all",
+    )
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass")
-    p.add_argument("--samples", type=_int_in(0, MAX_SAMPLES), default=10, metavar="N",
-                   help="generated samples for diversity and memorisation; 0 skips sampling")
-    _unset(p.add_argument("--prompt", default="", metavar="TEXT", help="prompt for the samples"), "empty, i.e. <|endoftext|>")
+    p.add_argument(
+        "--samples",
+        type=_int_in(0, MAX_SAMPLES),
+        default=10,
+        metavar="N",
+        help="generated samples for diversity and memorisation; 0 skips sampling",
+    )
+    _unset(
+        p.add_argument("--prompt", default="", metavar="TEXT", help="prompt for the samples"),
+        "empty, i.e. <|endoftext|>",
+    )
     _add_sampling(p, min_new_tokens=1)
     p.set_defaults(max_new_tokens=200, seed=0)
     _add_device(p)
@@ -410,8 +530,17 @@ def _run_eval(args) -> int:
             f"the token ids would mean different text; evaluate on data prepared with the checkpoint's tokenizer"
         )
     report = evaluate_checkpoint(
-        ckpt.model, ckpt.tokenizer, data, max_tokens=args.max_tokens, batch_size=args.batch_size, samples=args.samples,
-        prompt=args.prompt, max_new_tokens=args.max_new_tokens, params=params, seed=args.seed, progress=None,
+        ckpt.model,
+        ckpt.tokenizer,
+        data,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        params=params,
+        seed=args.seed,
+        progress=None,
     )
     report = {"checkpoint": str(ckpt.path), "data": str(data.path), **report}
     print(json.dumps(json_safe(report)) if args.json else format_eval(report))
@@ -425,7 +554,11 @@ def _build_compare(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by `minigpt train`")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument("--png", metavar="FILE", help=f"plot val bits per byte against training time (needs matplotlib: pip install '{DIST}[viz]')")
+    p.add_argument(
+        "--png",
+        metavar="FILE",
+        help=f"plot val bits per byte against training time (needs matplotlib: pip install '{DIST}[viz]')",
+    )
 
 
 def _run_compare(args) -> int:
@@ -449,7 +582,12 @@ def _build_attention(p: argparse.ArgumentParser) -> None:
         "(needs matplotlib)."
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to look at (cropped to the last block_size tokens if longer)")
+    p.add_argument(
+        "--prompt",
+        required=True,
+        metavar="TEXT",
+        help="the text to look at (cropped to the last block_size tokens if longer)",
+    )
     _unset(p.add_argument("--layer", type=int, metavar="L", help="layer index, 0-based"), "average over layers")
     _unset(p.add_argument("--head", type=int, metavar="H", help="head index, 0-based"), "average over heads")
     p.add_argument("--top", type=int, default=3, metavar="N", help="attended tokens listed per token")
@@ -502,7 +640,10 @@ def _run_attention(args) -> int:
     check_index(args.head, cfg.n_head, "head")
     maps = attention_maps(ckpt.model, ckpt.tokenizer, args.prompt)
     if maps.dropped:
-        _note("attention", f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)")
+        _note(
+            "attention",
+            f"the prompt is {len(maps) + maps.dropped} tokens; cropped to its last {len(maps)} (block_size)",
+        )
     # Files first, terminal view after: `... | head` closing the pipe must not cost a file.
     written = []
     if args.npz:
@@ -535,17 +676,32 @@ def _build_heads(p: argparse.ArgumentParser) -> None:
         "  minigpt heads --ablate --ablate-tokens 0 --json # on the whole validation split"
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
-    _unset(p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores"),
-           "a built-in passage")
+    _unset(
+        p.add_argument("--prompt", metavar="TEXT", help="text for entropy/distance/previous-token/sink scores"),
+        "a built-in passage",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the repeated random sequence for the induction score")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--html", metavar="FILE", help="write the viewer with the Heads tab (and the text's attention and logit lens)")
+    p.add_argument(
+        "--html", metavar="FILE", help="write the viewer with the Heads tab (and the text's attention and logit lens)"
+    )
     g = p.add_argument_group("ablation")
-    g.add_argument("--ablate", action="store_true", help="measure each head's zero- and mean-ablation cost (one pass over the sample per head and method)")
-    g.add_argument("--ablate-tokens", type=_non_negative_int, default=ABLATION_TOKENS, metavar="N",
-                   help="score the first N tokens of the validation split; 0 = all of it")
-    _unset(g.add_argument("--data", metavar="DIR", help="prepared dataset whose val split is scored"),
-           "the one the checkpoint was trained on")
+    g.add_argument(
+        "--ablate",
+        action="store_true",
+        help="measure each head's zero- and mean-ablation cost (one pass over the sample per head and method)",
+    )
+    g.add_argument(
+        "--ablate-tokens",
+        type=_non_negative_int,
+        default=ABLATION_TOKENS,
+        metavar="N",
+        help="score the first N tokens of the validation split; 0 = all of it",
+    )
+    _unset(
+        g.add_argument("--data", metavar="DIR", help="prepared dataset whose val split is scored"),
+        "the one the checkpoint was trained on",
+    )
     g.add_argument("--batch-size", type=_int_in(1, 4096), default=16, metavar="B", help="windows per forward pass")
     _add_device(p)
 
@@ -563,8 +719,10 @@ def _dataset_for(ckpt, data_dir: str | None, command: str):
         except (TypeError, KeyError):
             data_dir = None
         if not isinstance(data_dir, str):
-            raise MiniGPTError(f"{ckpt.path} does not record the dataset it was trained on; pass --data DIR (a prepared "
-                               f"dataset with the same tokenizer)")
+            raise MiniGPTError(
+                f"{ckpt.path} does not record the dataset it was trained on; pass --data DIR (a prepared "
+                f"dataset with the same tokenizer)"
+            )
     try:
         data = Dataset(data_dir)
     except DataError as e:
@@ -572,9 +730,11 @@ def _dataset_for(ckpt, data_dir: str | None, command: str):
             raise
         raise DataError(f"{e} (the dataset recorded in {ckpt.path}/run.json; pass --data DIR to use another)") from None
     if data.tokenizer.to_str() != ckpt.tokenizer.to_str():
-        raise MiniGPTError(f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's "
-                           f"({data.path}/tokenizer.json): the token ids would mean different text; {command} needs data "
-                           f"prepared with the checkpoint's tokenizer")
+        raise MiniGPTError(
+            f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's "
+            f"({data.path}/tokenizer.json): the token ids would mean different text; {command} needs data "
+            f"prepared with the checkpoint's tokenizer"
+        )
     data.check_token_ids("val", ckpt.model.config.vocab_size)
     return data
 
@@ -591,14 +751,24 @@ def _run_heads(args) -> int:
     data = _dataset_for(ckpt, args.data, "--ablate") if args.ablate else None  # a bad --data fails before any work
     report = head_report(ckpt.model, ckpt.tokenizer, text, seed=args.seed, title=str(ckpt.path))
     if report.maps.dropped and args.prompt is not None:
-        _note("heads", f"the prompt is {len(report.maps) + report.maps.dropped} tokens; cropped to its last "
-                       f"{len(report.maps)} (block_size)")
+        _note(
+            "heads",
+            f"the prompt is {len(report.maps) + report.maps.dropped} tokens; cropped to its last "
+            f"{len(report.maps)} (block_size)",
+        )
     if data is not None:
         from .ablation import head_ablation
 
         report.ablation = head_ablation(
-            ckpt.model, data.tokens("val"), ckpt.tokenizer.byte_lengths, max_tokens=args.ablate_tokens,
-            tokenizer=ckpt.tokenizer, prompt=text, batch_size=args.batch_size, progress=None, source=str(data.path),
+            ckpt.model,
+            data.tokens("val"),
+            ckpt.tokenizer.byte_lengths,
+            max_tokens=args.ablate_tokens,
+            tokenizer=ckpt.tokenizer,
+            prompt=text,
+            batch_size=args.batch_size,
+            progress=None,
+            source=str(data.path),
         )
     written = []
     if args.html:
@@ -611,8 +781,10 @@ def _run_heads(args) -> int:
 
         print(json.dumps(json_safe({"checkpoint": str(ckpt.path), **report.to_json()}), indent=2))
     else:
-        print(f"{ckpt.path}: {len(report.maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
-              f"induction on repeated random sequences (seed {args.seed})")
+        print(
+            f"{ckpt.path}: {len(report.maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
+            f"induction on repeated random sequences (seed {args.seed})"
+        )
         print(report.format())
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
@@ -636,15 +808,36 @@ def _build_lens(p: argparse.ArgumentParser) -> None:
         "  minigpt lens --prompt 'To be, or not to be' --html lens.html"
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to read (cropped to its last block_size tokens if longer)")
-    p.add_argument("--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help="predictions kept per layer and position")
-    _unset(p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed"),
-           "the last")
-    _unset(p.add_argument("--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token"),
-           "the real next token; at the last position the model's top guess")
-    p.add_argument("--parts", type=_non_negative_int, default=24, metavar="N", help="print only the N largest parts of the attribution (in model order); 0 = all")
+    p.add_argument(
+        "--prompt",
+        required=True,
+        metavar="TEXT",
+        help="the text to read (cropped to its last block_size tokens if longer)",
+    )
+    p.add_argument(
+        "--top", type=_int_in(1, 100), default=LENS_TOP_K, metavar="K", help="predictions kept per layer and position"
+    )
+    _unset(
+        p.add_argument("--position", type=int, metavar="P", help="the position (0-based) detailed and attributed"),
+        "the last",
+    )
+    _unset(
+        p.add_argument(
+            "--token", metavar="TEXT", help="the token whose logit is attributed, as text that is one token"
+        ),
+        "the real next token; at the last position the model's top guess",
+    )
+    p.add_argument(
+        "--parts",
+        type=_non_negative_int,
+        default=24,
+        metavar="N",
+        help="print only the N largest parts of the attribution (in model order); 0 = all",
+    )
     p.add_argument("--json", action="store_true", help="print the lens and the attribution as JSON instead of tables")
-    p.add_argument("--html", metavar="FILE", help="write the viewer opened on its Logit lens tab (with the prompt's attention)")
+    p.add_argument(
+        "--html", metavar="FILE", help="write the viewer opened on its Logit lens tab (with the prompt's attention)"
+    )
     _add_device(p)
 
 
@@ -683,8 +876,11 @@ def _build_import_hf(p: argparse.ArgumentParser) -> None:
         "with weights_only=True; tokenizer.json, or GPT-2's vocab.json + merges.txt, if present) into a minigpt\n"
         "checkpoint directory. Other architectures are refused, naming their model_type."
     )
-    p.add_argument("hf_dir", metavar="HF_DIR",
-                   help="directory saved by transformers' save_pretrained (GPT2LMHeadModel or Qwen3ForCausalLM)")
+    p.add_argument(
+        "hf_dir",
+        metavar="HF_DIR",
+        help="directory saved by transformers' save_pretrained (GPT2LMHeadModel or Qwen3ForCausalLM)",
+    )
     p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
     p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
 
@@ -723,12 +919,18 @@ def _build_export_gguf(p: argparse.ArgumentParser) -> None:
         "Write a minigpt GPT checkpoint as one GGUF file for llama.cpp, Ollama and LM Studio, tokenizer included:\n"
         "GPT-2's block as llama.cpp's gpt2 architecture, the modern block as qwen3. Needs: pip install gguf."
     )
-    p.epilog = ("examples:\n  minigpt export-gguf out/shakespeare shakespeare.gguf --type q8_0\n"
-                "  llama-cli -m shakespeare.gguf -p 'ROMEO:'")
+    p.epilog = (
+        "examples:\n  minigpt export-gguf out/shakespeare shakespeare.gguf --type q8_0\n"
+        "  llama-cli -m shakespeare.gguf -p 'ROMEO:'"
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory")
     p.add_argument("out", metavar="FILE.gguf", help="file to write")
-    p.add_argument("--type", choices=("f32", "f16", "q8_0"), default="f16",
-                   help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32) (default: f16)")
+    p.add_argument(
+        "--type",
+        choices=("f32", "f16", "q8_0"),
+        default="f16",
+        help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32) (default: f16)",
+    )
     p.add_argument("--force", action="store_true", help="replace FILE.gguf if it exists")
 
 
@@ -774,18 +976,56 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint", default=DEFAULT_RUN, metavar="DIR", help="run or checkpoint directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests whose Host header is NAME (repeatable; '*' = any). IP addresses, "
-                        "localhost and --host's name are always allowed; other names are refused (DNS rebinding)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; '*' = any). IP addresses, "
+        "localhost and --host's name are always allowed; other names are refused (DNS rebinding)",
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    p.add_argument("--api-key", metavar="KEY", default=None, help="require 'Authorization: Bearer KEY' (default: $MINIGPT_API_KEY, else none)")
-    p.add_argument("--max-tokens-cap", type=int, default=1024, metavar="N", help="largest max_tokens a request may ask for (default: 1024)")
-    p.add_argument("--max-n", type=int, default=16, metavar="N", help="largest n (completions per prompt) a request may ask for (default: 16)")
-    p.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N", help="longest prompt a request may send, in tokens (default: 4096)")
-    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)")
-    p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests waiting beyond the running batch before 503 (default: 64)")
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $MINIGPT_API_KEY, else none)",
+    )
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="largest max_tokens a request may ask for (default: 1024)",
+    )
+    p.add_argument(
+        "--max-n",
+        type=int,
+        default=16,
+        metavar="N",
+        help="largest n (completions per prompt) a request may ask for (default: 16)",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="longest prompt a request may send, in tokens (default: 4096)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)"
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests waiting beyond the running batch before 503 (default: 64)",
+    )
     _add_device(p)
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="weights' dtype: auto = bf16 on CUDA, fp32 elsewhere"
+    )
     _add_quantize(p)
 
 
@@ -793,11 +1033,19 @@ def _run_serve(args) -> int:
     from .serve import ServeConfig, run_server  # the serve extra (starlette, uvicorn) loads only here
 
     cfg = ServeConfig(
-        checkpoint=args.checkpoint, host=args.host, port=args.port,
+        checkpoint=args.checkpoint,
+        host=args.host,
+        port=args.port,
         api_key=args.api_key if args.api_key is not None else (os.environ.get("MINIGPT_API_KEY") or None),
-        max_tokens_cap=args.max_tokens_cap, max_n=args.max_n, max_prompt_tokens=args.max_prompt_tokens,
-        max_batch=args.max_batch, queue_size=args.queue_size, device=args.device, dtype=args.dtype,
-        allowed_hosts=tuple(args.allowed_host), quantize=args.quantize,
+        max_tokens_cap=args.max_tokens_cap,
+        max_n=args.max_n,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_batch=args.max_batch,
+        queue_size=args.queue_size,
+        device=args.device,
+        dtype=args.dtype,
+        allowed_hosts=tuple(args.allowed_host),
+        quantize=args.quantize,
     )
     return run_server(cfg)
 
@@ -808,15 +1056,28 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "sample": ("generate text from a checkpoint", _build_sample, _run_sample),
     "eval": ("bits per byte, perplexity, diversity and memorisation of a checkpoint", _build_eval, _run_eval),
     "compare": ("compare training runs side by side", _build_compare, _run_compare),
-    "attention": ("show attention weights for a prompt (terminal, HTML viewer, PNG, NPZ)", _build_attention, _run_attention),
+    "attention": (
+        "show attention weights for a prompt (terminal, HTML viewer, PNG, NPZ)",
+        _build_attention,
+        _run_attention,
+    ),
     "heads": ("per-head statistics and ablation; find previous-token and induction heads", _build_heads, _run_heads),
     "lens": ("the logit lens and direct logit attribution: what each layer predicts", _build_lens, _run_lens),
-    "import-hf": ("convert a Hugging Face GPT-2 or Qwen3 directory to a minigpt checkpoint", _build_import_hf,
-                  _run_import_hf),
-    "export-hf": ("write a checkpoint as a Hugging Face directory (GPT-2, or Qwen3 for the modern block)",
-                  _build_export_hf, _run_export_hf),
-    "export-gguf": ("write a checkpoint as one GGUF file (llama.cpp, Ollama, LM Studio)", _build_export_gguf,
-                    _run_export_gguf),
+    "import-hf": (
+        "convert a Hugging Face GPT-2 or Qwen3 directory to a minigpt checkpoint",
+        _build_import_hf,
+        _run_import_hf,
+    ),
+    "export-hf": (
+        "write a checkpoint as a Hugging Face directory (GPT-2, or Qwen3 for the modern block)",
+        _build_export_hf,
+        _run_export_hf,
+    ),
+    "export-gguf": (
+        "write a checkpoint as one GGUF file (llama.cpp, Ollama, LM Studio)",
+        _build_export_gguf,
+        _run_export_gguf,
+    ),
     "quantize": ("write an int8 copy of a checkpoint (faster CPU decoding)", _build_quantize, _run_quantize),
     "serve": ("serve a checkpoint: OpenAI-compatible API and a live playground", _build_serve, _run_serve),
 }
@@ -829,7 +1090,8 @@ def _top_parser() -> argparse.ArgumentParser:
         prog=PROG,
         formatter_class=_formatter,
         description="minigpt: train a small GPT on your own text, sample from it, and look inside it.",
-        epilog="commands:\n" + "\n".join(f"  {name:<11} {summary}" for name, (summary, _, _) in COMMANDS.items())
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<11} {summary}" for name, (summary, _, _) in COMMANDS.items())
         + f"\n\nRun '{PROG} COMMAND --help' for a command's flags.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -906,7 +1168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The one place a stray OS error becomes a line: a write to standard output on a
         # full disk, a file that vanished, a device that failed. (Files minigpt writes
         # itself already raise FileError with their path.)
-        err = os_error(e, e.filename if e.filename is not None else "standard output", "cannot write" if e.filename is None else "cannot access")
+        err = os_error(
+            e,
+            e.filename if e.filename is not None else "standard output",
+            "cannot write" if e.filename is None else "cannot access",
+        )
         _stdout_to_devnull()
         print(f"{PROG} {name}: error: {err}", file=sys.stderr)
         return 1 if err.environmental else 2

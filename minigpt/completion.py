@@ -38,7 +38,9 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt)
     if not ids:
         if tokenizer.eot_id is None:
-            raise ConfigError("empty prompt and the tokenizer has no <|endoftext|> token to start from; give a --prompt")
+            raise ConfigError(
+                "empty prompt and the tokenizer has no <|endoftext|> token to start from; give a --prompt"
+            )
         ids = [tokenizer.eot_id]
     return ids
 
@@ -121,8 +123,16 @@ def complete(
         return rows[b].feed(token)
 
     steps = generate(
-        model, [ids] * num_samples, max_new_tokens, params, seed=seed, stop=stop_row, use_cache=use_cache, top=top,
-        compile=compile, vocab_limit=tokenizer.vocab_size,  # never draw an id the tokenizer cannot decode
+        model,
+        [ids] * num_samples,
+        max_new_tokens,
+        params,
+        seed=seed,
+        stop=stop_row,
+        use_cache=use_cache,
+        top=top,
+        compile=compile,
+        vocab_limit=tokenizer.vocab_size,  # never draw an id the tokenizer cannot decode
     )
     for step in steps:
         for b in range(num_samples):

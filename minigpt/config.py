@@ -104,10 +104,17 @@ class GPTConfig:
     zero_init_proj: bool = False  # projections into the residual stream start at zero (modded-nanogpt)
 
     def __post_init__(self) -> None:
-        for name, cap in (("vocab_size", MAX_VOCAB), ("block_size", MAX_CONTEXT), ("n_layer", MAX_LAYERS),
-                          ("n_head", MAX_WIDTH), ("n_embd", MAX_WIDTH)):
+        for name, cap in (
+            ("vocab_size", MAX_VOCAB),
+            ("block_size", MAX_CONTEXT),
+            ("n_layer", MAX_LAYERS),
+            ("n_head", MAX_WIDTH),
+            ("n_embd", MAX_WIDTH),
+        ):
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, f"must be a positive integer, got {v!r}")
+            _check(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0, name, f"must be a positive integer, got {v!r}"
+            )
             _check(v <= cap, name, f"must be at most {cap:,}, got {v:,}")
         _check(
             self.n_embd % self.n_head == 0,
@@ -119,22 +126,42 @@ class GPTConfig:
             "dropout",
             f"must be in [0, 1), got {self.dropout!r}",
         )
-        _check(self.pos_encoding in POS_ENCODINGS, "pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}; got {self.pos_encoding!r}")
+        _check(
+            self.pos_encoding in POS_ENCODINGS,
+            "pos_encoding",
+            f"must be one of {', '.join(POS_ENCODINGS)}; got {self.pos_encoding!r}",
+        )
         if self.pos_encoding == "rope":
-            _check(self.head_dim % 2 == 0, "n_embd", f"rope needs an even head size (n_embd / n_head = {self.head_dim})")
-        _check(is_real(self.rope_base, 1.0, 1e12) and self.rope_base > 1, "rope_base",
-               f"must be a number > 1 and at most 1e12, got {_short(self.rope_base)}")
-        _check(is_real(self.layer_norm_eps, 0.0, 1.0) and self.layer_norm_eps > 0, "layer_norm_eps",
-               f"must be a positive number at most 1, got {_short(self.layer_norm_eps)}")
+            _check(
+                self.head_dim % 2 == 0, "n_embd", f"rope needs an even head size (n_embd / n_head = {self.head_dim})"
+            )
+        _check(
+            is_real(self.rope_base, 1.0, 1e12) and self.rope_base > 1,
+            "rope_base",
+            f"must be a number > 1 and at most 1e12, got {_short(self.rope_base)}",
+        )
+        _check(
+            is_real(self.layer_norm_eps, 0.0, 1.0) and self.layer_norm_eps > 0,
+            "layer_norm_eps",
+            f"must be a positive number at most 1, got {_short(self.layer_norm_eps)}",
+        )
         for name in ("bias", "tie_weights"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         _check(isinstance(self.pos_encoding, str), "pos_encoding", f"must be a string, got {self.pos_encoding!r}")
         _check(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}; got {self.norm!r}")
         _check(self.mlp in MLPS, "mlp", f"must be one of {', '.join(MLPS)}; got {self.mlp!r}")
-        _check(isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool) and 0 <= self.mlp_hidden <= 8 * MAX_WIDTH,
-               "mlp_hidden", f"must be 0 (automatic) or a positive width, got {self.mlp_hidden!r}")
-        _check(is_real(self.logit_softcap, 0.0) and self.logit_softcap < 1e4, "logit_softcap",
-               f"must be >= 0 (0 = off) and below 10000, got {_short(self.logit_softcap)}")
+        _check(
+            isinstance(self.mlp_hidden, int)
+            and not isinstance(self.mlp_hidden, bool)
+            and 0 <= self.mlp_hidden <= 8 * MAX_WIDTH,
+            "mlp_hidden",
+            f"must be 0 (automatic) or a positive width, got {self.mlp_hidden!r}",
+        )
+        _check(
+            is_real(self.logit_softcap, 0.0) and self.logit_softcap < 1e4,
+            "logit_softcap",
+            f"must be >= 0 (0 = off) and below 10000, got {_short(self.logit_softcap)}",
+        )
         for name in ("qk_norm", "zero_init_proj"):
             _check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
         check_model_size(self.vocab_size, self.n_layer, self.n_embd)
@@ -157,14 +184,14 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         return dataclass_from_dict(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "GPTConfig":
+    def from_json(cls, text: str) -> GPTConfig:
         return cls.from_dict(json.loads(text))
 
 
@@ -192,9 +219,14 @@ def dataclass_from_dict(cls, d: dict[str, Any]):
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})",
-                          field=unknown[0])
-    missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
+        raise ConfigError(
+            f"{unknown[0]}: not a {cls.__name__} field (known: {', '.join(sorted(names))})", field=unknown[0]
+        )
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d
+    ]
     if missing:
         raise ConfigError(f"{missing[0]}: missing from the {cls.__name__}", field=missing[0])
     try:
@@ -235,7 +267,8 @@ class ModelArgs:
         metavar="SOURCE",
     )
     init_from_sha256: str | None = _opt(
-        None, "refuse --init-from SOURCE unless its weights have this SHA-256 (every fine-tune records it)",
+        None,
+        "refuse --init-from SOURCE unless its weights have this SHA-256 (every fine-tune records it)",
         metavar="HEX",
     )
     n_layer: int = _opt(4, "number of Transformer blocks (or recurrent layers)")
@@ -247,7 +280,11 @@ class ModelArgs:
     pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)
     tie_weights: bool = _opt(True, "share the token-embedding matrix with the output head")
     norm: str = _opt("layernorm", "normalisation: layernorm (GPT-2) or rmsnorm (Llama, Qwen)", choices=NORMS)
-    mlp: str = _opt("gelu", "MLP: gelu (tanh form, GPT-2), gelu_exact (erf, nanoGPT), relu2 (ReLU squared) or swiglu (gated, Llama)", choices=MLPS)
+    mlp: str = _opt(
+        "gelu",
+        "MLP: gelu (tanh form, GPT-2), gelu_exact (erf, nanoGPT), relu2 (ReLU squared) or swiglu (gated, Llama)",
+        choices=MLPS,
+    )
     qk_norm: bool = _opt(False, "normalise queries and keys per head before attention (Qwen3)")
     logit_softcap: float = _opt(0.0, "bound the logits to +-this with tanh (0: off)")
     zero_init_proj: bool = _opt(False, "start the projections into the residual stream at zero")
@@ -284,11 +321,18 @@ class OptimArgs:
         False, "with --init-from: keep the token and position embeddings as loaded (a tied output head with them)"
     )
     freeze_layers: int = _opt(0, "with --init-from: keep the first N Transformer blocks as loaded", metavar="N")
-    optimizer: str = _opt("adamw", "adamw, or muon: Muon for the blocks' matrices, AdamW for embeddings, head and gains",
-                          choices=OPTIMIZERS)
+    optimizer: str = _opt(
+        "adamw",
+        "adamw, or muon: Muon for the blocks' matrices, AdamW for embeddings, head and gains",
+        choices=OPTIMIZERS,
+    )
     muon_lr: float = _opt(0.02, "Muon's learning rate (with --optimizer muon)")
-    schedule: str = _opt("cosine", "learning-rate schedule after warmup: cosine decay, or wsd (constant, then a "
-                         "linear cooldown to --min-lr over the last --cooldown of the steps)", choices=SCHEDULES)
+    schedule: str = _opt(
+        "cosine",
+        "learning-rate schedule after warmup: cosine decay, or wsd (constant, then a "
+        "linear cooldown to --min-lr over the last --cooldown of the steps)",
+        choices=SCHEDULES,
+    )
     cooldown: float = _opt(0.4, "share of the steps the wsd schedule spends cooling down")
 
 
@@ -296,8 +340,12 @@ class OptimArgs:
 class RunArgs:
     out: str = _opt(DEFAULT_RUN, "run directory: checkpoints, metrics.jsonl, config")
     device: str = _opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    dtype: str = _opt("auto", "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with "
-                      "native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16", choices=DTYPES)
+    dtype: str = _opt(
+        "auto",
+        "compute dtype: auto (bf16 on CUDA if supported, else fp16; bf16 autocast on a CPU with "
+        "native bf16 (AVX512-BF16/AMX); fp32 elsewhere), float32, bfloat16, float16",
+        choices=DTYPES,
+    )
     compile: bool | None = _opt(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     eval_interval: int = _opt(250, "evaluate (and checkpoint) every this many steps")
     eval_steps: int = _opt(20, "batches per evaluation of train and val loss")
@@ -307,9 +355,12 @@ class RunArgs:
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
     sample_tokens: int = _opt(200, "tokens to sample at the end of training (0: none)")
     threads: int = _opt(0, "CPU threads for torch (0: one per physical core)")
-    max_time: float = _opt(0.0, "train for this wall-clock budget (seconds, or with a unit: 175, 3m, 1h): the step "
-                           "count is fixed from the speed of the first steps, so the schedule ends on time (0: off)",
-                           parse=_duration)
+    max_time: float = _opt(
+        0.0,
+        "train for this wall-clock budget (seconds, or with a unit: 175, 3m, 1h): the step "
+        "count is fixed from the speed of the first steps, so the schedule ends on time (0: off)",
+        parse=_duration,
+    )
 
 
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
@@ -331,11 +382,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         out = cls(preset=d.pop("preset", DEFAULT_PRESET), planned=d.pop("planned", []))
-        _check(isinstance(out.planned, list) and all(isinstance(x, str) for x in out.planned), "planned",
-               f"must be a list of setting names, got {out.planned!r}")
+        _check(
+            isinstance(out.planned, list) and all(isinstance(x, str) for x in out.planned),
+            "planned",
+            f"must be a list of setting names, got {out.planned!r}",
+        )
         for name, section in SECTIONS.items():
             setattr(out, name, dataclass_from_dict(section, d.pop(name, {})))
         if d:
@@ -360,8 +414,13 @@ class TrainConfig:
         kind and its shape rules are checked where the model is built: `models.py`.)"""
         _coerce_types(self)
         m, o, r = self.model, self.optim, self.run
-        for name, cap in (("n_layer", MAX_LAYERS), ("n_head", MAX_WIDTH), ("n_embd", MAX_WIDTH),
-                          ("block_size", MAX_CONTEXT), ("ngram_order", MAX_NGRAM_ORDER)):
+        for name, cap in (
+            ("n_layer", MAX_LAYERS),
+            ("n_head", MAX_WIDTH),
+            ("n_embd", MAX_WIDTH),
+            ("block_size", MAX_CONTEXT),
+            ("ngram_order", MAX_NGRAM_ORDER),
+        ):
             v = getattr(m, name)
             if name == "block_size" and v == 0:
                 continue  # 0: the --init-from model's own context length (checked in _validate_finetune)
@@ -377,8 +436,16 @@ class TrainConfig:
             _check(math.isfinite(v), name, f"must be a finite number, got {v}")
         _check(0 < o.lr <= 10, "lr", f"must be in (0, 10], got {o.lr}")
         _check(0 <= o.min_lr <= o.lr, "min_lr", f"must be between 0 and --lr ({o.lr}), got {o.min_lr}")
-        _check(0 <= o.warmup_steps <= MAX_STEPS, "warmup_steps", f"must be between 0 and {MAX_STEPS:,}, got {o.warmup_steps}")
-        _check(0 <= o.lr_decay_steps <= MAX_STEPS, "lr_decay_steps", f"must be between 0 and {MAX_STEPS:,}, got {o.lr_decay_steps}")
+        _check(
+            0 <= o.warmup_steps <= MAX_STEPS,
+            "warmup_steps",
+            f"must be between 0 and {MAX_STEPS:,}, got {o.warmup_steps}",
+        )
+        _check(
+            0 <= o.lr_decay_steps <= MAX_STEPS,
+            "lr_decay_steps",
+            f"must be between 0 and {MAX_STEPS:,}, got {o.lr_decay_steps}",
+        )
         _check(o.weight_decay >= 0, "weight_decay", f"must be >= 0, got {o.weight_decay}")
         _check(0 <= o.beta1 < 1, "beta1", f"must be in [0, 1), got {o.beta1}")
         _check(0 <= o.beta2 < 1, "beta2", f"must be in [0, 1), got {o.beta2}")
@@ -391,7 +458,11 @@ class TrainConfig:
         for name in ("eval_interval", "eval_steps", "log_interval"):
             v = getattr(r, name)
             _check(0 < v <= MAX_STEPS, name, f"must be between 1 and {MAX_STEPS:,}, got {v:,}")
-        _check(0 <= r.sample_tokens <= MAX_CONTEXT, "sample_tokens", f"must be between 0 and {MAX_CONTEXT:,}, got {r.sample_tokens:,}")
+        _check(
+            0 <= r.sample_tokens <= MAX_CONTEXT,
+            "sample_tokens",
+            f"must be between 0 and {MAX_CONTEXT:,}, got {r.sample_tokens:,}",
+        )
         _check(0 <= r.threads <= 4096, "threads", f"must be between 0 and 4096, got {r.threads}")
         _check(0 <= r.seed <= MAX_SEED, "seed", f"must be between 0 and 2^63 - 1, got {r.seed}")
         for name in ("out", "data"):
@@ -403,19 +474,37 @@ class TrainConfig:
         """The settings of a fine-tune and of text given as --data."""
         m, d, o = self.model, self.data, self.optim
         if m.init_from is not None:
-            _check(m.init_from.strip() != "", "init_from", "must not be empty (name a run, a model directory or a model name)")
+            _check(
+                m.init_from.strip() != "",
+                "init_from",
+                "must not be empty (name a run, a model directory or a model name)",
+            )
         if m.init_from_sha256 is not None:
             _check(m.init_from is not None, "init_from_sha256", "only means something with --init-from")
-            _check(len(m.init_from_sha256) == 64 and set(m.init_from_sha256.lower()) <= SHA256_HEX, "init_from_sha256",
-                   f"must be 64 hexadecimal digits, got {m.init_from_sha256!r}")
+            _check(
+                len(m.init_from_sha256) == 64 and set(m.init_from_sha256.lower()) <= SHA256_HEX,
+                "init_from_sha256",
+                f"must be 64 hexadecimal digits, got {m.init_from_sha256!r}",
+            )
         _check(m.block_size != 0 or m.init_from is not None, "block_size", "0 (the source's) needs --init-from")
         if d.data_out is not None:
             _check(d.data_out.strip() != "", "data_out", "must not be empty (name a directory)")
-        _check(257 <= d.vocab_size <= MAX_VOCAB, "vocab_size", f"must be between 257 and {MAX_VOCAB:,}, got {d.vocab_size:,}")
-        _check(0 <= o.freeze_layers <= MAX_LAYERS, "freeze_layers", f"must be between 0 and {MAX_LAYERS:,}, got {o.freeze_layers:,}")
+        _check(
+            257 <= d.vocab_size <= MAX_VOCAB,
+            "vocab_size",
+            f"must be between 257 and {MAX_VOCAB:,}, got {d.vocab_size:,}",
+        )
+        _check(
+            0 <= o.freeze_layers <= MAX_LAYERS,
+            "freeze_layers",
+            f"must be between 0 and {MAX_LAYERS:,}, got {o.freeze_layers:,}",
+        )
         for name in ("freeze_embeddings", "freeze_layers"):
-            _check(not getattr(o, name) or m.init_from is not None, name,
-                   "only with --init-from (freezing randomly initialised weights keeps them random)")
+            _check(
+                not getattr(o, name) or m.init_from is not None,
+                name,
+                "only with --init-from (freezing randomly initialised weights keeps them random)",
+            )
 
 
 # Named starting points. Each is a set of overrides of the dataclass defaults; flags and
@@ -436,25 +525,65 @@ PRESETS: dict[str, dict[str, Any]] = {
     # in 3 minutes) val bits per byte rose from step 1500 on without it (2.276 at the end)
     # and reached 2.103 with it (BENCHMARKS.md).
     "cpu": dict(
-        n_layer=3, n_head=6, n_embd=192, block_size=64, dropout=0.0,
-        pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, zero_init_proj=True,
-        optimizer="muon", muon_lr=0.02, schedule="wsd", cooldown=0.4,
-        max_steps=2300, batch_size=32, lr=4e-3, min_lr=2e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=500, eval_steps=8,
+        n_layer=3,
+        n_head=6,
+        n_embd=192,
+        block_size=64,
+        dropout=0.0,
+        pos_encoding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        qk_norm=True,
+        bias=False,
+        zero_init_proj=True,
+        optimizer="muon",
+        muon_lr=0.02,
+        schedule="wsd",
+        cooldown=0.4,
+        max_steps=2300,
+        batch_size=32,
+        lr=4e-3,
+        min_lr=2e-4,
+        warmup_steps=100,
+        beta2=0.99,
+        eval_interval=500,
+        eval_steps=8,
     ),
     # nanoGPT's CPU recipe shape (its README: 4 layers, 4 heads, 128 wide, block 64, batch 12).
     # Its model too: nanoGPT's train.py defaults to no biases and its MLP uses nn.GELU(),
     # the exact (erf) GELU; both export to GPT-2 (activation_function "gelu").
     "nanogpt-cpu": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, mlp="gelu_exact",
-        max_steps=2000, batch_size=12, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=250, eval_steps=20,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=64,
+        dropout=0.0,
+        bias=False,
+        mlp="gelu_exact",
+        max_steps=2000,
+        batch_size=12,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        beta2=0.99,
+        eval_interval=250,
+        eval_steps=20,
     ),
     # The size of nanoGPT's config/train_shakespeare_char.py (6 x 384, block 256).
     "shakespeare-char": dict(
-        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
-        max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-        eval_interval=250, eval_steps=200,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        block_size=256,
+        dropout=0.2,
+        max_steps=5000,
+        batch_size=64,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=100,
+        beta2=0.99,
+        eval_interval=250,
+        eval_steps=200,
     ),
     # What `--init-from SOURCE` starts from: nanoGPT's finetune_shakespeare.py optimisation
     # (a constant 3e-5, no warmup: the weights are already trained, and a large first
@@ -464,15 +593,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     # as in nanoGPT: --dropout turns it on for the loaded model. Runs go beside the default
     # run (out/shakespeare), not into it.
     FINETUNE_PRESET: dict(
-        block_size=0, dropout=0.0, max_steps=200, batch_size=4, grad_accum=1, lr=3e-5, min_lr=3e-5,
-        warmup_steps=0, weight_decay=0.1, beta2=0.99, eval_interval=50, eval_steps=10, log_interval=1,
+        block_size=0,
+        dropout=0.0,
+        max_steps=200,
+        batch_size=4,
+        grad_accum=1,
+        lr=3e-5,
+        min_lr=3e-5,
+        warmup_steps=0,
+        weight_decay=0.1,
+        beta2=0.99,
+        eval_interval=50,
+        eval_steps=10,
+        log_interval=1,
         out="out/finetune",
     ),
     # GPT-2 small (124M): 12 x 768, block 1024; nanoGPT's train_gpt2.py optimisation.
     "gpt2": dict(
-        n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0,
-        max_steps=600000, batch_size=12, grad_accum=40, lr=6e-4, min_lr=6e-5, warmup_steps=2000,
-        weight_decay=0.1, beta2=0.95, eval_interval=1000, eval_steps=200,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        dropout=0.0,
+        max_steps=600000,
+        batch_size=12,
+        grad_accum=40,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=2000,
+        weight_decay=0.1,
+        beta2=0.95,
+        eval_interval=1000,
+        eval_steps=200,
     ),
 }
 
@@ -531,8 +683,15 @@ def add_train_arguments(parser: argparse.ArgumentParser, model_kinds: Sequence[s
     what a run gets with no flags: the dataclass defaults under the default `cpu` preset;
     where a fine-tune (--init-from) starts elsewhere, "(with --init-from: X)" says so.
     `model_kinds` (the registry's names, see models.py) become --model's choices."""
-    parser.add_argument("--preset", choices=list(PRESETS), default=None, help=f"named starting point (default: {DEFAULT_PRESET})")
-    parser.add_argument("--config", metavar="FILE.toml", default=None, help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)")
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default=None, help=f"named starting point (default: {DEFAULT_PRESET})"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        default=None,
+        help="read settings from a TOML file (flat keys or [model]/[data]/[optim]/[run] tables)",
+    )
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
         for f in fields(cls):

@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 from . import files
 from . import inputs as text_inputs
 from .dataset import (
-    DATASET_FILES, FORMAT, FORMAT_VERSION, META_FILE, RECIPE_FILE, SPLITS, files_problem, read_meta, token_dtype,
+    DATASET_FILES,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    RECIPE_FILE,
+    SPLITS,
+    files_problem,
+    read_meta,
+    token_dtype,
 )
 from .errors import DataError, MiniGPTError
 from .inputs import read_text_chunks, resolve_inputs
@@ -67,7 +75,10 @@ def _sigterm_unwinds() -> Iterator[None]:
     (which would leave the staging directory behind). Only where SIGTERM has its default
     action: a program that installed its own handler (or ignores SIGTERM) keeps its policy;
     and only in the main thread (the only one that may set handlers)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
 
@@ -93,7 +104,11 @@ def _check_val_fraction(value: Any, name: str = "--val-fraction") -> float:
 
 def _check_vocab_size(value: Any, name: str = "--vocab-size") -> int:
     # MAX_VOCAB_SIZE: HF's trainer aborts the process on a huge value (see tokenizer.py).
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not MIN_VOCAB_SIZE <= value <= MAX_VOCAB_SIZE:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not MIN_VOCAB_SIZE <= value <= MAX_VOCAB_SIZE
+    ):
         raise DataError(
             f"{name} must be a whole number, at least {MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>) and at most "
             f"{MAX_VOCAB_SIZE:,}, got {value!r}"
@@ -238,7 +253,7 @@ class _Staging:
         self.path: Path | None = None
         self.published = False
 
-    def __enter__(self) -> "_Staging":
+    def __enter__(self) -> _Staging:
         try:
             if not self.in_place:
                 self.created = files.create_directories(self.parent)
@@ -340,7 +355,10 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
             existing, problem = None, str(e)
         if existing is not None and problem is None and _fingerprint(existing) == _fingerprint(planned) and not force:
             if progress:
-                print(f"{out}: already prepared from the same sources and settings (use --force to rebuild)", file=sys.stderr)
+                print(
+                    f"{out}: already prepared from the same sources and settings (use --force to rebuild)",
+                    file=sys.stderr,
+                )
             return existing
         if not force:
             what = (
@@ -348,14 +366,16 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
                 if existing is not None and problem is None
                 else f"a damaged or unreadable dataset ({problem})"
             )
-            raise DataError(f"{out} already holds {what}; choose another --out or pass --force to replace it",
-                            kind="exists")
+            raise DataError(
+                f"{out} already holds {what}; choose another --out or pass --force to replace it", kind="exists"
+            )
     elif st is not None and not force:
         foreign = [n for n in ("train.bin", "val.bin") if os.path.lexists(out / n)]
         if foreign:
             raise DataError(
                 f"{out} already holds {', '.join(foreign)} without a minigpt meta.json (another tool's dataset?); "
-                f"choose another --out or pass --force to replace it", kind="exists"
+                f"choose another --out or pass --force to replace it",
+                kind="exists",
             )
 
     if st is not None:  # --force replaces a dataset's regular files, never a FIFO, device or link
@@ -366,7 +386,16 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
     with _Staging(out) as staging:
         try:
             meta = _build(
-                paths, staging.path, tok, vocab_size, val_fraction, planned, sources, tokenizer, replace_invalid, progress
+                paths,
+                staging.path,
+                tok,
+                vocab_size,
+                val_fraction,
+                planned,
+                sources,
+                tokenizer,
+                replace_invalid,
+                progress,
             )
             staging.publish()
         except files.FileError:
@@ -377,7 +406,9 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
     return meta
 
 
-def _build(paths, tmp: Path, tok, vocab_size, val_fraction, planned, sources, tokenizer, replace_invalid, progress) -> dict:
+def _build(
+    paths, tmp: Path, tok, vocab_size, val_fraction, planned, sources, tokenizer, replace_invalid, progress
+) -> dict:
     """The three passes, writing the dataset's files into `tmp`; returns meta."""
     docs = _scan(paths, replace_invalid, progress)
     total_chars = sum(d.chars for d in docs)
@@ -388,9 +419,14 @@ def _build(paths, tmp: Path, tok, vocab_size, val_fraction, planned, sources, to
     if tok is None:
         # Pass 2: learn the merges from the training split only (no peeking at validation).
         train_text = (
-            t for s, _, t in _safe_pieces(_split_chunks(docs, train_chars, replace_invalid), TRAIN_PIECE) if s == "train"
+            t
+            for s, _, t in _safe_pieces(_split_chunks(docs, train_chars, replace_invalid), TRAIN_PIECE)
+            if s == "train"
         )
-        with tqdm(total=train_chars, unit="char", unit_scale=True, desc="train tokenizer", disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=train_chars, unit="char", unit_scale=True, desc="train tokenizer", disable=not progress, leave=False
+        ) as bar:
+
             def counted():
                 for t in train_text:
                     bar.update(len(t))

@@ -12,13 +12,41 @@ from __future__ import annotations
 
 from .corpus import ENCODE_PIECE, Terminated, prepare, prepare_from_recipe
 from .dataset import (
-    DATASET_FILES, DTYPES, FORMAT, FORMAT_VERSION, META_FILE, RECIPE_FILE, SPLITS, Dataset, WindowSampler,
-    eval_offsets, read_meta, token_dtype, windows,
+    DATASET_FILES,
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    RECIPE_FILE,
+    SPLITS,
+    Dataset,
+    WindowSampler,
+    eval_offsets,
+    read_meta,
+    token_dtype,
+    windows,
 )
 from .inputs import READ_BLOCK, read_text_chunks, resolve_inputs
 
 __all__ = [
-    "ENCODE_PIECE", "Terminated", "prepare", "prepare_from_recipe", "DATASET_FILES", "DTYPES", "FORMAT",
-    "FORMAT_VERSION", "META_FILE", "RECIPE_FILE", "SPLITS", "Dataset", "WindowSampler", "eval_offsets", "read_meta",
-    "token_dtype", "windows", "READ_BLOCK", "read_text_chunks", "resolve_inputs",
+    "ENCODE_PIECE",
+    "Terminated",
+    "prepare",
+    "prepare_from_recipe",
+    "DATASET_FILES",
+    "DTYPES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "META_FILE",
+    "RECIPE_FILE",
+    "SPLITS",
+    "Dataset",
+    "WindowSampler",
+    "eval_offsets",
+    "read_meta",
+    "token_dtype",
+    "windows",
+    "READ_BLOCK",
+    "read_text_chunks",
+    "resolve_inputs",
 ]

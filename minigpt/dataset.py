@@ -141,9 +141,8 @@ class Dataset:
 
     def __init__(self, path: str | os.PathLike):
         self.path = files.path_arg(path, "the data directory", DataError)
-        how = (
-            f"prepare it with `minigpt prepare TEXT_FILES... --out {self.path}`"
-            + (" (or let `minigpt train` do it from its dataset.toml)" if os.path.lexists(self.path / RECIPE_FILE) else "")
+        how = f"prepare it with `minigpt prepare TEXT_FILES... --out {self.path}`" + (
+            " (or let `minigpt train` do it from its dataset.toml)" if os.path.lexists(self.path / RECIPE_FILE) else ""
         )
         st = files.stat_or_none(self.path)
         if st is None or not stat.S_ISDIR(st.st_mode):
@@ -258,7 +257,7 @@ class WindowSampler:
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
-        device: "str | torch.device" = "cpu",
+        device: str | torch.device = "cpu",
     ):
         import torch  # lazily: only the batch loader needs torch (`prepare` does not)
 
@@ -281,12 +280,14 @@ class WindowSampler:
             self._step = step
         return self._offsets
 
-    def get(self, step: int, micro_step: int = 0) -> "tuple[torch.Tensor, torch.Tensor]":
+    def get(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         i = (self.rank * self.grad_accum + micro_step) * self.batch_size
         return windows(self.tokens, self.offsets(step)[i : i + self.batch_size], self.block_size, self.device)
 
 
-def windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int, device: "torch.device") -> "tuple[torch.Tensor, torch.Tensor]":
+def windows(
+    tokens: np.ndarray, offsets: np.ndarray, block_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather windows tokens[o : o + block_size + 1] for each offset into (x, y) int64 tensors."""
     import torch  # lazily: only the batch loader needs torch (`prepare` does not)
 

@@ -80,5 +80,6 @@ class NoAttention(MiniGPTError):
         if feature is None:
             super().__init__(f"{name} has no attention to inspect (attention maps need a GPT checkpoint)")
         else:  # the logit lens, attribution, ablation: they read a GPT's layers and heads
-            super().__init__(f"{name} has no attention heads or layers of a residual stream: {feature} needs a GPT "
-                             f"checkpoint")
+            super().__init__(
+                f"{name} has no attention heads or layers of a residual stream: {feature} needs a GPT checkpoint"
+            )

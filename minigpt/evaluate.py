@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import DIST_NAME, files
 from .checkpoint import RunDirectory, read_run
@@ -154,7 +154,9 @@ def evaluate_tokens(
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     offsets = np.arange(W)
-    with tqdm(total=n - 1, desc="eval", unit="tok", unit_scale=True, disable=progress is False, leave=False, file=sys.stderr) as bar:
+    with tqdm(
+        total=n - 1, desc="eval", unit="tok", unit_scale=True, disable=progress is False, leave=False, file=sys.stderr
+    ) as bar:
         for i in range(0, len(starts), batch_size):
             s, d = starts[i : i + batch_size], done[i : i + batch_size]
             x, y = windows(tokens, s, W, device)
@@ -307,7 +309,9 @@ class Memorization:
     longest_train_offset: int  # where in the training split
 
 
-def memorization(samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, n: int = MEMO_N, vocab_size: int | None = None) -> Memorization:
+def memorization(
+    samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, n: int = MEMO_N, vocab_size: int | None = None
+) -> Memorization:
     """How much of the generated token ids is copied from the training split.
 
     - the share of the samples' n-grams (n = 8 tokens by default) that occur anywhere in
@@ -326,7 +330,9 @@ def memorization(samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, 
     (4, 2, 3, 1, 1)
     """
     seqs = [np.asarray(s, dtype=np.int64) for s in samples]
-    V = vocab_size or 1 + max([int(train_tokens.max(initial=0)) if len(train_tokens) else 0] + [int(s.max()) for s in seqs if len(s)])
+    V = vocab_size or 1 + max(
+        [int(train_tokens.max(initial=0)) if len(train_tokens) else 0] + [int(s.max()) for s in seqs if len(s)]
+    )
     max_len = max([len(s) for s in seqs] + [0])
     hasher = _Hasher(V, CHUNK + max_len)
     total = sum(max(0, len(s) - n + 1) for s in seqs)
@@ -358,22 +364,40 @@ def memorization(samples: Sequence[Sequence[int]], train_tokens: np.ndarray, *, 
 
 
 def evaluate_checkpoint(
-    model: nn.Module, tokenizer, data, *, max_tokens: int = 0, batch_size: int = 16, samples: int = 10,
-    prompt: str = "", max_new_tokens: int = 200, params=None, seed: int = 0, progress: bool | None = False,
+    model: nn.Module,
+    tokenizer,
+    data,
+    *,
+    max_tokens: int = 0,
+    batch_size: int = 16,
+    samples: int = 10,
+    prompt: str = "",
+    max_new_tokens: int = 200,
+    params=None,
+    seed: int = 0,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Every number `minigpt eval` reports, for a model and a prepared `Dataset` whose
     tokenizer is the model's. Returns a flat dict (the --json object, less the paths).
     `samples=0` skips the sampling half: its numbers are then None (null in --json)."""
     val = data.tokens("val")
     if len(val) < 2:
-        raise DataError(f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction")
+        raise DataError(
+            f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction"
+        )
     if samples < 0:
         raise MiniGPTError(f"--samples must be >= 0, got {samples}")
     for split in ("val", "train"):  # an id past the model's vocabulary would index out of its tables
         data.check_token_ids(split, model.config.vocab_size)
     window, stride = model.score_window()
     ev = evaluate_tokens(
-        model, val, tokenizer.byte_lengths, window=window, stride=stride, batch_size=batch_size, max_tokens=max_tokens,
+        model,
+        val,
+        tokenizer.byte_lengths,
+        window=window,
+        stride=stride,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
         progress=progress,
     )
     report = {
@@ -390,11 +414,15 @@ def evaluate_checkpoint(
     }
     if samples == 0:
         return {**report, **dict.fromkeys(_SAMPLE_KEYS)}
-    outs = complete(model, tokenizer, prompt, num_samples=samples, max_new_tokens=max_new_tokens, params=params, seed=seed)
+    outs = complete(
+        model, tokenizer, prompt, num_samples=samples, max_new_tokens=max_new_tokens, params=params, seed=seed
+    )
     texts = [c.text for c in outs]
     ids = [c.ids for c in outs]
     memo = memorization(ids, data.tokens("train"), vocab_size=model.config.vocab_size)
-    longest_ids = ids[memo.longest_sample][memo.longest_offset : memo.longest_offset + memo.longest] if memo.longest else []
+    longest_ids = (
+        ids[memo.longest_sample][memo.longest_offset : memo.longest_offset + memo.longest] if memo.longest else []
+    )
     return {
         **report,
         "sample_tokens": sum(len(i) for i in ids),
@@ -413,8 +441,16 @@ def evaluate_checkpoint(
 
 # What the sampling half of `eval` reports (None each with --samples 0).
 _SAMPLE_KEYS = (
-    "sample_tokens", "distinct_1", "distinct_2", "distinct_3", "repetition_rate", "memorized_8gram_rate",
-    "memorized_8grams", "total_8grams", "longest_memorized_span", "longest_memorized_text",
+    "sample_tokens",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "repetition_rate",
+    "memorized_8gram_rate",
+    "memorized_8grams",
+    "total_8grams",
+    "longest_memorized_span",
+    "longest_memorized_text",
     "longest_memorized_train_offset",
 )
 
@@ -431,7 +467,10 @@ def format_eval(r: dict[str, Any]) -> str:
     rows = [
         ("checkpoint", f"{r['checkpoint']} ({r['model_type']})"),
         ("data", r["data"]),
-        ("validation", f"{r['val_tokens']:,} tokens, {r['val_bytes']:,} bytes ({scope}; window {r['window']}, stride {r['stride']})"),
+        (
+            "validation",
+            f"{r['val_tokens']:,} tokens, {r['val_bytes']:,} bytes ({scope}; window {r['window']}, stride {r['stride']})",
+        ),
         ("  loss", f"{_num(r['val_loss'], '.4f')} nats/token"),
         ("  perplexity", _num(r["perplexity"], ".2f")),
         ("  bits per byte", _num(r["bits_per_byte"], ".4f")),
@@ -441,10 +480,22 @@ def format_eval(r: dict[str, Any]) -> str:
     else:
         rows += [
             ("samples", f"{r['samples']} ({r['sample_tokens']:,} tokens generated)"),
-            ("  distinct-1/2/3", " / ".join(_num(r[f"distinct_{n}"], ".3f") for n in (1, 2, 3)) + "  (unique word n-grams / all)"),
-            ("  repetition", f"{_num(r['repetition_rate'], '.3f')}  (word {REP_N}-grams repeating earlier in their sample)"),
-            ("  memorised", f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} generated {MEMO_N}-token n-grams are in the training split)"),
-            ("  longest copy", f"{r['longest_memorized_span']} tokens" + (f": {json.dumps(span, ensure_ascii=False)}" if span else "")),
+            (
+                "  distinct-1/2/3",
+                " / ".join(_num(r[f"distinct_{n}"], ".3f") for n in (1, 2, 3)) + "  (unique word n-grams / all)",
+            ),
+            (
+                "  repetition",
+                f"{_num(r['repetition_rate'], '.3f')}  (word {REP_N}-grams repeating earlier in their sample)",
+            ),
+            (
+                "  memorised",
+                f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} generated {MEMO_N}-token n-grams are in the training split)",
+            ),
+            (
+                "  longest copy",
+                f"{r['longest_memorized_span']} tokens" + (f": {json.dumps(span, ensure_ascii=False)}" if span else ""),
+            ),
         ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -469,7 +520,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     rd = RunDirectory(p)
     ckpt = rd.last() or rd.best()
     if ckpt is None and not rd.metrics_path.is_file():
-        raise MiniGPTError(f"{p}: not a training run (no metrics.jsonl and no last/ or best/ checkpoint); train with `minigpt train --out {p}`")
+        raise MiniGPTError(
+            f"{p}: not a training run (no metrics.jsonl and no last/ or best/ checkpoint); train with `minigpt train --out {p}`"
+        )
     info = read_run(ckpt) if ckpt is not None and (ckpt / "run.json").is_file() else {}
     evals = [m for m in rd.read_metrics() if m.get("val_bpb") is not None]
     curve = [(float(m.get("time_s") or 0.0), float(m["val_bpb"])) for m in evals]
@@ -508,10 +561,15 @@ def format_compare(rows: list[dict[str, Any]]) -> str:
     head = ["run", "model", "data", "params", "steps", "train time", "tokens seen", "best val bpb", "final val bpb"]
     body = [
         [
-            r["run"], r["model_type"] or "?", r["data"] or "?", _human(r["num_params"]),
+            r["run"],
+            r["model_type"] or "?",
+            r["data"] or "?",
+            _human(r["num_params"]),
             "-" if r["step"] is None else str(r["step"]),
-            "-" if r["train_time_s"] is None else f"{r['train_time_s']:.1f} s", _human(r["tokens_seen"]),
-            _num(r["best_val_bpb"], ".4f"), _num(r["final_val_bpb"], ".4f"),
+            "-" if r["train_time_s"] is None else f"{r['train_time_s']:.1f} s",
+            _human(r["tokens_seen"]),
+            _num(r["best_val_bpb"], ".4f"),
+            _num(r["final_val_bpb"], ".4f"),
         ]
         for r in rows
     ]
@@ -519,13 +577,17 @@ def format_compare(rows: list[dict[str, Any]]) -> str:
     left = {0, 1, 2}  # text columns left-aligned, numbers right-aligned
 
     def line(cells):
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     lines = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     datasets = list(dict.fromkeys(r["data"] for r in rows if r["data"]))  # known ones, in order
     if len(datasets) > 1:
-        lines.append(f"note: these runs were validated on {len(datasets)} different datasets ({', '.join(datasets)}): "
-                     f"compare bits per byte only between runs on the same data")
+        lines.append(
+            f"note: these runs were validated on {len(datasets)} different datasets ({', '.join(datasets)}): "
+            f"compare bits per byte only between runs on the same data"
+        )
     return "\n".join(lines)
 
 

@@ -146,9 +146,15 @@ def create_directories(path: str | os.PathLike) -> list[Path]:
 
 
 def _kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a file"),
-                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a file"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -168,8 +174,11 @@ def check_replaceable(path: str | os.PathLike, *, directory: bool) -> None:
         return
 
     def refuse(what: str) -> FileError:
-        return FileError(f"{p} is {what}, which minigpt did not write; it replaces only its own outputs "
-                         f"(remove it or choose another path)", kind="not-ours")
+        return FileError(
+            f"{p} is {what}, which minigpt did not write; it replaces only its own outputs "
+            f"(remove it or choose another path)",
+            kind="not-ours",
+        )
 
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(p)
@@ -198,8 +207,11 @@ def open_regular(path: str | os.PathLike, what: str = "file") -> int:
     with contextlib.suppress(OSError):
         st = os.stat(p)
     if st is not None and not stat.S_ISREG(st.st_mode):  # before open: a device's open can have effects
-        raise FileError(f"{p}: is {_kind_of(st.st_mode)}, not a regular file" if not stat.S_ISDIR(st.st_mode)
-                        else f"{p}: is a directory, not a {what}")
+        raise FileError(
+            f"{p}: is {_kind_of(st.st_mode)}, not a regular file"
+            if not stat.S_ISDIR(st.st_mode)
+            else f"{p}: is a directory, not a {what}"
+        )
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:

@@ -48,8 +48,10 @@ Q8_BLOCK = 32  # weights per q8_0 block
 def _refuse_for_llama_cpp(cfg: GPTConfig, arch: str) -> None:
     """What export-hf accepts but llama.cpp's gpt2/qwen3 graphs do not compute."""
     if arch == "gpt2" and cfg.mlp == "gelu_exact":
-        raise CheckpointError("cannot export mlp 'gelu_exact' to GGUF: llama.cpp's gpt2 uses the tanh GELU (train "
-                              "with --mlp gelu, or use export-hf, whose GPT-2 config can say 'gelu')")
+        raise CheckpointError(
+            "cannot export mlp 'gelu_exact' to GGUF: llama.cpp's gpt2 uses the tanh GELU (train "
+            "with --mlp gelu, or use export-hf, whose GPT-2 config can say 'gelu')"
+        )
 
 
 def gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
@@ -63,8 +65,14 @@ def gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         out["token_embd.weight"] = sd["transformer.wte.weight"]
         out["position_embd.weight"] = sd["transformer.wpe.weight"]
         out["output_norm.weight"], out["output_norm.bias"] = sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"]
-        names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-                 "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+        names = {
+            "ln_1": "attn_norm",
+            "attn.c_attn": "attn_qkv",
+            "attn.c_proj": "attn_output",
+            "ln_2": "ffn_norm",
+            "mlp.c_fc": "ffn_up",
+            "mlp.c_proj": "ffn_down",
+        }
         for i in range(cfg.n_layer):
             for ours, theirs in names.items():
                 for kind in ("weight", "bias"):
@@ -75,10 +83,19 @@ def gguf_tensors(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         sd = qwen3_state_from_gpt(model)
         out["token_embd.weight"] = sd["model.embed_tokens.weight"]
         out["output_norm.weight"] = sd["model.norm.weight"]
-        names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-                 "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-                 "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+        names = {
+            "input_layernorm": "attn_norm",
+            "self_attn.q_proj": "attn_q",
+            "self_attn.k_proj": "attn_k",
+            "self_attn.v_proj": "attn_v",
+            "self_attn.q_norm": "attn_q_norm",
+            "self_attn.k_norm": "attn_k_norm",
+            "self_attn.o_proj": "attn_output",
+            "post_attention_layernorm": "ffn_norm",
+            "mlp.gate_proj": "ffn_gate",
+            "mlp.up_proj": "ffn_up",
+            "mlp.down_proj": "ffn_down",
+        }
         for i in range(cfg.n_layer):
             for ours, theirs in names.items():
                 out[f"blk.{i}.{theirs}.weight"] = sd[f"model.layers.{i}.{ours}.weight"]
@@ -101,8 +118,9 @@ def _add_tokenizer(w, tokenizer: Tokenizer) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")  # GPT-2's pre-tokenizer regex, which minigpt trains and encodes with
     w.add_token_list(tokens)
-    w.add_token_types([int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL)
-                       for i in range(len(tokens))])
+    w.add_token_types(
+        [int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL) for i in range(len(tokens))]
+    )
     w.add_token_merges(merges)
     if tokenizer.eot_id is not None:
         w.add_bos_token_id(tokenizer.eot_id)
@@ -111,8 +129,9 @@ def _add_tokenizer(w, tokenizer: Tokenizer) -> None:
     w.add_add_bos_token(False)  # minigpt adds nothing before a prompt
 
 
-def export_gguf(checkpoint: str | os.PathLike, out_file: str | os.PathLike, out_type: str = "f16",
-                force: bool = False) -> Path:
+def export_gguf(
+    checkpoint: str | os.PathLike, out_file: str | os.PathLike, out_type: str = "f16", force: bool = False
+) -> Path:
     """Write a GPT checkpoint (or a run's best/last) as one GGUF file of `out_type`
     (f32, f16 or q8_0), atomically. Refuses, naming the setting, what llama.cpp's gpt2 and
     qwen3 architectures cannot compute. Returns the path written."""
@@ -125,8 +144,10 @@ def export_gguf(checkpoint: str | os.PathLike, out_file: str | os.PathLike, out_
     path, out = resolve_checkpoint(checkpoint), Path(out_file)
     kind, settings = read_model_config(path)
     if (method := saved_quantization(path)) is not None:
-        raise CheckpointError(f"{path}: is quantized ({method}); export the float checkpoint it was made from "
-                              f"(--type q8_0 quantizes for llama.cpp)")
+        raise CheckpointError(
+            f"{path}: is quantized ({method}); export the float checkpoint it was made from "
+            f"(--type q8_0 quantizes for llama.cpp)"
+        )
     try:
         cfg = GPTConfig.from_dict(settings)
         arch = export_architecture(cfg)
@@ -141,8 +162,11 @@ def export_gguf(checkpoint: str | os.PathLike, out_file: str | os.PathLike, out_
     model: GPT = ckpt.model
     tensors = gguf_tensors(model, arch)
 
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[out_type]
     with atomic_output(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(path.parent.name if path.name in ("best", "last") else path.name)

@@ -39,8 +39,17 @@ import torch
 
 from . import files, models
 from .checkpoint import (
-    CONFIG, TOKENIZER, WEIGHTS, check_weight, load_checkpoint, load_safetensors, read_model_config, resolve_checkpoint,
-    safe_torch_load, save_checkpoint, save_tensors,
+    CONFIG,
+    TOKENIZER,
+    WEIGHTS,
+    check_weight,
+    load_checkpoint,
+    load_safetensors,
+    read_model_config,
+    resolve_checkpoint,
+    safe_torch_load,
+    save_checkpoint,
+    save_tensors,
 )
 from .config import GPTConfig, is_real
 from .errors import CheckpointError, MiniGPTError
@@ -48,7 +57,14 @@ from .model import GPT
 from .quantize import saved_quantization
 from .tokenizer import EOT, MERGES_FILE, VOCAB_FILE, Tokenizer
 
-__all__ = ["import_hf", "export_hf", "gpt_config_from_hf", "hf_config_from_gpt", "gpt_state_from_hf", "hf_state_from_gpt"]
+__all__ = [
+    "import_hf",
+    "export_hf",
+    "gpt_config_from_hf",
+    "hf_config_from_gpt",
+    "gpt_state_from_hf",
+    "hf_state_from_gpt",
+]
 
 HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_BIN, HF_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -64,9 +80,18 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 GELU_KINDS = {**{name: "gelu" for name in TANH_GELUS}, "gelu": "gelu_exact"}
 # GPT2Config's defaults, which transformers applies to keys a config.json leaves out.
 HF_DEFAULTS = {
-    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-    "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1, "layer_norm_epsilon": 1e-5,
-    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
     "tie_word_embeddings": True,
 }
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -110,8 +135,9 @@ def _architectures(hf: dict[str, Any], where: str) -> list[str]:
     archs = hf.get("architectures") or []
     archs = [archs] if isinstance(archs, str) else archs
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise CheckpointError(f"{where}: architectures must be a list of names, got {_shown(archs)}",
-                              field="architectures")
+        raise CheckpointError(
+            f"{where}: architectures must be a list of names, got {_shown(archs)}", field="architectures"
+        )
     return archs
 
 
@@ -128,12 +154,14 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         raise CheckpointError(
-            f"{where}: model_type is {model_type!r}; supported: GPT-2 (model_type \"gpt2\") and Qwen3 (\"qwen3\")"
+            f'{where}: model_type is {model_type!r}; supported: GPT-2 (model_type "gpt2") and Qwen3 ("qwen3")'
         )
     archs = _architectures(hf, where)
     other = [a for a in archs if a not in ARCHITECTURES]
     if other:
-        raise CheckpointError(f"{where}: architecture {other[0]!r} is not supported (only {' or '.join(ARCHITECTURES)})")
+        raise CheckpointError(
+            f"{where}: architecture {other[0]!r} is not supported (only {' or '.join(ARCHITECTURES)})"
+        )
     c = {**HF_DEFAULTS, **hf}
 
     # Settings that would make transformers compute a different function from ours.
@@ -144,17 +172,27 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
             f"(minigpt's GPT-2 block computes GELU: {', '.join(GELU_KINDS)})"
         )
     if c["n_inner"] is not None and not (isinstance(c["n_inner"], int) and isinstance(c["n_embd"], int)):
-        raise CheckpointError(f"{where}: n_inner must be null or an integer, got {_shown(c['n_inner'])}", field="n_inner")
+        raise CheckpointError(
+            f"{where}: n_inner must be null or an integer, got {_shown(c['n_inner'])}", field="n_inner"
+        )
     if c["n_inner"] is not None and c["n_inner"] != 4 * c["n_embd"]:
-        raise CheckpointError(f"{where}: n_inner {c['n_inner']} is not supported (minigpt's MLP is 4 * n_embd = {4 * c['n_embd']})")
+        raise CheckpointError(
+            f"{where}: n_inner {c['n_inner']} is not supported (minigpt's MLP is 4 * n_embd = {4 * c['n_embd']})"
+        )
     for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings"):
         _hf_bool(c, key, HF_DEFAULTS[key], where)
     if not c["scale_attn_weights"]:
-        raise CheckpointError(f"{where}: scale_attn_weights false is not supported (minigpt always scales attention by 1/sqrt(head_dim))")
+        raise CheckpointError(
+            f"{where}: scale_attn_weights false is not supported (minigpt always scales attention by 1/sqrt(head_dim))"
+        )
     if c["scale_attn_by_inverse_layer_idx"]:
-        raise CheckpointError(f"{where}: scale_attn_by_inverse_layer_idx true is not supported (minigpt does not scale attention by 1/(layer+1))")
+        raise CheckpointError(
+            f"{where}: scale_attn_by_inverse_layer_idx true is not supported (minigpt does not scale attention by 1/(layer+1))"
+        )
     if c["add_cross_attention"]:
-        raise CheckpointError(f"{where}: add_cross_attention true is not supported (cross-attention is for encoder-decoder use; minigpt is decoder-only)")
+        raise CheckpointError(
+            f"{where}: add_cross_attention true is not supported (cross-attention is for encoder-decoder use; minigpt is decoder-only)"
+        )
     # Not checked on purpose: reorder_and_upcast_attn only changes the order of the
     # scaling and the precision of the softmax under mixed precision; in fp32 it is the
     # same function up to rounding.
@@ -188,7 +226,9 @@ def hf_config_from_gpt(cfg: GPTConfig, eot_id: int | None = None) -> dict[str, A
     in a small vocabulary.
     """
     if cfg.pos_encoding != "learned":
-        raise CheckpointError(_POSITION_REFUSAL.get(cfg.pos_encoding, f"pos_encoding {cfg.pos_encoding!r} cannot be exported"))
+        raise CheckpointError(
+            _POSITION_REFUSAL.get(cfg.pos_encoding, f"pos_encoding {cfg.pos_encoding!r} cannot be exported")
+        )
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -240,10 +280,14 @@ _POSITION_REFUSAL = {
 # no transpose).
 
 QWEN3_LAYER = {  # minigpt name in block i -> Qwen3 name in layer i
-    "ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
-    "attn.c_proj.weight": "self_attn.o_proj.weight", "attn.q_norm.weight": "self_attn.q_norm.weight",
-    "attn.k_norm.weight": "self_attn.k_norm.weight", "mlp.c_gate.weight": "mlp.gate_proj.weight",
-    "mlp.c_fc.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight",
+    "ln_1.weight": "input_layernorm.weight",
+    "ln_2.weight": "post_attention_layernorm.weight",
+    "attn.c_proj.weight": "self_attn.o_proj.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
+    "mlp.c_gate.weight": "mlp.gate_proj.weight",
+    "mlp.c_fc.weight": "mlp.up_proj.weight",
+    "mlp.c_proj.weight": "mlp.down_proj.weight",
 }
 
 
@@ -253,10 +297,14 @@ def export_architecture(cfg: GPTConfig) -> str:
     anything else is refused, naming the setting that no architecture here expresses."""
     gelu = cfg.mlp in ("gelu", "gelu_exact")
     gpt2 = cfg.pos_encoding == "learned" and cfg.norm == "layernorm" and gelu and not cfg.qk_norm
-    qwen3 = cfg.pos_encoding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.qk_norm and not cfg.bias
+    qwen3 = (
+        cfg.pos_encoding == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.qk_norm and not cfg.bias
+    )
     if cfg.logit_softcap > 0:
-        raise CheckpointError("cannot export logit_softcap: neither GPT-2 nor Qwen3 caps their logits (train with "
-                              "--logit-softcap 0 to export)")
+        raise CheckpointError(
+            "cannot export logit_softcap: neither GPT-2 nor Qwen3 caps their logits (train with "
+            "--logit-softcap 0 to export)"
+        )
     if gpt2:
         if cfg.mlp_hidden not in (0, 4 * cfg.n_embd):
             raise CheckpointError(f"cannot export mlp_hidden {cfg.mlp_hidden} as GPT-2 (its MLP is 4 * n_embd)")
@@ -316,10 +364,14 @@ def gpt_config_from_qwen3(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
         if isinstance(hf[key], bool) or not isinstance(hf[key], int):
             raise CheckpointError(f"{where}: {key} must be an integer, got {_shown(hf[key])}", field=key)
     if hf.get("num_key_value_heads", H) != H:
-        raise CheckpointError(f"{where}: grouped-query attention (num_key_value_heads {hf['num_key_value_heads']} != "
-                              f"{H} heads) is not supported")
+        raise CheckpointError(
+            f"{where}: grouped-query attention (num_key_value_heads {hf['num_key_value_heads']} != "
+            f"{H} heads) is not supported"
+        )
     if isinstance(C, int) and isinstance(H, int) and H > 0 and hf.get("head_dim", C // H) != C // H:
-        raise CheckpointError(f"{where}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+        raise CheckpointError(
+            f"{where}: head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported"
+        )
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (minigpt's SwiGLU uses silu)")
     if hf.get("attention_bias", False):
@@ -328,17 +380,31 @@ def gpt_config_from_qwen3(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
         raise CheckpointError(f"{where}: use_sliding_window true is not supported")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(rope, dict):
-        raise CheckpointError(f"{where}: rope_parameters must be an object, got {_shown(rope)}", field="rope_parameters")
+        raise CheckpointError(
+            f"{where}: rope_parameters must be an object, got {_shown(rope)}", field="rope_parameters"
+        )
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise CheckpointError(f"{where}: rope scaling {_shown(rope.get('rope_type', rope.get('type')))} is not supported")
+        raise CheckpointError(
+            f"{where}: rope scaling {_shown(rope.get('rope_type', rope.get('type')))} is not supported"
+        )
     theta = _hf_float(hf, "rope_theta", _hf_float(rope, "rope_theta", 10000.0, where), where)
     try:
         return GPTConfig(
-            vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048), n_layer=hf["num_hidden_layers"],
-            n_head=H, n_embd=C, dropout=_hf_float(hf, "attention_dropout", 0.0, where), bias=False, pos_encoding="rope",
-            tie_weights=hf.get("tie_word_embeddings", False), rope_base=theta,
-            layer_norm_eps=_hf_float(hf, "rms_norm_eps", 1e-6, where), norm="rmsnorm", mlp="swiglu",
-            mlp_hidden=hf["intermediate_size"], qk_norm=True,
+            vocab_size=hf["vocab_size"],
+            block_size=hf.get("max_position_embeddings", 2048),
+            n_layer=hf["num_hidden_layers"],
+            n_head=H,
+            n_embd=C,
+            dropout=_hf_float(hf, "attention_dropout", 0.0, where),
+            bias=False,
+            pos_encoding="rope",
+            tie_weights=hf.get("tie_word_embeddings", False),
+            rope_base=theta,
+            layer_norm_eps=_hf_float(hf, "rms_norm_eps", 1e-6, where),
+            norm="rmsnorm",
+            mlp="swiglu",
+            mlp_hidden=hf["intermediate_size"],
+            qk_norm=True,
         )
     except CheckpointError:
         raise
@@ -350,20 +416,30 @@ def qwen3_state_from_gpt(model: GPT) -> dict[str, torch.Tensor]:
     """Qwen3ForCausalLM's state dict for a minigpt GPT of the Qwen3 shape (fp32)."""
     sd = {n: t.detach().float().cpu() for n, t in model.state_dict().items()}
     cfg = model.config
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"], "model.norm.weight": sd["transformer.ln_f.weight"]}
+    out = {
+        "model.embed_tokens.weight": sd["transformer.wte.weight"],
+        "model.norm.weight": sd["transformer.ln_f.weight"],
+    }
     if not cfg.tie_weights:
         out["lm_head.weight"] = sd["lm_head.weight"]
     for i in range(cfg.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
         q, k, v = sd[ours + "attn.c_attn.weight"].split(cfg.n_embd, dim=0)
-        out.update({theirs + "self_attn.q_proj.weight": q, theirs + "self_attn.k_proj.weight": k,
-                    theirs + "self_attn.v_proj.weight": v})
+        out.update(
+            {
+                theirs + "self_attn.q_proj.weight": q,
+                theirs + "self_attn.k_proj.weight": k,
+                theirs + "self_attn.v_proj.weight": v,
+            }
+        )
         for a, b in QWEN3_LAYER.items():
             out[theirs + b] = sd[ours + a]
     return {n: t.contiguous() for n, t in out.items()}
 
 
-def gpt_state_from_qwen3(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights") -> dict[str, torch.Tensor]:
+def gpt_state_from_qwen3(
+    tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights"
+) -> dict[str, torch.Tensor]:
     """The inverse of `qwen3_state_from_gpt`, checking names, shapes and finiteness."""
     shapes = _expected_shapes(cfg)
     t = dict(tensors)
@@ -384,15 +460,20 @@ def gpt_state_from_qwen3(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where
     for i in range(cfg.n_layer):
         ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
         out[ours + "attn.c_attn.weight"] = torch.cat(
-            [take(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"], dim=0)
+            [take(theirs + f"self_attn.{x}_proj.weight") for x in "qkv"], dim=0
+        )
         for a, b in QWEN3_LAYER.items():
             out[ours + a] = take(theirs + b)
     t = {n: v for n, v in t.items() if not n.endswith("rotary_emb.inv_freq")}
     if t:
-        raise CheckpointError(f"{where}: unexpected tensor {sorted(t)[0]!r} (not part of a Qwen3 with this config.json)")
+        raise CheckpointError(
+            f"{where}: unexpected tensor {sorted(t)[0]!r} (not part of a Qwen3 with this config.json)"
+        )
     for name, v in out.items():
         if tuple(v.shape) != shapes[name]:
-            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(v.shape)} but config.json implies {shapes[name]}")
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(v.shape)} but config.json implies {shapes[name]}"
+            )
         if not v.is_floating_point():
             raise CheckpointError(f"{where}: tensor {name!r} is not floating point")
         check_weight(name, v, where)
@@ -446,7 +527,9 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
     )
 
 
-def gpt_state_from_hf(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights") -> dict[str, torch.Tensor]:
+def gpt_state_from_hf(
+    tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: str = "weights"
+) -> dict[str, torch.Tensor]:
     """Rename and transpose GPT-2 tensors into a state dict for `GPT(cfg)` (fp32).
 
     Accepts both prefixes, "transformer.h.0..." (GPT2LMHeadModel) and "h.0..." (GPT2Model).
@@ -471,12 +554,18 @@ def gpt_state_from_hf(tensors: dict[str, torch.Tensor], cfg: GPTConfig, where: s
             continue
         out[ours] = t.t() if bare.endswith(CONV1D_WEIGHTS) else t
     if unexpected:
-        raise CheckpointError(f"{where}: unexpected tensor {unexpected[0]!r} (not part of a GPT-2 with this config.json)")
+        raise CheckpointError(
+            f"{where}: unexpected tensor {unexpected[0]!r} (not part of a GPT-2 with this config.json)"
+        )
     if cfg.tie_weights and "transformer.wte.weight" in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     missing = [n for n in shapes if n not in out]
     if missing:
-        hint = " (tie_word_embeddings is false, so the output head must be stored)" if missing[0] == "lm_head.weight" else ""
+        hint = (
+            " (tie_word_embeddings is false, so the output head must be stored)"
+            if missing[0] == "lm_head.weight"
+            else ""
+        )
         raise CheckpointError(f"{where}: missing tensor {missing[0]!r}{hint}")
     for name, t in out.items():
         if tuple(t.shape) != shapes[name]:
@@ -572,8 +661,10 @@ def hf_tokenizer(hf_dir: Path, vocab_size: int) -> tuple[Tokenizer | None, Path 
     except MiniGPTError as e:
         raise CheckpointError(str(e)) from None
     if tokenizer.vocab_size > vocab_size:
-        raise CheckpointError(f"{path}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is {vocab_size} "
-                              f"(mismatched files?)")
+        raise CheckpointError(
+            f"{path}: has {tokenizer.vocab_size} tokens but config.json's vocab_size is {vocab_size} "
+            f"(mismatched files?)"
+        )
     return tokenizer, path
 
 
@@ -588,7 +679,9 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     """
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
-        raise CheckpointError(f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 or Qwen3 directory)")
+        raise CheckpointError(
+            f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 or Qwen3 directory)"
+        )
     _check_out(out, hf_dir, force)
     hf_cfg = files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)
     cfg, from_hf = hf_architecture(hf_cfg, str(hf_dir / CONFIG))
@@ -622,7 +715,9 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     if (method := saved_quantization(path)) is not None:
         raise CheckpointError(f"{path}: is quantized ({method}); export the float checkpoint it was made from")
     if not issubclass(models.kind(kind, "model_type").cls, GPT):
-        raise CheckpointError(f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2 or Qwen3")
+        raise CheckpointError(
+            f"{path / CONFIG}: model_type {kind!r} cannot be exported; only GPT checkpoints map onto GPT-2 or Qwen3"
+        )
     try:
         arch = export_architecture(GPTConfig.from_dict(settings))
     except MiniGPTError as e:

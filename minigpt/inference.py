@@ -18,8 +18,14 @@ from .onednn import prepack_for_cpu
 from .runtime import pick_device, pick_dtype
 
 
-def load_for_inference(path: str | os.PathLike, device: str = "auto", dtype: str = "auto", *,
-                       need_tokenizer: bool = True, quantize: str | None = None):
+def load_for_inference(
+    path: str | os.PathLike,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    need_tokenizer: bool = True,
+    quantize: str | None = None,
+):
     """Load a checkpoint for sampling/evaluation/inspection: onto `device` (auto: cuda >
     mps > cpu), a GPT's weights cast to `dtype` (auto: bf16 on CUDA, fp32 elsewhere) and,
     on the CPU, prepacked for oneDNN (`onednn.prepack_for_cpu`: same numbers, faster).

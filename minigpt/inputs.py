@@ -86,7 +86,9 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike], exclude: Path | None = N
                 raise DataError(f"no text files under directory: {p}")
             files_.extend(found)
         elif glob.has_magic(str(p)):
-            found = sorted(Path(q) for q in glob.glob(str(p), recursive=True) if is_file(Path(q)) and not excluded(Path(q)))
+            found = sorted(
+                Path(q) for q in glob.glob(str(p), recursive=True) if is_file(Path(q)) and not excluded(Path(q))
+            )
             if not found:
                 raise DataError(f"no files match: {p}")
             files_.extend(found)

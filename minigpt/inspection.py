@@ -52,10 +52,24 @@ if TYPE_CHECKING:  # for annotations only: the ablation is computed by the calle
     from .lens import LogitLens
 
 __all__ = [
-    "AttentionMaps", "HeadStats", "attention_maps", "head_statistics",
-    "attention_entropy", "mean_attention_distance", "previous_token_score", "first_token_score",
-    "induction_scores", "select_map", "format_attention", "format_head_stats",
-    "write_html", "write_png", "check_index", "viewer_data", "HeadReport", "head_report",
+    "AttentionMaps",
+    "HeadStats",
+    "attention_maps",
+    "head_statistics",
+    "attention_entropy",
+    "mean_attention_distance",
+    "previous_token_score",
+    "first_token_score",
+    "induction_scores",
+    "select_map",
+    "format_attention",
+    "format_head_stats",
+    "write_html",
+    "write_png",
+    "check_index",
+    "viewer_data",
+    "HeadReport",
+    "head_report",
 ]
 
 # A head is named a previous-token head if, on average, more than half of each token's
@@ -126,7 +140,7 @@ class AttentionMaps:
         return files.atomic_write(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "AttentionMaps":
+    def load(cls, path: str | os.PathLike) -> AttentionMaps:
         """Read an .npz written by `save` (no pickles are loaded)."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -138,7 +152,7 @@ class AttentionMaps:
             raise MiniGPTError(f"{path}: not an attention .npz ({e})") from None
         return cls(tokens=tokens, ids=ids, weights=weights, dropped=dropped)
 
-    def head_stats(self) -> "HeadStats":
+    def head_stats(self) -> HeadStats:
         """Entropy, mean distance, previous-token and first-token scores of every head on
         this text (no induction score: that needs the model, see `induction_scores`)."""
         return head_statistics(self.weights)
@@ -330,14 +344,17 @@ class HeadStats:
         L, H = self.entropy.shape
         for l in range(L):
             for h in range(H):
-                out.append({
-                    "layer": l, "head": h,
-                    "entropy": float(self.entropy[l, h]),
-                    "mean_distance": float(self.distance[l, h]),
-                    "prev_token": float(self.prev_token[l, h]),
-                    "first_token": float(self.first_token[l, h]),
-                    "induction": None if self.induction is None else float(self.induction[l, h]),
-                })
+                out.append(
+                    {
+                        "layer": l,
+                        "head": h,
+                        "entropy": float(self.entropy[l, h]),
+                        "mean_distance": float(self.distance[l, h]),
+                        "prev_token": float(self.prev_token[l, h]),
+                        "first_token": float(self.first_token[l, h]),
+                        "induction": None if self.induction is None else float(self.induction[l, h]),
+                    }
+                )
         return out
 
 
@@ -424,12 +441,14 @@ def format_attention(maps: AttentionMaps, layer: int | None = None, head: int | 
     return "\n".join(lines)
 
 
-def format_head_stats(stats: HeadStats, ablation: "HeadAblation | None" = None) -> str:
+def format_head_stats(stats: HeadStats, ablation: HeadAblation | None = None) -> str:
     """The `minigpt heads` table plus the lines naming likely previous-token and induction
     heads; with `ablation`, a column per method of the rise in validation bits per byte
     without the head (and of the prompt's KL, when measured), and the heads it needs most."""
-    cols = (f"{'layer':>5} {'head':>4} {'entropy':>8} {'distance':>9} {'prev-token':>10} {'first-token':>11} "
-            f"{'induction':>9}")
+    cols = (
+        f"{'layer':>5} {'head':>4} {'entropy':>8} {'distance':>9} {'prev-token':>10} {'first-token':>11} "
+        f"{'induction':>9}"
+    )
     methods = ablation.methods if ablation is not None else ()
     with_kl = ablation is not None and ablation.prompt_kl is not None
     for m in methods:
@@ -437,8 +456,10 @@ def format_head_stats(stats: HeadStats, ablation: "HeadAblation | None" = None) 
     lines = [cols]
     for r in stats.rows():
         ind = "-" if r["induction"] is None else f"{r['induction']:.3f}"
-        line = (f"{r['layer']:>5} {r['head']:>4} {r['entropy']:>8.3f} {r['mean_distance']:>9.2f} "
-                f"{r['prev_token']:>10.3f} {r['first_token']:>11.3f} {ind:>9}")
+        line = (
+            f"{r['layer']:>5} {r['head']:>4} {r['entropy']:>8.3f} {r['mean_distance']:>9.2f} "
+            f"{r['prev_token']:>10.3f} {r['first_token']:>11.3f} {ind:>9}"
+        )
         for m in methods:
             line += f" {ablation.delta(m)[r['layer'], r['head']]:>+10.4f}"
             if with_kl:
@@ -478,7 +499,7 @@ class HeadReport:
     stats: HeadStats
     seed: int = 0
     induction_seq_len: int = INDUCTION_SEQ_LEN
-    ablation: "HeadAblation | None" = None
+    ablation: HeadAblation | None = None
     title: str = ""
 
     def rows(self) -> list[dict]:
@@ -492,7 +513,8 @@ class HeadReport:
     def to_json(self) -> dict:
         """`minigpt heads --json` (less the checkpoint path), and the viewer's `heads` part."""
         out = {
-            "tokens": len(self.maps), "dropped": self.maps.dropped,
+            "tokens": len(self.maps),
+            "dropped": self.maps.dropped,
             "induction": {"seq_len": self.induction_seq_len, "batch": INDUCTION_BATCH, "seed": self.seed},
             "thresholds": {"prev_token": PREV_TOKEN_THRESHOLD, "induction": INDUCTION_THRESHOLD},
             "heads": self.rows(),
@@ -508,18 +530,25 @@ class HeadReport:
         table = format_head_stats(self.stats, self.ablation)
         return table if self.ablation is None else self.ablation.describe() + "\n" + table
 
-    def page_data(self, lens: "LogitLens | None" = None) -> dict:
+    def page_data(self, lens: LogitLens | None = None) -> dict:
         return viewer_data(self.maps, self.title, heads=self, lens=lens, tab="heads")
 
-    def write_html(self, path: str | os.PathLike, lens: "LogitLens | None" = None) -> Path:
+    def write_html(self, path: str | os.PathLike, lens: LogitLens | None = None) -> Path:
         return write_page(self.page_data(lens), path)
 
     def _repr_html_(self) -> str:
         return notebook_html(self.page_data())
 
 
-def head_report(model, tokenizer, text: str = DEFAULT_PASSAGE, *, seed: int = 0,
-                ablation: "HeadAblation | None" = None, title: str = "") -> HeadReport:
+def head_report(
+    model,
+    tokenizer,
+    text: str = DEFAULT_PASSAGE,
+    *,
+    seed: int = 0,
+    ablation: HeadAblation | None = None,
+    title: str = "",
+) -> HeadReport:
     """Every head's statistics on `text` and its induction score (`seed`: the repeated
     random sequences); `ablation` (from `ablation.head_ablation`) is attached as given."""
     maps = attention_maps(model, tokenizer, text)
@@ -535,8 +564,16 @@ def head_report(model, tokenizer, text: str = DEFAULT_PASSAGE, *, seed: int = 0,
 # ---- the HTML viewer and the PNG ---------------------------------------------------------------
 
 
-def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, head: int | None = None, *,
-                lens: "LogitLens | None" = None, heads: HeadReport | None = None, tab: str | None = None) -> dict:
+def viewer_data(
+    maps: AttentionMaps,
+    title: str = "",
+    layer: int | None = None,
+    head: int | None = None,
+    *,
+    lens: LogitLens | None = None,
+    heads: HeadReport | None = None,
+    tab: str | None = None,
+) -> dict:
     """What the viewer reads (see viewer.html's header): tokens, each head's rows cut at
     the diagonal (row t keeps its t+1 possible keys), rounded to 6 decimals, the
     layer/head to open on (head None: the mean over heads) and, when given, the per-head
@@ -564,9 +601,17 @@ def viewer_data(maps: AttentionMaps, title: str = "", layer: int | None = None, 
     }
 
 
-def write_html(maps: AttentionMaps, path: str | os.PathLike, *, title: str = "", layer: int | None = None,
-               head: int | None = None, lens: "LogitLens | None" = None, heads: HeadReport | None = None,
-               tab: str | None = None) -> Path:
+def write_html(
+    maps: AttentionMaps,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    layer: int | None = None,
+    head: int | None = None,
+    lens: LogitLens | None = None,
+    heads: HeadReport | None = None,
+    tab: str | None = None,
+) -> Path:
     """Write the interactive viewer: one HTML file with the data inside, no network needed.
 
     Layer and head selectors, the chosen head's heatmap (token labels on its axes and a

@@ -98,8 +98,9 @@ class _CrossEntropy(torch.autograd.Function):
         return grad, None, None, None
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,
-                  chunk_rows: int | None = None) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1, chunk_rows: int | None = None
+) -> torch.Tensor:
     """`F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)` (mean over the
     counted rows), computed chunk by chunk in fp32 (float64 for float64 logits); the
     gradient comes back in the logits' dtype.

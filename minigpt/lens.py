@@ -53,8 +53,16 @@ from .errors import MiniGPTError, NoAttention
 from .viewer import display_width, notebook_html, visible_token, write_page
 
 __all__ = [
-    "Stream", "recording", "run_stream", "lens_logits", "LogitLens", "logit_lens", "Attribution",
-    "direct_logit_attribution", "lens_json", "LENS_TOP_K",
+    "Stream",
+    "recording",
+    "run_stream",
+    "lens_logits",
+    "LogitLens",
+    "logit_lens",
+    "Attribution",
+    "direct_logit_attribution",
+    "lens_json",
+    "LENS_TOP_K",
 ]
 
 LENS_TOP_K = 5  # predictions kept per layer and position
@@ -118,12 +126,14 @@ def recording(model) -> Iterator[Stream]:
         def hook(_module, _inputs, output):
             if threading.get_ident() == owner:
                 where[i] = pick(output)[0].detach()
+
         return hook
 
     def keep_z(i: int):
         def hook(_module, inputs):
             if threading.get_ident() == owner:
                 s.z[i] = inputs[0][0].detach()
+
         return hook
 
     def keep_embed(_module, _inputs, output):
@@ -272,8 +282,14 @@ class Attribution:
         return [{"part": n, "contribution": float(v)} for n, v in zip(self.names, self.values)]
 
     def to_json(self) -> dict:
-        return {"position": self.position, "token_id": self.token_id, "token": self.token, "logit": self.logit,
-                "sum": self.total, "parts": self.rows()}
+        return {
+            "position": self.position,
+            "token_id": self.token_id,
+            "token": self.token,
+            "logit": self.logit,
+            "sum": self.total,
+            "parts": self.rows(),
+        }
 
     def format(self, top: int | None = None) -> str:
         """The parts in model order with a bar each; `top`: only that many largest |values|."""
@@ -282,9 +298,11 @@ class Attribution:
             keep = set(np.argsort(-np.abs(self.values), kind="stable")[:top].tolist())
             order = [i for i in order if i in keep]
         scale = max(1e-12, float(np.abs(self.values).max()))
-        lines = [f"direct logit attribution of '{visible_token(self.token)}' at position {self.position}: "
-                 f"logit {self.logit:.4f} = sum of {len(self.names)} parts ({self.total:.4f})"
-                 + ("" if top is None or top >= len(self.names) else f"; the {top} largest shown")]
+        lines = [
+            f"direct logit attribution of '{visible_token(self.token)}' at position {self.position}: "
+            f"logit {self.logit:.4f} = sum of {len(self.names)} parts ({self.total:.4f})"
+            + ("" if top is None or top >= len(self.names) else f"; the {top} largest shown")
+        ]
         for i in order:
             v = float(self.values[i])
             bar = "#" * round(20 * abs(v) / scale)
@@ -322,8 +340,10 @@ def _token_id(tokenizer, token: int | str | None, vocab_size: int) -> int | None
         raise MiniGPTError("no tokenizer: a token given as text cannot be looked up")
     ids = tokenizer.encode(token)
     if len(ids) != 1:
-        raise MiniGPTError(f"--token {token!r} is {len(ids)} tokens ({[tokenizer.token_str(i) for i in ids]}); "
-                           f"give text that is exactly one token")
+        raise MiniGPTError(
+            f"--token {token!r} is {len(ids)} tokens ({[tokenizer.token_str(i) for i in ids]}); "
+            f"give text that is exactly one token"
+        )
     return ids[0]
 
 
@@ -336,8 +356,9 @@ def _position(position: int | None, T: int) -> int:
     return p
 
 
-def direct_logit_attribution(model, tokenizer, text: str | Sequence[int], *, position: int | None = None,
-                             token: int | str | None = None) -> Attribution:
+def direct_logit_attribution(
+    model, tokenizer, text: str | Sequence[int], *, position: int | None = None, token: int | str | None = None
+) -> Attribution:
     """Split the logit of `token` at `position` (default: the last) into the direct
     contributions of every part of the model (see the module docstring).
 
@@ -352,8 +373,14 @@ def direct_logit_attribution(model, tokenizer, text: str | Sequence[int], *, pos
     if v is None:
         v = ids[t + 1] if t + 1 < len(ids) else int(logits[t].argmax())
     values, logit = _attribute(model, s, ids, t, [v])
-    return Attribution(position=t, token_id=v, token=_token_str(tokenizer, v), names=component_names(model),
-                       values=values[0], logit=float(logit[0]))
+    return Attribution(
+        position=t,
+        token_id=v,
+        token=_token_str(tokenizer, v),
+        names=component_names(model),
+        values=values[0],
+        logit=float(logit[0]),
+    )
 
 
 def _token_str(tokenizer, i: int) -> str:
@@ -387,8 +414,12 @@ def _read(model, s: Stream, ids: list[int], positions: list[int], k: int):
             parts[3].append(torch.where(h, logp.gather(-1, n[:, None])[:, 0].exp(), float("nan")))
         for out, part in zip((top_ids, top_p, rank, prob), parts):
             out.append(torch.cat(part).cpu())
-    return (torch.stack(top_ids).numpy(), torch.stack(top_p).numpy().astype(np.float64),
-            torch.stack(rank).numpy(), torch.stack(prob).numpy().astype(np.float64))
+    return (
+        torch.stack(top_ids).numpy(),
+        torch.stack(top_p).numpy().astype(np.float64),
+        torch.stack(rank).numpy(),
+        torch.stack(prob).numpy().astype(np.float64),
+    )
 
 
 def _r6(x) -> float | None:
@@ -436,29 +467,50 @@ class LogitLens:
         a = self.attributions[t]
         i = 0 if token is None else a["tokens"].index(token)
         v = a["tokens"][i]
-        return Attribution(position=t, token_id=v, token=self.strings[v], names=self.components,
-                           values=np.asarray(a["values"][i], dtype=np.float64), logit=a["logits"][i])
+        return Attribution(
+            position=t,
+            token_id=v,
+            token=self.strings[v],
+            names=self.components,
+            values=np.asarray(a["values"][i], dtype=np.float64),
+            logit=a["logits"][i],
+        )
 
     def to_json(self) -> dict:
         """The `lens` part of the viewer's data, and `minigpt lens --json` (numbers to 6 decimals)."""
         T = len(self)
         return {
             "title": self.title,
-            "tokens": list(self.tokens), "ids": list(self.ids), "dropped": self.dropped,
-            "layers": list(self.layers), "k": int(self.top_ids.shape[-1]), "softcap": self.softcap,
+            "tokens": list(self.tokens),
+            "ids": list(self.ids),
+            "dropped": self.dropped,
+            "layers": list(self.layers),
+            "k": int(self.top_ids.shape[-1]),
+            "softcap": self.softcap,
             "strings": {str(i): s for i, s in sorted(self.strings.items())},
             # top[l][t] = [[id, prob], ...]; next[l][t] = [rank, prob] (null at the last position)
-            "top": [[[[int(i), _r6(p)] for i, p in zip(self.top_ids[l, t], self.top_probs[l, t])] for t in range(T)]
-                    for l in range(len(self.layers))],
-            "next": [[[int(self.next_rank[l, t]), _r6(self.next_prob[l, t])] if t + 1 < T else None
-                      for t in range(T)] for l in range(len(self.layers))],
+            "top": [
+                [[[int(i), _r6(p)] for i, p in zip(self.top_ids[l, t], self.top_probs[l, t])] for t in range(T)]
+                for l in range(len(self.layers))
+            ],
+            "next": [
+                [[int(self.next_rank[l, t]), _r6(self.next_prob[l, t])] if t + 1 < T else None for t in range(T)]
+                for l in range(len(self.layers))
+            ],
             "components": list(self.components),
-            "attributions": [{"tokens": a["tokens"], "logits": [_r6(x) for x in a["logits"]],
-                              "values": [[_r6(x) for x in row] for row in a["values"]]} for a in self.attributions],
+            "attributions": [
+                {
+                    "tokens": a["tokens"],
+                    "logits": [_r6(x) for x in a["logits"]],
+                    "values": [[_r6(x) for x in row] for row in a["values"]],
+                }
+                for a in self.attributions
+            ],
         }
 
-    def format(self, position: int | None = None, top: int | None = None,
-               attribution: Attribution | None = None) -> str:
+    def format(
+        self, position: int | None = None, top: int | None = None, attribution: Attribution | None = None
+    ) -> str:
         """The terminal view: a table of each layer's top guess per position (with its
         probability), one of the rank of the real next token, then the top-k of every layer
         at `position` (default: the last) and `attribution` (default: the stored one of the
@@ -469,9 +521,13 @@ class LogitLens:
         head = f"{'pos':>4} {'token':<{tw}} {'next':<{tw}}"
         cols = " ".join(f"{name:<{cw}}" for name in self.layers)
         cropped = f"; the first {self.dropped} were cropped" if self.dropped else ""
-        lines = [(f"logit lens{': ' + self.title if self.title else ''} ({T} tokens{cropped}): each layer's top "
-                  f"guess for the next token and its probability ('*' where it is the real next token)"),
-                 f"{head} | {cols}"]
+        lines = [
+            (
+                f"logit lens{': ' + self.title if self.title else ''} ({T} tokens{cropped}): each layer's top "
+                f"guess for the next token and its probability ('*' where it is the real next token)"
+            ),
+            f"{head} | {cols}",
+        ]
         for t in range(T):
             nxt = visible_token(self.tokens[t + 1] if t + 1 < T else "", tw)
             cells = []
@@ -485,17 +541,23 @@ class LogitLens:
             lines.append("rank of the real next token (its probability) at each layer:")
             lines.append(f"{head} | {cols}")
             for t in range(T - 1):
-                cells = [f"{f'#{int(self.next_rank[l, t])} ({self.next_prob[l, t]:.2f})':<{cw}}"
-                         for l in range(len(self.layers))]
-                lines.append(f"{t:>4} {visible_token(self.tokens[t], tw)} {visible_token(self.tokens[t + 1], tw)} | "
-                             + " ".join(cells))
+                cells = [
+                    f"{f'#{int(self.next_rank[l, t])} ({self.next_prob[l, t]:.2f})':<{cw}}"
+                    for l in range(len(self.layers))
+                ]
+                lines.append(
+                    f"{t:>4} {visible_token(self.tokens[t], tw)} {visible_token(self.tokens[t + 1], tw)} | "
+                    + " ".join(cells)
+                )
         p = _position(position, T)
         lines.append("")
         what = f"the real next token '{visible_token(self.tokens[p + 1])}'" if p + 1 < T else "the text ends here"
         lines.append(f"position {p} '{visible_token(self.tokens[p])}' ({what}): top {k} of each layer")
         for l, name in enumerate(self.layers):
-            guesses = "  ".join(f"{visible_token(self.strings[int(i)], 8)} {pr:.3f}"
-                                for i, pr in zip(self.top_ids[l, p], self.top_probs[l, p]))
+            guesses = "  ".join(
+                f"{visible_token(self.strings[int(i)], 8)} {pr:.3f}"
+                for i, pr in zip(self.top_ids[l, p], self.top_probs[l, p])
+            )
             lines.append(f"  {name:<6} {guesses}")
         lines.append("")
         lines.append((attribution or self.attribution(p)).format(top))
@@ -503,9 +565,17 @@ class LogitLens:
 
     def page_data(self) -> dict:
         """The viewer's data for a page that shows only the lens."""
-        return {"title": self.title, "open": "lens", "tokens": list(self.tokens), "dropped": self.dropped,
-                "n_layer": len(self.layers) - 1, "n_head": None, "weights": None, "heads": None,
-                "lens": self.to_json()}
+        return {
+            "title": self.title,
+            "open": "lens",
+            "tokens": list(self.tokens),
+            "dropped": self.dropped,
+            "n_layer": len(self.layers) - 1,
+            "n_head": None,
+            "weights": None,
+            "heads": None,
+            "lens": self.to_json(),
+        }
 
     def write_html(self, path: str | os.PathLike) -> Path:
         """The lens page: one self-contained HTML file (see viewer.html)."""
@@ -516,8 +586,9 @@ class LogitLens:
 
 
 @torch.no_grad()
-def logit_lens(model, tokenizer, text: str | Sequence[int], *, top_k: int = LENS_TOP_K, attribute: bool = True,
-               title: str = "") -> LogitLens:
+def logit_lens(
+    model, tokenizer, text: str | Sequence[int], *, top_k: int = LENS_TOP_K, attribute: bool = True, title: str = ""
+) -> LogitLens:
     """The logit lens of `model` reading `text` (or a list of token ids): see `LogitLens`.
 
     With `attribute`, each position also carries the direct logit attribution of the
@@ -540,11 +611,19 @@ def logit_lens(model, tokenizer, text: str | Sequence[int], *, top_k: int = LENS
             attributions.append({"tokens": cands, "logits": logits.tolist(), "values": values.tolist()})
     used = set(top_ids.reshape(-1).tolist()) | set(ids)
     return LogitLens(
-        tokens=[_token_str(tokenizer, i) for i in ids], ids=ids, layers=layer_names(model.config.n_layer),
-        top_ids=top_ids, top_probs=top_p, next_rank=rank, next_prob=prob,
+        tokens=[_token_str(tokenizer, i) for i in ids],
+        ids=ids,
+        layers=layer_names(model.config.n_layer),
+        top_ids=top_ids,
+        top_probs=top_p,
+        next_rank=rank,
+        next_prob=prob,
         strings={int(i): _token_str(tokenizer, int(i)) for i in sorted(used)},
-        components=component_names(model), attributions=attributions, softcap=float(model.config.logit_softcap),
-        dropped=dropped, title=title,
+        components=component_names(model),
+        attributions=attributions,
+        softcap=float(model.config.logit_softcap),
+        dropped=dropped,
+        title=title,
     )
 
 
@@ -571,19 +650,31 @@ def lens_json(model, tokenizer, ids: Sequence[int], *, position: int | None = No
     nxt = ids[p + 1] if p + 1 < len(ids) else None
     layers = []
     for l, name in enumerate(layer_names(model.config.n_layer)):
-        layers.append({
-            "layer": name,
-            "top": [{"id": int(i), "token": _token_str(tokenizer, int(i)), "prob": round(float(q), 6)}
-                    for i, q in zip(top_ids[l, 0], top_p[l, 0])],
-            "next_rank": int(rank[l, 0]) if nxt is not None else None,
-            "next_prob": round(float(prob[l, 0]), 6) if nxt is not None else None,
-        })
+        layers.append(
+            {
+                "layer": name,
+                "top": [
+                    {"id": int(i), "token": _token_str(tokenizer, int(i)), "prob": round(float(q), 6)}
+                    for i, q in zip(top_ids[l, 0], top_p[l, 0])
+                ],
+                "next_rank": int(rank[l, 0]) if nxt is not None else None,
+                "next_prob": round(float(prob[l, 0]), 6) if nxt is not None else None,
+            }
+        )
     v = nxt if nxt is not None else int(logits[p].argmax())
     values, logit = _attribute(model, s, ids, p, [v])
-    attr = Attribution(position=p + dropped, token_id=v, token=_token_str(tokenizer, v), names=component_names(model),
-                       values=values[0], logit=float(logit[0]))
+    attr = Attribution(
+        position=p + dropped,
+        token_id=v,
+        token=_token_str(tokenizer, v),
+        names=component_names(model),
+        values=values[0],
+        logit=float(logit[0]),
+    )
     return {
-        "position": p + dropped, "token": _token_str(tokenizer, ids[p]),
+        "position": p + dropped,
+        "token": _token_str(tokenizer, ids[p]),
         "next": None if nxt is None else {"id": nxt, "token": _token_str(tokenizer, nxt)},
-        "layers": layers, "attribution": attr.to_json(),
+        "layers": layers,
+        "attribution": attr.to_json(),
     }

@@ -28,8 +28,9 @@ from .plan import cooldown_start
 from .runtime import Runtime
 
 
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int, schedule: str = "cosine",
-          cooldown: float = 0.4) -> float:
+def lr_at(
+    step: int, lr: float, min_lr: float, warmup: int, decay_steps: int, schedule: str = "cosine", cooldown: float = 0.4
+) -> float:
     """The learning rate at `step`: linear warmup to `lr` over `warmup` steps (step 0
     starts at lr / warmup, not at 0), then, up to `decay_steps` (and `min_lr` after):
 
@@ -91,8 +92,15 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrap
 
 
 def train_step(
-    wrapped: Wrapped, model: nn.Module, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
-    batches, *, grad_accum: int, grad_clip: float, rt: Runtime,
+    wrapped: Wrapped,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    batches,
+    *,
+    grad_accum: int,
+    grad_clip: float,
+    rt: Runtime,
 ) -> torch.Tensor:
     """One optimizer step: forward and backward over `grad_accum` micro-batches (`batches`
     yields them as (x, y)), clip the global gradient norm, step every optimizer, zero the
@@ -165,8 +173,9 @@ class Signals:
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             raise KeyboardInterrupt
         self.received = signum
-        tqdm.write(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
-                   file=sys.stderr)
+        tqdm.write(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)", file=sys.stderr
+        )
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

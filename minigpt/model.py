@@ -378,10 +378,10 @@ def explicit_attention(q, k, v, mask=None, dropout_p=0.0):
 class MLP(nn.Module):
     """Position-wise feed-forward, one of three (`cfg.mlp`), H = cfg.hidden_dim:
 
-        gelu        C -> H -> GELU (tanh approximation) -> C   GPT-2 ("gelu_new" in transformers)
-        gelu_exact  C -> H -> GELU (exact, with erf) -> C      nanoGPT, BERT ("gelu" in transformers)
-        relu2   C -> H -> ReLU(x)^2 -> C                       Primer; modded-nanogpt
-        swiglu  C -> (SiLU(x W_gate) * x W_up) -> H -> C       Llama, Qwen (gated: three matrices)
+    gelu        C -> H -> GELU (tanh approximation) -> C   GPT-2 ("gelu_new" in transformers)
+    gelu_exact  C -> H -> GELU (exact, with erf) -> C      nanoGPT, BERT ("gelu" in transformers)
+    relu2   C -> H -> ReLU(x)^2 -> C                       Primer; modded-nanogpt
+    swiglu  C -> (SiLU(x W_gate) * x W_up) -> H -> C       Llama, Qwen (gated: three matrices)
     """
 
     def __init__(self, cfg: GPTConfig):
@@ -539,8 +539,13 @@ class GPT(nn.Module):
         c = self.config
         w = self.transformer.wte.weight
         return KVCache(
-            c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim,
-            device=device or w.device, dtype=dtype or w.dtype,
+            c.n_layer,
+            batch_size,
+            c.n_head,
+            max_len or c.block_size,
+            c.head_dim,
+            device=device or w.device,
+            dtype=dtype or w.dtype,
         )
 
     def score_window(self) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 import torch.nn as nn
 
-from .baselines import NGramConfig, NGramLM, RNNConfig, RNNLM
+from .baselines import RNNLM, NGramConfig, NGramLM, RNNConfig
 from .config import GPTConfig, ModelArgs, dataclass_from_dict
 from .errors import ConfigError
 from .model import GPT, GPTOutput
@@ -93,16 +93,21 @@ class LanguageModel(Protocol):
     learns_by: ClassVar[Literal["gradient", "counting"]]  # AdamW steps, or one `fit(tokens)` pass
     check_inputs: bool  # validate token ids each call (a host sync; the trainer checks once instead)
 
-    def __call__(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, kv_cache: Any = None,
-                 return_attention: bool = False) -> GPTOutput: ...
+    def __call__(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: Any = None,
+        return_attention: bool = False,
+    ) -> GPTOutput: ...
 
     def num_params(self) -> int: ...
 
     def flops_per_token(self, seq_len: int | None = None) -> float | None:
         """Training FLOPs per token (for MFU), or None where that means nothing."""
 
-    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None,
-                   dtype=None) -> DecodeCache | None:
+    def make_cache(self, batch_size: int, max_len: int | None = None, *, device=None, dtype=None) -> DecodeCache | None:
         """The decoding state for `batch_size` rows (`max_len` tokens each, where that
         means something), or None: the sampler then re-reads the last block_size tokens
         every step (the n-gram)."""
@@ -125,17 +130,33 @@ class Kind:
 
 def _gpt_config(a: ModelArgs, vocab_size: int) -> GPTConfig:
     return GPTConfig(
-        vocab_size=vocab_size, block_size=a.block_size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
-        dropout=a.dropout, bias=a.bias, pos_encoding=a.pos_encoding, tie_weights=a.tie_weights, norm=a.norm,
-        mlp=a.mlp, qk_norm=a.qk_norm, logit_softcap=a.logit_softcap, zero_init_proj=a.zero_init_proj,
+        vocab_size=vocab_size,
+        block_size=a.block_size,
+        n_layer=a.n_layer,
+        n_head=a.n_head,
+        n_embd=a.n_embd,
+        dropout=a.dropout,
+        bias=a.bias,
+        pos_encoding=a.pos_encoding,
+        tie_weights=a.tie_weights,
+        norm=a.norm,
+        mlp=a.mlp,
+        qk_norm=a.qk_norm,
+        logit_softcap=a.logit_softcap,
+        zero_init_proj=a.zero_init_proj,
     )
 
 
 def _rnn_config(cell: str) -> Callable[[ModelArgs, int], RNNConfig]:
     def make(a: ModelArgs, vocab_size: int) -> RNNConfig:
         return RNNConfig(
-            vocab_size=vocab_size, block_size=a.block_size, n_layer=a.n_layer, n_embd=a.n_embd, dropout=a.dropout,
-            cell=cell, tie_weights=a.tie_weights,
+            vocab_size=vocab_size,
+            block_size=a.block_size,
+            n_layer=a.n_layer,
+            n_embd=a.n_embd,
+            dropout=a.dropout,
+            cell=cell,
+            tie_weights=a.tie_weights,
         )
 
     return make
@@ -147,8 +168,13 @@ KINDS: dict[str, Kind] = {
         Kind("gpt", GPT, GPTConfig, _gpt_config, "a GPT (causal self-attention Transformer)"),
         Kind("lstm", RNNLM, RNNConfig, _rnn_config("lstm"), "an LSTM language model"),
         Kind("gru", RNNLM, RNNConfig, _rnn_config("gru"), "a GRU language model"),
-        Kind("ngram", NGramLM, NGramConfig, lambda a, V: NGramConfig(vocab_size=V, order=a.ngram_order),
-             "an interpolated Kneser-Ney n-gram model"),
+        Kind(
+            "ngram",
+            NGramLM,
+            NGramConfig,
+            lambda a, V: NGramConfig(vocab_size=V, order=a.ngram_order),
+            "an interpolated Kneser-Ney n-gram model",
+        ),
     )
 }
 

@@ -46,9 +46,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 class _LinearFunction(torch.autograd.Function):
     """y = x W^T + b with every product by oneDNN, forward and backward:
 
-        dx = dy W       (the weight's transpose, as a [K, N] "weight")
-        dW = dy^T x     ([N, M] times the transpose of x, as a [K, M] "weight")
-        db = sum of dy over rows
+    dx = dy W       (the weight's transpose, as a [K, N] "weight")
+    dW = dy^T x     ([N, M] times the transpose of x, as a [K, M] "weight")
+    db = sum of dy over rows
     """
 
     @staticmethod
@@ -81,8 +81,13 @@ class OneDNNLinear(nn.Linear):
         w = self.weight
         # Autocast picks the product's dtype itself (bf16: already oneDNN); other dtypes
         # and devices are nn.Linear's business.
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or x.numel() == 0):
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or w.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
+            or x.numel() == 0
+        ):
             return F.linear(x, w, self.bias)
         return _LinearFunction.apply(x, w, self.bias)
 

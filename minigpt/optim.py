@@ -120,8 +120,9 @@ def muon_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and ".h." in f".{n}"]
 
 
-def make_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device, *,
-                    batched_muon: bool = True) -> list[torch.optim.Optimizer]:
+def make_optimizers(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, *, batched_muon: bool = True
+) -> list[torch.optim.Optimizer]:
     """AdamW for everything (--optimizer adamw), or Muon for the blocks' matrices plus AdamW
     for the rest (--optimizer muon). Every param group carries `lr_scale`, its rate relative
     to --lr, so one schedule drives both: Muon's group runs at --muon-lr x the schedule.

@@ -40,8 +40,17 @@ from .config import DEFAULT_PRESET
 
 # The settings a plan may choose (when the user left them unset). "max_time" stands for
 # the budget itself: unset (and no --max-steps), a run gets DEFAULT_BUDGET_S.
-PLANNABLE = ("max_time", "vocab_size", "dropout", "weight_decay", "n_layer", "n_head", "n_embd", "block_size",
-             "batch_size")
+PLANNABLE = (
+    "max_time",
+    "vocab_size",
+    "dropout",
+    "weight_decay",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "batch_size",
+)
 
 # The whole process must end within 5 minutes; the budget promise is +-3%, so a bare run
 # aims 5% under: 285 s.
@@ -65,33 +74,51 @@ class Rule:
 # CPU step (bernoulli masks, and attention off its flash kernel), so it is only worth it
 # where the data is seen often enough to overfit.
 REGULARISATION = (
-    Rule(0.0, dict(dropout=0.0, weight_decay=0.1),
-         "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)"),
-    Rule(4.0, dict(dropout=0.1, weight_decay=0.1),
-         "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
-         "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source)"),
-    Rule(24.0, dict(dropout=0.2, weight_decay=0.1),
-         "extrapolated: man pages (0.35M tokens) overfit from ~3 passes without dropout; nanoGPT's "
-         "shakespeare-char, seen ~40 times, uses 0.2. Weight decay 0.1 everywhere: not swept yet"),
+    Rule(
+        0.0,
+        dict(dropout=0.0, weight_decay=0.1),
+        "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)",
+    ),
+    Rule(
+        4.0,
+        dict(dropout=0.1, weight_decay=0.1),
+        "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
+        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source)",
+    ),
+    Rule(
+        24.0,
+        dict(dropout=0.2, weight_decay=0.1),
+        "extrapolated: man pages (0.35M tokens) overfit from ~3 passes without dropout; nanoGPT's "
+        "shakespeare-char, seen ~40 times, uses 0.2. Weight decay 0.1 everywhere: not swept yet",
+    ),
 )
 
 # Bytes of text to prepare -> tokenizer size. A larger vocabulary carries more bytes per
 # token but needs more text to learn each token's embedding.
 VOCABULARY = (
     Rule(0, dict(vocab_size=512), "extrapolated: 512 lost to 1024 at 1 MB (2.249 vs 2.204), so only below that"),
-    Rule(256 << 10, dict(vocab_size=1024),
-         "tinyshakespeare (1 MB): 1024 beat 2048 and 4096 at equal time (2.232 / 2.270 / 2.261, 4x128; "
-         "2.204 / 2.239 at 4x192) (BENCHMARKS, how the default recipe was chosen)"),
-    Rule(2 << 20, dict(vocab_size=2048),
-         "bundled corpus (5 MB): 2048 beat 1024 (2.072 vs 2.100) and tied 4096 (2.073), which is slower"),
+    Rule(
+        256 << 10,
+        dict(vocab_size=1024),
+        "tinyshakespeare (1 MB): 1024 beat 2048 and 4096 at equal time (2.232 / 2.270 / 2.261, 4x128; "
+        "2.204 / 2.239 at 4x192) (BENCHMARKS, how the default recipe was chosen)",
+    ),
+    Rule(
+        2 << 20,
+        dict(vocab_size=2048),
+        "bundled corpus (5 MB): 2048 beat 1024 (2.072 vs 2.100) and tied 4096 (2.073), which is slower",
+    ),
     Rule(16 << 20, dict(vocab_size=4096), "extrapolated: 4096 tied 2048 at 5 MB; more text supports more tokens"),
 )
 
 # Passes -> the model's shape. One row: the shape sweep (tinyshakespeare ~7 passes, the
 # bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in minutes.
 SHAPES = (
-    Rule(0.0, dict(n_layer=3, n_head=6, n_embd=192),
-         "3 x 6 x 192 won the shape sweep on tinyshakespeare and the bundled corpus (BENCHMARKS)"),
+    Rule(
+        0.0,
+        dict(n_layer=3, n_head=6, n_embd=192),
+        "3 x 6 x 192 won the shape sweep on tinyshakespeare and the bundled corpus (BENCHMARKS)",
+    ),
 )
 
 # More passes than this only overfit further (man pages: validation was best at ~3 passes
@@ -103,10 +130,13 @@ MAX_PASSES = 40.0
 # finetune preset's constant 3e-5 is GPT-2's (nanoGPT's finetune_shakespeare.py), and barely
 # moves a model of minigpt's size, which was trained at 4e-3 (AdamW) and forgets little at 1e-3.
 FINETUNE_LR = (
-    Rule(0, dict(lr=1e-3),
-         "a 2M-parameter minigpt run (issue 27): 3e-5 2.705 -> 2.638 bits/byte, 1e-3 -> 2.412; "
-         "benchmarks/finetune_lr_sweep.py (2 x 64 source, 40 steps on other tinyshakespeare text, best val "
-         "bits/byte from 3.462): 3e-5 3.363, 3e-4 3.208, 1e-3 3.133, 3e-3 3.119 (2026-12-05, a loaded machine)"),
+    Rule(
+        0,
+        dict(lr=1e-3),
+        "a 2M-parameter minigpt run (issue 27): 3e-5 2.705 -> 2.638 bits/byte, 1e-3 -> 2.412; "
+        "benchmarks/finetune_lr_sweep.py (2 x 64 source, 40 steps on other tinyshakespeare text, best val "
+        "bits/byte from 3.462): 3e-5 3.363, 3e-4 3.208, 1e-3 3.133, 3e-3 3.119 (2026-12-05, a loaded machine)",
+    ),
     Rule(20e6, dict(lr=3e-5), "GPT-2 small (124M): nanoGPT's fine-tune of it on Shakespeare"),
 )
 
@@ -192,8 +222,10 @@ class Plan:
         tokens = self.steps * self.tokens_per_step
         head = f"plan: {_si(self.train_tokens)} train tokens; "
         if self.budget_s > 0:
-            head += (f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at ~{_si(self.tokens_per_s, 'k')} tokens/s = "
-                     f"~{_si(tokens)} tokens = {self.passes:.1f} passes -> ")
+            head += (
+                f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at ~{_si(self.tokens_per_s, 'k')} tokens/s = "
+                f"~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
+            )
         else:
             head += f"{self.steps} steps (yours) = ~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
         parts = [
@@ -210,10 +242,15 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "line": self.line(), "train_tokens": self.train_tokens, "budget_s": self.budget_s,
-            "tokens_per_s": round(self.tokens_per_s, 1), "steps": self.steps, "passes": round(self.passes, 3),
+            "line": self.line(),
+            "train_tokens": self.train_tokens,
+            "budget_s": self.budget_s,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "steps": self.steps,
+            "passes": round(self.passes, 3),
             "settings": dict(self.settings),
-            "yours": sorted(self.yours), **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
+            "yours": sorted(self.yours),
+            **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
         }
 
 
@@ -226,8 +263,18 @@ def _si(x: float, at_least: str = "") -> str:
     return f"{x:.0f}"
 
 
-def choose(*, train_tokens: int, tokens_per_s: float, tokens_per_step: int, seconds_left: float, budget_s: float,
-           max_steps: int, current: dict[str, Any], planned: list[str], text_bytes: int | None = None) -> Plan:
+def choose(
+    *,
+    train_tokens: int,
+    tokens_per_s: float,
+    tokens_per_step: int,
+    seconds_left: float,
+    budget_s: float,
+    max_steps: int,
+    current: dict[str, Any],
+    planned: list[str],
+    text_bytes: int | None = None,
+) -> Plan:
     """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
     time left for training once start-up, preparation and the reserves are paid), hence how
     many passes over the data, hence the regularisation and shape (the rules above) for the
@@ -239,9 +286,10 @@ def choose(*, train_tokens: int, tokens_per_s: float, tokens_per_step: int, seco
         steps = max_steps
     passes = steps * tokens_per_step / max(1, train_tokens)
     chosen = {**pick(REGULARISATION, passes), **pick(SHAPES, passes)}
-    settings = {k: (chosen[k] if k in planned and k in chosen else current[k])
-                for k in ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size",
-                          "batch_size")}
+    settings = {
+        k: (chosen[k] if k in planned and k in chosen else current[k])
+        for k in ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size", "batch_size")
+    }
     if budget_s > 0 and passes > MAX_PASSES:
         steps = max(1, int(MAX_PASSES * train_tokens / tokens_per_step))
     yours = [k for k in PLANNABLE if k not in planned]
@@ -294,9 +342,19 @@ class Budget:
     MARGIN = 0.012
     OVERRUN = 0.015
 
-    def __init__(self, seconds: float, started: float, *, eval_interval: int, schedule: str, cooldown: float,
-                 eval_cost: float = 0.0, tail: float = 0.0, ceiling: int | None = None,
-                 clock: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        seconds: float,
+        started: float,
+        *,
+        eval_interval: int,
+        schedule: str,
+        cooldown: float,
+        eval_cost: float = 0.0,
+        tail: float = 0.0,
+        ceiling: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ):
         self.seconds, self.started, self.eval_interval = seconds, started, eval_interval
         self.wsd, self.cooldown = schedule == "wsd", cooldown
         self.eval_cost, self.tail, self.ceiling = eval_cost, tail, ceiling
@@ -322,8 +380,10 @@ class Budget:
         window = max(self.WINDOW_SHARE * self.seconds, 1e-9)
         while len(self.samples) > self.CALIBRATION and train_time - self.samples[1][1] >= window:
             self.samples.popleft()
-        if not self.planned and (step - self.first[0] < self.CALIBRATION
-                                 or train_time - self.first[1] < self.CALIBRATION_SHARE * self.seconds):
+        if not self.planned and (
+            step - self.first[0] < self.CALIBRATION
+            or train_time - self.first[1] < self.CALIBRATION_SHARE * self.seconds
+        ):
             return None
         s0, t0 = self.samples[0]
         per_step = (train_time - t0) / max(1, step - s0)

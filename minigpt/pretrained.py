@@ -48,7 +48,14 @@ import torch.nn as nn
 
 from . import files, models
 from .checkpoint import (
-    CONFIG, FORMAT, PICKLED_NAMES, TOKENIZER, WEIGHTS, load_checkpoint, read_model_config, resolve_checkpoint,
+    CONFIG,
+    FORMAT,
+    PICKLED_NAMES,
+    TOKENIZER,
+    WEIGHTS,
+    load_checkpoint,
+    read_model_config,
+    resolve_checkpoint,
 )
 from .config import GPTConfig, dataclass_from_dict
 from .errors import CheckpointError, ConfigError, MiniGPTError
@@ -57,8 +64,18 @@ from .model import GPT
 from .tokenizer import Tokenizer
 
 __all__ = [
-    "SourceSpec", "Source", "inspect_source", "load_source", "check_flags", "check_block_size", "check_freeze",
-    "freeze", "hf_cache_dir", "hf_cache_snapshot", "weights_files", "weights_sha256",
+    "SourceSpec",
+    "Source",
+    "inspect_source",
+    "load_source",
+    "check_flags",
+    "check_block_size",
+    "check_freeze",
+    "freeze",
+    "hf_cache_dir",
+    "hf_cache_snapshot",
+    "weights_files",
+    "weights_sha256",
 ]
 
 HF_GPT2 = "gpt2"  # the Hugging Face model_type minigpt's GPT reproduces (see hf.py)
@@ -74,9 +91,25 @@ HUB_ALIASES = {
 # A hub repo id: NAME or ORG/NAME, letters, digits, '-', '_', '.' (huggingface_hub's rule).
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 # Flags that would give the model another shape (or kind) than SOURCE's.
-SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "bias", "pos_encoding", "tie_weights", "ngram_order", "norm", "mlp",
-               "qk_norm", "logit_softcap")
-FORMS = {"minigpt": "a minigpt checkpoint", "hf": "a Hugging Face GPT-2 directory", "hf-cache": "a Hugging Face cache snapshot"}
+SHAPE_FLAGS = (
+    "model",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "bias",
+    "pos_encoding",
+    "tie_weights",
+    "ngram_order",
+    "norm",
+    "mlp",
+    "qk_norm",
+    "logit_softcap",
+)
+FORMS = {
+    "minigpt": "a minigpt checkpoint",
+    "hf": "a Hugging Face GPT-2 directory",
+    "hf-cache": "a Hugging Face cache snapshot",
+}
 READ_BLOCK = 1 << 20
 
 
@@ -161,9 +194,11 @@ class SourceSpec:
 
 def _supported() -> str:
     kinds = [k.name for k in models.KINDS.values() if k.cls.learns_by == "gradient"]
-    return (f"--init-from takes GPT-2 models (Hugging Face model_type \"{HF_GPT2}\": gpt2, distilgpt2, "
-            f"gpt2-medium/-large/-xl and their fine-tunes), Qwen3 models of the shape minigpt exports (\"qwen3\"), "
-            f"and minigpt checkpoints ({', '.join(kinds)})")
+    return (
+        f'--init-from takes GPT-2 models (Hugging Face model_type "{HF_GPT2}": gpt2, distilgpt2, '
+        f'gpt2-medium/-large/-xl and their fine-tunes), Qwen3 models of the shape minigpt exports ("qwen3"), '
+        f"and minigpt checkpoints ({', '.join(kinds)})"
+    )
 
 
 def _directory_form(p: Path) -> tuple[Path, str]:
@@ -195,7 +230,9 @@ def inspect_source(name: str) -> SourceSpec:
         path, form = _directory_form(p)
     elif _HUB_NAME.fullmatch(name) and not name.startswith((".", "~")):
         path, form = hf_cache_snapshot(name), "hf-cache"
-        if (path / CONFIG).is_file() and files.read_json_object(path / CONFIG, "the model's config", CheckpointError).get("format") == FORMAT:
+        if (path / CONFIG).is_file() and files.read_json_object(
+            path / CONFIG, "the model's config", CheckpointError
+        ).get("format") == FORMAT:
             form = "minigpt"  # a minigpt checkpoint uploaded to the hub reads as one
     else:
         raise CheckpointError(f"--init-from {name}: no such directory (and not a model name such as gpt2)")
@@ -307,7 +344,9 @@ def _fit_state(state: dict[str, torch.Tensor], model: nn.Module, where: str) -> 
             if t.dim() == len(want) and t.shape[1:] == want[1:] and t.shape[0] > want[0]:
                 t = t[: want[0]]  # positions 0 .. block_size - 1: the rows a shorter context uses
             else:
-                raise CheckpointError(f"{where}: tensor {name} has shape {tuple(t.shape)}, the model needs {tuple(want)}")
+                raise CheckpointError(
+                    f"{where}: tensor {name} has shape {tuple(t.shape)}, the model needs {tuple(want)}"
+                )
         out[name] = t
     return out
 
@@ -331,8 +370,12 @@ class Source:
     def record(self) -> dict[str, Any]:
         """What a fine-tuned run records about where it started (run.json "init_from")."""
         return {
-            "source": self.spec.name, "path": str(self.spec.path), "form": self.spec.form, "model_type": self.spec.kind,
-            "block_size": self.spec.block_size, "weights": [p.name for p in self.weights],
+            "source": self.spec.name,
+            "path": str(self.spec.path),
+            "form": self.spec.form,
+            "model_type": self.spec.kind,
+            "block_size": self.spec.block_size,
+            "weights": [p.name for p in self.weights],
             "weights_sha256": self.weights_sha256,
         }
 
@@ -414,7 +457,9 @@ def freeze(model: nn.Module, *, embeddings: bool = False, layers: int = 0) -> li
         done.append("embeddings")
     if layers:
         if not isinstance(model, GPT):
-            raise ConfigError(f"freeze_layers: only a GPT's blocks can be frozen one by one, not {type(model).__name__}'s")
+            raise ConfigError(
+                f"freeze_layers: only a GPT's blocks can be frozen one by one, not {type(model).__name__}'s"
+            )
         if layers > model.config.n_layer:
             raise ConfigError(f"freeze_layers: {layers} is more than the model's {model.config.n_layer} layers")
         for block in model.transformer.h[:layers]:

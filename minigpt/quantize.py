@@ -152,8 +152,10 @@ def _check_quantizable(model: nn.Module, method: str) -> None:
     if method not in METHODS:
         raise MiniGPTError(f"--quantize {method!r}: supported: {', '.join(METHODS)}")
     if not isinstance(model, GPT):
-        raise MiniGPTError(f"--quantize {method}: only GPT checkpoints are quantized (this is a {model.model_type}: "
-                           f"its weights are not the matrices that bound decoding)")
+        raise MiniGPTError(
+            f"--quantize {method}: only GPT checkpoints are quantized (this is a {model.model_type}: "
+            f"its weights are not the matrices that bound decoding)"
+        )
     if getattr(model, "prepacked", False):
         raise MiniGPTError("quantize before prepacking for oneDNN (the prepacked layers hold no plain weight)")
 
@@ -184,13 +186,15 @@ def saved_quantization(path: Path) -> str | None:
         return None
     method = q.get("method") if isinstance(q, dict) else None
     if method not in METHODS:
-        raise CheckpointError(f"{path / CONFIG}: quantization {q!r} is not one this minigpt reads "
-                              f"({', '.join(METHODS)})")
+        raise CheckpointError(
+            f"{path / CONFIG}: quantization {q!r} is not one this minigpt reads ({', '.join(METHODS)})"
+        )
     return method
 
 
-def save_quantized(path: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer | None,
-                   run: dict[str, Any] | None = None) -> Path:
+def save_quantized(
+    path: str | os.PathLike, model: nn.Module, tokenizer: Tokenizer | None, run: dict[str, Any] | None = None
+) -> Path:
     """Write a quantized model as a checkpoint directory, atomically: model.safetensors
     holds each Linear's int8 `weight`, its `scales` and bias, and the float rest;
     config.json is a checkpoint config plus {"quantization": {"method": "int8", ...}}."""
@@ -198,9 +202,15 @@ def save_quantized(path: str | os.PathLike, model: nn.Module, tokenizer: Tokeniz
         raise MiniGPTError("save_quantized: the model is not quantized (call quantize_int8 first)")
     tensors = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items()}
     meta = {
-        "format": FORMAT, "version": FORMAT_VERSION, "model_type": model.model_type, "model": model.config.to_dict(),
-        "quantization": {"method": model.quantization, "scheme": "weight-only, per output channel, symmetric",
-                         "layers": sorted(n.removesuffix(".scales") for n in tensors if n.endswith(".scales"))},
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model_type": model.model_type,
+        "model": model.config.to_dict(),
+        "quantization": {
+            "method": model.quantization,
+            "scheme": "weight-only, per output channel, symmetric",
+            "layers": sorted(n.removesuffix(".scales") for n in tensors if n.endswith(".scales")),
+        },
     }
     with files.atomic_directory(path) as tmp:
         save_tensors(tensors, tmp / WEIGHTS)
@@ -233,13 +243,16 @@ def load_quantized(path: Path, device: torch.device, *, need_tokenizer: bool = T
     expected = model.state_dict()
     if set(tensors) != set(expected):
         odd = min(set(tensors) ^ set(expected))
-        raise CheckpointError(f"{weights}: does not match {CONFIG} ({'missing' if odd in expected else 'unexpected'} "
-                              f"tensor {odd})")
+        raise CheckpointError(
+            f"{weights}: does not match {CONFIG} ({'missing' if odd in expected else 'unexpected'} tensor {odd})"
+        )
     for name, t in tensors.items():
         want = expected[name]
         if t.shape != want.shape or (t.dtype == torch.int8) != (want.dtype == torch.int8):
-            raise CheckpointError(f"{weights}: tensor {name} is {t.dtype} {tuple(t.shape)}, {CONFIG} implies "
-                                  f"{want.dtype} {tuple(want.shape)}")
+            raise CheckpointError(
+                f"{weights}: tensor {name} is {t.dtype} {tuple(t.shape)}, {CONFIG} implies "
+                f"{want.dtype} {tuple(want.shape)}"
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{weights}: tensor {name} holds NaN or infinite values")
     model.load_state_dict(tensors)
@@ -252,14 +265,16 @@ def load_quantized(path: Path, device: torch.device, *, need_tokenizer: bool = T
         except MiniGPTError as e:
             raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
     elif need_tokenizer:
-        raise CheckpointError(f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be "
-                              f"encoded)")
+        raise CheckpointError(
+            f"{path / TOKENIZER}: missing (this checkpoint has no tokenizer, so text cannot be encoded)"
+        )
     run = read_run(path) if (path / RUN).is_file() else None
     return Checkpoint(path=path, model=model, tokenizer=tokenizer, model_type=kind, run=run)
 
 
-def quantize_checkpoint(src: str | os.PathLike, out: str | os.PathLike, method: str = "int8",
-                        force: bool = False) -> Path:
+def quantize_checkpoint(
+    src: str | os.PathLike, out: str | os.PathLike, method: str = "int8", force: bool = False
+) -> Path:
     """`minigpt quantize`: a float checkpoint (or a run's best/last) -> a quantized checkpoint
     directory at `out`, with the same tokenizer and run.json (so `eval` finds its data)."""
     if method not in METHODS:

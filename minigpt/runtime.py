@@ -35,7 +35,9 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         raise ConfigError(f"device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise MiniGPTError(f"device {name} is not available: this torch build or machine has no CUDA GPU (use --device cpu)")
+            raise MiniGPTError(
+                f"device {name} is not available: this torch build or machine has no CUDA GPU (use --device cpu)"
+            )
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         if dev.index >= torch.cuda.device_count():

@@ -127,13 +127,32 @@ def min_p_filter(logits: torch.Tensor, min_p) -> torch.Tensor:
 MAX_TOP_K = 2**31 - 1  # larger than any vocabulary; beyond it a top-k would not fit a tensor
 
 
-def _setting(neutral, *, suggested=None, lo: float, hi: float = math.inf, lo_open: bool = False, off: str,
-             metavar: str, help: str):
+def _setting(
+    neutral,
+    *,
+    suggested=None,
+    lo: float,
+    hi: float = math.inf,
+    lo_open: bool = False,
+    off: str,
+    metavar: str,
+    help: str,
+):
     """A `SamplingParams` field: `neutral` is its default, `suggested` what the CLI and the
     playground start from (default: neutral); values must lie in [lo, hi] ((lo, hi] with
     lo_open), finite; `off` says what the neutral value means."""
-    return field(default=neutral, metadata=dict(suggested=neutral if suggested is None else suggested, lo=lo, hi=hi,
-                                                lo_open=lo_open, off=off, metavar=metavar, help=help))
+    return field(
+        default=neutral,
+        metadata=dict(
+            suggested=neutral if suggested is None else suggested,
+            lo=lo,
+            hi=hi,
+            lo_open=lo_open,
+            off=off,
+            metavar=metavar,
+            help=help,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -189,16 +208,38 @@ class SamplingParams:
     ConfigError: top_p must be in (0, 1] (1 = off), got 1.5
     """
 
-    temperature: float = _setting(1.0, suggested=0.8, lo=0.0, off="0 = greedy argmax", metavar="T",
-                                  help="divide logits by T; 0 = greedy argmax")
-    top_k: int = _setting(0, suggested=200, lo=0, hi=MAX_TOP_K, off="0 = off", metavar="K",
-                          help="keep only the K most likely tokens; 0 = off")
-    top_p: float = _setting(1.0, lo=0.0, hi=1.0, lo_open=True, off="1 = off", metavar="P",
-                            help="keep the smallest set of tokens with total probability >= P; 1 = off")
-    min_p: float = _setting(0.0, lo=0.0, hi=1.0, off="0 = off", metavar="P",
-                            help="drop tokens below P x the top probability; 0 = off")
-    repetition_penalty: float = _setting(1.0, lo=0.0, lo_open=True, off="1 = off", metavar="R",
-                                         help="make tokens already in the text less likely (CTRL); 1 = off")
+    temperature: float = _setting(
+        1.0, suggested=0.8, lo=0.0, off="0 = greedy argmax", metavar="T", help="divide logits by T; 0 = greedy argmax"
+    )
+    top_k: int = _setting(
+        0,
+        suggested=200,
+        lo=0,
+        hi=MAX_TOP_K,
+        off="0 = off",
+        metavar="K",
+        help="keep only the K most likely tokens; 0 = off",
+    )
+    top_p: float = _setting(
+        1.0,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        off="1 = off",
+        metavar="P",
+        help="keep the smallest set of tokens with total probability >= P; 1 = off",
+    )
+    min_p: float = _setting(
+        0.0, lo=0.0, hi=1.0, off="0 = off", metavar="P", help="drop tokens below P x the top probability; 0 = off"
+    )
+    repetition_penalty: float = _setting(
+        1.0,
+        lo=0.0,
+        lo_open=True,
+        off="1 = off",
+        metavar="R",
+        help="make tokens already in the text less likely (CTRL); 1 = off",
+    )
 
     def __post_init__(self) -> None:
         for s in settings():
@@ -211,7 +252,7 @@ class SamplingParams:
         return self.temperature == 0
 
     @classmethod
-    def from_flags(cls, args) -> "SamplingParams":
+    def from_flags(cls, args) -> SamplingParams:
         """From parsed command-line flags (`--temperature`, `--top-k`, ...); errors name
         the flag, e.g. "--top-p must be in (0, 1] (1 = off), got 1.5"."""
         values = {s.name: getattr(args, s.name) for s in settings()}
@@ -451,8 +492,16 @@ class Batch:
     [False, True]
     """
 
-    def __init__(self, model, *, use_cache: bool = True, cuda_graph: bool = True, compile: bool = False,
-                 vocab_limit: int | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        use_cache: bool = True,
+        cuda_graph: bool = True,
+        compile: bool = False,
+        vocab_limit: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         self.model = model
         self.block = model.config.block_size
         self.vocab = model.config.vocab_size
@@ -479,8 +528,13 @@ class Batch:
     def __len__(self) -> int:
         return len(self.rows) - len(self._leaving) + len(self._joining)
 
-    def add(self, prompt: Sequence[int], params: SamplingParams | None = None,
-            generator: torch.Generator | None = None, tag: Any = None) -> Row:
+    def add(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams | None = None,
+        generator: torch.Generator | None = None,
+        tag: Any = None,
+    ) -> Row:
         """A new row; it gets its first token at the next `step`."""
         if len(prompt) == 0:
             raise ConfigError("every prompt needs at least one token (start from <|endoftext|> for an empty prompt)")
@@ -554,8 +608,9 @@ class Batch:
                 e = torch.ones(B, probs.shape[-1], dtype=torch.float32, device=probs.device)
                 for b, r in enumerate(rows):
                     if not dice.greedy[b] and not r.done:
-                        e[b : b + 1] = torch.empty(1, probs.shape[-1], dtype=torch.float32, device=probs.device) \
-                            .exponential_(1.0, generator=r.generator)
+                        e[b : b + 1] = torch.empty(
+                            1, probs.shape[-1], dtype=torch.float32, device=probs.device
+                        ).exponential_(1.0, generator=r.generator)
                 rolled = _race(probs, e)
             tok = rolled if tok is None else torch.where(dice.greedy_mask, tok, rolled)
         if self._last is not None and len(self._last) == B and any(r.done for r in rows):

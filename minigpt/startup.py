@@ -122,7 +122,7 @@ def data_plan(cfg: TrainConfig, source: pretrained.Source | None, *, resuming: b
             raw = files.load_toml(recipe, "dataset recipe")
             sources = raw.get("sources")
             if not isinstance(sources, list) or not sources or not all(isinstance(x, str) for x in sources):
-                raise DataError(f"{recipe}: lists no sources (expected sources = [\"file.txt\", ...])")
+                raise DataError(f'{recipe}: lists no sources (expected sources = ["file.txt", ...])')
             inputs = [str(d / x) for x in sources]
             val_fraction = raw.get("val_fraction", 0.1)
             if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool):
@@ -159,8 +159,11 @@ def check_tokenizer(data: Dataset, source: pretrained.Source | None) -> None:
         return
     ours, theirs = data.tokenizer, source.require_tokenizer()
     if ours.to_str() != theirs.to_str():
-        how = (f"{ours.vocab_size} vs {theirs.vocab_size} tokens" if ours.vocab_size != theirs.vocab_size
-               else "other merges")
+        how = (
+            f"{ours.vocab_size} vs {theirs.vocab_size} tokens"
+            if ours.vocab_size != theirs.vocab_size
+            else "other merges"
+        )
         raise DataError(
             f"--data {data.path}: prepared with another tokenizer than --init-from {source.name}'s ({how}); "
             f"give the text itself as --data and it is prepared with {source.name}'s tokenizer"
@@ -179,8 +182,14 @@ def prepare_text(plan: DataPlan, rt: Runtime, progress: bool) -> Dataset:
         # settings) or refuses it, with advice that names its own flags (--out, --force).
         held = any((plan.out / n).exists() for n in ("meta.json", "train.bin", "val.bin"))
         try:
-            prepare(plan.inputs, plan.out, vocab_size=plan.vocab_size, val_fraction=plan.val_fraction,
-                    tokenizer=plan.tokenizer, progress=progress)
+            prepare(
+                plan.inputs,
+                plan.out,
+                vocab_size=plan.vocab_size,
+                val_fraction=plan.val_fraction,
+                tokenizer=plan.tokenizer,
+                progress=progress,
+            )
         except DataError:
             if held:
                 raise DataError(
@@ -197,8 +206,10 @@ def resume_config(cfg: TrainConfig, explicit: dict[str, Any], run_dir: RunDirect
     model's shape (or kind) is refused: the weights would not fit."""
     last = run_dir.last()
     if last is None:
-        raise MiniGPTError(f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); "
-                           f"train without --resume first")
+        raise MiniGPTError(
+            f"--resume: no checkpoint to resume in {run_dir.path} (expected {run_dir.path}/last/); "
+            f"train without --resume first"
+        )
     run = read_run(last)
     if not isinstance(run.get("config"), dict):
         raise MiniGPTError(f"--resume: {last / 'run.json'} records no training config")

@@ -164,9 +164,7 @@ def bytes_to_unicode() -> dict[int, str]:
     Example: byte 32 (space) -> "Ġ" (U+0120), byte 10 (newline) -> "Ċ" (U+010A).
     """
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     shift = 0
@@ -208,12 +206,12 @@ def _check_layout(obj: Any) -> None:
         raise DataError(f"expected a JSON object, got {type(obj).__name__}")
     model = obj.get("model")
     if not isinstance(model, dict):
-        raise DataError("it has no \"model\" object")
+        raise DataError('it has no "model" object')
     if model.get("type") != "BPE":
         raise DataError(f"minigpt needs a byte-level BPE tokenizer; this model is {_type_of(model)}")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
-        raise DataError("its model has no \"vocab\" object")
+        raise DataError('its model has no "vocab" object')
     if len(vocab) > MAX_VOCAB_SIZE:
         raise DataError(f"its vocabulary has {len(vocab):,} entries (at most {MAX_VOCAB_SIZE:,})")
     # Ids 0..n-1, checked here already: HF loads a file with an id of 4e9 quickly, but
@@ -284,7 +282,7 @@ class Tokenizer:
     # ---- construction -------------------------------------------------------------
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, *, length: int | None = None) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, *, length: int | None = None) -> Tokenizer:
         """Learn `vocab_size - 257` merges from an iterator of text chunks.
 
         Chunks are pre-tokenized independently, so they should not cut words in half;
@@ -309,7 +307,7 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def train_files(cls, paths: Sequence[str | os.PathLike], vocab_size: int) -> "Tokenizer":
+    def train_files(cls, paths: Sequence[str | os.PathLike], vocab_size: int) -> Tokenizer:
         """Learn merges from text files (UTF-8, plain or .gz), streamed in pieces cut where
         pre-tokenization splits anyway. (`minigpt prepare` does this on the train split only;
         this reads whole files.)"""
@@ -336,7 +334,7 @@ class Tokenizer:
         return cls.train(chunks(), vocab_size)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Load a `tokenizer.json` (ours, or a Hugging Face byte-level one such as GPT-2's);
         or GPT-2's original pair of files, `vocab.json` + `merges.txt` (as OpenAI released
         them and older Hugging Face directories hold them: the path of vocab.json, with
@@ -361,14 +359,16 @@ class Tokenizer:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not a usable tokenizer.json (not UTF-8: invalid byte at offset {e.start})") from None
+            raise DataError(
+                f"{path}: not a usable tokenizer.json (not UTF-8: invalid byte at offset {e.start})"
+            ) from None
         try:
             return cls.from_str(text)
         except DataError as e:
             raise DataError(f"{path}: not a usable tokenizer.json ({e})") from None
 
     @classmethod
-    def from_vocab_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> "Tokenizer":
+    def from_vocab_merges(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> Tokenizer:
         """GPT-2's tokenizer as its two original files: vocab.json (token -> id, in GPT-2's
         byte-level alphabet) and merges.txt (a "#version" line, then one merge "a b" per
         line, in the order they were learned). Built as transformers' converter builds
@@ -380,13 +380,16 @@ class Tokenizer:
             raw = files.read_bytes(merges_path, limit=MAX_TOKENIZER_BYTES, what=MERGES_FILE)
         except files.FileError as e:
             raise DataError(str(e)) from None
-        if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                                  for k, v in vocab.items()):
+        if not isinstance(vocab, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()
+        ):
             raise DataError(f"{vocab_path}: not a usable {VOCAB_FILE} (expected an object of token -> integer id)")
         try:
             lines = raw.decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
-            raise DataError(f"{merges_path}: not a usable {MERGES_FILE} (not UTF-8: invalid byte at offset {e.start})") from None
+            raise DataError(
+                f"{merges_path}: not a usable {MERGES_FILE} (not UTF-8: invalid byte at offset {e.start})"
+            ) from None
         merges = []
         for n, line in enumerate(lines, 1):
             if (n == 1 and line.startswith("#version")) or not line.strip():
@@ -395,12 +398,15 @@ class Tokenizer:
             if len(pair) != 2 or not all(pair) or not all(p in vocab for p in pair):
                 raise DataError(f"{merges_path}: line {n} is not a merge of two tokens of {VOCAB_FILE}: {line[:60]!r}")
             if pair[0] + pair[1] not in vocab:  # the tokenizers library would fail on it later, less clearly
-                raise DataError(f"{merges_path}: line {n} merges into {(pair[0] + pair[1])[:60]!r}, which is not in "
-                                f"{VOCAB_FILE}")
+                raise DataError(
+                    f"{merges_path}: line {n} merges into {(pair[0] + pair[1])[:60]!r}, which is not in {VOCAB_FILE}"
+                )
             merges.append((pair[0], pair[1]))
         layout = {  # the tokenizer.json this pair means, checked like any other before HF parses it
             "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges], "dropout": None},
-            "added_tokens": [], "decoder": {"type": "ByteLevel"}, "pre_tokenizer": {"type": "ByteLevel"},
+            "added_tokens": [],
+            "decoder": {"type": "ByteLevel"},
+            "pre_tokenizer": {"type": "ByteLevel"},
         }
         try:
             _check_layout(layout)
@@ -414,11 +420,13 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_str(cls, text: str) -> "Tokenizer":
+    def from_str(cls, text: str) -> Tokenizer:
         """A tokenizer from the text of a tokenizer.json; DataError (one line) if it is not
         a byte-level BPE: malformed, nested too deeply, too large, wrongly typed."""
         if len(text) > MAX_TOKENIZER_BYTES:
-            raise DataError(f"{len(text):,} characters is too large for a tokenizer.json (at most {MAX_TOKENIZER_BYTES:,})")
+            raise DataError(
+                f"{len(text):,} characters is too large for a tokenizer.json (at most {MAX_TOKENIZER_BYTES:,})"
+            )
         # Python's parser first: it refuses deep nesting and NaN with a clean error, and the
         # layout check needs the object anyway.
         _check_layout(files.parse_json(text, "tokenizer.json", DataError))
@@ -529,9 +537,7 @@ class Tokenizer:
         document boundary as if it were text (nanochat does the same).
         """
         special_ids = {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
-        return np.array(
-            [0 if i in special_ids else len(b) for i, b in enumerate(self._token_bytes)], dtype=np.int64
-        )
+        return np.array([0 if i in special_ids else len(b) for i, b in enumerate(self._token_bytes)], dtype=np.int64)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id})"

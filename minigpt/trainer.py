@@ -53,8 +53,8 @@ from .data import (
 )
 from .errors import ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
-from .optim import make_optimizer, make_optimizers, muon_params  # noqa: F401 (trainer.make_optimizer: tests, benchmarks)
 from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
+from .optim import make_optimizer, make_optimizers, muon_params  # noqa: F401 (trainer.make_optimizer: tests, benchmarks)
 from .plan import Budget
 from .runtime import Runtime, configure_threads, init_runtime, keep_freed_memory
 
@@ -79,8 +79,15 @@ class NonFiniteLoss(MiniGPTError):
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, tokens: np.ndarray, byte_lengths: np.ndarray, *, block_size: int, batch_size: int, steps: int,
-    rt: Runtime, seed: int = 1234,
+    model: nn.Module,
+    tokens: np.ndarray,
+    byte_lengths: np.ndarray,
+    *,
+    block_size: int,
+    batch_size: int,
+    steps: int,
+    rt: Runtime,
+    seed: int = 1234,
 ) -> dict[str, float]:
     """Mean loss over `steps` global batches (steps x batch_size x world_size windows, the
     same fixed windows every time), and bits per byte.
@@ -120,7 +127,13 @@ def padded_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
 
 
 def eval_splits(
-    model, train_tokens, val_tokens, byte_lengths, cfg: TrainConfig, rt: Runtime, step: int,
+    model,
+    train_tokens,
+    val_tokens,
+    byte_lengths,
+    cfg: TrainConfig,
+    rt: Runtime,
+    step: int,
 ) -> dict[str, Any]:
     """One evaluation line: train and val loss on the fixed windows, and val bits per byte."""
     kw = dict(block_size=cfg.model.block_size, batch_size=cfg.optim.batch_size, steps=cfg.run.eval_steps, rt=rt)
@@ -280,16 +293,25 @@ def _measure_speed(cfg: TrainConfig, data: Dataset, rt: Runtime, steps: int = 4)
     scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
     wrapped = wrap_for_device(model, rt, False)  # (compiling would cost more than the probe)
     o = probe.optim
-    sampler = WindowSampler(data.tokens("train"), probe.model.block_size, o.batch_size, grad_accum=o.grad_accum,
-                            rank=rt.rank, world_size=rt.world_size, seed=probe.run.seed, device=rt.device)
+    sampler = WindowSampler(
+        data.tokens("train"),
+        probe.model.block_size,
+        o.batch_size,
+        grad_accum=o.grad_accum,
+        rank=rt.rank,
+        world_size=rt.world_size,
+        seed=probe.run.seed,
+        device=rt.device,
+    )
     set_lr(optimizers, o.lr)
     t0 = 0.0
     for step in range(steps + 1):
         if step == 1:
             t0 = time.perf_counter()
         batches = (sampler.get(step, micro) for micro in range(o.grad_accum))
-        train_step(wrapped, model, optimizers, scaler, batches, grad_accum=o.grad_accum, grad_clip=o.grad_clip,
-                   rt=rt).item()
+        train_step(
+            wrapped, model, optimizers, scaler, batches, grad_accum=o.grad_accum, grad_clip=o.grad_clip, rt=rt
+        ).item()
     per_step = (time.perf_counter() - t0) / steps
     tok_s = o.batch_size * o.grad_accum * rt.world_size * probe.model.block_size / max(per_step, 1e-9)
     if rt.distributed:
@@ -298,8 +320,9 @@ def _measure_speed(cfg: TrainConfig, data: Dataset, rt: Runtime, steps: int = 4)
     return tok_s
 
 
-def _make_plan(cfg: TrainConfig, data: Dataset, rt: Runtime, started: float,
-               text_bytes: int | None) -> tuple[TrainConfig, plan_mod.Plan]:
+def _make_plan(
+    cfg: TrainConfig, data: Dataset, rt: Runtime, started: float, text_bytes: int | None
+) -> tuple[TrainConfig, plan_mod.Plan]:
     """The plan for the settings in cfg.planned (plan.py), and the config it makes: a copy
     of `cfg` with the chosen settings, the budget as max_time, the first step estimate as
     max_steps, and nothing left to plan (so it is what run.json records, and a --resume or
@@ -333,13 +356,24 @@ def _make_plan(cfg: TrainConfig, data: Dataset, rt: Runtime, started: float,
         elapsed = time.perf_counter() - started
         seconds_left = budget * (1 - plan_mod.Budget.MARGIN) - elapsed - n_evals * eval_cost - 2.0
         if rt.distributed:  # rank 0's clock for every rank: they must make one plan
-            t = torch.tensor([seconds_left if rt.is_main else 0.0], dtype=torch.float64,
-                             device=rt.device if rt.device.type == "cuda" else "cpu")
+            t = torch.tensor(
+                [seconds_left if rt.is_main else 0.0],
+                dtype=torch.float64,
+                device=rt.device if rt.device.type == "cuda" else "cpu",
+            )
             seconds_left = float(rt.all_reduce_sum(t).item())
     current = {**new.flat(), "vocab_size": data.vocab_size}
-    the_plan = plan_mod.choose(train_tokens=n_train, tokens_per_s=tok_s, tokens_per_step=tokens_per_step,
-                               seconds_left=max(seconds_left, 0.0), budget_s=budget, max_steps=o.max_steps,
-                               current=current, planned=sorted(planned), text_bytes=text_bytes)
+    the_plan = plan_mod.choose(
+        train_tokens=n_train,
+        tokens_per_s=tok_s,
+        tokens_per_step=tokens_per_step,
+        seconds_left=max(seconds_left, 0.0),
+        budget_s=budget,
+        max_steps=o.max_steps,
+        current=current,
+        planned=sorted(planned),
+        text_bytes=text_bytes,
+    )
     the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's
         the_plan.yours = sorted(set(the_plan.yours) - {"vocab_size"})
@@ -396,8 +430,11 @@ class _TrainLog:
             return
         bar.close()
         run_dir = self.run.run_dir
-        kept = (f"the last good checkpoint in {run_dir.path} is intact" if run_dir.last() is not None
-                else "no checkpoint had been saved yet")
+        kept = (
+            f"the last good checkpoint in {run_dir.path} is intact"
+            if run_dir.last() is not None
+            else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLoss(
             f"the loss became {(self.loss / max(1, self.steps)).item()} by step {step} "
             f"(learning rate {lr:.3g}); stopped without saving ({kept}): lower --lr, or check the data"
@@ -436,9 +473,18 @@ class _Run:
     finish     a sample printed from the final model
     """
 
-    def __init__(self, cfg: TrainConfig, rt: Runtime, data: Dataset, run_dir: RunDirectory, resume_from: Path | None,
-                 progress: bool, started: float, source: pretrained.Source | None = None,
-                 plan: plan_mod.Plan | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rt: Runtime,
+        data: Dataset,
+        run_dir: RunDirectory,
+        resume_from: Path | None,
+        progress: bool,
+        started: float,
+        source: pretrained.Source | None = None,
+        plan: plan_mod.Plan | None = None,
+    ):
         self.cfg, self.rt, self.data, self.run_dir, self.progress = cfg, rt, data, run_dir, progress
         self.started = started
         self.tokenizer = data.tokenizer
@@ -459,8 +505,9 @@ class _Run:
             torch.manual_seed(cfg.run.seed)  # the model's initialisation depends only on the seed
             self.model = models.from_args(cfg.model, data.vocab_size)
         # Frozen parts get no gradient, so the optimizer (fresh or resumed) holds only the rest.
-        self.frozen = pretrained.freeze(self.model, embeddings=cfg.optim.freeze_embeddings,
-                                        layers=cfg.optim.freeze_layers)
+        self.frozen = pretrained.freeze(
+            self.model, embeddings=cfg.optim.freeze_embeddings, layers=cfg.optim.freeze_layers
+        )
         if self.frozen and not any(p.requires_grad for p in self.model.parameters()):
             raise ConfigError("freeze_layers: with these freezes no weight is left to train")
         for split in ("train", "val"):  # one vectorised pass per split (cached), naming the file at fault
@@ -479,10 +526,17 @@ class _Run:
         self.planned = False
         if cfg.run.max_time > 0:
             # A planned run stops at MAX_PASSES over the data even if the budget allows more.
-            ceiling = (int(plan_mod.MAX_PASSES * len(self.train_tokens) / self.tokens_per_step)
-                       if plan is not None else None)
-            self.budget = Budget(cfg.run.max_time, started, eval_interval=cfg.run.eval_interval, schedule=o.schedule,
-                                 cooldown=o.cooldown, ceiling=ceiling)
+            ceiling = (
+                int(plan_mod.MAX_PASSES * len(self.train_tokens) / self.tokens_per_step) if plan is not None else None
+            )
+            self.budget = Budget(
+                cfg.run.max_time,
+                started,
+                eval_interval=cfg.run.eval_interval,
+                schedule=o.schedule,
+                cooldown=o.cooldown,
+                ceiling=ceiling,
+            )
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -491,16 +545,24 @@ class _Run:
         the data's: the same ids must mean the same text."""
         ckpt = load_checkpoint(path, need_tokenizer=False)
         if ckpt.tokenizer is not None and ckpt.tokenizer.to_str() != self.tokenizer.to_str():
-            raise MiniGPTError(f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with "
-                               f"the data it was trained on")
+            raise MiniGPTError(
+                f"--resume: the checkpoint's tokenizer differs from {self.data.path}'s; resume with "
+                f"the data it was trained on"
+            )
         state = load_trainer_state(path)
         self.trainer_state = state
         if ckpt.run is not None and isinstance(ckpt.run.get("init_from"), dict):
             self.init_from = ckpt.run["init_from"]
         if ckpt.run is not None and isinstance(ckpt.run.get("plan"), dict):
             self.plan = ckpt.run["plan"]
-        self.pos = _Progress(state["step"], state["best_val_loss"], state["tokens_seen"], state["train_time_s"],
-                             state.get("best_step", 0), state.get("best_val_bpb", float("inf")))
+        self.pos = _Progress(
+            state["step"],
+            state["best_val_loss"],
+            state["tokens_seen"],
+            state["train_time_s"],
+            state.get("best_step", 0),
+            state.get("best_val_bpb", float("inf")),
+        )
         return ckpt.model
 
     def _start_logs(self) -> None:
@@ -520,11 +582,16 @@ class _Run:
         o = self.cfg.optim
         if self.trainer_state is not None and (self.model.learns_by == "counting" or self.pos.step >= o.max_steps):
             if self.model.learns_by == "counting":
-                self.rt.print(f"{self.run_dir.path}: a model that learns by counting is complete after one pass; "
-                              f"nothing to resume", file=sys.stderr)
+                self.rt.print(
+                    f"{self.run_dir.path}: a model that learns by counting is complete after one pass; "
+                    f"nothing to resume",
+                    file=sys.stderr,
+                )
             else:
-                self.rt.print(f"{self.run_dir.path}: already trained for {self.pos.step} steps (>= --max-steps "
-                              f"{o.max_steps}); nothing to do")
+                self.rt.print(
+                    f"{self.run_dir.path}: already trained for {self.pos.step} steps (>= --max-steps "
+                    f"{o.max_steps}); nothing to do"
+                )
             return {"step": self.pos.step, "out": str(self.run_dir.path), "resumed": True}
         self._start_logs()
         try:
@@ -551,8 +618,9 @@ class _Run:
         ev = eval_splits(self.model, self.train_tokens, self.val_tokens, self.byte_lengths, self.cfg, self.rt, step)
         if self.rt.is_main:
             note = f"{self.init_from['source']} before fine-tuning" if step == 0 and self.init_from else ""
-            write_eval_line(self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb,
-                            note=note)
+            write_eval_line(
+                self.run_dir, ev, time_s=self.clock.elapsed, tokens=self.pos.tokens_seen, tb=self.tb, note=note
+            )
         return ev
 
     def _evaluate_timed(self, step: int) -> dict[str, Any]:
@@ -570,23 +638,29 @@ class _Run:
         the model has begun to learn the train split by heart, and `best` keeps the step
         before (sample, eval and serve read it)."""
         self.val_history.append(ev["val_loss"])
-        recent = self.val_history[-(RISES + 1):]
+        recent = self.val_history[-(RISES + 1) :]
         rising = len(recent) == RISES + 1 and all(b > a for a, b in zip(recent, recent[1:]))
         if rising and self.rt.is_main and self.pos.best_step > 0:
             path = " -> ".join(f"{v:.4f}" for v in recent)
             tqdm.write(
                 f"step {ev['step']:>6}: val loss has risen at {RISES} evaluations in a row ({path}): the model is "
                 f"overfitting; {self.run_dir.path}/best holds step {self.pos.best_step} "
-                f"({self.pos.best_bpb:.4f} bits/byte)", file=sys.stderr,
+                f"({self.pos.best_bpb:.4f} bits/byte)",
+                file=sys.stderr,
             )
 
     def _run_info(self, step: int, ev: dict | None) -> dict[str, Any]:
         """run.json: the config and where the run stands (read by --resume, eval, compare)."""
         return {
-            "config": self._recorded_config().to_dict(), "model_type": self.model.model_type, "step": step,
-            "tokens_seen": self.pos.tokens_seen, "train_time_s": round(self.clock.elapsed, 3),
-            "num_params": models.unwrap(self.model).num_params(), "best_val_loss": self.pos.best_val,
-            **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}), "minigpt_version": __version__,
+            "config": self._recorded_config().to_dict(),
+            "model_type": self.model.model_type,
+            "step": step,
+            "tokens_seen": self.pos.tokens_seen,
+            "train_time_s": round(self.clock.elapsed, 3),
+            "num_params": models.unwrap(self.model).num_params(),
+            "best_val_loss": self.pos.best_val,
+            **({k: ev[k] for k in ("val_loss", "val_bpb", "train_loss")} if ev else {}),
+            "minigpt_version": __version__,
             **({"init_from": self.init_from} if self.init_from else {}),
             **({"plan": self.plan} if self.plan else {}),
         }
@@ -595,12 +669,18 @@ class _Run:
         if not self.rt.is_main:
             return
         state = {
-            "step": step, "rng": _rng_state(), "best_val_loss": self.pos.best_val, "best_step": self.pos.best_step,
+            "step": step,
+            "rng": _rng_state(),
+            "best_val_loss": self.pos.best_val,
+            "best_step": self.pos.best_step,
             "best_val_bpb": self.pos.best_bpb,
-            "tokens_seen": self.pos.tokens_seen, "train_time_s": self.clock.elapsed, **extra_state,
+            "tokens_seen": self.pos.tokens_seen,
+            "train_time_s": self.clock.elapsed,
+            **extra_state,
         }
-        self.run_dir.save(step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state,
-                          is_best=is_best)
+        self.run_dir.save(
+            step, self.model, self.tokenizer, run=self._run_info(step, ev), trainer_state=state, is_best=is_best
+        )
 
     def _evaluate_and_save(self, step: int, extra_state: dict[str, Any]) -> dict[str, Any]:
         """Evaluate, then checkpoint; the checkpoint is the new `best` if val loss improved.
@@ -644,14 +724,25 @@ class _Run:
             self.pos.best_val = ev["val_loss"]
             self._save(1, ev, True, {})
         sizes = ", ".join(f"{k}-grams {n:,}" for k, n in enumerate(self.model.config.sizes, start=1))
-        rt.print(f"{kind.name}: counted {self.pos.tokens_seen:,} tokens in {fit_time:.2f} s ({sizes}); "
-                 f"saved {self.run_dir.path}/last", file=sys.stderr)
-        summary = {"step": 1, "out": str(self.run_dir.path), "best_val_loss": ev["val_loss"], **ev,
-                   "train_time_s": fit_time}
+        rt.print(
+            f"{kind.name}: counted {self.pos.tokens_seen:,} tokens in {fit_time:.2f} s ({sizes}); "
+            f"saved {self.run_dir.path}/last",
+            file=sys.stderr,
+        )
+        summary = {
+            "step": 1,
+            "out": str(self.run_dir.path),
+            "best_val_loss": ev["val_loss"],
+            **ev,
+            "train_time_s": fit_time,
+        }
         if signals.received is not None:
             summary["interrupted"] = signals.received
-            rt.print(f"{signal.Signals(signals.received).name}: the counting pass had finished; saved "
-                     f"{self.run_dir.path}/last", file=sys.stderr)
+            rt.print(
+                f"{signal.Signals(signals.received).name}: the counting pass had finished; saved "
+                f"{self.run_dir.path}/last",
+                file=sys.stderr,
+            )
         return summary
 
     # ---- descend: kinds that learn by gradient ----------------------------------------------
@@ -664,8 +755,14 @@ class _Run:
         optimizers, scaler = self._optimizers()
         wrapped = wrap_for_device(self.model, self.rt, r.compile)
         sampler = WindowSampler(
-            self.train_tokens, self.cfg.model.block_size, o.batch_size, grad_accum=o.grad_accum, rank=self.rt.rank,
-            world_size=self.rt.world_size, seed=r.seed, device=self.rt.device,
+            self.train_tokens,
+            self.cfg.model.block_size,
+            o.batch_size,
+            grad_accum=o.grad_accum,
+            rank=self.rt.rank,
+            world_size=self.rt.world_size,
+            seed=r.seed,
+            device=self.rt.device,
         )
         if self.plan is not None and self.trainer_state is None:
             self.rt.print(self.plan["line"], file=sys.stderr)  # after the run's checks: bad input stays one line
@@ -673,8 +770,10 @@ class _Run:
 
         def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
             states = [opt.state_dict() for opt in optimizers]
-            return {"optimizer": states[0] if len(states) == 1 else states,
-                    **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+            return {
+                "optimizer": states[0] if len(states) == 1 else states,
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+            }
 
         last_eval = self._evaluate_timed(0) if self.pos.step == 0 else None
         with self.clock.paused():  # counted now, so that the time budget has already paid for it
@@ -683,16 +782,30 @@ class _Run:
             self.budget.tail = self._sample_cost() + 0.5
         self.model.train()
         log = _TrainLog(self)
-        bar = tqdm(total=self.total, initial=self.pos.step, desc="train", unit="step",
-                   disable=not (self.progress and self.rt.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total,
+            initial=self.pos.step,
+            desc="train",
+            unit="step",
+            disable=not (self.progress and self.rt.is_main),
+            dynamic_ncols=True,
+        )
         interrupted = None
         while self.pos.step < self.total:
             step = self.pos.step
             lr = self._lr(step)
             set_lr(optimizers, lr)
             batches = (sampler.get(step, micro) for micro in range(o.grad_accum))
-            loss = train_step(wrapped, self.model, optimizers, scaler, batches, grad_accum=o.grad_accum,
-                              grad_clip=o.grad_clip, rt=self.rt)
+            loss = train_step(
+                wrapped,
+                self.model,
+                optimizers,
+                scaler,
+                batches,
+                grad_accum=o.grad_accum,
+                grad_clip=o.grad_clip,
+                rt=self.rt,
+            )
             step = self.pos.advance(self.tokens_per_step)
             log.add(loss)
             if self._replan(step):
@@ -717,14 +830,20 @@ class _Run:
         if self.budget is not None and self.rt.is_main:
             self.run_dir.write_train_config(self._recorded_config().to_dict())
         step = self.pos.step
-        summary = {"step": step, "out": str(self.run_dir.path), "best_val_loss": self.pos.best_val, **(last_eval or {}),
-                   "train_time_s": self.clock.elapsed}
+        summary = {
+            "step": step,
+            "out": str(self.run_dir.path),
+            "best_val_loss": self.pos.best_val,
+            **(last_eval or {}),
+            "train_time_s": self.clock.elapsed,
+        }
         if self.init_from and last_eval and self.rt.is_main:
             self._report_finetune(step, last_eval)
         if interrupted is not None:
             name = signal.Signals(interrupted).name if interrupted else "signal"
-            self.rt.print(f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume",
-                          file=sys.stderr)
+            self.rt.print(
+                f"{name}: saved {self.run_dir.path}/last at step {step}; continue with --resume", file=sys.stderr
+            )
             summary["interrupted"] = interrupted
         return summary
 
@@ -737,8 +856,10 @@ class _Run:
             saved = self.trainer_state["optimizer"]
             saved = saved if isinstance(saved, list) else [saved]  # one AdamW state before Muon existed
             if len(saved) != len(optimizers):
-                raise MiniGPTError(f"--resume: the checkpoint holds {len(saved)} optimizer state(s), this run has "
-                                   f"{len(optimizers)} (--optimizer changed?); resume with the run's own optimizer")
+                raise MiniGPTError(
+                    f"--resume: the checkpoint holds {len(saved)} optimizer state(s), this run has "
+                    f"{len(optimizers)} (--optimizer changed?); resume with the run's own optimizer"
+                )
             for opt, st in zip(optimizers, saved):
                 opt.load_state_dict(st)
             if "scaler" in self.trainer_state and scaler.is_enabled():
@@ -787,10 +908,22 @@ class _Run:
         # batches of one where a batch's probabilities would be large (GPT-2's vocabulary).
         block, vocab = self.cfg.model.block_size, self.model.config.vocab_size
         batch = o.batch_size if o.batch_size * block * vocab <= 1 << 26 else 1
-        ev = evaluate(ngram, self.val_tokens, self.byte_lengths, block_size=block, batch_size=batch,
-                      steps=r.eval_steps * self.rt.world_size * (o.batch_size // batch), rt=cpu)
-        return {"order": YARDSTICK_ORDER, "tokens": len(counted), "all_tokens": len(counted) == len(self.train_tokens),
-                "bpb": ev["bpb"], "seconds": time.perf_counter() - t}
+        ev = evaluate(
+            ngram,
+            self.val_tokens,
+            self.byte_lengths,
+            block_size=block,
+            batch_size=batch,
+            steps=r.eval_steps * self.rt.world_size * (o.batch_size // batch),
+            rt=cpu,
+        )
+        return {
+            "order": YARDSTICK_ORDER,
+            "tokens": len(counted),
+            "all_tokens": len(counted) == len(self.train_tokens),
+            "bpb": ev["bpb"],
+            "seconds": time.perf_counter() - t,
+        }
 
     def _verdict(self, summary: dict[str, Any]) -> None:
         """The run's last lines: where the model is, which step `best` holds and its bits per
@@ -799,18 +932,27 @@ class _Run:
             return
         out, best = self.run_dir.path, self.pos.best_bpb
         last = summary.get("val_bpb")
-        last_part = f"; the last, step {summary['step']}: {last:.4f}" if last is not None and summary["step"] != \
-            self.pos.best_step else ""
-        self.rt.print(f"model: {out}/best is step {self.pos.best_step}, {best:.4f} bits/byte on the validation "
-                      f"windows{last_part} (sample, eval and serve read {out}/best)", file=sys.stderr)
+        last_part = (
+            f"; the last, step {summary['step']}: {last:.4f}"
+            if last is not None and summary["step"] != self.pos.best_step
+            else ""
+        )
+        self.rt.print(
+            f"model: {out}/best is step {self.pos.best_step}, {best:.4f} bits/byte on the validation "
+            f"windows{last_part} (sample, eval and serve read {out}/best)",
+            file=sys.stderr,
+        )
         y = self.yardstick
         if y is not None:
             gap = y["bpb"] - best
             what = "better" if gap > 0 else "worse"
             counted = "the train split" if y["all_tokens"] else f"the first {_short(y['tokens'])} train tokens"
-            self.rt.print(f"yardstick: a {y['order']}-gram (Kneser-Ney) counted on {counted} in {y['seconds']:.1f} s "
-                          f"scores {y['bpb']:.4f} bits/byte on the same windows: the model is {abs(gap):.4f} "
-                          f"{what}", file=sys.stderr)
+            self.rt.print(
+                f"yardstick: a {y['order']}-gram (Kneser-Ney) counted on {counted} in {y['seconds']:.1f} s "
+                f"scores {y['bpb']:.4f} bits/byte on the same windows: the model is {abs(gap):.4f} "
+                f"{what}",
+                file=sys.stderr,
+            )
 
     def _sample_cost(self) -> float:
         """What the final sample will cost: a few tokens timed now, scaled to --sample-tokens."""
@@ -839,8 +981,11 @@ class _Run:
             return False
         new = self.budget.steps(step, self.total, self.clock.read()) if self.rt.is_main else None
         if self.rt.distributed:
-            t = torch.tensor([float(new or 0)], dtype=torch.float64,
-                             device=self.rt.device if self.rt.device.type == "cuda" else "cpu")
+            t = torch.tensor(
+                [float(new or 0)],
+                dtype=torch.float64,
+                device=self.rt.device if self.rt.device.type == "cuda" else "cpu",
+            )
             new = int(self.rt.all_reduce_sum(t).item()) or None
         if new is None or (new == self.total and self.planned):
             return False

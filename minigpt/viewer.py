@@ -123,5 +123,7 @@ def notebook_html(data: dict, height: int = NOTEBOOK_HEIGHT) -> str:
     its script run but gives it no access to the notebook around it.
     """
     page = html.escape(render_page(data), quote=True)
-    return (f'<iframe class="minigpt-viewer" sandbox="allow-scripts" srcdoc="{page}" '
-            f'style="width: 100%; height: {int(height)}px; border: 1px solid #d8dde3; border-radius: 6px"></iframe>')
+    return (
+        f'<iframe class="minigpt-viewer" sandbox="allow-scripts" srcdoc="{page}" '
+        f'style="width: 100%; height: {int(height)}px; border: 1px solid #d8dde3; border-radius: 6px"></iframe>'
+    )

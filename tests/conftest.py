@@ -23,8 +23,10 @@ def make_corpus(n_lines: int = 400, seed: int = 0) -> str:
     non-ASCII, so tokenizers and models have structure to learn."""
     rng = random.Random(seed)
     names = ["ROMEO", "JULIET", "NURSE", "FRIAR LAURENCE", "MERCUTIO"]
-    words = ("love night day sweet death fair thou thee my heart light sun moon star "
-             "gentle sorrow kiss name rose hate young old art dost hath").split()
+    words = (
+        "love night day sweet death fair thou thee my heart light sun moon star "
+        "gentle sorrow kiss name rose hate young old art dost hath"
+    ).split()
     lines = []
     for i in range(n_lines):
         if i % 5 == 0:
@@ -80,7 +82,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
     e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "minigpt.cli", *args], cwd=cwd or REPO, env=e, capture_output=True, text=True,
+        [sys.executable, "-m", "minigpt.cli", *args],
+        cwd=cwd or REPO,
+        env=e,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -99,8 +105,13 @@ def assert_one_line_error(proc, *needles: str) -> None:
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -110,7 +121,9 @@ def need_browser():
     required = os.environ.get("MINIGPT_REQUIRE_BROWSER") == "1"
     if not CHROMIUM.exists():
         if required:
-            pytest.fail(f"MINIGPT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
+            pytest.fail(
+                f"MINIGPT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium chromium-driver)"
+            )
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium chromium-driver)")
     try:
         from playwright.sync_api import sync_playwright

@@ -62,8 +62,9 @@ def reference_logits(model, ids: list[int], zero: tuple[int, int] | None = None)
         if c.qk_norm:
             q, k = norm(q, p + ".attn.q_norm"), norm(k, p + ".attn.k_norm")
         if c.pos_encoding == "rope":
+
             def rot(t):
-                a, b = t[..., : D // 2], t[..., D // 2:]
+                a, b = t[..., : D // 2], t[..., D // 2 :]
                 return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], -1)
 
             q, k = rot(q), rot(k)
@@ -131,7 +132,7 @@ def test_mean_ablation_equals_the_mean_folded_into_the_bias(val):
     from minigpt.lens import run_stream
 
     starts, _, W, _ = window_plan(200, 32, 32)
-    zs = torch.stack([torch.stack(run_stream(model, val[s: s + W].astype(np.int64))[0].z) for s in starts])
+    zs = torch.stack([torch.stack(run_stream(model, val[s : s + W].astype(np.int64))[0].z) for s in starts])
     torch.testing.assert_close(means, zs.mean(dim=(0, 2)), atol=1e-5, rtol=1e-5)
 
     layer, head, D = 1, 1, model.config.head_dim
@@ -149,8 +150,15 @@ def test_mean_ablation_equals_the_mean_folded_into_the_bias(val):
 
 def test_the_report_against_ablated_copies(val, tokenizer):
     model = randomised(seed=14, **MODERN_BLOCK)
-    rep = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=300, tokenizer=tokenizer, prompt="ROMEO:\nLove",
-                        methods=("zero",))
+    rep = head_ablation(
+        model,
+        val,
+        tokenizer.byte_lengths,
+        max_tokens=300,
+        tokenizer=tokenizer,
+        prompt="ROMEO:\nLove",
+        methods=("zero",),
+    )
     blen = tokenizer.byte_lengths
     base = evaluate_tokens(model, val, blen, window=32, max_tokens=300)
     assert rep.base_bpb == pytest.approx(base["bpb"], abs=1e-9) and rep.sample_bytes == base["bytes"]
@@ -162,7 +170,7 @@ def test_the_report_against_ablated_copies(val, tokenizer):
     for layer, head in [(0, 0), (1, 1)]:
         copy_ = copy.deepcopy(model)
         with torch.no_grad():
-            copy_.transformer.h[layer].attn.c_proj.weight[:, head * D:(head + 1) * D] = 0
+            copy_.transformer.h[layer].attn.c_proj.weight[:, head * D : (head + 1) * D] = 0
         want = evaluate_tokens(copy_, val, blen, window=32, max_tokens=300)["bpb"]
         assert rep.bpb["zero"][layer, head] == pytest.approx(want, abs=1e-6)
         assert rep.delta("zero")[layer, head] == pytest.approx(want - base["bpb"], abs=1e-6)
@@ -182,8 +190,8 @@ def test_a_head_that_writes_nothing_costs_exactly_nothing(val, tokenizer):
     model = randomised(seed=15, **GPT2_BLOCK)
     C, D = model.config.n_embd, model.config.head_dim
     with torch.no_grad():  # layer 1, head 0 reads values that are all zero: its output is 0
-        model.transformer.h[1].attn.c_attn.weight[2 * C: 2 * C + D] = 0
-        model.transformer.h[1].attn.c_attn.bias[2 * C: 2 * C + D] = 0
+        model.transformer.h[1].attn.c_attn.weight[2 * C : 2 * C + D] = 0
+        model.transformer.h[1].attn.c_attn.bias[2 * C : 2 * C + D] = 0
     rep = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=200, tokenizer=tokenizer, prompt="ROMEO:")
     for m in ("zero", "mean"):
         assert rep.delta(m)[1, 0] == 0.0 and rep.prompt_kl[m][1, 0] == 0.0
@@ -191,7 +199,7 @@ def test_a_head_that_writes_nothing_costs_exactly_nothing(val, tokenizer):
 
 
 def test_bad_arguments_and_baselines(val, tokenizer):
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
     model = randomised(seed=16)
     with pytest.raises(MiniGPTError, match="head L2H0 does not exist"):
@@ -221,18 +229,37 @@ def run(capsys, *argv):
 def test_heads_ablate_command(capsys, ckpt, dataset_dir, val, tokenizer, tmp_path):
     from minigpt.checkpoint import load_checkpoint
 
-    rc, out, err = run(capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data", str(dataset_dir),
-                       "--ablate-tokens", "200", "--json", "--html", str(tmp_path / "h.html"))
+    rc, out, err = run(
+        capsys,
+        "heads",
+        "--checkpoint",
+        ckpt,
+        "--device",
+        "cpu",
+        "--ablate",
+        "--data",
+        str(dataset_dir),
+        "--ablate-tokens",
+        "200",
+        "--json",
+        "--html",
+        str(tmp_path / "h.html"),
+    )
     assert rc == 0, err
     report = json.loads(out)
     sample = report["ablation"]["sample"]
-    assert sample == {"data": str(dataset_dir), "split": "val", "tokens": 200, "bytes": sample["bytes"],
-                      "of_tokens": len(val), "first": True}
+    assert sample == {
+        "data": str(dataset_dir),
+        "split": "val",
+        "tokens": 200,
+        "bytes": sample["bytes"],
+        "of_tokens": len(val),
+        "first": True,
+    }
     model = load_checkpoint(ckpt).model
     from minigpt.inspection import DEFAULT_PASSAGE
 
-    api = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=200, tokenizer=tokenizer,
-                        prompt=DEFAULT_PASSAGE)
+    api = head_ablation(model, val, tokenizer.byte_lengths, max_tokens=200, tokenizer=tokenizer, prompt=DEFAULT_PASSAGE)
     assert report["ablation"]["base_val_bpb"] == pytest.approx(api.base_bpb, abs=1e-4)
     for row in report["heads"]:
         for m in ("zero", "mean"):
@@ -242,14 +269,25 @@ def test_heads_ablate_command(capsys, ckpt, dataset_dir, val, tokenizer, tmp_pat
     assert {"entropy", "prev_token", "induction"} <= set(report["heads"][0])  # the statistics stay
     assert err.strip().endswith(f"wrote {tmp_path / 'h.html'}")
 
-    rc, out, _ = run(capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data", str(dataset_dir),
-                     "--ablate-tokens", "0")
+    rc, out, _ = run(
+        capsys,
+        "heads",
+        "--checkpoint",
+        ckpt,
+        "--device",
+        "cpu",
+        "--ablate",
+        "--data",
+        str(dataset_dir),
+        "--ablate-tokens",
+        "0",
+    )
     lines = out.splitlines()
     assert rc == 0 and f"on the whole of {dataset_dir}'s validation split" in lines[1]
     header = lines[2]
     cols = [header.index(c) for c in ("induction", "zero Δbpb", "zero KL", "mean Δbpb", "mean KL")]
     assert cols == sorted(cols)  # the ablation columns after the statistics, in this order
-    assert all(len(line) == len(header) for line in lines[3:3 + 4])  # one row per head (2 x 2), aligned
+    assert all(len(line) == len(header) for line in lines[3 : 3 + 4])  # one row per head (2 x 2), aligned
     assert any(line.startswith("heads the model needs most (zero-ablation") for line in lines)
 
 
@@ -259,6 +297,7 @@ def test_heads_ablate_bad_input(capsys, ckpt, tmp_path, corpus_file):
     from minigpt.data import prepare
 
     prepare([corpus_file], tmp_path / "other", vocab_size=280, progress=False)
-    rc, _, err = run(capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data",
-                     str(tmp_path / "other"))
+    rc, _, err = run(
+        capsys, "heads", "--checkpoint", ckpt, "--device", "cpu", "--ablate", "--data", str(tmp_path / "other")
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "differs from the data's" in err

@@ -23,13 +23,13 @@ import pytest
 import torch
 
 from minigpt import cli
-from minigpt.baselines import NGramConfig, NGramLM, RNNConfig, RNNLM, kn_discount
-from minigpt.models import build
+from minigpt.baselines import RNNLM, NGramConfig, NGramLM, RNNConfig, kn_discount
 from minigpt.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.config import TrainConfig, apply_preset
 from minigpt.data import Dataset, prepare
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import evaluate_tokens
+from minigpt.models import build
 from minigpt.sampling import SamplingParams, generate
 from minigpt.trainer import train
 
@@ -61,9 +61,23 @@ def tiny_config(data: Path, out: Path, model: str, **over) -> TrainConfig:
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
     settings = dict(
-        model=model, data=str(data), out=str(out), device="cpu", sample_tokens=0, n_layer=1, n_head=2, n_embd=32,
-        block_size=16, batch_size=8, max_steps=20, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=10,
-        eval_steps=2, log_interval=5,
+        model=model,
+        data=str(data),
+        out=str(out),
+        device="cpu",
+        sample_tokens=0,
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        block_size=16,
+        batch_size=8,
+        max_steps=20,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        eval_interval=10,
+        eval_steps=2,
+        log_interval=5,
     )
     settings.update(over)
     for k, v in settings.items():
@@ -173,7 +187,9 @@ def _models():
     return {
         "lstm": RNNLM(RNNConfig(vocab_size=50, block_size=16, n_layer=2, n_embd=24, cell="lstm")),
         "gru": RNNLM(RNNConfig(vocab_size=50, block_size=16, n_layer=2, n_embd=24, cell="gru")),
-        "lstm-untied": RNNLM(RNNConfig(vocab_size=50, block_size=16, n_layer=1, n_embd=24, cell="lstm", tie_weights=False)),
+        "lstm-untied": RNNLM(
+            RNNConfig(vocab_size=50, block_size=16, n_layer=1, n_embd=24, cell="lstm", tie_weights=False)
+        ),
         "ngram": ngram,
     }
 
@@ -293,26 +309,70 @@ def test_rnn_trains_then_samples_and_evaluates_through_the_cli(tmp_path, dataset
     assert json.loads((out / "last" / "run.json").read_text())["model_type"] == cell
     capsys.readouterr()
 
-    assert cli.main(["sample", "--checkpoint", str(out), "--prompt", "the cat", "--max-new-tokens", "20", "--seed", "1", "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--checkpoint",
+                str(out),
+                "--prompt",
+                "the cat",
+                "--max-new-tokens",
+                "20",
+                "--seed",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("the cat")
 
-    rc = cli.main(["eval", "--checkpoint", str(out), "--samples", "2", "--max-new-tokens", "30", "--json", "--device", "cpu"])
+    rc = cli.main(
+        ["eval", "--checkpoint", str(out), "--samples", "2", "--max-new-tokens", "30", "--json", "--device", "cpu"]
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     n_val = len(Dataset(dataset).tokens("val"))
     assert report["model_type"] == cell and report["val_tokens"] == n_val - 1
     # the text is one document (no <|endoftext|> in val): bpb = loss / ln 2 / bytes per token
-    assert report["bits_per_byte"] == pytest.approx(report["val_loss"] * report["val_tokens"] / math.log(2) / report["val_bytes"], rel=1e-9)
+    assert report["bits_per_byte"] == pytest.approx(
+        report["val_loss"] * report["val_tokens"] / math.log(2) / report["val_bytes"], rel=1e-9
+    )
     assert summary["val_loss"] == pytest.approx(evals[-1]["val_loss"])
 
 
 def test_train_py_model_ngram_end_to_end(tmp_path, dataset, capsys):
     out = tmp_path / "ngram"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--model", "ngram", "--ngram-order", "3", "--data", str(dataset),
-         "--out", str(out), "--device", "cpu", "--block-size", "16", "--batch-size", "8", "--eval-steps", "2",
-         "--sample-tokens", "20", "--quiet"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--model",
+            "ngram",
+            "--ngram-order",
+            "3",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "8",
+            "--eval-steps",
+            "2",
+            "--sample-tokens",
+            "20",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "--- sample (20 tokens) ---" in proc.stdout
@@ -325,7 +385,9 @@ def test_train_py_model_ngram_end_to_end(tmp_path, dataset, capsys):
     assert run["model_type"] == "ngram" and run["tokens_seen"] == len(Dataset(dataset).tokens("train"))
     assert (out / "train_config.json").is_file() and (out / "best").exists()
     # the sampler and the evaluator take it like any checkpoint
-    assert cli.main(["sample", "--checkpoint", str(out), "--prompt", "the", "--max-new-tokens", "10", "--seed", "0"]) == 0
+    assert (
+        cli.main(["sample", "--checkpoint", str(out), "--prompt", "the", "--max-new-tokens", "10", "--seed", "0"]) == 0
+    )
     assert capsys.readouterr().out.startswith("the")
     assert cli.main(["eval", "--checkpoint", str(out), "--samples", "1", "--max-new-tokens", "20", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -336,10 +398,14 @@ def test_a_trained_gpt_beats_the_bigram_on_bits_per_byte(tmp_path, dataset):
     # ~1-3 s on 2 CPU cores: 150 steps of a 2-layer, 64-wide GPT.
     data = Dataset(dataset)
     bpb = {}
-    for name, model, over in (("gpt", "gpt", dict(n_layer=2, n_embd=64, block_size=32, batch_size=16, max_steps=150, eval_interval=150)),
-                              ("bigram", "ngram", dict(ngram_order=2))):
+    for name, model, over in (
+        ("gpt", "gpt", dict(n_layer=2, n_embd=64, block_size=32, batch_size=16, max_steps=150, eval_interval=150)),
+        ("bigram", "ngram", dict(ngram_order=2)),
+    ):
         train(tiny_config(dataset, tmp_path / name, model, **over), progress=False)
         m = load_checkpoint(tmp_path / name).model
         window, stride = m.score_window()
-        bpb[name] = evaluate_tokens(m, data.tokens("val"), data.tokenizer.byte_lengths, window=window, stride=stride)["bpb"]
+        bpb[name] = evaluate_tokens(m, data.tokens("val"), data.tokenizer.byte_lengths, window=window, stride=stride)[
+            "bpb"
+        ]
     assert bpb["gpt"] < 0.6 * bpb["bigram"], bpb

@@ -22,8 +22,7 @@ def make(kind: str):
     if kind == "gpt2":  # learned positions, LayerNorm, GELU
         return tiny_gpt(pos_encoding="learned", block_size=BLOCK)
     if kind == "modern":  # rotary positions, RMSNorm, SwiGLU, QK-norm (Llama / Qwen3)
-        return tiny_gpt(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
-                        block_size=BLOCK)
+        return tiny_gpt(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, block_size=BLOCK)
     torch.manual_seed(0)
     return RNNLM(RNNConfig(vocab_size=300, block_size=BLOCK, n_layer=2, n_embd=32, cell=kind)).eval()
 

@@ -38,7 +38,12 @@ def test_roundtrip(tmp_path, tokenizer, pe, tied):
     assert torch.equal(c.model(idx).logits, m(idx).logits)
     assert c.model.config == m.config and c.model_type == "gpt" and c.run == {"step": 3}
     assert c.tokenizer.to_str() == tokenizer.to_str()
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors", "run.json", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "run.json",
+        "tokenizer.json",
+    ]
     assert (c.model.lm_head.weight is c.model.transformer.wte.weight) == tied
     assert oct((tmp_path / "c").stat().st_mode & 0o777) != oct(0o700)  # not left private by mkdtemp
 
@@ -112,7 +117,10 @@ def test_best_points_only_at_an_evaluated_checkpoint(tmp_path, tokenizer):
     run = RunDirectory(tmp_path / "run")
     model = tiny_gpt(vocab_size=tokenizer.vocab_size)
     run.save(3, model, tokenizer, run={"step": 3}, trainer_state={"step": 3}, is_best=False)
-    assert run.best() is None and resolve_checkpoint(tmp_path / "run").resolve() == (tmp_path / "run" / "step-0000003").resolve()
+    assert (
+        run.best() is None
+        and resolve_checkpoint(tmp_path / "run").resolve() == (tmp_path / "run" / "step-0000003").resolve()
+    )
     run.save(5, model, tokenizer, run={"step": 5}, trainer_state={"step": 5}, is_best=True)
     run.save(8, model, tokenizer, run={"step": 8}, trainer_state={"step": 8}, is_best=False)
     assert run.best().resolve().name == "step-0000005" and run.last().resolve().name == "step-0000008"

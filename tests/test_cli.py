@@ -83,8 +83,24 @@ def test_sample_streams_the_prompt_then_the_text(ckpt):
 
 
 def test_sample_json(ckpt, tokenizer):
-    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "JULIET:", "--max-new-tokens", "6", "--num-samples", "3",
-                "--json", "--seed", "0", "--temperature", "1.0", "--top-k", "0")
+    r = run_cli(
+        "sample",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "JULIET:",
+        "--max-new-tokens",
+        "6",
+        "--num-samples",
+        "3",
+        "--json",
+        "--seed",
+        "0",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     assert len(rows) == 3
@@ -96,8 +112,19 @@ def test_sample_json(ckpt, tokenizer):
 
 
 def test_show_probs_marks_the_pick_among_the_candidates(ckpt):
-    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "a", "--max-new-tokens", "5", "--show-probs", "4",
-                "--temperature", "0")
+    r = run_cli(
+        "sample",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "a",
+        "--max-new-tokens",
+        "5",
+        "--show-probs",
+        "4",
+        "--temperature",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("picked")]
     assert len(lines) == 5
@@ -111,8 +138,21 @@ def test_show_probs_marks_the_pick_among_the_candidates(ckpt):
 
 def test_show_probs_lists_only_candidates_the_die_could_pick(ckpt):
     """With top-k 2, every other token has probability 0 after the cut: it is not listed."""
-    r = run_cli("sample", "--checkpoint", str(ckpt), "--prompt", "a", "--max-new-tokens", "5", "--show-probs", "4",
-                "--top-k", "2", "--seed", "0")
+    r = run_cli(
+        "sample",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "a",
+        "--max-new-tokens",
+        "5",
+        "--show-probs",
+        "4",
+        "--top-k",
+        "2",
+        "--seed",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("picked")]
     assert len(lines) == 5
@@ -122,8 +162,24 @@ def test_show_probs_lists_only_candidates_the_die_could_pick(ckpt):
 
 
 def test_prompt_from_stdin_and_file(ckpt, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "minigpt.cli", "sample", "--checkpoint", str(ckpt), "--max-new-tokens", "3",
-                        "--seed", "0"], input="NURSE:", capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minigpt.cli",
+            "sample",
+            "--checkpoint",
+            str(ckpt),
+            "--max-new-tokens",
+            "3",
+            "--seed",
+            "0",
+        ],
+        input="NURSE:",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0 and r.stdout.startswith("NURSE:")
     f = tmp_path / "p.txt"
     f.write_text("FRIAR:")
@@ -173,8 +229,12 @@ def test_empty_prompt_starts_a_document(ckpt):
 
 # Positional arguments each command needs before it parses (values are never read).
 _REQUIRED = {
-    "prepare": ["in.txt", "--out", "d"], "compare": ["run"], "attention": ["--prompt", "x"], "lens": ["--prompt", "x"],
-    "import-hf": ["hf", "ckpt"], "export-hf": ["ckpt", "hf"],
+    "prepare": ["in.txt", "--out", "d"],
+    "compare": ["run"],
+    "attention": ["--prompt", "x"],
+    "lens": ["--prompt", "x"],
+    "import-hf": ["hf", "ckpt"],
+    "export-hf": ["ckpt", "hf"],
 }
 
 

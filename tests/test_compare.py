@@ -13,8 +13,11 @@ from .test_evaluate import made_up_text, make_dataset, train_ngram_run
 def test_compare_shows_each_runs_data_and_warns_when_they_differ(tmp_path, capsys):
     a = make_dataset(tmp_path, "plays")
     b = make_dataset(tmp_path, "other", text=made_up_text()[::-1])
-    runs = [train_ngram_run(a, tmp_path / "r1"), train_ngram_run(a, tmp_path / "r2", order=2),
-            train_ngram_run(b, tmp_path / "r3")]
+    runs = [
+        train_ngram_run(a, tmp_path / "r1"),
+        train_ngram_run(a, tmp_path / "r2", order=2),
+        train_ngram_run(b, tmp_path / "r3"),
+    ]
     names = [str(r) for r in runs]
 
     assert cli.main(["compare", *names, "--json"]) == 0

@@ -58,9 +58,15 @@ def test_onednn_linear_products_equal_a_float64_recomputation(bias):
 
 
 @needs_onednn
-@pytest.mark.parametrize("kw", [dict(), dict(mlp="gelu_exact", bias=False),
-                                dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
-                                     tie_weights=False)], ids=["gpt2", "nanogpt", "qwen3"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(mlp="gelu_exact", bias=False),
+        dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_weights=False),
+    ],
+    ids=["gpt2", "nanogpt", "qwen3"],
+)
 def test_a_gpt_with_onednn_linears_computes_what_the_plain_one_does(kw):
     plain = tiny_gpt(**kw).train()
     fast = copy.deepcopy(plain)

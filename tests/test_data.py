@@ -28,7 +28,7 @@ def test_single_file_roundtrips_exactly(tmp_path, corpus_file, corpus_text):
     assert decode_split(ds, "train") + decode_split(ds, "val") == corpus_text
     # nanoGPT's split: the last 10% of the characters
     n = len(corpus_text)
-    assert decode_split(ds, "val") == corpus_text[int(n * 0.9):]
+    assert decode_split(ds, "val") == corpus_text[int(n * 0.9) :]
     assert meta["dtype"] == "uint16" and ds.tokens("train").dtype == np.uint16
     for split in ("train", "val"):
         toks = ds.tokens(split)
@@ -163,7 +163,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, setup, args, 
     if setup == "foreign":  # e.g. a nanoGPT data directory
         out.mkdir()
         (out / "train.bin").write_bytes(b"\x00" * 10)
-    proc = run_cli("prepare", *args, "--out", str(out), "--quiet", env={"PYTHONPATH": str(tmp_path.parent)}, cwd=tmp_path)
+    proc = run_cli(
+        "prepare", *args, "--out", str(out), "--quiet", env={"PYTHONPATH": str(tmp_path.parent)}, cwd=tmp_path
+    )
     assert_one_line_error(proc, *needles)
     assert not (out / "meta.json").exists()
     assert not any(p.name.startswith(".prepare-") for p in out.glob(".*")) if out.exists() else True
@@ -181,8 +183,16 @@ def test_replace_invalid_warns_once_and_continues(tmp_path, capsys):
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(DataError, match="minigpt prepare"):
         Dataset(tmp_path)
-    (tmp_path / "meta.json").write_text(json.dumps({"format": "minigpt-dataset", "dtype": "uint16", "vocab_size": 300,
-                                                    "splits": {"train": {"file": "train.bin", "tokens": 5}, "val": {"file": "val.bin", "tokens": 5}}}))
+    (tmp_path / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": "minigpt-dataset",
+                "dtype": "uint16",
+                "vocab_size": 300,
+                "splits": {"train": {"file": "train.bin", "tokens": 5}, "val": {"file": "val.bin", "tokens": 5}},
+            }
+        )
+    )
     with pytest.raises(DataError, match="do not match"):
         Dataset(tmp_path)
 

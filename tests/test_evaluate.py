@@ -23,8 +23,14 @@ from minigpt.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.config import GPTConfig, TrainConfig, apply_preset
 from minigpt.data import Dataset, prepare
 from minigpt.evaluate import (
-    bits_per_byte, distinct_n, evaluate_tokens, loss_sums, memorization, metrics_from_sums,
-    repetition_rate, window_plan,
+    bits_per_byte,
+    distinct_n,
+    evaluate_tokens,
+    loss_sums,
+    memorization,
+    metrics_from_sums,
+    repetition_rate,
+    window_plan,
 )
 from minigpt.model import GPT, GPTOutput
 from minigpt.trainer import train
@@ -58,8 +64,17 @@ def make_dataset(root: Path, name: str = "data", vocab_size: int = 300, text: st
 def train_ngram_run(data: Path, out: Path, order: int = 3) -> Path:
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
-    for k, v in dict(model="ngram", ngram_order=order, data=str(data), out=str(out), device="cpu", sample_tokens=0,
-                     block_size=16, batch_size=8, eval_steps=2).items():
+    for k, v in dict(
+        model="ngram",
+        ngram_order=order,
+        data=str(data),
+        out=str(out),
+        device="cpu",
+        sample_tokens=0,
+        block_size=16,
+        batch_size=8,
+        eval_steps=2,
+    ).items():
         cfg.set(k, v)
     train(cfg, progress=False)
     return out
@@ -144,13 +159,18 @@ def test_window_plan_scores_every_target_exactly_once_with_the_promised_context(
                 assert sorted(scored) == list(range(1, n)), (n, window, stride)
 
 
-@pytest.mark.parametrize("window,stride,batch,max_tokens", [(8, None, 3, 0), (8, 3, 2, 0), (5, 5, 16, 50), (200, None, 4, 0), (1, None, 7, 0)])
+@pytest.mark.parametrize(
+    "window,stride,batch,max_tokens",
+    [(8, None, 3, 0), (8, 3, 2, 0), (5, 5, 16, 50), (200, None, 4, 0), (1, None, 7, 0)],
+)
 def test_streaming_eval_equals_the_sum_over_every_target(window, stride, batch, max_tokens):
     rng = np.random.default_rng(0)
     q = rng.dirichlet(np.ones(7))
     tokens = rng.integers(0, 7, size=103).astype(np.uint16)
     blen = np.array([1, 2, 3, 1, 0, 4, 2])
-    r = evaluate_tokens(ContextFree(q), tokens, blen, window=window, stride=stride, batch_size=batch, max_tokens=max_tokens)
+    r = evaluate_tokens(
+        ContextFree(q), tokens, blen, window=window, stride=stride, batch_size=batch, max_tokens=max_tokens
+    )
     n = max_tokens or len(tokens)
     targets = tokens[1:n].astype(np.int64)
     nats = -np.log(q.astype(np.float32).astype(np.float64))[targets]  # the oracle, in float64
@@ -271,9 +291,22 @@ def test_eval_cli_table_and_json_on_an_ngram_run(ngram_run, dataset, capsys):
 
     assert cli.main(["eval", "--checkpoint", str(ngram_run), "--samples", "3", "--max-new-tokens", "40", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("val_loss", "perplexity", "bits_per_byte", "distinct_1", "distinct_2", "distinct_3", "repetition_rate",
-                "memorized_8gram_rate", "longest_memorized_span", "longest_memorized_text", "val_tokens", "val_bytes",
-                "checkpoint", "model_type"):
+    for key in (
+        "val_loss",
+        "perplexity",
+        "bits_per_byte",
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "repetition_rate",
+        "memorized_8gram_rate",
+        "longest_memorized_span",
+        "longest_memorized_text",
+        "val_tokens",
+        "val_bytes",
+        "checkpoint",
+        "model_type",
+    ):
         assert key in r, key
     # The oracle: the n-gram's probability of the whole split in one pass (float64).
     data = Dataset(dataset)
@@ -285,12 +318,30 @@ def test_eval_cli_table_and_json_on_an_ngram_run(ngram_run, dataset, capsys):
     assert r["val_tokens"] == len(val) - 1 and r["val_bytes"] == int(blen.sum())
     assert r["val_loss"] == pytest.approx(nats.mean().item(), rel=1e-6)
     assert r["perplexity"] == pytest.approx(math.exp(r["val_loss"]), rel=1e-9)
-    assert r["bits_per_byte"] == pytest.approx((nats * (blen > 0)).sum().item() / math.log(2) / blen.sum().item(), rel=1e-6)
+    assert r["bits_per_byte"] == pytest.approx(
+        (nats * (blen > 0)).sum().item() / math.log(2) / blen.sum().item(), rel=1e-6
+    )
     assert r["model_type"] == "ngram" and r["samples"] == 3
     assert 0 <= r["memorized_8gram_rate"] <= 1 and r["longest_memorized_span"] >= 1
 
     # --max-tokens: only the first N tokens
-    assert cli.main(["eval", "--checkpoint", str(ngram_run), "--samples", "1", "--max-new-tokens", "10", "--max-tokens", "100", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(ngram_run),
+                "--samples",
+                "1",
+                "--max-new-tokens",
+                "10",
+                "--max-tokens",
+                "100",
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["val_tokens"] == 99 and r["val_exact"] is False
 
@@ -302,7 +353,23 @@ def test_eval_cli_on_a_gpt_with_zero_weights_scores_log2_257(tmp_path, capsys):
     for p in model.parameters():
         nn.init.zeros_(p)
     save_checkpoint(tmp_path / "ckpt", model, Dataset(data).tokenizer)
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(data), "--samples", "2", "--max-new-tokens", "20", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(data),
+                "--samples",
+                "2",
+                "--max-new-tokens",
+                "20",
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["bits_per_byte"] == pytest.approx(math.log2(257), abs=1e-6)
     assert r["perplexity"] == pytest.approx(257, rel=1e-5)
@@ -323,7 +390,9 @@ def test_eval_refuses_a_dataset_with_another_tokenizer(ngram_run, tmp_path, caps
 
 
 def test_eval_refuses_a_negative_sample_count(ngram_run, capsys):
-    _assert_fails(capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "-1"], "--samples: must be between 0 and")
+    _assert_fails(
+        capsys, ["eval", "--checkpoint", str(ngram_run), "--samples", "-1"], "--samples: must be between 0 and"
+    )
 
 
 def test_eval_samples_0_skips_the_sampling_half(ngram_run, capsys, monkeypatch):
@@ -403,4 +472,6 @@ def test_compare_bad_run_dirs(ngram_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     _assert_fails(capsys, ["compare", str(tmp_path / "empty")], "not a training run")
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)  # as if not installed
-    _assert_fails(capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt-toolkit[viz]'")
+    _assert_fails(
+        capsys, ["compare", str(ngram_run), "--png", str(tmp_path / "x.png")], "pip install 'minigpt-toolkit[viz]'"
+    )

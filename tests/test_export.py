@@ -76,8 +76,33 @@ def exports(tmp_path_factory, tok):
 
 
 # Fragments that stress pre-tokenization, mixed with arbitrary Unicode text.
-FRAGMENTS = ["\n", "\n\n", "\r\n", " ", "   ", "\t", "       ", "123", "4567", "3.14", "sshd_config", "x_1", "'s",
-             "'LL", "é", "東京", "😀", "\u00a0", "\u2028", "—", "<|endoftext|>", "<|endoftext", "|>", "ROMEO:", "déjà"]
+FRAGMENTS = [
+    "\n",
+    "\n\n",
+    "\r\n",
+    " ",
+    "   ",
+    "\t",
+    "       ",
+    "123",
+    "4567",
+    "3.14",
+    "sshd_config",
+    "x_1",
+    "'s",
+    "'LL",
+    "é",
+    "東京",
+    "😀",
+    "\u00a0",
+    "\u2028",
+    "—",
+    "<|endoftext|>",
+    "<|endoftext",
+    "|>",
+    "ROMEO:",
+    "déjà",
+]
 TEXTS = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=25).map("".join)
 
 
@@ -100,7 +125,12 @@ def test_auto_tokenizer_gives_minigpts_ids(exports, tok, arch, text):
 def test_export_writes_tokenizer_and_generation_configs(exports, tok, arch):
     hf_dir, auto = exports[arch]
     assert sorted(p.name for p in hf_dir.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert auto.eos_token == auto.bos_token == EOT
     assert auto.eos_token_id == auto.bos_token_id == tok.eot_id
     assert auto.model_max_length == 128
@@ -115,7 +145,7 @@ def test_export_writes_tokenizer_and_generation_configs(exports, tok, arch):
         ids = auto("Thou art", return_tensors="pt")["input_ids"]
         out = model.generate(ids, max_new_tokens=10, do_sample=False)
         hook.remove()
-    assert out[0, ids.shape[1]:].tolist() == [tok.eot_id]
+    assert out[0, ids.shape[1] :].tolist() == [tok.eot_id]
 
 
 def test_qwen2_rules_would_split_differently(tok):
@@ -144,14 +174,29 @@ def test_transformers_loss_with_auto_tokenizer_equals_minigpt_eval(tmp_path, cap
     vf = 0.005
     prepare([corpus], tmp_path / "data", vocab_size=800, val_fraction=vf, progress=False)
     data = Dataset(tmp_path / "data")
-    val_text = text[int(len(text) * (1 - vf)):]
+    val_text = text[int(len(text) * (1 - vf)) :]
     assert 20 < len(data.tokens("val")) <= 128
 
     model = randomised(vocab_size=data.tokenizer.vocab_size, seed=3, **ARCHS[arch])
     save_checkpoint(tmp_path / "ckpt", model, data.tokenizer)
     assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
-    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "data"), "--json",
-                 "--samples", "1", "--max-new-tokens", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(tmp_path / "data"),
+                "--json",
+                "--samples",
+                "1",
+                "--max-new-tokens",
+                "1",
+            ]
+        )
+        == 0
+    )
     ours = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -166,7 +211,7 @@ def test_transformers_loss_with_auto_tokenizer_equals_minigpt_eval(tmp_path, cap
     assert ours["val_loss"] == pytest.approx(loss, rel=1e-5)
     # Bits per byte: the nats of all targets over the bytes they stand for, i.e. the text
     # after the first token (which is context only).
-    target_bytes = len(val_text[int(enc["offset_mapping"][0, 0, 1]):].encode("utf-8"))
+    target_bytes = len(val_text[int(enc["offset_mapping"][0, 0, 1]) :].encode("utf-8"))
     assert ours["val_bytes"] == target_bytes
     bpb = loss * n_targets / math.log(2) / target_bytes
     assert ours["bits_per_byte"] == pytest.approx(bpb, rel=1e-5)

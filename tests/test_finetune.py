@@ -55,16 +55,38 @@ transformers.utils.logging.disable_progress_bar()
 ATOL = 1e-4
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, n_positions=32)
 # A short fine-tune: the finetune preset, with sizes for a 0.04M-parameter model.
-FAST = ["--max-steps", "4", "--eval-interval", "2", "--eval-steps", "2", "--batch-size", "4", "--sample-tokens", "0",
-        "--device", "cpu", "--threads", "1", "--quiet"]
+FAST = [
+    "--max-steps",
+    "4",
+    "--eval-interval",
+    "2",
+    "--eval-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--sample-tokens",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def hf_gpt2_dir(path: Path, tokenizer: Tokenizer | None, *, seed: int = 0, **shape) -> Path:
     """A GPT-2 saved by transformers' save_pretrained, every parameter randomised (matrices
     and biases N(0, 0.1), LayerNorm gains N(1, 0.2)), with `tokenizer` as tokenizer.json."""
     shape = {**SHAPE, **shape}
-    cfg = GPT2Config(vocab_size=tokenizer.vocab_size if tokenizer else 300, resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, **shape)
+    cfg = GPT2Config(
+        vocab_size=tokenizer.vocab_size if tokenizer else 300,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -112,8 +134,20 @@ def hf_source(tmp_path_factory, tokenizer) -> Path:
 def finetuned(tmp_path_factory, hf_source, dataset_dir) -> Path:
     """hf_source fine-tuned for 4 steps on the session's dataset, context cropped 32 -> 16."""
     run = tmp_path_factory.mktemp("ft") / "run"
-    code, _, err = cli("train", "--init-from", str(hf_source), "--data", str(dataset_dir), "--out", str(run),
-                       "--block-size", "16", "--lr", "1e-3", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(run),
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-3",
+        *FAST,
+    )
     assert code == 0, err
     return run
 
@@ -134,8 +168,9 @@ def test_step_0_is_the_source_loss_on_the_new_data(finetuned, hf_source, dataset
 
 
 def test_export_of_a_fine_tune_scores_in_transformers_what_eval_reports(finetuned, dataset_dir, tmp_path):
-    code, out, err = cli("eval", "--checkpoint", str(finetuned), "--json", "--samples", "1", "--max-new-tokens", "4",
-                         "--device", "cpu")
+    code, out, err = cli(
+        "eval", "--checkpoint", str(finetuned), "--json", "--samples", "1", "--max-new-tokens", "4", "--device", "cpu"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["window"] == 16 and report["data"] == str(dataset_dir)
@@ -162,8 +197,13 @@ def test_a_fine_tune_records_where_it_started(finetuned, hf_source):
     digest = sha256(hf_source / "model.safetensors")
     run = json.loads((finetuned / "last" / "run.json").read_text())
     assert run["init_from"] == {
-        "source": str(hf_source), "path": str(hf_source), "form": "hf", "model_type": "gpt", "block_size": 32,
-        "weights": ["model.safetensors"], "weights_sha256": digest,
+        "source": str(hf_source),
+        "path": str(hf_source),
+        "form": "hf",
+        "model_type": "gpt",
+        "block_size": 32,
+        "weights": ["model.safetensors"],
+        "weights_sha256": digest,
     }
     config = json.loads((finetuned / "train_config.json").read_text())
     assert config["preset"] == "finetune"
@@ -171,16 +211,30 @@ def test_a_fine_tune_records_where_it_started(finetuned, hf_source):
     assert config["model"]["block_size"] == 16 and config["model"]["n_embd"] == 32  # the model it is
     assert config["optim"]["lr"] == config["optim"]["min_lr"] == 1e-3  # the finetune schedule stays constant
     # The tokenizer the run saves is SOURCE's.
-    assert Tokenizer.load(finetuned / "last" / "tokenizer.json").to_str() == \
-        Tokenizer.load(hf_source / "tokenizer.json").to_str()
+    assert (
+        Tokenizer.load(finetuned / "last" / "tokenizer.json").to_str()
+        == Tokenizer.load(hf_source / "tokenizer.json").to_str()
+    )
 
 
 def test_text_is_prepared_with_the_source_tokenizer(tmp_path, hf_source, corpus_file, dataset_dir, finetuned):
     """--data TEXT: prepared into OUT/data (or --data-out) with SOURCE's tokenizer, giving
     exactly the tokens `prepare --tokenizer` gives, so the run is the prepared-data run."""
     run = tmp_path / "run"
-    code, _, err = cli("train", "--init-from", str(hf_source), "--data", str(corpus_file), "--out", str(run),
-                       "--block-size", "16", "--lr", "1e-3", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(corpus_file),
+        "--out",
+        str(run),
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-3",
+        *FAST,
+    )
     assert code == 0, err
     for name in ("train.bin", "val.bin"):
         assert (run / "data" / name).read_bytes() == (dataset_dir / name).read_bytes()
@@ -191,8 +245,20 @@ def test_text_is_prepared_with_the_source_tokenizer(tmp_path, hf_source, corpus_
     assert {s: e["val_loss"] for s, e in got_evals.items()} == {s: e["val_loss"] for s, e in want_evals.items()}
     # --data-out puts it elsewhere; a glob is text too.
     run2, shared = tmp_path / "run2", tmp_path / "prepared"
-    code, _, err = cli("train", "--init-from", str(hf_source), "--data", str(corpus_file.parent / "*.txt"),
-                       "--data-out", str(shared), "--out", str(run2), "--block-size", "16", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(corpus_file.parent / "*.txt"),
+        "--data-out",
+        str(shared),
+        "--out",
+        str(run2),
+        "--block-size",
+        "16",
+        *FAST,
+    )
     assert code == 0, err
     assert (shared / "train.bin").read_bytes() == (dataset_dir / "train.bin").read_bytes()
     assert not (run2 / "data").exists()
@@ -200,8 +266,24 @@ def test_text_is_prepared_with_the_source_tokenizer(tmp_path, hf_source, corpus_
 
 def test_text_without_init_from_trains_a_tokenizer_first(tmp_path, corpus_file):
     run = tmp_path / "run"
-    code, _, err = cli("train", "--data", str(corpus_file), "--vocab-size", "280", "--out", str(run), "--n-layer", "1",
-                       "--n-head", "2", "--n-embd", "16", "--block-size", "16", *FAST)
+    code, _, err = cli(
+        "train",
+        "--data",
+        str(corpus_file),
+        "--vocab-size",
+        "280",
+        "--out",
+        str(run),
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        *FAST,
+    )
     assert code == 0, err
     assert json.loads((run / "data" / "meta.json").read_text())["vocab_size"] == 280
     assert load_checkpoint(run).tokenizer.vocab_size == 280
@@ -226,12 +308,15 @@ def fake_cache(root: Path, repo: str, source: Path, commit: str = "0123456789abc
     return snap
 
 
-@pytest.mark.parametrize("cached_as, asked", [
-    ("openai-community/gpt2", "gpt2"),  # the hub's name today, asked for by its legacy name
-    ("gpt2", "gpt2"),  # a cache filled before the move
-    ("gpt2", "openai-community/gpt2"),
-    ("someone/tiny-gpt2", "someone/tiny-gpt2"),
-])
+@pytest.mark.parametrize(
+    "cached_as, asked",
+    [
+        ("openai-community/gpt2", "gpt2"),  # the hub's name today, asked for by its legacy name
+        ("gpt2", "gpt2"),  # a cache filled before the move
+        ("gpt2", "openai-community/gpt2"),
+        ("someone/tiny-gpt2", "someone/tiny-gpt2"),
+    ],
+)
 def test_a_model_name_is_found_in_the_hf_cache(tmp_path, monkeypatch, hf_source, cached_as, asked):
     snap = fake_cache(tmp_path / "home" / "hub", cached_as, hf_source)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -258,10 +343,23 @@ def test_fine_tune_from_a_cached_name(tmp_path, monkeypatch, hf_source, dataset_
 
 
 def test_a_name_missing_from_the_cache_says_how_to_get_it(tmp_path, dataset_dir):
-    proc = run_cli("train", "--init-from", "distilgpt2", "--data", str(dataset_dir), "--out", str(tmp_path / "run"),
-                   env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"})
-    assert_one_line_error(proc, "distilgpt2", "hf download distilbert/distilgpt2",
-                          "huggingface-cli download distilbert/distilgpt2", "pip install huggingface_hub")
+    proc = run_cli(
+        "train",
+        "--init-from",
+        "distilgpt2",
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(tmp_path / "run"),
+        env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert_one_line_error(
+        proc,
+        "distilgpt2",
+        "hf download distilbert/distilgpt2",
+        "huggingface-cli download distilbert/distilgpt2",
+        "pip install huggingface_hub",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -271,10 +369,38 @@ def test_a_name_missing_from_the_cache_says_how_to_get_it(tmp_path, dataset_dir)
 @pytest.fixture(scope="module")
 def minigpt_run(tmp_path_factory, dataset_dir) -> Path:
     run = tmp_path_factory.mktemp("scratch") / "run"
-    code, _, err = cli("train", "--data", str(dataset_dir), "--out", str(run), "--n-layer", "2", "--n-head", "2",
-                       "--n-embd", "32", "--block-size", "16", "--max-steps", "6", "--eval-interval", "3",
-                       "--eval-steps", "2", "--batch-size", "4", "--log-interval", "1", "--sample-tokens", "0",
-                       "--device", "cpu", "--threads", "1", "--quiet")
+    code, _, err = cli(
+        "train",
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(run),
+        "--n-layer",
+        "2",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "32",
+        "--block-size",
+        "16",
+        "--max-steps",
+        "6",
+        "--eval-interval",
+        "3",
+        "--eval-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--log-interval",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+    )
     assert code == 0, err
     return run
 
@@ -301,9 +427,31 @@ def test_a_minigpt_run_keeps_its_tokenizer_byte_for_byte(tmp_path, minigpt_run, 
 def test_resume_of_a_fine_tune_is_exact(tmp_path, hf_source, dataset_dir):
     """6 steps straight == 3 steps, then --resume for 3 more (dropout on, so the RNG state
     must come back too): the same losses and the same weights."""
-    common = ["--init-from", str(hf_source), "--data", str(dataset_dir), "--lr", "1e-3", "--dropout", "0.1",
-              "--grad-accum", "2", "--eval-interval", "3", "--eval-steps", "1", "--batch-size", "2",
-              "--sample-tokens", "0", "--device", "cpu", "--threads", "1", "--quiet"]
+    common = [
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(dataset_dir),
+        "--lr",
+        "1e-3",
+        "--dropout",
+        "0.1",
+        "--grad-accum",
+        "2",
+        "--eval-interval",
+        "3",
+        "--eval-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--sample-tokens",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     assert cli("train", *common, "--out", str(tmp_path / "a"), "--max-steps", "6")[0] == 0
     assert cli("train", *common, "--out", str(tmp_path / "b"), "--max-steps", "3")[0] == 0
     code, _, err = cli("train", "--resume", "--out", str(tmp_path / "b"), "--max-steps", "6", "--quiet")
@@ -311,7 +459,10 @@ def test_resume_of_a_fine_tune_is_exact(tmp_path, hf_source, dataset_dir):
     a, b = lines(tmp_path / "a")[0], lines(tmp_path / "b")[0]
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert all(a[s] == b[s] for s in a), (a, b)
-    wa, wb = load_file(tmp_path / "a" / "last" / "model.safetensors"), load_file(tmp_path / "b" / "last" / "model.safetensors")
+    wa, wb = (
+        load_file(tmp_path / "a" / "last" / "model.safetensors"),
+        load_file(tmp_path / "b" / "last" / "model.safetensors"),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     run = json.loads((tmp_path / "b" / "last" / "run.json").read_text())
     assert run["init_from"]["source"] == str(hf_source) and run["config"]["model"]["dropout"] == 0.1
@@ -319,8 +470,23 @@ def test_resume_of_a_fine_tune_is_exact(tmp_path, hf_source, dataset_dir):
 
 def test_frozen_weights_stay_the_source_and_dropout_is_applied(tmp_path, hf_source, dataset_dir):
     run = tmp_path / "run"
-    code, _, err = cli("train", "--init-from", str(hf_source), "--data", str(dataset_dir), "--out", str(run),
-                       "--freeze-embeddings", "--freeze-layers", "1", "--dropout", "0.2", "--lr", "1e-2", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(run),
+        "--freeze-embeddings",
+        "--freeze-layers",
+        "1",
+        "--dropout",
+        "0.2",
+        "--lr",
+        "1e-2",
+        *FAST,
+    )
     assert code == 0, err
     assert "frozen: embeddings, layer 0" in err
     src = pretrained.load_source(pretrained.inspect_source(str(hf_source))).model.state_dict()
@@ -344,19 +510,58 @@ def test_a_baseline_run_fine_tunes_too(tmp_path, dataset_dir):
     """Any kind that learns by gradient: an LSTM, its context cropped and dropout applied
     (the same weights in a model of that shape), its embedding frozen."""
     src = tmp_path / "lstm"
-    code, _, err = cli("train", "--model", "lstm", "--data", str(dataset_dir), "--out", str(src), "--n-layer", "2",
-                       "--n-embd", "32", "--block-size", "16", *FAST)
+    code, _, err = cli(
+        "train",
+        "--model",
+        "lstm",
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(src),
+        "--n-layer",
+        "2",
+        "--n-embd",
+        "32",
+        "--block-size",
+        "16",
+        *FAST,
+    )
     assert code == 0, err
     run = tmp_path / "ft"
-    code, _, err = cli("train", "--init-from", str(src), "--data", str(dataset_dir), "--out", str(run),
-                       "--block-size", "8", "--dropout", "0.1", "--freeze-embeddings", "--lr", "1e-2", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(src),
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(run),
+        "--block-size",
+        "8",
+        "--dropout",
+        "0.1",
+        "--freeze-embeddings",
+        "--lr",
+        "1e-2",
+        *FAST,
+    )
     assert code == 0, err
     before, after = load_checkpoint(src).model, load_checkpoint(run / "last").model
     assert after.model_type == "lstm" and (after.config.block_size, after.config.dropout) == (8, 0.1)
     assert torch.equal(after.wte.weight, before.wte.weight)
     assert not torch.equal(after.rnn.weight_hh_l1, before.rnn.weight_hh_l1)
-    code, _, err = cli("train", "--init-from", str(src), "--data", str(dataset_dir), "--out", str(tmp_path / "x"),
-                       "--freeze-layers", "1", *FAST)
+    code, _, err = cli(
+        "train",
+        "--init-from",
+        str(src),
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(tmp_path / "x"),
+        "--freeze-layers",
+        "1",
+        *FAST,
+    )
     assert code == 2 and "--freeze-layers takes GPTs" in err and not (tmp_path / "x").exists()
 
 
@@ -368,7 +573,9 @@ def test_a_recipe_directory_is_text_for_a_fine_tune(tmp_path, hf_source, corpus_
     data.mkdir()
     (data / "play.txt").write_text(corpus_text)
     (data / "dataset.toml").write_text('sources = ["play.txt"]\nvocab_size = 280\n')
-    code, _, err = cli("train", "--init-from", str(hf_source), "--data", str(data), "--out", str(tmp_path / "run"), *FAST)
+    code, _, err = cli(
+        "train", "--init-from", str(hf_source), "--data", str(data), "--out", str(tmp_path / "run"), *FAST
+    )
     assert code == 0, err
     assert sorted(p.name for p in data.iterdir()) == ["dataset.toml", "play.txt"]
     assert (tmp_path / "run" / "data" / "val.bin").read_bytes() == (dataset_dir / "val.bin").read_bytes()
@@ -396,10 +603,32 @@ def test_every_command_works_on_a_fine_tuned_run(finetuned, minigpt_run, tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_saves_and_resume_continues_a_fine_tune_exactly(tmp_path, hf_source, dataset_dir):
     out = tmp_path / "run"
-    flags = ["--init-from", str(hf_source), "--data", str(dataset_dir), "--lr", "1e-3", "--eval-interval", "100000",
-             "--eval-steps", "1", "--sample-tokens", "0", "--device", "cpu", "--threads", "1", "--quiet"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags, "--max-steps", "100000", "--out", str(out)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        "--init-from",
+        str(hf_source),
+        "--data",
+        str(dataset_dir),
+        "--lr",
+        "1e-3",
+        "--eval-interval",
+        "100000",
+        "--eval-steps",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *flags, "--max-steps", "100000", "--out", str(out)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_text().count('"loss"') < 3:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -429,7 +658,9 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, hf_source, minigpt_run, dataset_dir, corpus_file, tokenizer):
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, hf_source, minigpt_run, dataset_dir, corpus_file, tokenizer
+):
     out = tmp_path / "out"
 
     def refused(*args: str, needles=(), source: Path | str | None = None, data: Path | str = dataset_dir):
@@ -467,8 +698,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, hf_source, minigpt_r
     (no_tok / "tokenizer.json").unlink()
     refused(source=no_tok, needles=["has no tokenizer.json"])
     ngram = tmp_path / "ngram"
-    assert cli("train", "--model", "ngram", "--data", str(dataset_dir), "--out", str(ngram), "--quiet",
-               "--sample-tokens", "0", "--device", "cpu")[0] == 0
+    assert (
+        cli(
+            "train",
+            "--model",
+            "ngram",
+            "--data",
+            str(dataset_dir),
+            "--out",
+            str(ngram),
+            "--quiet",
+            "--sample-tokens",
+            "0",
+            "--device",
+            "cpu",
+        )[0]
+        == 0
+    )
     refused(source=ngram, needles=["learns by counting"])
     # data in another tokenizer
     other = tmp_path / "other-data"
@@ -500,8 +746,14 @@ def test_help_and_defaults_of_a_fine_tune():
     p = _Parser()
     _build_train(p)
     text = p.format_help()
-    for needle in ("--init-from SOURCE", "(with --init-from: 3e-05)", "(with --init-from: the source's)",
-                   "--freeze-embeddings", "--freeze-layers N", "--data-out DIR"):
+    for needle in (
+        "--init-from SOURCE",
+        "(with --init-from: 3e-05)",
+        "(with --init-from: the source's)",
+        "--freeze-embeddings",
+        "--freeze-layers N",
+        "--data-out DIR",
+    ):
         assert needle in " ".join(text.split()), needle
     cfg = resolve_train_config(p.parse_args(["--init-from", "gpt2"]))
     assert cfg.preset == "finetune" and cfg.optim.lr == cfg.optim.min_lr == 3e-5 and cfg.optim.warmup_steps == 0
@@ -516,8 +768,9 @@ def test_help_and_defaults_of_a_fine_tune():
     assert resolve_train_config(p.parse_args([])).preset == "cpu"
 
 
-def test_a_gpt2_directory_with_vocab_and_merges_fine_tunes_on_text(tmp_path, hf_source, corpus_file, dataset_dir,
-                                                                   tokenizer):
+def test_a_gpt2_directory_with_vocab_and_merges_fine_tunes_on_text(
+    tmp_path, hf_source, corpus_file, dataset_dir, tokenizer
+):
     """GPT-2 with its tokenizer as OpenAI released it (vocab.json + merges.txt, no
     tokenizer.json): text is prepared with it into exactly the tokens the tokenizer.json
     gives, and import-hf keeps it as the checkpoint's tokenizer."""
@@ -528,8 +781,9 @@ def test_a_gpt2_directory_with_vocab_and_merges_fine_tunes_on_text(tmp_path, hf_
     (src / "tokenizer.json").unlink()
     write_vocab_merges(tokenizer, src)
     run = tmp_path / "run"
-    code, _, err = cli("train", "--init-from", str(src), "--data", str(corpus_file), "--out", str(run),
-                       "--block-size", "16", *FAST)
+    code, _, err = cli(
+        "train", "--init-from", str(src), "--data", str(corpus_file), "--out", str(run), "--block-size", "16", *FAST
+    )
     assert code == 0, err
     for name in ("train.bin", "val.bin"):
         assert (run / "data" / name).read_bytes() == (dataset_dir / name).read_bytes()

@@ -45,8 +45,11 @@ def read(path):
     tensors = {}
     for t in r.tensors:
         shape = tuple(int(x) for x in reversed(t.shape))  # ggml's [in, out] -> numpy's [out, in]
-        data = t.data if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) \
+        data = (
+            t.data
+            if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
             else gguf.quants.dequantize(t.data, t.tensor_type)
+        )
         tensors[t.name] = (torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape)), t.tensor_type.name)
     return fields, tensors
 
@@ -54,25 +57,41 @@ def read(path):
 def rebuild(cfg: GPTConfig, t: dict) -> GPT:
     """A GPT from llama.cpp's tensor names (gpt2: fused qkv; qwen3: separate q, k, v)."""
     w = {n: v for n, (v, _) in t.items()}
-    sd = {"transformer.wte.weight": w["token_embd.weight"], "transformer.ln_f.weight": w["output_norm.weight"],
-          "lm_head.weight": w["output.weight"]}
+    sd = {
+        "transformer.wte.weight": w["token_embd.weight"],
+        "transformer.ln_f.weight": w["output_norm.weight"],
+        "lm_head.weight": w["output.weight"],
+    }
     if "position_embd.weight" in w:
         sd["transformer.wpe.weight"] = w["position_embd.weight"]
         sd["transformer.ln_f.bias"] = w["output_norm.bias"]
     for i in range(cfg.n_layer):
         o, b = f"transformer.h.{i}.", f"blk.{i}."
         if cfg.pos_encoding == "learned":
-            pairs = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
-                     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+            pairs = {
+                "ln_1": "attn_norm",
+                "attn.c_attn": "attn_qkv",
+                "attn.c_proj": "attn_output",
+                "ln_2": "ffn_norm",
+                "mlp.c_fc": "ffn_up",
+                "mlp.c_proj": "ffn_down",
+            }
             for ours, theirs in pairs.items():
                 sd[o + ours + ".weight"] = w[b + theirs + ".weight"]
                 if cfg.bias:
                     sd[o + ours + ".bias"] = w[b + theirs + ".bias"]
         else:
             sd[o + "attn.c_attn.weight"] = torch.cat([w[b + f"attn_{x}.weight"] for x in "qkv"])
-            pairs = {"ln_1": "attn_norm", "attn.q_norm": "attn_q_norm", "attn.k_norm": "attn_k_norm",
-                     "attn.c_proj": "attn_output", "ln_2": "ffn_norm", "mlp.c_gate": "ffn_gate", "mlp.c_fc": "ffn_up",
-                     "mlp.c_proj": "ffn_down"}
+            pairs = {
+                "ln_1": "attn_norm",
+                "attn.q_norm": "attn_q_norm",
+                "attn.k_norm": "attn_k_norm",
+                "attn.c_proj": "attn_output",
+                "ln_2": "ffn_norm",
+                "mlp.c_gate": "ffn_gate",
+                "mlp.c_fc": "ffn_up",
+                "mlp.c_proj": "ffn_down",
+            }
             for ours, theirs in pairs.items():
                 sd[o + ours + ".weight"] = w[b + theirs + ".weight"]
     m = GPT(GPTConfig(**{**cfg.to_dict(), "tie_weights": False}))
@@ -93,9 +112,14 @@ def test_gguf_metadata_tokenizer_and_weights(tmp_path, capsys, tokenizer, varian
     arch = "gpt2" if variant == "gpt2" else "qwen3"
     assert f["general.architecture"] == arch
     assert f["general.file_type"] == {"f32": 0, "f16": 1, "q8_0": 7}[out_type]  # llama.cpp's LLAMA_FTYPE_*
-    for key, want in [("context_length", cfg.block_size), ("embedding_length", cfg.n_embd),
-                      ("block_count", cfg.n_layer), ("feed_forward_length", cfg.hidden_dim),
-                      ("attention.head_count", cfg.n_head), ("attention.head_count_kv", cfg.n_head)]:
+    for key, want in [
+        ("context_length", cfg.block_size),
+        ("embedding_length", cfg.n_embd),
+        ("block_count", cfg.n_layer),
+        ("feed_forward_length", cfg.hidden_dim),
+        ("attention.head_count", cfg.n_head),
+        ("attention.head_count_kv", cfg.n_head),
+    ]:
         assert f[f"{arch}.{key}"] == want, key
     if arch == "gpt2":
         assert f["gpt2.attention.layer_norm_epsilon"] == pytest.approx(cfg.layer_norm_eps)
@@ -111,7 +135,8 @@ def test_gguf_metadata_tokenizer_and_weights(tmp_path, capsys, tokenizer, varian
     assert len(tokens) == tokenizer.vocab_size
     assert all(tokens[i] == p for p, i in spec["model"]["vocab"].items())
     assert [m.replace(" ", "") for m in f["tokenizer.ggml.merges"]] == [
-        (m if isinstance(m, str) else " ".join(m)).replace(" ", "") for m in spec["model"]["merges"]]
+        (m if isinstance(m, str) else " ".join(m)).replace(" ", "") for m in spec["model"]["merges"]
+    ]
     assert f["tokenizer.ggml.eos_token_id"] == f["tokenizer.ggml.bos_token_id"] == tokenizer.eot_id
     assert f["tokenizer.ggml.token_type"][tokenizer.eot_id] == 3 and f["tokenizer.ggml.token_type"][1] == 1
     assert f["tokenizer.ggml.add_bos_token"] is False
@@ -144,11 +169,14 @@ def test_gguf_metadata_tokenizer_and_weights(tmp_path, capsys, tokenizer, varian
         assert (a - b).abs().max() < 0.25 * a.std()
 
 
-@pytest.mark.parametrize("kw,needles", [
-    ({"mlp": "gelu_exact"}, ["gelu_exact", "tanh GELU"]),
-    ({"mlp": "relu2"}, ["cannot export"]),
-    ({"pos_encoding": "sinusoidal"}, ["sinusoidal"]),
-])
+@pytest.mark.parametrize(
+    "kw,needles",
+    [
+        ({"mlp": "gelu_exact"}, ["gelu_exact", "tanh GELU"]),
+        ({"mlp": "relu2"}, ["cannot export"]),
+        ({"pos_encoding": "sinusoidal"}, ["sinusoidal"]),
+    ],
+)
 def test_export_gguf_refuses_what_llama_cpp_cannot_compute(tmp_path, capsys, tokenizer, kw, needles):
     save_checkpoint(tmp_path / "ckpt", tiny_gpt(vocab_size=300, **kw), tokenizer)
     assert main(["export-gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf")]) == 2
@@ -178,8 +206,9 @@ def test_llama_cpp_loads_the_file_and_matches_minigpt(tmp_path, tokenizer, varia
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
     assert main(["export-gguf", str(tmp_path / "ckpt"), str(tmp_path / "m.gguf"), "--type", "f32"]) == 0
     # f32 KV cache (llama.cpp defaults to f16, which alone moves logits by ~1e-3)
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, logits_all=True, verbose=False, n_threads=1,
-                          type_k=0, type_v=0)
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "m.gguf"), n_ctx=32, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0
+    )
     for text in ["ROMEO: thou art", "  héllo\n\n\tworld 123", "x_1 = 'é'"]:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text), text
     ids = tokenizer.encode("ROMEO: But soft, what light")[:32]

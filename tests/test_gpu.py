@@ -18,8 +18,20 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_compiled_bf16_training_learns_and_logs_mfu(tmp_path, dataset_dir):  # pragma: no cover - needs a GPU
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
-    for k, v in dict(data=str(dataset_dir), out=str(tmp_path / "run"), device="cuda", max_steps=60, eval_interval=30,
-                     eval_steps=2, log_interval=10, sample_tokens=20, n_layer=2, n_embd=64, n_head=4, block_size=32).items():
+    for k, v in dict(
+        data=str(dataset_dir),
+        out=str(tmp_path / "run"),
+        device="cuda",
+        max_steps=60,
+        eval_interval=30,
+        eval_steps=2,
+        log_interval=10,
+        sample_tokens=20,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        block_size=32,
+    ).items():
         cfg.set(k, v)
     summary = train(cfg, progress=False)
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -35,20 +47,66 @@ def test_compiled_bf16_training_learns_and_logs_mfu(tmp_path, dataset_dir):  # p
 def test_sample_and_eval_on_cuda(tmp_path, dataset_dir):  # pragma: no cover - needs a GPU
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
-    for k, v in dict(data=str(dataset_dir), out=str(tmp_path / "run"), device="cuda", max_steps=20, eval_interval=20,
-                     eval_steps=1, sample_tokens=0, n_layer=2, n_embd=64, n_head=4, block_size=32).items():
+    for k, v in dict(
+        data=str(dataset_dir),
+        out=str(tmp_path / "run"),
+        device="cuda",
+        max_steps=20,
+        eval_interval=20,
+        eval_steps=1,
+        sample_tokens=0,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        block_size=32,
+    ).items():
         cfg.set(k, v)
     train(cfg, progress=False)
-    a = run_cli("sample", "--checkpoint", str(tmp_path / "run"), "--device", "cuda", "--temperature", "0",
-                "--max-new-tokens", "80", "--json", "--prompt", "ROMEO:")
-    b = run_cli("sample", "--checkpoint", str(tmp_path / "run"), "--device", "cuda", "--temperature", "0",
-                "--max-new-tokens", "80", "--json", "--prompt", "ROMEO:", "--no-compile")
+    a = run_cli(
+        "sample",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--device",
+        "cuda",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "80",
+        "--json",
+        "--prompt",
+        "ROMEO:",
+    )
+    b = run_cli(
+        "sample",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--device",
+        "cuda",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "80",
+        "--json",
+        "--prompt",
+        "ROMEO:",
+        "--no-compile",
+    )
     assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
     # compiled + CUDA-graph decode and the eager step agree on greedy text (bf16: allow the
     # rare near-tie to flip late in the sample)
     ia, ib = json.loads(a.stdout)["ids"], json.loads(b.stdout)["ids"]
     assert ia[:40] == ib[:40]
-    e = run_cli("eval", "--checkpoint", str(tmp_path / "run"), "--device", "cuda", "--samples", "2", "--json",
-                "--max-new-tokens", "20")
+    e = run_cli(
+        "eval",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--device",
+        "cuda",
+        "--samples",
+        "2",
+        "--json",
+        "--max-new-tokens",
+        "20",
+    )
     assert e.returncode == 0, e.stderr
     assert json.loads(e.stdout)["bits_per_byte"] > 0

@@ -45,8 +45,15 @@ def randomise_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def hf_gpt2(n_layer, n_head, n_embd, n_positions, vocab, *, seed=0, **kw) -> GPT2LMHeadModel:
     cfg = GPT2Config(
-        vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kw,
+        vocab_size=vocab,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **kw,
     )
     torch.manual_seed(seed)
     return randomise_(GPT2LMHeadModel(cfg), seed)
@@ -86,8 +93,10 @@ CONFIGS = [
     ((2, 4, 32, 64, 300), {"tie_word_embeddings": False, "layer_norm_epsilon": 1e-3}),
     # reorder_and_upcast_attn only changes rounding, so it is accepted; it takes effect
     # only in transformers' eager attention, hence that implementation here.
-    ((3, 2, 48, 32, 1000), {"activation_function": "gelu_pytorch_tanh", "reorder_and_upcast_attn": True,
-                            "attn_implementation": "eager"}),
+    (
+        (3, 2, 48, 32, 1000),
+        {"activation_function": "gelu_pytorch_tanh", "reorder_and_upcast_attn": True, "attn_implementation": "eager"},
+    ),
     # nanoGPT's exact (erf) GELU: our mlp "gelu_exact".
     ((2, 2, 32, 32, 300), {"activation_function": "gelu"}),
 ]
@@ -237,8 +246,19 @@ def _break(tmp_path, how: str):
 
 
 BROKEN = [
-    "llama", "no-config", "config-not-json", "no-weights", "truncated-weights", "truncated-pickle", "relu", "n-inner",
-    "inverse-layer-scaling", "unscaled-attention", "shape-mismatch", "classifier", "extra-tensor",
+    "llama",
+    "no-config",
+    "config-not-json",
+    "no-weights",
+    "truncated-weights",
+    "truncated-pickle",
+    "relu",
+    "n-inner",
+    "inverse-layer-scaling",
+    "unscaled-attention",
+    "shape-mismatch",
+    "classifier",
+    "extra-tensor",
     "untied-without-head",
 ]
 
@@ -306,8 +326,9 @@ EXPORTS = [(bias, tie, "gelu") for bias in (True, False) for tie in (True, False
 
 
 # The last is the nanogpt-cpu preset's block: nanoGPT's exact GELU, no biases.
-@pytest.mark.parametrize("bias,tie,mlp", EXPORTS,
-                         ids=[f"{'' if b else 'no'}bias-{'tied' if t else 'untied'}-{m}" for b, t, m in EXPORTS])
+@pytest.mark.parametrize(
+    "bias,tie,mlp", EXPORTS, ids=[f"{'' if b else 'no'}bias-{'tied' if t else 'untied'}-{m}" for b, t, m in EXPORTS]
+)
 def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie, mlp):
     import tokenizers
 
@@ -317,7 +338,12 @@ def test_export_matches_transformers(tmp_path, capsys, tokenizer, bias, tie, mlp
     assert code == 0, err
     assert out.strip() == f"wrote {tmp_path / 'hf'}"
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
     hf, info = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
@@ -364,10 +390,13 @@ def test_export_accepts_run_directory_and_force(tmp_path, capsys):
     assert_same_logits(model, hf.eval(), 64, 32)
 
 
-@pytest.mark.parametrize("pos,needles", [
-    ("sinusoidal", ["sinusoidal", "learned", "wpe", "sqrt(n_embd)"]),
-    ("rope", ["rope", "rotate q and k", "GPT-2"]),
-])
+@pytest.mark.parametrize(
+    "pos,needles",
+    [
+        ("sinusoidal", ["sinusoidal", "learned", "wpe", "sqrt(n_embd)"]),
+        ("rope", ["rope", "rotate q and k", "GPT-2"]),
+    ],
+)
 def test_export_refuses_other_positions(tmp_path, capsys, pos, needles):
     save_checkpoint(tmp_path / "ckpt", tiny_gpt(vocab_size=64, pos_encoding=pos), None)
     code, out, err = cli(capsys, "export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"))
@@ -408,15 +437,31 @@ def gpt2_layout_tokenizer_json() -> dict:
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{"id": eot, "content": EOT, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": True, "special": True}],
+        "added_tokens": [
+            {
+                "id": eot,
+                "content": EOT,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": True,
+                "special": True,
+            }
+        ],
         "normalizer": None,
         "pre_tokenizer": byte_level,
         "post_processor": {**byte_level, "add_prefix_space": True, "trim_offsets": False},
         "decoder": {**byte_level, "add_prefix_space": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "vocab": vocab,
-                  "merges": [f"{a} {b}" for a, b in MERGES]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "vocab": vocab,
+            "merges": [f"{a} {b}" for a, b in MERGES],
+        },
     }
 
 

@@ -32,9 +32,31 @@ from minigpt.evaluate import load_run
 
 from .conftest import REPO, tiny_gpt
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-        "--max-steps", "4", "--eval-interval", "2", "--eval-steps", "1", "--sample-tokens", "0", "--device", "cpu",
-        "--threads", "1", "--quiet"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "4",
+    "--eval-interval",
+    "2",
+    "--eval-steps",
+    "1",
+    "--sample-tokens",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def main(*argv: str) -> tuple[int, str, str]:
@@ -141,16 +163,34 @@ def test_every_output_in_a_read_only_directory_is_one_line(ckpt, ngram_run, data
 
 def test_a_full_disk_is_one_line_and_keeps_the_good_files(ckpt, ngram_run, dataset_dir, full_disk):
     good = {}
-    for name, argv in [("a.npz", ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--npz"]),
-                       ("a.html", ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--html"]),
-                       ("a.png", ["compare", str(ngram_run), "--png"])]:
+    for name, argv in [
+        ("a.npz", ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--npz"]),
+        ("a.html", ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--html"]),
+        ("a.png", ["compare", str(ngram_run), "--png"]),
+    ]:
         rc, _, err = main(*argv, str(full_disk / name))
         assert rc == 0, err
         good[name] = (full_disk / name).read_bytes()
     fill(full_disk)
     cases = [
-        ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: to be or not to be", "--npz", str(full_disk / "a.npz")],
-        ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: to be or not to be", "--html", str(full_disk / "a.html")],
+        [
+            "attention",
+            "--checkpoint",
+            str(ckpt),
+            "--prompt",
+            "ROMEO: to be or not to be",
+            "--npz",
+            str(full_disk / "a.npz"),
+        ],
+        [
+            "attention",
+            "--checkpoint",
+            str(ckpt),
+            "--prompt",
+            "ROMEO: to be or not to be",
+            "--html",
+            str(full_disk / "a.html"),
+        ],
         ["compare", str(ngram_run), str(ngram_run), "--png", str(full_disk / "a.png")],
         ["export-hf", str(ckpt), str(full_disk / "hf")],
         ["import-hf", str(full_disk), str(full_disk / "imported")],  # no config.json: refused before writing
@@ -205,9 +245,13 @@ def test_closed_or_full_standard_streams(ckpt, ngram_run):
 
 
 def test_arguments_that_are_not_utf8_are_refused(ckpt, tmp_path):
-    for argv in ([b"sample", b"--checkpoint", str(ckpt).encode(), b"--prompt", b"caf\xe9"],
-                 [b"train", b"--out", str(tmp_path).encode() + b"/\xff\xfe"]):
-        r = subprocess.run([sys.executable.encode(), b"-m", b"minigpt.cli", *argv], cwd=REPO, capture_output=True, timeout=120)
+    for argv in (
+        [b"sample", b"--checkpoint", str(ckpt).encode(), b"--prompt", b"caf\xe9"],
+        [b"train", b"--out", str(tmp_path).encode() + b"/\xff\xfe"],
+    ):
+        r = subprocess.run(
+            [sys.executable.encode(), b"-m", b"minigpt.cli", *argv], cwd=REPO, capture_output=True, timeout=120
+        )
         err = r.stderr.decode("utf-8", "replace")
         assert r.returncode == 2 and "not valid UTF-8" in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
@@ -228,12 +272,24 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_directory(flag, ckpt,
 
 
 def _numeric_settings():
-    caps = {"n_layer": config.MAX_LAYERS, "n_head": config.MAX_WIDTH, "n_embd": config.MAX_WIDTH,
-            "block_size": config.MAX_CONTEXT, "ngram_order": config.MAX_NGRAM_ORDER, "max_steps": config.MAX_STEPS,
-            "batch_size": config.MAX_BATCH, "grad_accum": config.MAX_BATCH, "eval_interval": config.MAX_STEPS,
-            "eval_steps": config.MAX_STEPS, "log_interval": config.MAX_STEPS, "warmup_steps": config.MAX_STEPS,
-            "lr_decay_steps": config.MAX_STEPS, "sample_tokens": config.MAX_CONTEXT, "threads": 4096,
-            "seed": config.MAX_SEED}
+    caps = {
+        "n_layer": config.MAX_LAYERS,
+        "n_head": config.MAX_WIDTH,
+        "n_embd": config.MAX_WIDTH,
+        "block_size": config.MAX_CONTEXT,
+        "ngram_order": config.MAX_NGRAM_ORDER,
+        "max_steps": config.MAX_STEPS,
+        "batch_size": config.MAX_BATCH,
+        "grad_accum": config.MAX_BATCH,
+        "eval_interval": config.MAX_STEPS,
+        "eval_steps": config.MAX_STEPS,
+        "log_interval": config.MAX_STEPS,
+        "warmup_steps": config.MAX_STEPS,
+        "lr_decay_steps": config.MAX_STEPS,
+        "sample_tokens": config.MAX_CONTEXT,
+        "threads": 4096,
+        "seed": config.MAX_SEED,
+    }
     return sorted(caps.items())
 
 
@@ -241,6 +297,7 @@ def _numeric_settings():
 def test_every_integer_training_setting_at_and_past_its_cap(name, cap):
     """At the cap the settings validate (width and depth alone, so the size check does not
     fire first); one past it, or negative, is refused naming the setting."""
+
     def cfg_with(v):
         c = config.TrainConfig()
         config.apply_preset(c, "cpu")
@@ -256,15 +313,18 @@ def test_every_integer_training_setting_at_and_past_its_cap(name, cap):
             cfg_with(bad).validate()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--n-layer", "100000000"], "n_layer"),
-    (["--n-embd", "65536", "--n-layer", "12"], "parameters"),
-    (["--lr", "1e30"], "lr"),
-    (["--lr", "nan"], "lr"),
-    (["--beta2", "1"], "beta2"),
-    (["--seed", "-1"], "seed"),
-    (["--seed", "99999999999999999999999"], "seed"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--n-layer", "100000000"], "n_layer"),
+        (["--n-embd", "65536", "--n-layer", "12"], "parameters"),
+        (["--lr", "1e30"], "lr"),
+        (["--lr", "nan"], "lr"),
+        (["--beta2", "1"], "beta2"),
+        (["--seed", "-1"], "seed"),
+        (["--seed", "99999999999999999999999"], "seed"),
+    ],
+)
 def test_training_flags_past_their_bounds_are_refused_at_once(argv, needle, dataset_dir, tmp_path):
     rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(tmp_path / "r"), *TINY, *argv)
     one_line(rc, err, 2, needle)
@@ -301,8 +361,13 @@ def _readers(tmp: Path, ckpt: Path):
     os.symlink("step-0000001", run / "last")
     c = run / "last"
     # saved to the step directory itself: a writer never replaces a symbolic link (`last` stays one)
-    save_checkpoint(run / "step-0000001", load_checkpoint(c).model, load_checkpoint(c).tokenizer, run={"step": 1},
-                    trainer_state={"step": 1})
+    save_checkpoint(
+        run / "step-0000001",
+        load_checkpoint(c).model,
+        load_checkpoint(c).tokenizer,
+        run={"step": 1},
+        trainer_state={"step": 1},
+    )
     return run, {
         "config.json": lambda: load_checkpoint(c),
         "run.json": lambda: (read_run(c), load_run(run)),
@@ -335,8 +400,24 @@ METRICS_NAME = "metrics.jsonl"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=JSON, name=st.sampled_from(["config.json", "run.json", "metrics.jsonl"]), key=st.sampled_from(
-    ["model", "model_type", "version", "format", "step", "config", "val_bpb", "time_s", "num_params", "train_time_s"]))
+@given(
+    value=JSON,
+    name=st.sampled_from(["config.json", "run.json", "metrics.jsonl"]),
+    key=st.sampled_from(
+        [
+            "model",
+            "model_type",
+            "version",
+            "format",
+            "step",
+            "config",
+            "val_bpb",
+            "time_s",
+            "num_params",
+            "train_time_s",
+        ]
+    ),
+)
 def test_wrongly_typed_json_in_every_run_file(tmp_path_factory, ckpt, value, name, key):
     tmp = tmp_path_factory.mktemp("typed")
     run, readers = _readers(tmp, ckpt)
@@ -354,14 +435,17 @@ def test_wrongly_typed_json_in_every_run_file(tmp_path_factory, ckpt, value, nam
         _reads_cleanly(readers[name])
 
 
-@pytest.mark.parametrize("state", [
-    {"step": "banana", "optimizer": [1, 2, 3]},
-    {"step": 3, "optimizer": [1, 2, 3]},
-    {"step": -1},
-    [1, 2, 3],
-    {"step": 2, "rng": {"torch": "not a tensor"}},
-    {"step": 2, "best_val_loss": "low"},
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"step": "banana", "optimizer": [1, 2, 3]},
+        {"step": 3, "optimizer": [1, 2, 3]},
+        {"step": -1},
+        [1, 2, 3],
+        {"step": 2, "rng": {"torch": "not a tensor"}},
+        {"step": 2, "best_val_loss": "low"},
+    ],
+)
 def test_wrongly_typed_trainer_state_is_refused(tmp_path, ckpt, state):
     save_checkpoint(tmp_path / "c", load_checkpoint(ckpt).model, None, trainer_state=state)
     with pytest.raises(MiniGPTError, match="trainer_state.pt"):
@@ -382,7 +466,9 @@ def test_resume_from_a_run_json_with_nonsense_config(tmp_path, dataset_dir):
             for section, values in spoil.items():
                 bad["config"][section].update(values)
         run_json.write_text(json.dumps(bad))
-        rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(out), "--resume", "--max-steps", "6", "--quiet")
+        rc, _, err = main(
+            "train", "--data", str(dataset_dir), "--out", str(out), "--resume", "--max-steps", "6", "--quiet"
+        )
         one_line(rc, err, 2, "run.json")
 
 
@@ -407,7 +493,9 @@ def test_eval_data_with_ids_past_the_vocabulary(ngram_run, dataset_dir, tmp_path
     val = np.fromfile(bad / "val.bin", dtype=meta["dtype"])
     val[3] = np.iinfo(val.dtype).max
     val.tofile(bad / "val.bin")
-    rc, _, err = main("eval", "--checkpoint", str(ngram_run), "--data", str(bad), "--samples", "1", "--max-new-tokens", "2")
+    rc, _, err = main(
+        "eval", "--checkpoint", str(ngram_run), "--data", str(bad), "--samples", "1", "--max-new-tokens", "2"
+    )
     one_line(rc, err, 2, "token id")
 
 
@@ -420,9 +508,11 @@ def test_non_finite_weights_are_refused_everywhere(tmp_path, tokenizer):
         for p in model.parameters():
             p.fill_(float("nan"))
     save_checkpoint(tmp_path / "nan", model, tokenizer)
-    for argv in (["sample", "--checkpoint", str(tmp_path / "nan"), "--prompt", "hi", "--max-new-tokens", "2"],
-                 ["export-hf", str(tmp_path / "nan"), str(tmp_path / "hf")],
-                 ["eval", "--checkpoint", str(tmp_path / "nan"), "--data", str(tmp_path)]):
+    for argv in (
+        ["sample", "--checkpoint", str(tmp_path / "nan"), "--prompt", "hi", "--max-new-tokens", "2"],
+        ["export-hf", str(tmp_path / "nan"), str(tmp_path / "hf")],
+        ["eval", "--checkpoint", str(tmp_path / "nan"), "--data", str(tmp_path)],
+    ):
         rc, _, err = main(*argv)
         one_line(rc, err, 2, "NaN")
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -462,7 +552,9 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, d
     rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(out), *TINY, "--log-interval", "1")
     # the run's own progress lines come first; the failure is the one error line at the end
     last = err.strip().splitlines()[-1]
-    assert rc == 2 and "Traceback" not in err and last.startswith("minigpt train: error: ") and err.count("error:") == 1, err
+    assert (
+        rc == 2 and "Traceback" not in err and last.startswith("minigpt train: error: ") and err.count("error:") == 1
+    ), err
     assert "loss became nan" in last and "no checkpoint had been saved" in last
     assert not (tmp_path / "deep").exists()  # every directory the run created is gone
 
@@ -491,7 +583,9 @@ def test_a_held_run_directory_refuses_a_second_trainer(tmp_path, dataset_dir):
         for extra in (["--resume", "--max-steps", "6"], []):
             rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(out), *TINY, *extra)
             one_line(rc, err, 2, "in use by another")
-    rc, _, err = main("train", "--data", str(dataset_dir), "--out", str(out), *TINY[:-1], "--resume", "--max-steps", "6")
+    rc, _, err = main(
+        "train", "--data", str(dataset_dir), "--out", str(out), *TINY[:-1], "--resume", "--max-steps", "6"
+    )
     assert rc == 0, err  # released at the end of the block
 
 
@@ -499,8 +593,10 @@ def test_a_lock_dies_with_its_process(tmp_path, dataset_dir):
     """kill -9 of the holder releases the lock (the kernel drops it): never a stale lock."""
     out = tmp_path / "r"
     out.mkdir()
-    code = ("import sys, time; from minigpt.checkpoint import RunDirectory\n"
-            f"with RunDirectory({str(out)!r}).lock():\n    print('held', flush=True); time.sleep(60)\n")
+    code = (
+        "import sys, time; from minigpt.checkpoint import RunDirectory\n"
+        f"with RunDirectory({str(out)!r}).lock():\n    print('held', flush=True); time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -516,8 +612,16 @@ def test_a_lock_dies_with_its_process(tmp_path, dataset_dir):
 def test_two_trainers_started_at_once_never_share_a_directory(tmp_path, dataset_dir):
     out = tmp_path / "r"
     flags = ["train", "--data", str(dataset_dir), "--out", str(out), *TINY, "--max-steps", "40"]
-    procs = [subprocess.Popen([sys.executable, "-m", "minigpt.cli", *flags], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "minigpt.cli", *flags],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results  # one trains; the other is refused (held, or finds the finished run)
@@ -532,10 +636,21 @@ def test_two_trainers_started_at_once_never_share_a_directory(tmp_path, dataset_
 def test_attention_html_opens_on_the_asked_layer_and_head(ckpt, tmp_path):
     from minigpt.inspection import viewer_data  # noqa: F401  (the data the page reads)
 
-    rc, _, err = main("attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--layer", "1", "--head", "1",
-                      "--html", str(tmp_path / "a.html"))
+    rc, _, err = main(
+        "attention",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "ROMEO: hi",
+        "--layer",
+        "1",
+        "--head",
+        "1",
+        "--html",
+        str(tmp_path / "a.html"),
+    )
     assert rc == 0, err
     page = (tmp_path / "a.html").read_text()
     start = page.index('id="minigpt-data">') + len('id="minigpt-data">')
-    data = json.loads(page[start: page.index("</script>", start)])
+    data = json.loads(page[start : page.index("</script>", start)])
     assert (data["layer"], data["head"]) == (1, 1)

@@ -22,8 +22,16 @@ from minigpt.checkpoint import save_checkpoint
 from minigpt.cli import main
 from minigpt.errors import MiniGPTError
 from minigpt.inspection import (
-    AttentionMaps, attention_entropy, attention_maps, first_token_score, format_attention, induction_scores,
-    mean_attention_distance, previous_token_score, write_html, write_png,
+    AttentionMaps,
+    attention_entropy,
+    attention_maps,
+    first_token_score,
+    format_attention,
+    induction_scores,
+    mean_attention_distance,
+    previous_token_score,
+    write_html,
+    write_png,
 )
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
@@ -43,11 +51,20 @@ def tok():
     return t
 
 
-def random_gpt(vocab_size, *, pos_encoding="learned", block_size=64, n_layer=2, n_head=2, n_embd=32, sharpen=1.0, seed=0):
+def random_gpt(
+    vocab_size, *, pos_encoding="learned", block_size=64, n_layer=2, n_head=2, n_embd=32, sharpen=1.0, seed=0
+):
     """A randomly initialised GPT. `sharpen` scales the q/k/v projection so attention is
     peaked (at GPT-2's init std every row is nearly uniform, which tests too little)."""
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, pos_encoding=pos_encoding)
+    cfg = GPTConfig(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        pos_encoding=pos_encoding,
+    )
     model = GPT(cfg).eval()
     with torch.no_grad():
         for block in model.transformer.h:
@@ -242,7 +259,9 @@ def test_statistics_of_known_matrices():
     assert first_token_score(sink) == 1 and mean_attention_distance(sink) == pytest.approx(t[rows].mean())
     assert previous_token_score(np.eye(T)) == 0 and attention_entropy(np.eye(T)) == 0
     stacked = np.stack([uniform, shift, sink])[None]  # [1, 3, T, T]: one result per head
-    np.testing.assert_allclose(previous_token_score(stacked), [[previous_token_score(m) for m in (uniform, shift, sink)]])
+    np.testing.assert_allclose(
+        previous_token_score(stacked), [[previous_token_score(m) for m in (uniform, shift, sink)]]
+    )
 
 
 def test_hand_built_previous_token_and_induction_heads(tok, circuit):
@@ -288,7 +307,9 @@ def test_heads_command_names_the_hand_built_heads(capsys, ckpt_dir):
     rc, out, err = run_cli(capsys, "heads", "--checkpoint", ckpt_dir, "--device", "cpu")
     assert rc == 0 and err == ""
     lines = out.splitlines()
-    assert [l for l in lines if l.startswith("likely previous-token")] == ["likely previous-token heads (score > 0.5): L0H0 (1.00)"]
+    assert [l for l in lines if l.startswith("likely previous-token")] == [
+        "likely previous-token heads (score > 0.5): L0H0 (1.00)"
+    ]
     ind_line = [l for l in lines if l.startswith("likely induction")]
     assert len(ind_line) == 1 and re.fullmatch(r"likely induction heads \(score > 0\.3\): L1H0 \(0\.9\d\)", ind_line[0])
 
@@ -302,8 +323,24 @@ def test_heads_command_names_the_hand_built_heads(capsys, ckpt_dir):
 def test_attention_command_writes_consistent_files(capsys, ckpt_dir, tok, circuit, tmp_path):
     npz, html, png = tmp_path / "a.npz", tmp_path / "a.html", tmp_path / "a.png"
     rc, out, err = run_cli(
-        capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", TEXT, "--layer", "0", "--head", "0",
-        "--npz", str(npz), "--html", str(html), "--png", str(png), "--device", "cpu",
+        capsys,
+        "attention",
+        "--checkpoint",
+        ckpt_dir,
+        "--prompt",
+        TEXT,
+        "--layer",
+        "0",
+        "--head",
+        "0",
+        "--npz",
+        str(npz),
+        "--html",
+        str(html),
+        "--png",
+        str(png),
+        "--device",
+        "cpu",
     )
     assert rc == 0 and err == ""
     # The previous-token head: every token's top key is the one before it.
@@ -322,9 +359,26 @@ def test_files_are_written_even_when_the_terminal_pipe_closes(ckpt_dir, tmp_path
     import subprocess
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minigpt.cli", "attention", "--checkpoint", str(ckpt_dir), "--prompt", TEXT,
-         "--npz", "a.npz", "--html", "a.html", "--device", "cpu"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "minigpt.cli",
+            "attention",
+            "--checkpoint",
+            str(ckpt_dir),
+            "--prompt",
+            TEXT,
+            "--npz",
+            "a.npz",
+            "--html",
+            "a.html",
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     proc.stdout.close()  # the reader is gone before anything is printed
     err = proc.stderr.read()
@@ -335,9 +389,22 @@ def test_files_are_written_even_when_the_terminal_pipe_closes(ckpt_dir, tmp_path
 def test_long_prompt_note_on_stderr(capsys, ckpt_dir, tok, tmp_path):
     text = TEXT * 4
     n = len(tok.encode(text))
-    rc, out, err = run_cli(capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", text, "--npz", str(tmp_path / "c.npz"), "--device", "cpu")
+    rc, out, err = run_cli(
+        capsys,
+        "attention",
+        "--checkpoint",
+        ckpt_dir,
+        "--prompt",
+        text,
+        "--npz",
+        str(tmp_path / "c.npz"),
+        "--device",
+        "cpu",
+    )
     assert rc == 0
-    assert err.splitlines() == [f"minigpt attention: note: the prompt is {n} tokens; cropped to its last 64 (block_size)"]
+    assert err.splitlines() == [
+        f"minigpt attention: note: the prompt is {n} tokens; cropped to its last 64 (block_size)"
+    ]
     assert AttentionMaps.load(tmp_path / "c.npz").ids == tok.encode(text)[-64:]
 
 
@@ -368,9 +435,13 @@ def test_png_without_matplotlib_says_how_to_install(tok, tmp_path, monkeypatch):
 def test_png_flag_without_matplotlib_is_exit_2(capsys, ckpt_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    rc, out, err = run_cli(capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", "hi", "--png", str(tmp_path / "x.png"))
+    rc, out, err = run_cli(
+        capsys, "attention", "--checkpoint", ckpt_dir, "--prompt", "hi", "--png", str(tmp_path / "x.png")
+    )
     assert rc == 2 and out == ""
-    assert err.splitlines() == ["minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt-toolkit[viz]'"]
+    assert err.splitlines() == [
+        "minigpt attention: error: --png needs matplotlib, which is not installed: pip install 'minigpt-toolkit[viz]'"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -451,8 +522,22 @@ def test_show_probs_keeps_columns_with_whitespace_tokens(capsys, tmp_path):
         model.lm_head.weight[ws[0], 0] = 4.0  # the whitespace token first, 'a' second
         model.lm_head.weight[short[0], 0] = 3.0
     ckpt = save_checkpoint(tmp_path / "ws", model, t)
-    rc, out, err = run_cli(capsys, "sample", "--checkpoint", str(ckpt), "--prompt", "R", "--max-new-tokens", "3",
-                           "--show-probs", "3", "--temperature", "0", "--device", "cpu")
+    rc, out, err = run_cli(
+        capsys,
+        "sample",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "R",
+        "--max-new-tokens",
+        "3",
+        "--show-probs",
+        "3",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert rc == 0, err
     picked = [line for line in out.splitlines() if line.startswith("picked")]
     assert len(picked) == 3 and all("\u23ce" in line for line in picked)

@@ -18,9 +18,12 @@ from minigpt.model import Dropout
 
 from .conftest import tiny_gpt
 
-VARIANTS = [dict(), dict(mlp="gelu_exact", bias=False),
-            dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_weights=False),
-            dict(pos_encoding="sinusoidal", logit_softcap=15.0)]
+VARIANTS = [
+    dict(),
+    dict(mlp="gelu_exact", bias=False),
+    dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False, tie_weights=False),
+    dict(pos_encoding="sinusoidal", logit_softcap=15.0),
+]
 VARIANT_IDS = ["gpt2", "nanogpt", "qwen3", "sinusoidal-softcap"]
 
 

@@ -29,7 +29,10 @@ SHORT = "ROMEO:\nLove night day sweet, thou"  # fits block_size 32
 GPT2_BLOCK = dict()
 MODERN_BLOCK = dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)
 VARIANTS = [
-    GPT2_BLOCK, MODERN_BLOCK, dict(mlp="gelu_exact", bias=False), dict(pos_encoding="sinusoidal", mlp="relu2"),
+    GPT2_BLOCK,
+    MODERN_BLOCK,
+    dict(mlp="gelu_exact", bias=False),
+    dict(pos_encoding="sinusoidal", mlp="relu2"),
     dict(pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=False, logit_softcap=5.0),
 ]
 IDS = lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "gpt2"  # noqa: E731
@@ -53,8 +56,9 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
 
-@pytest.mark.parametrize("kw, arch", [(GPT2_BLOCK, "GPT2LMHeadModel"), (MODERN_BLOCK, "Qwen3ForCausalLM")],
-                         ids=["gpt2", "qwen3"])
+@pytest.mark.parametrize(
+    "kw, arch", [(GPT2_BLOCK, "GPT2LMHeadModel"), (MODERN_BLOCK, "Qwen3ForCausalLM")], ids=["gpt2", "qwen3"]
+)
 def test_lens_equals_transformers_hidden_states_through_the_exports_norm_and_head(tmp_path, tokenizer, kw, arch):
     from minigpt.hf import export_hf
 
@@ -150,6 +154,7 @@ def test_each_heads_term_equals_a_float64_recomputation(tokenizer, kw):
         qkv = qkv + sd["transformer.h.0.attn.c_attn.bias"]
     q, k, v = (t.view(T, H, D).transpose(0, 1) for t in qkv.split(C, -1))
     if modern:
+
         def rms(t, w):
             return t / torch.sqrt((t * t).mean(-1, keepdim=True) + eps) * w
 
@@ -159,7 +164,7 @@ def test_each_heads_term_equals_a_float64_recomputation(tokenizer, kw):
         cos, sin = ang.cos(), ang.sin()
 
         def rope(t):
-            a, b = t[..., : D // 2], t[..., D // 2:]
+            a, b = t[..., : D // 2], t[..., D // 2 :]
             return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
 
         q, k = rope(q), rope(k)
@@ -179,7 +184,7 @@ def test_each_heads_term_equals_a_float64_recomputation(tokenizer, kw):
     d = sd["lm_head.weight"][tok] * sd["transformer.ln_f.weight"] / sigma
     if not modern:
         d = d - d.mean()
-    expected = [float(d @ (W_O[:, hh * D:(hh + 1) * D] @ z[hh, t])) for hh in range(H)]
+    expected = [float(d @ (W_O[:, hh * D : (hh + 1) * D] @ z[hh, t])) for hh in range(H)]
     a = direct_logit_attribution(model, tokenizer, ids, position=t, token=tok)
     got = [float(a.values[a.names.index(f"L0H{hh}")]) for hh in range(H)]
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -233,7 +238,7 @@ def test_model_is_left_untouched_and_bad_input_is_refused(tokenizer):
 
 
 def test_a_baseline_says_plainly_it_has_none_of_this(tokenizer):
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
     rnn = RNNLM(RNNConfig(vocab_size=300, block_size=16, n_layer=1, n_embd=16, cell="lstm"))
     for call in (lambda: logit_lens(rnn, tokenizer, "hi"), lambda: direct_logit_attribution(rnn, tokenizer, "hi")):
@@ -261,21 +266,33 @@ def test_lens_command_tables_json_and_page(capsys, ckpt, tokenizer, tmp_path):
 
     model = load_checkpoint(ckpt).model
     lens = logit_lens(model, tokenizer, SHORT)
-    rc, out, err = run(capsys, "lens", "--checkpoint", ckpt, "--prompt", SHORT, "--device", "cpu", "--parts", "0",
-                       "--html", str(tmp_path / "l.html"))
+    rc, out, err = run(
+        capsys,
+        "lens",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        SHORT,
+        "--device",
+        "cpu",
+        "--parts",
+        "0",
+        "--html",
+        str(tmp_path / "l.html"),
+    )
     assert rc == 0 and err == ""
     lines = out.splitlines()
     T = len(lens)
-    rows = lines[2: 2 + T]  # the first table: one row per position
+    rows = lines[2 : 2 + T]  # the first table: one row per position
     for t, row in enumerate(rows):
         cells = row.split("|", 1)[1][1:]  # each cell: mark, token (7 columns), probability; a space between
         for l in range(len(lens.layers)):
-            cell = cells[l * 13:(l + 1) * 13]
+            cell = cells[l * 13 : (l + 1) * 13]
             assert cell[1:8] == visible_token(lens.strings[int(lens.top_ids[l, t, 0])], 7)
             assert float(cell[8:12]) == pytest.approx(lens.top_probs[l, t, 0], abs=0.006)
     total = [l for l in lines if l.startswith("direct logit attribution of")]
     assert len(total) == 1 and f"at position {T - 1}" in total[0]
-    parts = lines[lines.index(total[0]) + 1:-1]  # then the "wrote" line
+    parts = lines[lines.index(total[0]) + 1 : -1]  # then the "wrote" line
     assert len(parts) == len(lens.components)  # --parts 0: every part
     assert sum(float(p.split()[-2]) for p in parts) == pytest.approx(lens.attribution(T - 1).logit, abs=1e-3)
     assert lines[-1] == f"wrote {tmp_path / 'l.html'}"
@@ -283,8 +300,21 @@ def test_lens_command_tables_json_and_page(capsys, ckpt, tokenizer, tmp_path):
     assert '"open":"lens"' in page
 
     word = next(tokenizer.token_str(i) for i in lens.ids if tokenizer.encode(tokenizer.token_str(i)) == [i])
-    rc, out, err = run(capsys, "lens", "--checkpoint", ckpt, "--prompt", SHORT, "--device", "cpu", "--json",
-                       "--position", "3", "--token", word)
+    rc, out, err = run(
+        capsys,
+        "lens",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        SHORT,
+        "--device",
+        "cpu",
+        "--json",
+        "--position",
+        "3",
+        "--token",
+        word,
+    )
     assert rc == 0, err
     data = json.loads(out)
     assert rc == 0 and data["layers"] == lens.layers and data["ids"] == lens.ids
@@ -293,13 +323,16 @@ def test_lens_command_tables_json_and_page(capsys, ckpt, tokenizer, tmp_path):
     assert a["position"] == 3 and a["token"] == word and abs(a["sum"] - a["logit"]) < 1e-5
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prompt", ""], "--prompt is empty"),
-    (["--prompt", "to be", "--position", "9"], "--position 9 is out of range"),
-    (["--prompt", "to be", "--position", "-1"], "--position -1 is out of range"),
-    (["--prompt", "to be", "--token", "thou art"], "exactly one token"),
-    (["--prompt", "to be", "--top", "0"], "--top"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompt", ""], "--prompt is empty"),
+        (["--prompt", "to be", "--position", "9"], "--position 9 is out of range"),
+        (["--prompt", "to be", "--position", "-1"], "--position -1 is out of range"),
+        (["--prompt", "to be", "--token", "thou art"], "exactly one token"),
+        (["--prompt", "to be", "--top", "0"], "--top"),
+    ],
+)
 def test_lens_bad_input_is_one_line_and_exit_2(capsys, ckpt, argv, message):
     rc, out, err = run(capsys, "lens", "--checkpoint", ckpt, "--device", "cpu", *argv)
     lines = err.strip().splitlines()
@@ -307,13 +340,15 @@ def test_lens_bad_input_is_one_line_and_exit_2(capsys, ckpt, argv, message):
 
 
 def test_lens_on_a_baseline_checkpoint_says_so(capsys, tmp_path, tokenizer):
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
-    path = save_checkpoint(tmp_path / "gru", RNNLM(RNNConfig(vocab_size=300, block_size=16, n_layer=1, n_embd=16,
-                                                             cell="gru")), tokenizer)
+    path = save_checkpoint(
+        tmp_path / "gru", RNNLM(RNNConfig(vocab_size=300, block_size=16, n_layer=1, n_embd=16, cell="gru")), tokenizer
+    )
     rc, _, err = run(capsys, "lens", "--checkpoint", str(path), "--prompt", "hi", "--device", "cpu")
-    assert rc == 2 and err.strip().endswith("a GRU has no attention heads or layers of a residual stream: the logit "
-                                            "lens needs a GPT checkpoint")
+    assert rc == 2 and err.strip().endswith(
+        "a GRU has no attention heads or layers of a residual stream: the logit lens needs a GPT checkpoint"
+    )
 
 
 @pytest.mark.gpu

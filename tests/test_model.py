@@ -19,8 +19,17 @@ ENCODINGS = ["learned", "sinusoidal", "rope"]
 
 
 def test_config_json_roundtrip():
-    cfg = GPTConfig(vocab_size=100, block_size=16, n_layer=3, n_head=2, n_embd=8, dropout=0.1, bias=False,
-                    pos_encoding="rope", tie_weights=False)
+    cfg = GPTConfig(
+        vocab_size=100,
+        block_size=16,
+        n_layer=3,
+        n_head=2,
+        n_embd=8,
+        dropout=0.1,
+        bias=False,
+        pos_encoding="rope",
+        tie_weights=False,
+    )
     assert GPTConfig.from_json(cfg.to_json()) == cfg
     assert json.loads(cfg.to_json())["pos_encoding"] == "rope"
 
@@ -70,7 +79,9 @@ def test_rope_preserves_norms_and_is_relative():
     q, k = torch.randn(D, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
 
     def rot(x, p):
-        return apply_rope(x.view(1, 1, 1, D), cos[p].double().view(1, 1, 1, -1), sin[p].double().view(1, 1, 1, -1)).view(D)
+        return apply_rope(
+            x.view(1, 1, 1, D), cos[p].double().view(1, 1, 1, -1), sin[p].double().view(1, 1, 1, -1)
+        ).view(D)
 
     for p in (0, 3, 40):
         assert torch.linalg.norm(rot(q, p)).item() == pytest.approx(torch.linalg.norm(q).item(), rel=1e-6)
@@ -105,7 +116,9 @@ def test_explicit_attention_against_float64_recomputation():
     att = m(idx, return_attention=True).attentions[0][0].double()  # [H, T, T]
     with torch.no_grad():
         x = (m.transformer.wte(idx) + m.transformer.wpe(torch.arange(12))).double()
-        ln = torch.nn.functional.layer_norm(x, (32,), m.transformer.h[0].ln_1.weight.double(), m.transformer.h[0].ln_1.bias.double())
+        ln = torch.nn.functional.layer_norm(
+            x, (32,), m.transformer.h[0].ln_1.weight.double(), m.transformer.h[0].ln_1.bias.double()
+        )
         qkv = ln @ m.transformer.h[0].attn.c_attn.weight.double().T + m.transformer.h[0].attn.c_attn.bias.double()
         q, k, _ = qkv.split(32, dim=-1)
         q = q.view(12, 2, 16).transpose(0, 1)

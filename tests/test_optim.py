@@ -17,8 +17,12 @@ from .conftest import tiny_gpt
 SHAPES = [(24, 40), (24, 40), (40, 24), (16, 16), (16, 16), (40, 24), (7, 3)]
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                                   reason="needs CUDA")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+    ),
+]
 
 
 def _params(seed=0, device="cpu"):

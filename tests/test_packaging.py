@@ -177,7 +177,11 @@ def test_the_wheel_holds_everything_the_commands_read(tmp_path):
     assert wheel.name == f"minigpt_toolkit-{minigpt.__version__}-py3-none-any.whl"
     names = set(zipfile.ZipFile(wheel).namelist())
     needed = _read_by_the_commands()
-    assert {"minigpt/viewer.html", "minigpt/serve/playground.html", "minigpt/texts/shakespeare/shakespeare.txt.gz"} <= needed
+    assert {
+        "minigpt/viewer.html",
+        "minigpt/serve/playground.html",
+        "minigpt/texts/shakespeare/shakespeare.txt.gz",
+    } <= needed
     assert not needed - names, sorted(needed - names)
     assert not [n for n in names if n.endswith((".bin", "meta.json", "tokenizer.json"))]  # no prepared data
     meta = zipfile.ZipFile(wheel).read(f"minigpt_toolkit-{minigpt.__version__}.dist-info/METADATA").decode()

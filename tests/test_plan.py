@@ -17,8 +17,26 @@ from minigpt.plan import REGULARISATION, VOCABULARY, Budget, fit_window, free_se
 from .test_trainer import metrics
 
 # A small model and evaluation, so each run takes seconds; the plan still chooses the rest.
-SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-steps", "1", "--sample-tokens", "0",
-         "--device", "cpu", "--threads", "1", "--warmup-steps", "2", "--log-interval", "1"]
+SMALL = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "32",
+    "--eval-steps",
+    "1",
+    "--sample-tokens",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--warmup-steps",
+    "2",
+    "--log-interval",
+    "1",
+]
 
 
 def train_cli(*args: str) -> tuple[int, str]:
@@ -81,8 +99,9 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_pass
     the passes the record reports (the oracle is the table, read independently)."""
     for steps in (2, 30):
         out = tmp_path / f"r{steps}"
-        rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", str(steps),
-                            "--eval-interval", "100", *SMALL)
+        rc, err = train_cli(
+            "--data", str(corpus_file), "--out", str(out), "--max-steps", str(steps), "--eval-interval", "100", *SMALL
+        )
         assert rc == 0, err
         lines = plan_lines(err)
         assert len(lines) == 1
@@ -113,8 +132,23 @@ def _split_tokens(out: Path, split: str):
 
 def test_flags_win_over_the_plan_and_are_marked_yours(tmp_path, corpus_file):
     out = tmp_path / "r"
-    rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", "30", "--eval-interval", "100",
-                        "--dropout", "0.05", "--vocab-size", "300", "--weight-decay", "0.2", *SMALL)
+    rc, err = train_cli(
+        "--data",
+        str(corpus_file),
+        "--out",
+        str(out),
+        "--max-steps",
+        "30",
+        "--eval-interval",
+        "100",
+        "--dropout",
+        "0.05",
+        "--vocab-size",
+        "300",
+        "--weight-decay",
+        "0.2",
+        *SMALL,
+    )
     assert rc == 0, err
     line = plan_lines(err)[0]
     rec = run_json(out)
@@ -125,8 +159,9 @@ def test_flags_win_over_the_plan_and_are_marked_yours(tmp_path, corpus_file):
 
 
 def test_other_presets_do_not_plan(tmp_path, corpus_file):
-    rc, err = train_cli("--preset", "nanogpt-cpu", "--data", str(corpus_file), "--out", str(tmp_path / "r"),
-                        "--max-steps", "2", *SMALL)
+    rc, err = train_cli(
+        "--preset", "nanogpt-cpu", "--data", str(corpus_file), "--out", str(tmp_path / "r"), "--max-steps", "2", *SMALL
+    )
     assert rc == 0, err
     assert plan_lines(err) == [] and "plan" not in run_json(tmp_path / "r")
     assert run_json(tmp_path / "r")["config"]["data"]["vocab_size"] == 4096  # the flag's default, as before
@@ -157,15 +192,31 @@ def test_a_planned_run_resumes_exactly_and_keeps_its_plan(tmp_path, corpus_file)
 # ---- the budget ------------------------------------------------------------------------------------
 
 
-def simulate(budget_s: float, *, slow_from: float, factor: float, replan: bool, eval_interval: int = 200,
-             eval_cost: float = 1.0, startup: float = 5.0) -> tuple[float, int]:
+def simulate(
+    budget_s: float,
+    *,
+    slow_from: float,
+    factor: float,
+    replan: bool,
+    eval_interval: int = 200,
+    eval_cost: float = 1.0,
+    startup: float = 5.0,
+) -> tuple[float, int]:
     """A run on a fake clock: steps of 0.05 s until `slow_from` seconds, then `factor` times
     slower (a competing load arrives mid-run); an evaluation every eval_interval steps.
     Returns (when the whole process ends, steps). `replan=False` is the old behaviour: the
     step count fixed once, from the first steps."""
     now = {"t": startup}
-    b = Budget(budget_s, 0.0, eval_interval=eval_interval, schedule="wsd", cooldown=0.4, eval_cost=eval_cost,
-               tail=0.5, clock=lambda: now["t"])
+    b = Budget(
+        budget_s,
+        0.0,
+        eval_interval=eval_interval,
+        schedule="wsd",
+        cooldown=0.4,
+        eval_cost=eval_cost,
+        tail=0.5,
+        clock=lambda: now["t"],
+    )
     step, total, train_time, fixed = 0, 10**9, 0.0, False
     while step < total:
         dt = 0.05 * (factor if now["t"] >= slow_from else 1.0)

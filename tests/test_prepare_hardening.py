@@ -292,11 +292,28 @@ def test_names_that_are_not_utf8_work_end_to_end(tmp_path, small):
     assert meta["sources"][0]["path"] == str(src / name)
     ds = Dataset(out)
     assert ds.meta["sources"][0]["path"] == str(src / name)  # read back exactly (a \udcXX escape in JSON)
-    assert ds.tokenizer.decode(ds.tokens("train")) + ds.tokenizer.decode(ds.tokens("val")) == small.read_text(encoding="utf-8")
+    assert ds.tokenizer.decode(ds.tokens("train")) + ds.tokenizer.decode(ds.tokens("val")) == small.read_text(
+        encoding="utf-8"
+    )
     # the same by the command line, the names given as raw bytes: refused in one line, or it works
     out2 = os.fsencode(str(tmp_path)) + b"/o\xff"
-    proc = subprocess.run([sys.executable, "-m", "minigpt.cli", "prepare", os.fsencode(str(src / name)), "--out", out2,
-                           "--vocab-size", "280", "--quiet"], cwd=REPO, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minigpt.cli",
+            "prepare",
+            os.fsencode(str(src / name)),
+            "--out",
+            out2,
+            "--vocab-size",
+            "280",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
     if proc.returncode == 0:
         Dataset(os.fsdecode(out2))
     else:
@@ -308,9 +325,26 @@ def test_names_that_are_not_utf8_work_end_to_end(tmp_path, small):
 
 
 def _start_and_wait_for_staging(big: Path, out: Path, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "minigpt.cli", "prepare", str(big), "--out", str(out),
-                             "--vocab-size", "300", "--quiet", *extra], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minigpt.cli",
+            "prepare",
+            str(big),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "300",
+            "--quiet",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     where = out if out.exists() else out.parent
     deadline = time.monotonic() + 60
     while not leftovers(where) and proc.poll() is None and time.monotonic() < deadline:
@@ -441,8 +475,17 @@ def test_a_megabyte_line_without_whitespace_prepares_in_seconds(tmp_path):
     (tmp_path / "line.txt").write_text(letters)
     (tmp_path / "blank.txt").write_text("\n" * 300_000 + "x")  # and whitespace only
     out = tmp_path / "d"
-    proc = run_cli("prepare", str(tmp_path / "line.txt"), str(tmp_path / "blank.txt"), "--out", str(out),
-                   "--vocab-size", "512", "--quiet", timeout=120)
+    proc = run_cli(
+        "prepare",
+        str(tmp_path / "line.txt"),
+        str(tmp_path / "blank.txt"),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "512",
+        "--quiet",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     ds = Dataset(out)
     whole = ds.tokenizer.decode(np.concatenate([ds.tokens("train"), ds.tokens("val")]))

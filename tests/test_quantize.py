@@ -41,11 +41,18 @@ def test_quantize_weight_is_within_half_a_step_of_each_weight():
     assert (q.abs().amax(1) == 127).sum() == 36 and int(q[5].abs().max()) == 0
 
 
-@pytest.mark.parametrize("dtype,shape", [
-    (torch.float32, (1, 64)), (torch.float32, (5, 33)), (torch.float32, (2, 3, 48)),  # the CPU kernel, any K
-    (torch.bfloat16, (1, 64)), (torch.bfloat16, (6, 48)),  # the kernel in bf16 (K a multiple of 16)
-    (torch.bfloat16, (1, 40)), (torch.bfloat16, (6, 40)),  # bf16 otherwise: the dequantized fallback
-])
+@pytest.mark.parametrize(
+    "dtype,shape",
+    [
+        (torch.float32, (1, 64)),
+        (torch.float32, (5, 33)),
+        (torch.float32, (2, 3, 48)),  # the CPU kernel, any K
+        (torch.bfloat16, (1, 64)),
+        (torch.bfloat16, (6, 48)),  # the kernel in bf16 (K a multiple of 16)
+        (torch.bfloat16, (1, 40)),
+        (torch.bfloat16, (6, 40)),  # bf16 otherwise: the dequantized fallback
+    ],
+)
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_linear_equals_a_float64_recomputation(dtype, shape, bias):
     g = torch.Generator().manual_seed(1)
@@ -102,9 +109,25 @@ def trained_run(tmp_path_factory, dataset_dir):
     out = tmp_path_factory.mktemp("q") / "run"
     cfg = TrainConfig()
     apply_preset(cfg, "cpu")
-    settings = {"model": "gpt", "data": str(dataset_dir), "out": str(out), "device": "cpu", "sample_tokens": 0,
-                "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "max_steps": 30, "lr": 3e-3,
-                "min_lr": 3e-4, "warmup_steps": 5, "eval_interval": 30, "eval_steps": 1, "log_interval": 30}
+    settings = {
+        "model": "gpt",
+        "data": str(dataset_dir),
+        "out": str(out),
+        "device": "cpu",
+        "sample_tokens": 0,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "block_size": 32,
+        "batch_size": 8,
+        "max_steps": 30,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 5,
+        "eval_interval": 30,
+        "eval_steps": 1,
+        "log_interval": 30,
+    }
     for k, v in settings.items():
         cfg.set(k, v)
     train(cfg, progress=False)
@@ -153,8 +176,9 @@ def test_saved_int8_checkpoint_round_trips_and_is_smaller(trained_run, tmp_path,
     # sample: the same greedy text from both.
     outs = []
     for args in (["--checkpoint", str(tmp_path / "q8")], ["--checkpoint", str(trained_run), "--quantize", "int8"]):
-        assert main(["sample", *args, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20",
-                     "--json"]) == 0
+        assert (
+            main(["sample", *args, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20", "--json"]) == 0
+        )
         outs.append(json.loads(capsys.readouterr().out)["ids"])
     assert outs[0] == outs[1] and len(outs[0]) == 20
 
@@ -199,8 +223,10 @@ def test_server_batches_int8_rows_like_the_sampler_alone(tokenizer):
 
     model = quantize_int8(tiny_gpt(vocab_size=tokenizer.vocab_size))
     app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=64, max_batch=8, quantize="int8"), model_id="tiny")
-    bodies = [{"prompt": "ROMEO:", "max_tokens": 10, "seed": 1, "temperature": 0.9},
-              {"prompt": "JULIET: my love", "max_tokens": 14, "seed": 2, "temperature": 1.2, "top_k": 30}]
+    bodies = [
+        {"prompt": "ROMEO:", "max_tokens": 10, "seed": 1, "temperature": 0.9},
+        {"prompt": "JULIET: my love", "max_tokens": 14, "seed": 2, "temperature": 1.2, "top_k": 30},
+    ]
     with live(app) as url:
         engine = app.state.engine
         engine.pause()
@@ -214,7 +240,11 @@ def test_server_batches_int8_rows_like_the_sampler_alone(tokenizer):
             engine.resume()
     ids = [r["id"] for r in results]
     assert any(set(ids) <= set(step) for step in engine.trace), "the two requests never shared a step"
-    assert results[0]["choices"][0]["text"] == alone(model, tokenizer, "ROMEO:", 1, 10,
-                                                     SamplingParams(temperature=0.9)).text
-    assert results[1]["choices"][0]["text"] == alone(model, tokenizer, "JULIET: my love", 2, 14,
-                                                     SamplingParams(temperature=1.2, top_k=30)).text
+    assert (
+        results[0]["choices"][0]["text"]
+        == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
+    )
+    assert (
+        results[1]["choices"][0]["text"]
+        == alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
+    )

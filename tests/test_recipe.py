@@ -5,12 +5,11 @@ transformers, Muon, the warmup-stable-decay schedule and --max-time."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 
-from minigpt.config import GPTConfig, TrainConfig, parse_duration
+from minigpt.config import GPTConfig, parse_duration
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
 from minigpt.trainer import lr_at, make_optimizers, train
@@ -50,14 +49,17 @@ def test_every_block_variant_fast_path_equals_explicit_path_and_cache(kw):
     for att in slow.attentions:
         torch.testing.assert_close(att.sum(-1), torch.ones_like(att.sum(-1)))
     cache = m.make_cache(2)
-    pieces = [m(idx[:, :10], kv_cache=cache).logits] + [m(idx[:, t : t + 1], kv_cache=cache).logits for t in range(10, 24)]
+    pieces = [m(idx[:, :10], kv_cache=cache).logits] + [
+        m(idx[:, t : t + 1], kv_cache=cache).logits for t in range(10, 24)
+    ]
     torch.testing.assert_close(torch.cat(pieces, 1), fast.logits, atol=1e-5, rtol=1e-5)
 
 
 def test_variants_against_a_float64_recomputation():
     """RMSNorm, QK-norm, SwiGLU and the soft cap, written out by hand in float64."""
-    m = _randomised(n_layer=1, norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=5.0, bias=False,
-                    pos_encoding="learned")
+    m = _randomised(
+        n_layer=1, norm="rmsnorm", qk_norm=True, mlp="swiglu", logit_softcap=5.0, bias=False, pos_encoding="learned"
+    )
     idx = torch.randint(0, 300, (1, 9))
     got = m(idx).logits.double()
     sd = {n: t.double() for n, t in m.state_dict().items()}
@@ -102,8 +104,16 @@ def test_modern_block_exports_to_qwen3_and_back_with_equal_logits(tmp_path, toke
     from minigpt.checkpoint import load_checkpoint, save_checkpoint
     from minigpt.hf import export_hf, import_hf
 
-    m = _randomised(vocab_size=tokenizer.vocab_size, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True,
-                    bias=False, tie_weights=tie, n_head=4)
+    m = _randomised(
+        vocab_size=tokenizer.vocab_size,
+        pos_encoding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        qk_norm=True,
+        bias=False,
+        tie_weights=tie,
+        n_head=4,
+    )
     save_checkpoint(tmp_path / "c", m, tokenizer)
     export_hf(tmp_path / "c", tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
@@ -121,9 +131,17 @@ def test_a_qwen3_made_by_transformers_imports_with_equal_logits(tmp_path):
     from minigpt.checkpoint import load_checkpoint
     from minigpt.hf import import_hf
 
-    cfg = transformers.Qwen3Config(vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=64,
-                                   tie_word_embeddings=False)
+    cfg = transformers.Qwen3Config(
+        vocab_size=120,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     hf = transformers.Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -138,11 +156,14 @@ def test_a_qwen3_made_by_transformers_imports_with_equal_logits(tmp_path):
         torch.testing.assert_close(ours(idx).logits, hf(idx).logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kw, needle", [
-    (dict(mlp="relu2", pos_encoding="rope", norm="rmsnorm", qk_norm=True, bias=False), "cannot export this block"),
-    (dict(logit_softcap=15.0), "logit_softcap"),
-    (dict(pos_encoding="rope"), "rope"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(mlp="relu2", pos_encoding="rope", norm="rmsnorm", qk_norm=True, bias=False), "cannot export this block"),
+        (dict(logit_softcap=15.0), "logit_softcap"),
+        (dict(pos_encoding="rope"), "rope"),
+    ],
+)
 def test_blocks_no_architecture_expresses_are_refused_with_the_reason(tmp_path, tokenizer, kw, needle):
     from minigpt.checkpoint import save_checkpoint
     from minigpt.hf import export_hf
@@ -179,11 +200,24 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest(tmp_path):
 
 
 def test_muon_wsd_run_learns_and_resumes_exactly(tmp_path, dataset_dir):
-    kw = dict(max_steps=16, lr_decay_steps=16, eval_interval=4, optimizer="muon", schedule="wsd", cooldown=0.5,
-              lr=3e-3, muon_lr=0.02, n_layer=2)
+    kw = dict(
+        max_steps=16,
+        lr_decay_steps=16,
+        eval_interval=4,
+        optimizer="muon",
+        schedule="wsd",
+        cooldown=0.5,
+        lr=3e-3,
+        muon_lr=0.02,
+        n_layer=2,
+    )
     train(make_cfg(tmp_path / "a", dataset_dir, **kw), progress=False)
     train(make_cfg(tmp_path / "b", dataset_dir, **{**kw, "max_steps": 8}), progress=False)
-    train(make_cfg(tmp_path / "b", dataset_dir, **kw, resume=True), explicit={"max_steps": 16, "resume": True}, progress=False)
+    train(
+        make_cfg(tmp_path / "b", dataset_dir, **kw, resume=True),
+        explicit={"max_steps": 16, "resume": True},
+        progress=False,
+    )
     a, ev = metrics(tmp_path / "a")
     b, _ = metrics(tmp_path / "b")
     assert ev[16]["val_loss"] < ev[0]["val_loss"] - 0.5
@@ -205,8 +239,9 @@ def test_max_time_fixes_the_step_count_from_the_first_steps_and_records_it(tmp_p
 
     monkeypatch.setattr(trainer_mod.time, "perf_counter", fake)
     out = tmp_path / "r"
-    summary = train(make_cfg(out, dataset_dir, max_steps=10**6, max_time=30.0, eval_interval=50, schedule="wsd"),
-                    progress=False)
+    summary = train(
+        make_cfg(out, dataset_dir, max_steps=10**6, max_time=30.0, eval_interval=50, schedule="wsd"), progress=False
+    )
     saved = json.loads((out / "train_config.json").read_text())
     planned = saved["optim"]["max_steps"]
     assert 21 < planned < 10**6 and saved["run"]["max_time"] == 0.0
@@ -215,7 +250,12 @@ def test_max_time_fixes_the_step_count_from_the_first_steps_and_records_it(tmp_p
 
 
 def test_durations():
-    assert (parse_duration("3m"), parse_duration("175"), parse_duration("175s"), parse_duration("1.5h")) == (180, 175, 175, 5400)
+    assert (parse_duration("3m"), parse_duration("175"), parse_duration("175s"), parse_duration("1.5h")) == (
+        180,
+        175,
+        175,
+        5400,
+    )
     for bad in ("soon", "-3m", "nanm"):
         with pytest.raises(MiniGPTError, match="max_time"):
             parse_duration(bad)

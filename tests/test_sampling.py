@@ -14,8 +14,17 @@ from minigpt.completion import complete, encode_prompt
 from minigpt.errors import ConfigError
 from minigpt.model import GPTOutput
 from minigpt.sampling import (
-    Batch, Dice, SamplingParams, apply_repetition_penalty, apply_temperature, generate, min_p_filter, roll,
-    shape_logits, top_k_filter, top_p_filter,
+    Batch,
+    Dice,
+    SamplingParams,
+    apply_repetition_penalty,
+    apply_temperature,
+    generate,
+    min_p_filter,
+    roll,
+    shape_logits,
+    top_k_filter,
+    top_p_filter,
 )
 from minigpt.tokenizer import Tokenizer
 
@@ -46,8 +55,14 @@ def test_top_k_keeps_k_largest():
 
 @pytest.mark.parametrize(
     "p, expect",
-    [(0.5, [True, False, False, False]), (0.8, [True, True, False, False]), (0.81, [True, True, True, False]),
-     (0.96, [True, True, True, True]), (1.0, [True, True, True, True]), (0.01, [True, False, False, False])],
+    [
+        (0.5, [True, False, False, False]),
+        (0.8, [True, True, False, False]),
+        (0.81, [True, True, True, False]),
+        (0.96, [True, True, True, True]),
+        (1.0, [True, True, True, True]),
+        (0.01, [True, False, False, False]),
+    ],
 )
 def test_top_p_keeps_smallest_set_reaching_p(p, expect):
     probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
@@ -59,7 +74,9 @@ def test_top_p_keeps_smallest_set_reaching_p(p, expect):
 def test_min_p_relative_threshold():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     assert kept(min_p_filter(probs.log(), 0.4)) == [[True, True, False, False]]  # threshold 0.2
-    assert kept(min_p_filter(probs.log(), 0.1)) == [[True, True, True, False]]  # threshold 0.05 keeps >= 0.05? 0.05 < 0.05 is False
+    assert kept(min_p_filter(probs.log(), 0.1)) == [
+        [True, True, True, False]
+    ]  # threshold 0.05 keeps >= 0.05? 0.05 < 0.05 is False
     assert kept(min_p_filter(probs.log(), 0.0)) == [[True] * 4]
 
 
@@ -72,11 +89,20 @@ def test_repetition_penalty_definition():
 
 @pytest.mark.parametrize(
     "kw, field",
-    [(dict(temperature=-0.1), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p"),
-     (dict(top_p=1.5), "top_p"), (dict(min_p=1.5), "min_p"), (dict(repetition_penalty=0), "repetition_penalty"),
-     (dict(top_k=10**20), "top_k"), (dict(top_k=True), "top_k"), (dict(top_k=2.0), "top_k"),
-     (dict(temperature=10**400), "temperature"), (dict(temperature=float("nan")), "temperature"),
-     (dict(top_p="0.5"), "top_p")],
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(top_k=10**20), "top_k"),
+        (dict(top_k=True), "top_k"),
+        (dict(top_k=2.0), "top_k"),
+        (dict(temperature=10**400), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_p="0.5"), "top_p"),
+    ],
 )
 def test_invalid_params(kw, field):
     """Each refusal carries the field it is about (`ConfigError.field`) and names it first."""
@@ -335,7 +361,7 @@ def test_rows_join_and_leave_a_running_batch(variant):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_rnn_rows_join_and_leave_a_running_batch(cell):
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
     torch.manual_seed(2)
     m = RNNLM(RNNConfig(vocab_size=40, block_size=16, n_layer=2, n_embd=32, cell=cell)).eval()
@@ -358,7 +384,7 @@ def test_rnn_rows_join_and_leave_a_running_batch(cell):
 def _model(kind):
     if kind in GPT_VARIANTS:
         return tiny_gpt(**GPT_VARIANTS[kind])
-    from minigpt.baselines import RNNConfig, RNNLM
+    from minigpt.baselines import RNNLM, RNNConfig
 
     torch.manual_seed(3)
     # block_size 64: the recompute path reads the last block_size tokens, the state all of
@@ -416,12 +442,18 @@ def test_a_running_batch_draws_what_recomputing_draws(kind):
 
 @pytest.mark.parametrize(
     "params",
-    [SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46), SamplingParams(repetition_penalty=1e-38),
-     SamplingParams(temperature=1e-38, top_p=1e-46, repetition_penalty=1e-38, min_p=1.0),
-     SamplingParams(temperature=1e30, repetition_penalty=1e38),
-     # below float32's smallest number (they round to 0 in a float32 tensor) and above its largest
-     SamplingParams(temperature=1e-46), SamplingParams(temperature=5e-324), SamplingParams(repetition_penalty=1e-46),
-     SamplingParams(temperature=1e300, repetition_penalty=1e300)],
+    [
+        SamplingParams(temperature=1e-38),
+        SamplingParams(top_p=1e-46),
+        SamplingParams(repetition_penalty=1e-38),
+        SamplingParams(temperature=1e-38, top_p=1e-46, repetition_penalty=1e-38, min_p=1.0),
+        SamplingParams(temperature=1e30, repetition_penalty=1e38),
+        # below float32's smallest number (they round to 0 in a float32 tensor) and above its largest
+        SamplingParams(temperature=1e-46),
+        SamplingParams(temperature=5e-324),
+        SamplingParams(repetition_penalty=1e-46),
+        SamplingParams(temperature=1e300, repetition_penalty=1e300),
+    ],
 )
 def test_extreme_settings_give_finite_logprobs_and_valid_json(params, byte_tok):
     m = tiny_gpt(vocab_size=byte_tok.vocab_size)
@@ -434,8 +466,12 @@ def test_extreme_settings_give_finite_logprobs_and_valid_json(params, byte_tok):
         assert all(abs(sum(row) - 1) < 1e-3 or sum(row) <= 1 + 1e-3 for row in s.top_probs)
     outs = complete(m, byte_tok, "ab", num_samples=2, max_new_tokens=12, params=params, seed=0)
     json.dumps([o.__dict__ for o in outs], allow_nan=False)  # NaN or inf would raise here
-    if params in (SamplingParams(temperature=1e-38), SamplingParams(top_p=1e-46), SamplingParams(temperature=1e-46),
-                  SamplingParams(temperature=5e-324)):
+    if params in (
+        SamplingParams(temperature=1e-38),
+        SamplingParams(top_p=1e-46),
+        SamplingParams(temperature=1e-46),
+        SamplingParams(temperature=5e-324),
+    ):
         # Both are the greedy die in the limit: only the most likely token is left.
         greedy = list(generate(m, [[5, 6, 7], [8]], 12, SamplingParams(temperature=0)))
         assert [s.tokens for s in steps] == [s.tokens for s in greedy]
@@ -503,7 +539,9 @@ def test_stop_string_inside_one_token():
     first = tok.encode(text)[0]
     rest = tok.decode(tok.encode(text)[1:])
     stop = rest[len(rest) // 2 : len(rest) // 2 + 2]
-    [c] = complete(model, tok, tok.decode([first]), max_new_tokens=20, stop=[stop], params=SamplingParams(temperature=0))
+    [c] = complete(
+        model, tok, tok.decode([first]), max_new_tokens=20, stop=[stop], params=SamplingParams(temperature=0)
+    )
     assert c.text == rest[: rest.index(stop)]
 
 
@@ -516,8 +554,15 @@ def test_eot_ends_a_sample(byte_tok):
 def test_streaming_gives_the_same_text_and_never_a_broken_character(byte_tok):
     model = scripted(byte_tok, "xé€yzw")
     pieces = []
-    [c] = complete(model, byte_tok, "x", max_new_tokens=20, params=SamplingParams(temperature=0),
-                   on_text=lambda row, t: pieces.append(t), stop=["zw"])
+    [c] = complete(
+        model,
+        byte_tok,
+        "x",
+        max_new_tokens=20,
+        params=SamplingParams(temperature=0),
+        on_text=lambda row, t: pieces.append(t),
+        stop=["zw"],
+    )
     assert "".join(pieces) == c.text == "é€y"
     assert all("\ufffd" not in p for p in pieces)
 
@@ -547,7 +592,9 @@ def test_cuda_graph_and_compiled_decode_match_eager():  # pragma: no cover - nee
     prompts = [torch.randint(0, 300, (9,)).tolist() for _ in range(4)]
     eager = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=False)]
     graph = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=True)]
-    compiled = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=True, compile=True)]
+    compiled = [
+        s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0), cuda_graph=True, compile=True)
+    ]
     assert eager == graph == compiled
     a = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=True)]
     b = [s.tokens for s in generate(m, prompts, 40, SamplingParams(temperature=0.9), seed=1, cuda_graph=False)]
@@ -564,8 +611,10 @@ def test_cuda_graph_over_a_running_batch_matches_eager(kind):  # pragma: no cove
     m = _model(kind).cuda()
     g = torch.Generator().manual_seed(0)
     prompt = lambda n: torch.randint(0, 300, (n,), generator=g).tolist()  # noqa: E731
-    plan = {0: [(prompt(3), ROW_PARAMS[0], 1, 45), (prompt(20), ROW_PARAMS[1], 2, 5)],
-            8: [(prompt(10), ROW_PARAMS[2], 3, 30)]}
+    plan = {
+        0: [(prompt(3), ROW_PARAMS[0], 1, 45), (prompt(20), ROW_PARAMS[1], 2, 5)],
+        8: [(prompt(10), ROW_PARAMS[2], 3, 30)],
+    }
     graph, _ = _run_plan(Batch(m, cuda_graph=True), plan, 50)
     eager, _ = _run_plan(Batch(m, cuda_graph=False), plan, 50)
     assert {t: ids for t, (ids, _) in graph.items()} == {t: ids for t, (ids, _) in eager.items()}

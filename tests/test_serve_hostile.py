@@ -31,8 +31,8 @@ from hypothesis import strategies as st  # noqa: E402
 from minigpt.sampling import SamplingParams  # noqa: E402
 from minigpt.serve import ServeConfig, bind, create_app  # noqa: E402
 from minigpt.serve import app as serve_app  # noqa: E402
-from minigpt.serve.wire import host_allowed  # noqa: E402
 from minigpt.serve.server import uvicorn_config  # noqa: E402
+from minigpt.serve.wire import host_allowed  # noqa: E402
 
 from .conftest import tiny_gpt  # noqa: E402
 from .test_serve import MODEL, alone, wait_until  # noqa: E402
@@ -108,19 +108,30 @@ def still_serving(client, model, tokenizer):
 # ---- the issue's reproducers, one by one --------------------------------------------------------
 
 
-@pytest.mark.parametrize("what, body, param", [
-    ("a list 50,000 deep", b"[" * 50_000, None),
-    ("a prompt 3,000 deep", b'{"model": "tiny", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}", None),
-    ("top_k of 10^20", b'{"model": "tiny", "prompt": "x", "max_tokens": 5, "top_k": 100000000000000000000}', "top_k"),
-    ("temperature of 10^400", b'{"model": "tiny", "prompt": "x", "temperature": 1' + b"0" * 400 + b"}", "temperature"),
-    ("n of 10^400", b'{"model": "tiny", "prompt": "x", "n": 1' + b"0" * 400 + b"}", "n"),
-    ("a lone surrogate in the prompt", b'{"model": "tiny", "prompt": "ab\\ud800"}', "prompt"),
-    ("a lone surrogate in a prompt list", b'{"model": "tiny", "prompt": ["ok", "\\udfff"]}', "prompt"),
-    ("a lone surrogate in the model", b'{"model": "\\ud800", "prompt": "x"}', "model"),
-    ("a lone surrogate in stop", b'{"model": "tiny", "prompt": "x", "stop": "\\ud800"}', "stop"),
-    ("a bool for an int", b'{"model": "tiny", "prompt": "x", "top_k": true}', "top_k"),
-    ("a string for a float", b'{"model": "tiny", "prompt": "x", "min_p": "0.1"}', "min_p"),
-])
+@pytest.mark.parametrize(
+    "what, body, param",
+    [
+        ("a list 50,000 deep", b"[" * 50_000, None),
+        ("a prompt 3,000 deep", b'{"model": "tiny", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}", None),
+        (
+            "top_k of 10^20",
+            b'{"model": "tiny", "prompt": "x", "max_tokens": 5, "top_k": 100000000000000000000}',
+            "top_k",
+        ),
+        (
+            "temperature of 10^400",
+            b'{"model": "tiny", "prompt": "x", "temperature": 1' + b"0" * 400 + b"}",
+            "temperature",
+        ),
+        ("n of 10^400", b'{"model": "tiny", "prompt": "x", "n": 1' + b"0" * 400 + b"}", "n"),
+        ("a lone surrogate in the prompt", b'{"model": "tiny", "prompt": "ab\\ud800"}', "prompt"),
+        ("a lone surrogate in a prompt list", b'{"model": "tiny", "prompt": ["ok", "\\udfff"]}', "prompt"),
+        ("a lone surrogate in the model", b'{"model": "\\ud800", "prompt": "x"}', "model"),
+        ("a lone surrogate in stop", b'{"model": "tiny", "prompt": "x", "stop": "\\ud800"}', "stop"),
+        ("a bool for an int", b'{"model": "tiny", "prompt": "x", "top_k": true}', "top_k"),
+        ("a string for a float", b'{"model": "tiny", "prompt": "x", "min_p": "0.1"}', "min_p"),
+    ],
+)
 def test_each_reproducer_is_a_400_naming_its_field(client, model, tokenizer, what, body, param):
     assert_openai_error(raw(client, body), 400, param)
     still_serving(client, model, tokenizer)
@@ -128,15 +139,23 @@ def test_each_reproducer_is_a_400_naming_its_field(client, model, tokenizer, wha
 
 def test_the_attention_endpoint_refuses_deep_json_too(client):
     assert_openai_error(raw(client, b'{"ids": ' + b"[" * 5000 + b"]" * 5000 + b"}", "/minigpt/attention"), 400, None)
-    assert_openai_error(raw(client, b'{"ids": [1, 2], "layer": 100000000000000000000}', "/minigpt/attention"), 400,
-                        "layer")
+    assert_openai_error(
+        raw(client, b'{"ids": [1, 2], "layer": 100000000000000000000}', "/minigpt/attention"), 400, "layer"
+    )
 
 
 def test_echo_with_logprobs_zero_scores_the_prompt(client, model, tokenizer):
     """OpenAI's logprobs=0: each token's own log-probability and no candidates."""
     for stream in (False, True):
-        body = {"model": MODEL, "prompt": "ROMEO: O", "max_tokens": 3, "seed": 1, "echo": True, "logprobs": 0,
-                "stream": stream}
+        body = {
+            "model": MODEL,
+            "prompt": "ROMEO: O",
+            "max_tokens": 3,
+            "seed": 1,
+            "echo": True,
+            "logprobs": 0,
+            "stream": stream,
+        }
         r = client.post("/v1/completions", json=body)
         assert r.status_code == 200, r.text
         if stream:
@@ -160,8 +179,12 @@ def test_a_temperature_below_float32s_smallest_is_greedy_never_nan(client, model
     assert all(math.isfinite(x) for x in c["logprobs"]["token_logprobs"])
     streamed = client.post("/v1/completions", json={**body, "stream": True}).text
     assert streamed.endswith("data: [DONE]\n\n")
-    assert "".join(json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
-                   if line.startswith("data: {")) == want
+    assert (
+        "".join(
+            json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines() if line.startswith("data: {")
+        )
+        == want
+    )
 
 
 def test_an_empty_prompt_without_endoftext_is_a_400(model, tokenizer):
@@ -195,9 +218,11 @@ def test_a_poisoned_request_fails_alone_and_the_others_complete_unharmed(live, m
 
     monkeypatch.setattr(serve_app, "parse_completion_request", poisoning)
     engine = live.engine
-    bodies = [dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
-              dict(prompt="POISON", max_tokens=10, seed=2),
-              dict(prompt="JULIET: my love", max_tokens=12, seed=3, temperature=1.2, top_k=30, stream=True)]
+    bodies = [
+        dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
+        dict(prompt="POISON", max_tokens=10, seed=2),
+        dict(prompt="JULIET: my love", max_tokens=12, seed=3, temperature=1.2, top_k=30, stream=True),
+    ]
     errors_before = engine.stats()["errors"]
     engine.pause()  # all three wait, so they join the batch at the same step
     try:
@@ -209,14 +234,20 @@ def test_a_poisoned_request_fails_alone_and_the_others_complete_unharmed(live, m
     finally:
         engine.resume()
     ok, poisoned, streamed = results
-    assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == alone(
-        model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
+    assert (
+        ok.status_code == 200
+        and ok.json()["choices"][0]["text"]
+        == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
+    )
     error = assert_openai_error(poisoned, 500, None)
     assert error["code"] == "engine_error"
-    text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in streamed.text.splitlines()
-                   if line.startswith("data: {"))
-    assert streamed.text.endswith("data: [DONE]\n\n") and text == alone(
-        model, tokenizer, "JULIET: my love", 3, 12, SamplingParams(temperature=1.2, top_k=30)).text
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["text"] for line in streamed.text.splitlines() if line.startswith("data: {")
+    )
+    assert (
+        streamed.text.endswith("data: [DONE]\n\n")
+        and text == alone(model, tokenizer, "JULIET: my love", 3, 12, SamplingParams(temperature=1.2, top_k=30)).text
+    )
     assert engine.stats()["errors"] == errors_before + 1
     assert "Traceback" in capfd.readouterr().err  # the server's log keeps the details
 
@@ -230,8 +261,15 @@ def test_host_must_name_the_server(client, live):
         error = assert_openai_error(client.post("/v1/completions", json=body, headers={"Host": host}), 403, None)
         assert error["code"] == "host_not_allowed"
         assert client.get("/", headers={"Host": host}).status_code == 403  # the playground too
-    for host in (f"127.0.0.1:{live.port}", f"localhost:{live.port}", "[::1]:8000", "app.localhost",
-                 "minigpt.test", f"MINIGPT.TEST:{live.port}", "10.1.2.3"):
+    for host in (
+        f"127.0.0.1:{live.port}",
+        f"localhost:{live.port}",
+        "[::1]:8000",
+        "app.localhost",
+        "minigpt.test",
+        f"MINIGPT.TEST:{live.port}",
+        "10.1.2.3",
+    ):
         assert client.post("/v1/completions", json=body, headers={"Host": host}).status_code == 200, host
 
 
@@ -249,8 +287,10 @@ def test_host_allowed_rules():
         assert e.value.field == "allowed_hosts" and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/jsonp"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonp"],
+)
 def test_json_endpoints_need_a_json_content_type(client, content_type):
     """A page may POST text/plain, forms and multipart cross-site without a preflight."""
     body = json.dumps({"model": MODEL, "prompt": "a", "max_tokens": 1}).encode()
@@ -304,8 +344,10 @@ def test_slow_headers_are_cut_off(live):
 def test_a_stalled_body_gets_408_and_a_hang_up_is_not_logged(live, client, model, tokenizer, capfd):
     s = _connect(live)
     try:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{\"model\":")
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model":'
+        )
         s.settimeout(10)
         head = s.recv(4096)
         assert head.startswith(b"HTTP/1.1 408"), head
@@ -313,8 +355,10 @@ def test_a_stalled_body_gets_408_and_a_hang_up_is_not_logged(live, client, model
         s.close()
     for _ in range(5):  # clients that hang up mid-body
         s = _connect(live)
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n{\"model\":")
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model":'
+        )
         s.close()
     time.sleep(0.3)
     still_serving(client, model, tokenizer)
@@ -324,16 +368,43 @@ def test_a_stalled_body_gets_408_and_a_hang_up_is_not_logged(live, client, model
 
 # ---- property-based: arbitrary JSON never gets a 5xx -------------------------------------------------
 
-_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "n",
-           "stop", "seed", "echo", "logprobs", "stream", "stream_options", "user", "best_of", "die",
-           "frequency_penalty", "presence_penalty", "logit_bias", "suffix"]
+_FIELDS = [
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "n",
+    "stop",
+    "seed",
+    "echo",
+    "logprobs",
+    "stream",
+    "stream_options",
+    "user",
+    "best_of",
+    "die",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "suffix",
+]
 _text = st.one_of(st.text(max_size=20), st.sampled_from(["\ud800", "a\udfffb", "", "<|endoftext|>", "tiny"]))
 _number = st.one_of(
-    st.integers(min_value=-(10**30), max_value=10**30), st.sampled_from([10**400, -(10**400), 2**63, 2**64, 0, 1]),
-    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([5e-324, 1e-46, 1e-40, 1e308, -0.0]))
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.sampled_from([10**400, -(10**400), 2**63, 2**64, 0, 1]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([5e-324, 1e-46, 1e-40, 1e308, -0.0]),
+)
 _scalar = st.one_of(st.none(), st.booleans(), _number, _text)
-_json = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                     st.dictionaries(_text, inner, max_size=4)), max_leaves=12)
+_json = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)),
+    max_leaves=12,
+)
 _deep = st.integers(min_value=1, max_value=20_000).map(lambda d: {"model": MODEL, "prompt": "[" * d + "]" * d})
 
 
@@ -386,6 +457,7 @@ def test_openapi_schema_is_what_the_server_accepts(client):
             continue
         body = {"model": MODEL, "prompt": "a", "max_tokens": 1, name: p["default"]}
         assert client.post("/v1/completions", json=body).status_code == 200, name
-    error = assert_openai_error(client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "top_a": 1}),
-                                400, "top_a")
+    error = assert_openai_error(
+        client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "top_a": 1}), 400, "top_a"
+    )
     assert error["code"] == "unknown_parameter"

@@ -94,7 +94,7 @@ def test_no_import_cycle_counting_function_level_imports():
         path.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                cycle = path[path.index(m):] + [m]
+                cycle = path[path.index(m) :] + [m]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if m not in state:
                 visit(m)
@@ -133,10 +133,16 @@ def test_no_private_attribute_of_another_module_is_used():
     offenders = []
     for name, tree in _modules().items():
         imported = {alias for _, names, _ in _imports(tree, name) for alias in names} | {
-            t.split(".")[-1] for t, _, _ in _imports(tree, name)}
+            t.split(".")[-1] for t, _, _ in _imports(tree, name)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in imported):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in imported
+            ):
                 offenders.append(f"minigpt/{name}.py:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not offenders, "\n".join(offenders)
 
@@ -145,11 +151,26 @@ def test_dependencies_point_one_way():
     """Lower layers never import higher ones (config/errors/files at the bottom, the
     command line at the top)."""
     layers = [
-        {"errors"}, {"files", "config"}, {"kernels", "optim"},
-        {"tokenizer", "model", "runtime", "onednn", "bundled", "plan"}, {"baselines"}, {"models"},
+        {"errors"},
+        {"files", "config"},
+        {"kernels", "optim"},
+        {"tokenizer", "model", "runtime", "onednn", "bundled", "plan"},
+        {"baselines"},
+        {"models"},
         {"checkpoint", "data", "corpus", "dataset", "inputs", "sampling", "loop"},
         {"completion", "inference", "viewer", "quantize"},
-        {"evaluate", "trainer", "startup", "lens", "ablation", "inspection", "hf", "serve", "pretrained", "gguf_export"},
+        {
+            "evaluate",
+            "trainer",
+            "startup",
+            "lens",
+            "ablation",
+            "inspection",
+            "hf",
+            "serve",
+            "pretrained",
+            "gguf_export",
+        },
         {"cli"},
     ]
     # A subpackage's modules sit on its layer, and have layers of their own inside it.
@@ -160,8 +181,13 @@ def test_dependencies_point_one_way():
         level[pkg] = level[pkg] + (len(groups),)  # the package's __init__ re-exports them all
     graph = _graph()
     assert {"serve.app", "serve.protocol", "serve.engine"} <= set(graph), "subpackages were not read"
-    bad = [f"{a} (layer {level[a]}) imports {b} (layer {level[b]})"
-           for a, targets in graph.items() if a in level for b in targets if b in level and level[b] > level[a]]
+    bad = [
+        f"{a} (layer {level[a]}) imports {b} (layer {level[b]})"
+        for a, targets in graph.items()
+        if a in level
+        for b in targets
+        if b in level and level[b] > level[a]
+    ]
     assert not bad, "\n".join(bad)
     assert set(graph) - {"__init__"} <= set(level), f"modules without a layer: {set(graph) - set(level) - {'__init__'}}"
 
@@ -178,9 +204,21 @@ def test_function_level_imports_say_why():
                 continue
             for node in ast.walk(fn):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    context = " ".join(lines[max(0, node.lineno - 3): node.end_lineno + 1]).lower()
-                    if not any(w in context for w in ("extra", "optional", "lazy", "lazily", "only when", "only here",
-                                                      "backport", "not posix", "--help")):
+                    context = " ".join(lines[max(0, node.lineno - 3) : node.end_lineno + 1]).lower()
+                    if not any(
+                        w in context
+                        for w in (
+                            "extra",
+                            "optional",
+                            "lazy",
+                            "lazily",
+                            "only when",
+                            "only here",
+                            "backport",
+                            "not posix",
+                            "--help",
+                        )
+                    ):
                         undocumented.append(f"{_paths()[name].relative_to(PKG.parent)}:{node.lineno}")
     assert not undocumented, "function-level imports without a comment saying why: " + ", ".join(undocumented)
 
@@ -219,6 +257,6 @@ def test_registry_builds_every_kind_from_flags_and_from_its_json():
 
 def test_readme_layout_lists_every_module():
     readme = (PKG.parent / "README.md").read_text(encoding="utf-8")
-    layout = readme[readme.index("## Repository layout"):]
+    layout = readme[readme.index("## Repository layout") :]
     missing = [p.name for p in _paths().values() if p.name != "__init__.py" and f"  {p.name}" not in layout]
     assert not missing, f"README's layout section does not list {missing}"

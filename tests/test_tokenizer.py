@@ -105,7 +105,11 @@ def test_vocab_257_is_plain_bytes(plain_bytes):
 def test_vocab_size_is_256_plus_merges_plus_eot(bpe, corpus_text):
     assert bpe.vocab_size == 400
     # more merges -> fewer tokens for the same text
-    assert len(bpe.encode(corpus_text)) < len(Tokenizer.train([corpus_text], 300).encode(corpus_text)) < len(corpus_text.encode())
+    assert (
+        len(bpe.encode(corpus_text))
+        < len(Tokenizer.train([corpus_text], 300).encode(corpus_text))
+        < len(corpus_text.encode())
+    )
 
 
 def test_too_small_vocab_is_refused():
@@ -217,8 +221,11 @@ def test_word_end_cut_splits_words_like_the_whole_text(spacey_bpe, text, data):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(_WORDS) | st.text("ab?é'", min_size=1, max_size=6), min_size=120, max_size=200),
-       st.integers(4, 6), st.integers(1, 40))
+@given(
+    st.lists(st.sampled_from(_WORDS) | st.text("ab?é'", min_size=1, max_size=6), min_size=120, max_size=200),
+    st.integers(4, 6),
+    st.integers(1, 40),
+)
 def test_a_long_line_is_cut_between_words(spacey_bpe, words, piece_chars, feed):
     """One line far longer than the cut window, with no newline at all: pieces end before
     the space after a word, and the ids still equal encoding the whole line."""
@@ -296,8 +303,17 @@ def _valid_json(tok) -> dict:
         (lambda d: {**d, "normalizer": {"type": "Lowercase"}}, "normalizer"),
         (lambda d: {**d, "model": {**d["model"], "dropout": 0.5}}, "dropout"),
         (lambda d: {**d, "model": {**d["model"], "vocab": {**d["model"]["vocab"], "zz": 10**8}}}, "0.."),
-        (lambda d: {**d, "model": {**d["model"], "vocab": {**d["model"]["vocab"], "zz": 2**32 - 1}}}, "0.."),  # (HF would walk 4e9 ids)
-        (lambda d: {**d, "model": {**d["model"], "vocab": {k: v for k, v in d["model"]["vocab"].items() if k != "a"}}}, "0.."),
+        (
+            lambda d: {**d, "model": {**d["model"], "vocab": {**d["model"]["vocab"], "zz": 2**32 - 1}}},
+            "0..",
+        ),  # (HF would walk 4e9 ids)
+        (
+            lambda d: {
+                **d,
+                "model": {**d["model"], "vocab": {k: v for k, v in d["model"]["vocab"].items() if k != "a"}},
+            },
+            "0..",
+        ),
         (lambda d: {**d, "model": {**d["model"], "vocab": [1, 2]}}, "vocab"),
         (lambda d: {**d, "model": {**d["model"], "vocab": {**d["model"]["vocab"], "zz": "7"}}}, "whole numbers"),
         (lambda d: {**d, "added_tokens": {"id": 0}}, "added_tokens"),
@@ -362,7 +378,9 @@ def test_any_mutation_of_a_tokenizer_json_loads_losslessly_or_is_refused(bpe, da
     node, key = d, None
     path = []
     while True:
-        keys = list(node) if isinstance(node, dict) else list(range(min(len(node), 4))) if isinstance(node, list) else []
+        keys = (
+            list(node) if isinstance(node, dict) else list(range(min(len(node), 4))) if isinstance(node, list) else []
+        )
         if not keys or (path and data.draw(st.booleans())):
             break
         key = data.draw(st.sampled_from(keys))
@@ -435,14 +453,29 @@ def test_vocab_and_merges_load_as_the_same_tokenizer_transformers_reads(bpe, tmp
     assert Tokenizer.load(tmp_path / "gpt2").to_str() == bpe.to_str()
 
 
-@pytest.mark.parametrize("how", ["merge-of-unknown-token", "three-part-merge", "vocab-not-object", "vocab-missing-bytes",
-                                 "merges-not-utf8", "empty-dir"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "merge-of-unknown-token",
+        "three-part-merge",
+        "vocab-not-object",
+        "vocab-missing-bytes",
+        "merges-not-utf8",
+        "empty-dir",
+    ],
+)
 def test_bad_vocab_or_merges_is_one_clear_error(bpe, tmp_path, how):
     d = tmp_path / "gpt2"
     write_vocab_merges(bpe, d)
     vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
-    needle = {"merge-of-unknown-token": "line 2", "three-part-merge": "line 2", "vocab-not-object": "token -> integer id",
-              "vocab-missing-bytes": "byte tokens", "merges-not-utf8": "not UTF-8", "empty-dir": "no tokenizer.json"}[how]
+    needle = {
+        "merge-of-unknown-token": "line 2",
+        "three-part-merge": "line 2",
+        "vocab-not-object": "token -> integer id",
+        "vocab-missing-bytes": "byte tokens",
+        "merges-not-utf8": "not UTF-8",
+        "empty-dir": "no tokenizer.json",
+    }[how]
     if how == "merge-of-unknown-token":
         (d / "merges.txt").write_text("#version: 0.2\nzzq qqz\n", encoding="utf-8")
     elif how == "three-part-merge":

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import trainer as trainer_mod
 from minigpt.checkpoint import load_checkpoint, load_trainer_state
 from minigpt.config import TrainConfig, apply_preset, load_toml
 from minigpt.errors import MiniGPTError
@@ -21,9 +20,23 @@ from minigpt.trainer import lr_at, make_optimizer, train
 from .conftest import REPO, assert_one_line_error, run_cli, tiny_gpt
 
 TINY = dict(
-    n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, max_steps=20, eval_interval=10, eval_steps=2,
-    log_interval=1, warmup_steps=2, lr=3e-3, min_lr=3e-4, sample_tokens=0, device="cpu", threads=1,
-    dropout=0.0, weight_decay=0.1,  # the cpu preset's, given: a CLI run would otherwise plan them (plan.py)
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    block_size=16,
+    batch_size=4,
+    max_steps=20,
+    eval_interval=10,
+    eval_steps=2,
+    log_interval=1,
+    warmup_steps=2,
+    lr=3e-3,
+    min_lr=3e-4,
+    sample_tokens=0,
+    device="cpu",
+    threads=1,
+    dropout=0.0,
+    weight_decay=0.1,  # the cpu preset's, given: a CLI run would otherwise plan them (plan.py)
 )
 
 
@@ -158,8 +171,13 @@ def _wait_for_lines(path: Path, n: int, proc, timeout=120):
 def test_signal_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, dataset_dir, sig, code):
     out = tmp_path / "run"
     flags = tiny_flags(out, dataset_dir, max_steps=100000, lr_decay_steps=400, eval_interval=100000)
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags, "--quiet"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *flags, "--quiet"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_lines(out / "metrics.jsonl", 5, proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -168,8 +186,12 @@ def test_signal_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, datase
     k = load_trainer_state(out / "last")["step"]
     assert k >= 5
     # continue for 5 more steps and compare with an uninterrupted run of k + 5 steps
-    rc = subprocess.run([sys.executable, str(REPO / "train.py"), "--resume", "--out", str(out), "--max-steps", str(k + 5), "--quiet"],
-                        cwd=tmp_path, capture_output=True, text=True)
+    rc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--resume", "--out", str(out), "--max-steps", str(k + 5), "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert rc.returncode == 0, rc.stderr
     ref = tmp_path / "ref"
     train(make_cfg(ref, dataset_dir, max_steps=k + 5, lr_decay_steps=400, eval_interval=100000), progress=False)
@@ -186,7 +208,9 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path, dataset_di
     flags = tiny_flags(out, dataset_dir, max_steps=100000, eval_interval=1, eval_steps=1)
     kills = 0
     for delay in (0.05, 0.13, 0.29, 0.41):
-        args = [sys.executable, str(REPO / "train.py"), *flags, "--quiet"] + (["--resume"] if (out / "last").exists() else [])
+        args = [sys.executable, str(REPO / "train.py"), *flags, "--quiet"] + (
+            ["--resume"] if (out / "last").exists() else []
+        )
         proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _wait_for_lines(out / "metrics.jsonl", 3 + kills * 3, proc)
         time.sleep(delay)
@@ -306,15 +330,38 @@ def test_zero_argument_default_on_the_bundled_corpus(tmp_path):
     out/shakespeare, prints a sample; then `python sample.py` samples from it. Steps are cut
     short here; the full run is in BENCHMARKS.md."""
     env = dict(os.environ, PYTHONPATH=str(REPO), MINIGPT_CACHE=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--max-steps", "20", "--eval-interval", "10",
-                        "--eval-steps", "2", "--sample-tokens", "30", "--quiet"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--max-steps",
+            "20",
+            "--eval-interval",
+            "10",
+            "--eval-steps",
+            "2",
+            "--sample-tokens",
+            "30",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert "--- sample" in r.stdout
     assert len(list((tmp_path / "cache").glob("shakespeare-*/meta.json"))) == 1
     assert (tmp_path / "out" / "shakespeare" / "last" / "model.safetensors").exists()
-    s = subprocess.run([sys.executable, str(REPO / "sample.py"), "--max-new-tokens", "20", "--seed", "0"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    s = subprocess.run(
+        [sys.executable, str(REPO / "sample.py"), "--max-new-tokens", "20", "--seed", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert s.returncode == 0 and len(s.stdout.strip()) > 0, s.stderr
 
 
@@ -327,18 +374,48 @@ def test_torchrun_two_processes_match_one(tmp_path, dataset_dir, optimizer, tol)
     (torch.optim.Muon), where the all-reduced gradient's last-bit differences from a
     one-process sum can round the other way. In fp32: bf16 autocast (the CPU default where
     the CPU has bf16) rounds each matrix product, which the 1e-5 check would see."""
-    common = tiny_flags(tmp_path / "x", dataset_dir, max_steps=8, eval_interval=4, dropout=0.0, optimizer=optimizer,
-                        dtype="float32")
+    common = tiny_flags(
+        tmp_path / "x", dataset_dir, max_steps=8, eval_interval=4, dropout=0.0, optimizer=optimizer, dtype="float32"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
-         *common, "--out", str(tmp_path / "ddp"), "--batch-size", "4", "--quiet"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "train.py"),
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+            "--batch-size",
+            "4",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr
     one = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *common, "--out", str(tmp_path / "one"), "--batch-size", "8", "--quiet"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            *common,
+            "--out",
+            str(tmp_path / "one"),
+            "--batch-size",
+            "8",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert one.returncode == 0, one.stderr
     a, ea = metrics(tmp_path / "ddp")

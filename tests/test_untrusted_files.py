@@ -63,8 +63,9 @@ def hf_gpt2(tmp_path_factory, ckpt) -> Path:
 @pytest.fixture(scope="module")
 def hf_qwen3(tmp_path_factory, tokenizer) -> Path:
     c = tmp_path_factory.mktemp("q") / "c"
-    model = tiny_gpt(vocab_size=tokenizer.vocab_size, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True,
-                     bias=False)
+    model = tiny_gpt(
+        vocab_size=tokenizer.vocab_size, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False
+    )
     save_checkpoint(c, model, tokenizer)
     return export_hf(c, c.parent / "qwen3")
 
@@ -105,9 +106,11 @@ def _targets(tmp_path: Path) -> dict[str, Path]:
 def test_force_never_replaces_a_fifo_or_a_symlink(tmp_path, ckpt, hf_gpt2, corpus_file, target):
     t = _targets(tmp_path)[target]
     before = _state(t)
-    for argv in (["export-hf", str(ckpt), str(t), "--force"],
-                 ["import-hf", str(hf_gpt2), str(t), "--force"],
-                 ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--npz", str(t)]):
+    for argv in (
+        ["export-hf", str(ckpt), str(t), "--force"],
+        ["import-hf", str(hf_gpt2), str(t), "--force"],
+        ["attention", "--checkpoint", str(ckpt), "--prompt", "ROMEO: hi", "--npz", str(t)],
+    ):
         rc, _, err = main(*argv)
         one_line_exit_2(rc, err, str(t), "minigpt did not write")
         assert _state(t) == before, argv
@@ -194,12 +197,20 @@ def test_read_bytes_refuses_a_fifo_at_once(tmp_path):
 # ---- one numeric rule for every JSON number -------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, ok", [
-    ('{"a": 9223372036854775807}', True), ('{"a": -9223372036854775807}', True),
-    ('{"a": 9223372036854775808}', False), ('{"a": ' + "9" * 400 + "}", False),
-    ('{"a": 1e308}', True), ('{"a": 1e309}', False), ('{"a": -1e999}', False), ('{"a": NaN}', False),
-    ('{"a": 5e-324}', True),
-])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ('{"a": 9223372036854775807}', True),
+        ('{"a": -9223372036854775807}', True),
+        ('{"a": 9223372036854775808}', False),
+        ('{"a": ' + "9" * 400 + "}", False),
+        ('{"a": 1e308}', True),
+        ('{"a": 1e309}', False),
+        ('{"a": -1e999}', False),
+        ('{"a": NaN}', False),
+        ('{"a": 5e-324}', True),
+    ],
+)
 def test_the_json_number_rule(text, ok):
     if ok:
         assert files.parse_json(text, "x")["a"] == json.loads(text)["a"]
@@ -221,9 +232,11 @@ def test_an_edited_layer_norm_eps_is_one_line_for_every_reader(tmp_path, ckpt, v
     text = (c / "config.json").read_text().replace('"layer_norm_eps": 1e-05', f'"layer_norm_eps": {value}')
     assert text != (c / "config.json").read_text()
     (c / "config.json").write_text(text)
-    for argv in (["sample", "--checkpoint", str(c), "--prompt", "hi", "--max-new-tokens", "2"],
-                 ["attention", "--checkpoint", str(c), "--prompt", "ROMEO: hi"],
-                 ["heads", "--checkpoint", str(c), "--prompt", "ROMEO: hi"]):
+    for argv in (
+        ["sample", "--checkpoint", str(c), "--prompt", "hi", "--max-new-tokens", "2"],
+        ["attention", "--checkpoint", str(c), "--prompt", "ROMEO: hi"],
+        ["heads", "--checkpoint", str(c), "--prompt", "ROMEO: hi"],
+    ):
         rc, _, err = main(*argv)
         one_line_exit_2(rc, err, "config.json")
 
@@ -235,7 +248,8 @@ def test_compare_skips_metric_lines_with_numbers_out_of_range(tmp_path, ckpt):
     big = "1" + "0" * 400
     (run / "metrics.jsonl").write_text(
         f'{{"step": 1, "val_bpb": {big}, "time_s": 1.0}}\n{{"step": 2, "val_bpb": 2.5, "time_s": {big}}}\n'
-        '{"step": 3, "val_bpb": 2.25, "time_s": 3.0}\n')
+        '{"step": 3, "val_bpb": 2.25, "time_s": 3.0}\n'
+    )
     assert load_run(run)["curve"] == [(3.0, 2.25)]  # the two lines out of range skipped, the good one read
     rc, out, err = main("compare", str(run))
     assert rc == 0 and "Traceback" not in err and "2.25" in out, (rc, err)
@@ -273,8 +287,13 @@ def test_written_files_share_one_mode(tmp_path, ckpt):
 
 
 HOSTILE_GPT2 = [
-    ("activation_function", ["gelu"]), ("activation_function", {}), ("architectures", 5),
-    ("layer_norm_epsilon", "inf"), ("resid_pdrop", "0.1"), ("tie_word_embeddings", "false"), ("n_inner", {}),
+    ("activation_function", ["gelu"]),
+    ("activation_function", {}),
+    ("architectures", 5),
+    ("layer_norm_epsilon", "inf"),
+    ("resid_pdrop", "0.1"),
+    ("tie_word_embeddings", "false"),
+    ("n_inner", {}),
 ]
 HUGE = "1" + "0" * 400
 
@@ -288,8 +307,10 @@ def test_hostile_gpt2_config_values(tmp_path, hf_gpt2, key, value):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind, key", [("gpt2", "resid_pdrop"), ("gpt2", "layer_norm_epsilon"),
-                                       ("qwen3", "rms_norm_eps"), ("qwen3", "rope_theta")])
+@pytest.mark.parametrize(
+    "kind, key",
+    [("gpt2", "resid_pdrop"), ("gpt2", "layer_norm_epsilon"), ("qwen3", "rms_norm_eps"), ("qwen3", "rope_theta")],
+)
 def test_a_huge_integer_in_a_float_field_is_one_line(tmp_path, hf_gpt2, hf_qwen3, dataset_dir, kind, key):
     h = _copy(hf_gpt2 if kind == "gpt2" else hf_qwen3, tmp_path / "hf")
     obj = json.loads((h / "config.json").read_text())
@@ -346,8 +367,16 @@ def test_control_characters_in_messages_are_escaped(tmp_path, dataset_dir):
     assert one_line("gpt2\n\x1b[31mred\u2028") == "gpt2\\n\\x1b[31mred\\u2028"
     assert one_line(one_line("a\nb")) == "a\\nb"  # idempotent: a message wrapped in another is escaped once
     assert str(ConfigError("x\ny", field="x")) == "x\\ny" and ConfigError("x", field="x").field == "x"
-    proc = run_cli("train", "--init-from", "gpt2\n", "--data", str(dataset_dir), "--out", str(tmp_path / "r"),
-                   env={"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"})
+    proc = run_cli(
+        "train",
+        "--init-from",
+        "gpt2\n",
+        "--data",
+        str(dataset_dir),
+        "--out",
+        str(tmp_path / "r"),
+        env={"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"},
+    )
     assert_one_line_error(proc, "gpt2\\n")
 
 
@@ -368,10 +397,19 @@ def test_errors_carry_what_they_are_about(tmp_path, corpus_file):
 # ---- arbitrary JSON at every file we read (property-based) -------------------------------------------
 
 
-SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(10**400), max_value=10**400)
-           | st.floats(allow_nan=False) | st.text(max_size=6) | st.sampled_from(["inf", "nan", "\ud800", "1e999"]))
-HOSTILE = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=3)
-                       | st.dictionaries(st.text(max_size=8), kids, max_size=3), max_leaves=8)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.sampled_from(["inf", "nan", "\ud800", "1e999"])
+)
+HOSTILE = st.recursive(
+    SCALARS,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+    max_leaves=8,
+)
 
 
 def _dumps(value) -> str:
@@ -384,12 +422,40 @@ def _deep(n: int) -> str:
     return "[" * n + "]" * n
 
 
-GPT2_KEYS = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
-             "resid_pdrop", "layer_norm_epsilon", "scale_attn_weights", "tie_word_embeddings", "architectures",
-             "model_type", "scale_attn_by_inverse_layer_idx", "add_cross_attention"]
-QWEN3_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "head_dim", "hidden_act", "rms_norm_eps", "rope_theta", "rope_parameters", "attention_dropout",
-              "tie_word_embeddings", "max_position_embeddings", "attention_bias", "architectures"]
+GPT2_KEYS = [
+    "vocab_size",
+    "n_positions",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "activation_function",
+    "resid_pdrop",
+    "layer_norm_epsilon",
+    "scale_attn_weights",
+    "tie_word_embeddings",
+    "architectures",
+    "model_type",
+    "scale_attn_by_inverse_layer_idx",
+    "add_cross_attention",
+]
+QWEN3_KEYS = [
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_parameters",
+    "attention_dropout",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "attention_bias",
+    "architectures",
+]
 
 
 def _clean_or_one_line(fn) -> None:
@@ -422,11 +488,25 @@ def test_arbitrary_hf_config_through_import_hf(tmp_path_factory, hf_gpt2, value,
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-RUN_KEYS = {"config.json": ["model", "model_type", "version", "format"],
-            "model": ["vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "layer_norm_eps",
-                      "rope_base", "logit_softcap", "bias", "mlp", "mlp_hidden"],
-            "run.json": ["step", "num_params", "train_time_s", "val_bpb", "best_val_loss", "config", "model_type"],
-            "metrics.jsonl": ["step", "val_bpb", "time_s", "train_loss", "lr"]}
+RUN_KEYS = {
+    "config.json": ["model", "model_type", "version", "format"],
+    "model": [
+        "vocab_size",
+        "block_size",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "dropout",
+        "layer_norm_eps",
+        "rope_base",
+        "logit_softcap",
+        "bias",
+        "mlp",
+        "mlp_hidden",
+    ],
+    "run.json": ["step", "num_params", "train_time_s", "val_bpb", "best_val_loss", "config", "model_type"],
+    "metrics.jsonl": ["step", "val_bpb", "time_s", "train_loss", "lr"],
+}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -35,8 +35,15 @@ def test_the_last_lines_name_best_its_step_its_bits_per_byte_and_the_ngrams(tmp_
     # (the trainer's call for the GPT: batch_size x eval_steps), independently of the verdict's code.
     data = Dataset(dataset_dir)
     ngram = NGramLM(NGramConfig(vocab_size=data.vocab_size, order=YARDSTICK_ORDER)).fit(data.tokens("train"))
-    want = evaluate(ngram, data.tokens("val"), padded_byte_lengths(data.tokenizer, data.vocab_size), block_size=16,
-                    batch_size=4, steps=2, rt=Runtime(torch.device("cpu"), torch.float32))["bpb"]
+    want = evaluate(
+        ngram,
+        data.tokens("val"),
+        padded_byte_lengths(data.tokenizer, data.vocab_size),
+        block_size=16,
+        batch_size=4,
+        steps=2,
+        rt=Runtime(torch.device("cpu"), torch.float32),
+    )["bpb"]
     got = float(re.search(r"scores ([0-9.]+) bits/byte", yard_line).group(1))
     assert got == pytest.approx(want, abs=1e-4)
     assert f"a {YARDSTICK_ORDER}-gram (Kneser-Ney) counted on the train split" in yard_line
@@ -83,9 +90,30 @@ def test_a_small_source_fine_tunes_at_its_own_rate_and_the_last_line_reports_the
     out = tmp_path / "ft"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        rc = main(["train", "--init-from", str(src), "--data", str(dataset_dir), "--out", str(out), "--max-steps", "6",
-                   "--eval-interval", "2", "--eval-steps", "1", "--device", "cpu", "--threads", "1",
-                   "--sample-tokens", "0", "--quiet"])
+        rc = main(
+            [
+                "train",
+                "--init-from",
+                str(src),
+                "--data",
+                str(dataset_dir),
+                "--out",
+                str(out),
+                "--max-steps",
+                "6",
+                "--eval-interval",
+                "2",
+                "--eval-steps",
+                "1",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--sample-tokens",
+                "0",
+                "--quiet",
+            ]
+        )
     assert rc == 0, err.getvalue()
     optim = json.loads((out / "train_config.json").read_text())["optim"]
     assert optim["lr"] == optim["min_lr"] == 1e-3  # a minigpt-sized source: 1e-3, still constant

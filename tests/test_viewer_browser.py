@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from . import conftest
-
 from minigpt.inspection import attention_maps, write_html
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import Tokenizer
+
+from . import conftest
 
 pytestmark = pytest.mark.browser
 
@@ -90,9 +90,10 @@ def test_viewer_shows_the_npz_weights(viewer):
 
             def check(layer, head, t):
                 got = page_weights()
-                assert got[t + 1:] == [""] * (T - t - 1), "future tokens must not be highlighted"
-                np.testing.assert_allclose([float(w) for w in got[: t + 1]], weights[layer, head, t, : t + 1],
-                                           atol=1e-5)
+                assert got[t + 1 :] == [""] * (T - t - 1), "future tokens must not be highlighted"
+                np.testing.assert_allclose(
+                    [float(w) for w in got[: t + 1]], weights[layer, head, t, : t + 1], atol=1e-5
+                )
                 # The table lists the heaviest key first, with 4 decimals.
                 first = page.locator("#focus-table tr").first
                 s = int(first.get_attribute("data-key"))
@@ -155,8 +156,20 @@ def full(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     tok = Tokenizer.train([TEXT] * 5, vocab_size=270)
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=3, n_embd=24, pos_encoding="rope",
-                          norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=tok.vocab_size,
+            block_size=64,
+            n_layer=2,
+            n_head=3,
+            n_embd=24,
+            pos_encoding="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            qk_norm=True,
+            bias=False,
+        )
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -174,8 +187,12 @@ def _open(p, url_or_path, console, errors, requests):
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: requests.append(r.url))
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:", "about:"))
-               else route.abort())
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_() if route.request.url.startswith(("file:", "data:", "about:")) else route.abort()
+        ),
+    )
     page.goto(url_or_path.as_uri())
     return browser, page
 
@@ -190,8 +207,10 @@ def _check_lens(frame, lens):
     """The lens table and, after clicking a cell, its top-k and its attribution, against the numbers."""
     T, L1 = len(lens), len(lens.layers)
     cells = frame.eval_on_selector_all(
-        "#lens-table td.cell", "els => els.map(e => [+e.dataset.layer, +e.dataset.pos, +e.dataset.id, +e.dataset.prob,"
-        " e.dataset.nextRank, e.classList.contains('hit'), e.textContent])")
+        "#lens-table td.cell",
+        "els => els.map(e => [+e.dataset.layer, +e.dataset.pos, +e.dataset.id, +e.dataset.prob,"
+        " e.dataset.nextRank, e.classList.contains('hit'), e.textContent])",
+    )
     assert len(cells) == L1 * T
     for l, t, i, p, rank, hit, text in cells:
         assert i == lens.top_ids[l, t, 0] and p == pytest.approx(lens.top_probs[l, t, 0], abs=1e-6)
@@ -219,8 +238,9 @@ def _check_lens(frame, lens):
 
 def _check_heads(frame, report):
     rows = frame.eval_on_selector_all(
-        "#heads-table tbody tr", "els => els.map(e => Object.fromEntries([...e.cells].map(c => [c.dataset.col, "
-        "c.dataset.value])))")
+        "#heads-table tbody tr",
+        "els => els.map(e => Object.fromEntries([...e.cells].map(c => [c.dataset.col, c.dataset.value])))",
+    )
     want = report.rows()
     assert len(rows) == len(want)
     for got, r in zip(rows, want):
@@ -274,8 +294,9 @@ def test_heads_tab_and_lens_tab_show_the_json_numbers(full):
             # The ablation costs beside each head's thumbnail, too.
             page.click("#tab-attention")
             page.select_option("#layer-select", "1")
-            thumbs = page.eval_on_selector_all("#overview .thumb .abl[data-method='zero']",
-                                               "els => els.map(e => +e.dataset.value)")
+            thumbs = page.eval_on_selector_all(
+                "#overview .thumb .abl[data-method='zero']", "els => els.map(e => +e.dataset.value)"
+            )
             np.testing.assert_allclose(thumbs, report.ablation.delta("zero")[1], atol=1e-9)
             # Clicking a head in the table opens its map.
             page.click("#tab-heads")
@@ -295,8 +316,14 @@ def test_notebook_display_of_maps_lens_and_report(full):
     sync_playwright = _need_browser()
     html, report, lens, tmp = full
     host = tmp / "notebook.html"
-    host.write_text("<!DOCTYPE html><html><body><h1>cells</h1>" + report.maps._repr_html_() + lens._repr_html_()
-                    + report._repr_html_() + "</body></html>", encoding="utf-8")
+    host.write_text(
+        "<!DOCTYPE html><html><body><h1>cells</h1>"
+        + report.maps._repr_html_()
+        + lens._repr_html_()
+        + report._repr_html_()
+        + "</body></html>",
+        encoding="utf-8",
+    )
     console, errors, requests = [], [], []
     with sync_playwright() as p:
         browser, page = _open(p, host, console, errors, requests)

@@ -52,9 +52,16 @@ __all__ = [
 ]
 
 # name -> module, imported lazily on first use: they need the serve extra (pydantic, Starlette).
-_LAZY = {"create_app": "app", "Engine": "engine", "Overloaded": "engine", "ApiError": "protocol",
-         "CompletionRequest": "protocol", "parse_completion_request": "protocol", "MAX_LOGPROBS": "protocol",
-         "MAX_STOPS": "protocol"}
+_LAZY = {
+    "create_app": "app",
+    "Engine": "engine",
+    "Overloaded": "engine",
+    "ApiError": "protocol",
+    "CompletionRequest": "protocol",
+    "parse_completion_request": "protocol",
+    "MAX_LOGPROBS": "protocol",
+    "MAX_STOPS": "protocol",
+}
 
 
 def __getattr__(name: str):

@@ -183,12 +183,18 @@ class Engine:
     def stats(self) -> dict[str, int]:
         with self._cv:
             return {
-                "running_rows": len(self._active), "waiting_requests": len(self._waiting),
-                "max_batch": self.max_batch, "queue_size": self.queue_size,
-                "steps": self.batch.steps + self.counts["steps_before"], "prefills": self.batch.prefills,
-                "max_rows_in_step": self.counts["max_rows_in_step"], "tokens": self.counts["tokens"],
-                "requests": self.counts["requests"], "rejected": self.counts["rejected"],
-                "finished_rows": self.counts["finished"], "cancelled_rows": self.counts["cancelled"],
+                "running_rows": len(self._active),
+                "waiting_requests": len(self._waiting),
+                "max_batch": self.max_batch,
+                "queue_size": self.queue_size,
+                "steps": self.batch.steps + self.counts["steps_before"],
+                "prefills": self.batch.prefills,
+                "max_rows_in_step": self.counts["max_rows_in_step"],
+                "tokens": self.counts["tokens"],
+                "requests": self.counts["requests"],
+                "rejected": self.counts["rejected"],
+                "finished_rows": self.counts["finished"],
+                "cancelled_rows": self.counts["cancelled"],
                 "errors": self.counts["errors"],
             }
 
@@ -329,5 +335,10 @@ def attention_rows(model, ids: list[int], layer: int) -> dict:
     device = next(model.parameters()).device
     att = model(torch.tensor([ids], device=device), return_attention=True).attentions[layer][0]  # [H, T, T]
     w = att.double().cpu().numpy().round(4)  # float64, so 0.5046 prints as 0.5046
-    return {"ids": ids, "dropped": dropped, "layer": layer, "n_head": int(w.shape[0]),
-            "weights": [[w[h, t, : t + 1].tolist() for t in range(len(ids))] for h in range(w.shape[0])]}
+    return {
+        "ids": ids,
+        "dropped": dropped,
+        "layer": layer,
+        "n_head": int(w.shape[0]),
+        "weights": [[w[h, t, : t + 1].tolist() for t in range(len(ids))] for h in range(w.shape[0])],
+    }

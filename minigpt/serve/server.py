@@ -28,7 +28,8 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     if _is_loopback(host):
         return None
     return f"listening on {host or 'every address'}: other machines can reach this server" + (
-        "" if api_key else "; anyone who can reach it can use it (set --api-key or MINIGPT_API_KEY)")
+        "" if api_key else "; anyone who can reach it can use it (set --api-key or MINIGPT_API_KEY)"
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -57,7 +58,9 @@ def _need_extra():
         import starlette  # noqa: F401
         import uvicorn  # the serve extra, like the two above
     except ImportError:
-        raise MiniGPTError(f"minigpt serve needs Starlette, pydantic and uvicorn: pip install '{DIST_NAME}[serve]'") from None
+        raise MiniGPTError(
+            f"minigpt serve needs Starlette, pydantic and uvicorn: pip install '{DIST_NAME}[serve]'"
+        ) from None
     return uvicorn
 
 
@@ -98,8 +101,15 @@ def uvicorn_config(app, cfg: ServeConfig, **kw):
             if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
                 self.transport.close()
 
-    settings = dict(log_level="warning", access_log=False, timeout_graceful_shutdown=5, lifespan="on",
-                    http=Protocol, timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024)
+    settings = dict(
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+        http=Protocol,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
     return uvicorn.Config(app, **{**settings, **kw})
 
 
@@ -125,8 +135,11 @@ def run_server(cfg: ServeConfig) -> int:
     warning = exposure_warning(cfg.host, cfg.api_key)
     if warning:
         print(f"minigpt serve: warning: {warning}", file=sys.stderr)
-    print(f"minigpt serve: {model_id} ({ckpt.model_type}, {device}) on http://{shown}:{port}/ "
-          f"(playground at /, API at /v1; Ctrl-C stops)", flush=True)
+    print(
+        f"minigpt serve: {model_id} ({ckpt.model_type}, {device}) on http://{shown}:{port}/ "
+        f"(playground at /, API at /v1; Ctrl-C stops)",
+        flush=True,
+    )
     server = uvicorn.Server(uvicorn_config(app, cfg))
     try:
         server.run(sockets=[sock])

