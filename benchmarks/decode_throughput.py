@@ -103,9 +103,13 @@ def main() -> None:
     hf.to(device=device, dtype=dtype)
     prompt = torch.randint(0, 50257, (8,), generator=torch.Generator().manual_seed(0)).tolist()
 
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "
-        f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, {args.new_tokens} new tokens"
+        f"device {device} ({device_name}), "
+        f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{args.new_tokens} new tokens"
         f"{', minigpt decode compiled' if compile_ else ''}"
     )
     print(f"{'batch':>5}  {'transformers':>14}  {'minigpt':>14}  {'ratio':>6}")

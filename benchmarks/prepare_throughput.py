@@ -129,7 +129,8 @@ def main() -> None:
                 r["rss"] = max(x["rss"] for x in runs[mode])
                 results[(mb, mode)] = r
                 print(
-                    f"{mb:>5} MB  {mode:<14} {r['bytes'] / r['seconds'] / 1e6:7.2f} MB/s   peak RSS {r['rss'] / 2**20:7.1f} MiB"
+                    f"{mb:>5} MB  {mode:<14} {r['bytes'] / r['seconds'] / 1e6:7.2f} MB/s   "
+                    f"peak RSS {r['rss'] / 2**20:7.1f} MiB"
                     f"   {r['tokens']:,} tokens",
                     flush=True,
                 )

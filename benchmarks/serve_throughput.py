@@ -220,7 +220,8 @@ def main() -> None:
             levels.append(r)
             print(
                 f"{c:>3} clients: {r['tokens_per_s']:>8.1f} tokens/s | TTFT p50 {r['ttft_p50_ms']:.1f} ms "
-                f"p95 {r['ttft_p95_ms']:.1f} ms | per token p50 {r['token_p50_ms']:.2f} ms p95 {r['token_p95_ms']:.2f} ms"
+                f"p95 {r['ttft_p95_ms']:.1f} ms | per token p50 {r['token_p50_ms']:.2f} ms "
+                f"p95 {r['token_p95_ms']:.2f} ms"
                 f" | {r['requests']} requests, {r['tokens']} tokens, {r['errors']} errors",
                 flush=True,
             )

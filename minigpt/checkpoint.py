@@ -230,7 +230,8 @@ def _load_weights(path: Path, model: nn.Module) -> None:
     for name, t in tensors.items():
         if t.shape != expected[name].shape:
             raise CheckpointError(
-                f"{weights}: tensor {name} has shape {tuple(t.shape)} but {CONFIG} implies {tuple(expected[name].shape)}"
+                f"{weights}: tensor {name} has shape {tuple(t.shape)} "
+                f"but {CONFIG} implies {tuple(expected[name].shape)}"
             )
         if t.dtype != expected[name].dtype and not (t.is_floating_point() and expected[name].is_floating_point()):
             raise CheckpointError(f"{weights}: tensor {name} has dtype {t.dtype}, expected {expected[name].dtype}")
@@ -266,7 +267,8 @@ def load_checkpoint(
             raise CheckpointError(f"{path / TOKENIZER}: {e}") from None
         if tokenizer.vocab_size > model.config.vocab_size:
             raise CheckpointError(
-                f"{path / TOKENIZER}: has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size} (mismatched files?)"
+                f"{path / TOKENIZER}: has {tokenizer.vocab_size} tokens "
+                f"but the model only {model.config.vocab_size} (mismatched files?)"
             )
     elif need_tokenizer:
         raise CheckpointError(

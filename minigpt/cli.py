@@ -199,7 +199,8 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer",
         metavar="FILE",
-        help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), GPT-2's vocab.json (with merges.txt beside it), or a directory holding either",
+        help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), "
+        "GPT-2's vocab.json (with merges.txt beside it), or a directory holding either",
     )
     p.add_argument("--force", action="store_true", help="replace a different dataset already in DIR")
     p.add_argument(
@@ -335,7 +336,8 @@ def _build_sample(p: argparse.ArgumentParser) -> None:
         type=_non_negative_int,
         default=0,
         metavar="K",
-        help="for every generated token, print the K most likely candidates after temperature/top-k/top-p and the one the die picked; 0 = off",
+        help="for every generated token, print the K most likely candidates after temperature/top-k/top-p "
+        "and the one the die picked; 0 = off",
     )
 
 
@@ -526,7 +528,8 @@ def _run_eval(args) -> int:
         raise DataError(f"{e} (the dataset recorded in {ckpt.path}/run.json; pass --data DIR to use another)") from None
     if data.tokenizer.to_str() != ckpt.tokenizer.to_str():
         raise MiniGPTError(
-            f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) differs from the data's ({data.path}/tokenizer.json): "
+            f"the checkpoint's tokenizer ({ckpt.path}/tokenizer.json) "
+            f"differs from the data's ({data.path}/tokenizer.json): "
             f"the token ids would mean different text; evaluate on data prepared with the checkpoint's tokenizer"
         )
     report = evaluate_checkpoint(
@@ -782,7 +785,8 @@ def _run_heads(args) -> int:
         print(json.dumps(json_safe({"checkpoint": str(ckpt.path), **report.to_json()}), indent=2))
     else:
         print(
-            f"{ckpt.path}: {len(report.maps)} tokens of {'the built-in passage' if args.prompt is None else 'the prompt'}; "
+            f"{ckpt.path}: {len(report.maps)} tokens of "
+            f"{'the built-in passage' if args.prompt is None else 'the prompt'}; "
             f"induction on repeated random sequences (seed {args.seed})"
         )
         print(report.format())

@@ -259,8 +259,8 @@ class ModelArgs:
     init_from: str | None = _opt(
         None,
         "fine-tune: start from this model's weights instead of random ones. SOURCE is a minigpt run or checkpoint "
-        "directory (a run's best, else last), a Hugging Face GPT-2 or Qwen3 directory (config.json + safetensors), or a "
-        "model "
+        "directory (a run's best, else last), a Hugging Face GPT-2 or Qwen3 directory (config.json + safetensors), "
+        "or a model "
         "name found in the local Hugging Face cache (gpt2, distilgpt2, openai-community/gpt2-medium; offline). The "
         "model's kind, shape and tokenizer come from SOURCE, and the defaults become the finetune preset's "
         "(shown as 'with --init-from' below)",

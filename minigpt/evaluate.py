@@ -383,7 +383,8 @@ def evaluate_checkpoint(
     val = data.tokens("val")
     if len(val) < 2:
         raise DataError(
-            f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; prepare it with more text or a larger --val-fraction"
+            f"the validation split of {data.path} is empty ({len(val)} token(s)): nothing to evaluate; "
+            "prepare it with more text or a larger --val-fraction"
         )
     if samples < 0:
         raise MiniGPTError(f"--samples must be >= 0, got {samples}")
@@ -469,7 +470,8 @@ def format_eval(r: dict[str, Any]) -> str:
         ("data", r["data"]),
         (
             "validation",
-            f"{r['val_tokens']:,} tokens, {r['val_bytes']:,} bytes ({scope}; window {r['window']}, stride {r['stride']})",
+            f"{r['val_tokens']:,} tokens, {r['val_bytes']:,} bytes "
+            f"({scope}; window {r['window']}, stride {r['stride']})",
         ),
         ("  loss", f"{_num(r['val_loss'], '.4f')} nats/token"),
         ("  perplexity", _num(r["perplexity"], ".2f")),
@@ -490,7 +492,8 @@ def format_eval(r: dict[str, Any]) -> str:
             ),
             (
                 "  memorised",
-                f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} generated {MEMO_N}-token n-grams are in the training split)",
+                f"{_num(r['memorized_8gram_rate'], '.3f')}  ({r['memorized_8grams']:,} of {r['total_8grams']:,} "
+                f"generated {MEMO_N}-token n-grams are in the training split)",
             ),
             (
                 "  longest copy",
@@ -521,7 +524,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     ckpt = rd.last() or rd.best()
     if ckpt is None and not rd.metrics_path.is_file():
         raise MiniGPTError(
-            f"{p}: not a training run (no metrics.jsonl and no last/ or best/ checkpoint); train with `minigpt train --out {p}`"
+            f"{p}: not a training run (no metrics.jsonl and no last/ or best/ checkpoint); "
+            f"train with `minigpt train --out {p}`"
         )
     info = read_run(ckpt) if ckpt is not None and (ckpt / "run.json").is_file() else {}
     evals = [m for m in rd.read_metrics() if m.get("val_bpb") is not None]

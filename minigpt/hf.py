@@ -187,11 +187,13 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
         )
     if c["scale_attn_by_inverse_layer_idx"]:
         raise CheckpointError(
-            f"{where}: scale_attn_by_inverse_layer_idx true is not supported (minigpt does not scale attention by 1/(layer+1))"
+            f"{where}: scale_attn_by_inverse_layer_idx true is not supported "
+            "(minigpt does not scale attention by 1/(layer+1))"
         )
     if c["add_cross_attention"]:
         raise CheckpointError(
-            f"{where}: add_cross_attention true is not supported (cross-attention is for encoder-decoder use; minigpt is decoder-only)"
+            f"{where}: add_cross_attention true is not supported "
+            "(cross-attention is for encoder-decoder use; minigpt is decoder-only)"
         )
     # Not checked on purpose: reorder_and_upcast_attn only changes the order of the
     # scaling and the precision of the softmax under mixed precision; in fp32 it is the
@@ -523,7 +525,8 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
         if (hf_dir / name).is_file():
             return load(hf_dir / name), hf_dir / name
     raise CheckpointError(
-        f"{hf_dir}: no weights (expected {WEIGHTS}, {HF_SAFETENSORS_INDEX} or {HF_BIN}; TensorFlow and Flax files are not read)"
+        f"{hf_dir}: no weights (expected {WEIGHTS}, {HF_SAFETENSORS_INDEX} or {HF_BIN}; "
+        "TensorFlow and Flax files are not read)"
     )
 
 
@@ -680,7 +683,8 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, force: bool = F
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
         raise CheckpointError(
-            f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} (expected a Hugging Face GPT-2 or Qwen3 directory)"
+            f"{hf_dir}: {'not a directory' if hf_dir.exists() else 'not found'} "
+            "(expected a Hugging Face GPT-2 or Qwen3 directory)"
         )
     _check_out(out, hf_dir, force)
     hf_cfg = files.read_json(hf_dir / CONFIG, "a Hugging Face model directory has a config.json", CheckpointError)

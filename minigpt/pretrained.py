@@ -279,7 +279,8 @@ def check_flags(spec: SourceSpec, explicit: dict[str, Any]) -> None:
             )
     if "vocab_size" in explicit:
         raise ConfigError(
-            f"--vocab-size {explicit['vocab_size']}: a fine-tune speaks --init-from {spec.name}'s tokenizer; drop --vocab-size"
+            f"--vocab-size {explicit['vocab_size']}: a fine-tune speaks --init-from {spec.name}'s tokenizer; "
+            "drop --vocab-size"
         )
 
 
@@ -384,7 +385,8 @@ class Source:
         if self.tokenizer is None:
             raise CheckpointError(
                 f"--init-from {self.spec.name}: {self.spec.path} has no {TOKENIZER} (nor vocab.json + merges.txt), so "
-                f"text cannot be turned into the token ids it was trained on; add the model's {TOKENIZER} to that directory"
+                "text cannot be turned into the token ids it was trained on; "
+                f"add the model's {TOKENIZER} to that directory"
             )
         return self.tokenizer
 

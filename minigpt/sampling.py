@@ -394,7 +394,7 @@ class _Decoder:
             try:
                 step = torch.compile(self._eager_step, fullgraph=True, dynamic=False)
             except Exception as e:  # pragma: no cover - depends on the platform's compiler
-                warnings.warn(f"torch.compile of the decode step failed ({e}); decoding eagerly")
+                warnings.warn(f"torch.compile of the decode step failed ({e}); decoding eagerly", stacklevel=2)
         self.step_fn = step
         # Only a static cache can be captured (a recurrent state is a new tensor each step).
         self.use_graph = cuda_graph and cache.static

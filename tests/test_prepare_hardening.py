@@ -580,7 +580,7 @@ def test_any_mutation_of_meta_json_is_a_dataset_or_one_data_error(dataset_dir, t
         for split in ("train", "val"):
             ds.check_token_ids(split)
             ds.bytes_per_token(split)
-        ds.tokenizer
+        _ = ds.tokenizer
     except DataError as e:
         assert "\n" not in str(e)
 

@@ -34,7 +34,7 @@ def _randomised(**kw) -> GPT:
     """A tiny GPT whose gains are not all 1, so norms are really exercised."""
     m = tiny_gpt(**kw)
     with torch.no_grad():
-        for n, p in m.named_parameters():
+        for _n, p in m.named_parameters():
             if p.dim() == 1:
                 p.add_(0.2 * torch.randn_like(p))
     return m.eval()

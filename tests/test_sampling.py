@@ -502,9 +502,6 @@ class ScriptedLM(nn.Module):
         self.register_buffer("nxt", nxt)
 
     def make_cache(self, batch_size, max_len=None, *, device=None, dtype=None):
-        return None  # no decoding state (models.LanguageModel): the sampler re-reads the context
-
-    def make_cache(self, batch_size, max_len=None, *, device=None, dtype=None):
         return None  # no cache: the sampler re-reads the window every step (as for the n-gram)
 
     def forward(self, idx, targets=None, *, kv_cache=None, return_attention=False):

@@ -95,7 +95,9 @@ def post(client, body, **kw):
     return client.post("/v1/completions", json={"model": MODEL, **body}, **kw)
 
 
-def alone(model, tokenizer, prompt, seed, n_tokens, params=SamplingParams(), stop=()):
+def alone(model, tokenizer, prompt, seed, n_tokens, params=None, stop=()):
+    if params is None:
+        params = SamplingParams()
     return complete(model, tokenizer, prompt, max_new_tokens=n_tokens, params=params, seed=seed, stop=stop)[0]
 
 
