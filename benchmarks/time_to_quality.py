@@ -15,6 +15,16 @@ prepare.py splits it): every token once, in windows of block_size. Then it count
 interpolated Kneser-Ney n-grams of each `--ngram-orders` on the same data and scores them
 the same way (exactly: an n-gram sees its full context everywhere).
 
+`--suite NAME ...` runs the corpus suite (benchmarks/corpus_suite.py builds out/suite/NAME.txt)
+the way a new user does: `python train.py --data out/suite/NAME.txt` end to end (preparing the
+text is timed too: the plan's budget covers the whole process), flags from --extra; scores the
+checkpoint `minigpt eval` reads (`best`) on the whole validation split both ways (non-overlapping
+windows, as nanoGPT's figures are measured, and a stride of half the context), and counts the
+n-grams on the same prepared data. Rows append to out/suite/results.jsonl with the plan line.
+
+    python benchmarks/time_to_quality.py --suite fortunes-en python man
+    python benchmarks/time_to_quality.py --suite tinyshakespeare --extra --max-time 3m
+
 nanoGPT on these machines (../shared/ANCHORS.md), tinyshakespeare: its CPU recipe reaches
 2.72 bits per byte in 2 min 48 s; its shakespeare-char model 2.12 bits per byte on an
 A100/H100 (1.4697 nats per char, the nanoGPT README).
@@ -36,18 +46,78 @@ sys.path.insert(0, str(REPO))
 TINYSHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
-def exact(run: Path, data: Path) -> dict:
-    """Loss and bits per byte of a run's last checkpoint over the whole val split."""
+def exact(run: Path, data: Path, link: str = "last", half_stride: bool = False) -> dict:
+    """Loss and bits per byte of a run's checkpoint (`link`) over the whole val split; with
+    `half_stride`, also scored with windows overlapping by half the context (`bpb_half`: every
+    token after the first window then has at least half a context, as an n-gram always has)."""
     from minigpt.data import Dataset
     from minigpt.evaluate import evaluate_tokens
     from minigpt.inference import load_for_inference
 
-    ckpt, _ = load_for_inference(run / "last", "cpu", "float32")
+    ckpt, _ = load_for_inference(run / link, "cpu", "float32")
     ds = Dataset(data)
     window, stride = ckpt.model.score_window()
-    return evaluate_tokens(
+    r = evaluate_tokens(
         ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=stride, batch_size=32
     )
+    if half_stride and stride == window:
+        h = evaluate_tokens(
+            ckpt.model, ds.tokens("val"), ds.tokenizer.byte_lengths, window=window, stride=window // 2, batch_size=32
+        )
+        r["bpb_half"] = h["bpb"]
+    return r
+
+
+def suite(names: list[str], extra: list[str], orders: list[int]) -> None:
+    """Bare end-to-end runs on the corpus suite, beside the n-grams (see the module's docstring)."""
+    out_dir = REPO / "out" / "suite"
+    print(f"{'corpus':16} {'wall':>7} {'GPT':>7} {'GPT/2':>7} {'n-gram':>7} {'lead':>7}  plan", flush=True)
+    for name in names:
+        text = out_dir / f"{name}.txt"
+        if not text.exists():
+            raise SystemExit(f"{text} not found: run benchmarks/corpus_suite.py first")
+        run = REPO / "out" / "bare" / name
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "--data", str(text), "--out", str(run), "--quiet", *extra],
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        if r.returncode:
+            print(f"{name}: exit {r.returncode}: {r.stderr.strip()[-500:]}", flush=True)
+            continue
+        plan = next((line for line in r.stderr.splitlines() if line.startswith("plan:")), "")
+        data = run / "data"
+        ev = exact(run, data, "best", half_stride=True)
+        grams = {}
+        for n in orders:
+            w, _ = train(data, run / f"ngram{n}", ["--model", "ngram", "--ngram-order", str(n), "--sample-tokens", "0"])
+            grams[n] = exact(run / f"ngram{n}", data)["bpb"]
+        best_n = min(grams, key=grams.get)
+        row = {
+            "corpus": name,
+            "extra": extra,
+            "wall_s": wall,
+            "bpb": ev["bpb"],
+            "bpb_half": ev.get("bpb_half"),
+            "ngram_order": best_n,
+            "ngram_bpb": grams[best_n],
+            "ngrams": grams,
+            "plan": plan,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        with open(out_dir / "results.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"{name:16} {wall:>6.1f}s {ev['bpb']:>7.4f} {ev.get('bpb_half', float('nan')):>7.4f} "
+            f"{grams[best_n]:>7.4f} {grams[best_n] - ev['bpb']:>+7.4f}  {plan}",
+            flush=True,
+        )
 
 
 def train(data: Path, out: Path, flags: list[str]) -> tuple[float, str]:
@@ -71,8 +141,12 @@ def main() -> None:
     )
     ap.add_argument("--ngram-orders", type=int, nargs="*", default=[2, 3, 4, 5, 6])
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--suite", nargs="+", default=None, metavar="NAME", help="bare end-to-end runs on these corpora")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py flags (after everything else)")
     args = ap.parse_args()
+    if args.suite:
+        suite(args.suite, args.extra, args.ngram_orders)
+        return
 
     from minigpt.data import prepare
 

@@ -146,12 +146,15 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
 
 
 def _add_quantize(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--quantize",
-        choices=("int8",),
-        default=None,
-        help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
-        "saved by `minigpt quantize` is int8 without it) (default: off)",
+    _unset(
+        p.add_argument(
+            "--quantize",
+            choices=("int8",),
+            default=None,
+            help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
+            "saved by `minigpt quantize` is int8 without it)",
+        ),
+        "off",
     )
 
 
@@ -933,7 +936,7 @@ def _build_export_gguf(p: argparse.ArgumentParser) -> None:
         "--type",
         choices=("f32", "f16", "q8_0"),
         default="f16",
-        help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32) (default: f16)",
+        help="weights' type: f32, f16, or q8_0 (8-bit blocks of 32; norms stay f32)",
     )
     p.add_argument("--force", action="store_true", help="replace FILE.gguf if it exists")
 
@@ -953,7 +956,7 @@ def _build_quantize(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory (float weights)")
     p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
-    p.add_argument("--method", choices=("int8",), default="int8", help="quantization (default: int8)")
+    p.add_argument("--method", choices=("int8",), default="int8", help="quantization")
     p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
 
 
@@ -988,7 +991,7 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
         help="also answer requests whose Host header is NAME (repeatable; '*' = any). IP addresses, "
         "localhost and --host's name are always allowed; other names are refused (DNS rebinding)",
     )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument(
         "--api-key",
         metavar="KEY",
@@ -1000,31 +1003,29 @@ def _build_serve(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1024,
         metavar="N",
-        help="largest max_tokens a request may ask for (default: 1024)",
+        help="largest max_tokens a request may ask for",
     )
     p.add_argument(
         "--max-n",
         type=int,
         default=16,
         metavar="N",
-        help="largest n (completions per prompt) a request may ask for (default: 16)",
+        help="largest n (completions per prompt) a request may ask for",
     )
     p.add_argument(
         "--max-prompt-tokens",
         type=int,
         default=4096,
         metavar="N",
-        help="longest prompt a request may send, in tokens (default: 4096)",
+        help="longest prompt a request may send, in tokens",
     )
-    p.add_argument(
-        "--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch (default: 32)"
-    )
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together in one batch")
     p.add_argument(
         "--queue-size",
         type=int,
         default=64,
         metavar="N",
-        help="requests waiting beyond the running batch before 503 (default: 64)",
+        help="requests waiting beyond the running batch before 503",
     )
     _add_device(p)
     p.add_argument(
