@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import DIST_NAME
 from .checkpoint import load_checkpoint, read_model_config, resolve_checkpoint
 from .config import GPTConfig
 from .errors import CheckpointError, MiniGPTError
@@ -138,7 +139,7 @@ def export_gguf(
     try:
         import gguf  # lazily: the optional gguf package (pip install gguf), only for this command
     except ImportError:
-        raise MiniGPTError("export-gguf needs the gguf package: pip install 'minigpt[gguf]' (or gguf)") from None
+        raise MiniGPTError(f"export-gguf needs the gguf package: pip install '{DIST_NAME}[gguf]' (or gguf)") from None
     if out_type not in GGUF_TYPES:
         raise MiniGPTError(f"--type {out_type!r}: supported: {', '.join(GGUF_TYPES)}")
     path, out = resolve_checkpoint(checkpoint), Path(out_file)

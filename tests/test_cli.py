@@ -235,6 +235,8 @@ _REQUIRED = {
     "lens": ["--prompt", "x"],
     "import-hf": ["hf", "ckpt"],
     "export-hf": ["ckpt", "hf"],
+    "export-gguf": ["ckpt", "f.gguf"],
+    "quantize": ["ckpt", "out"],
 }
 
 
