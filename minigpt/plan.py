@@ -362,10 +362,21 @@ class Budget:
         self.samples: deque[tuple[int, float]] = deque()  # (step, training time)
         self.first: tuple[int, float] | None = None
         self.planned = False
+        # The training rate when the reserves were measured: a machine that slows (a competing
+        # load) slows the final evaluation and sample too, so they are scaled by the same factor.
+        self.per_step: float | None = None  # the latest estimate
+        self.tail_per_step: float | None = None  # per_step when `tail` was measured (None: the first plan's)
+        self.eval_per_step: float | None = None  # per_step when `eval_cost` was measured
 
     def record_eval(self, seconds: float) -> None:
-        """What an evaluation with its checkpoint just cost (the next ones will cost about as much)."""
-        self.eval_cost = seconds
+        """What an evaluation with its checkpoint just cost (the next ones will cost about as much
+        at the current rate)."""
+        self.eval_cost, self.eval_per_step = seconds, self.per_step
+
+    def _scaled(self, cost: float, measured_at: float | None, per_step: float) -> float:
+        """`cost` measured when a step took `measured_at` seconds, at today's `per_step`: a
+        slower machine makes it dearer (never cheaper: a faster minute is not a promise)."""
+        return cost * max(1.0, per_step / measured_at) if measured_at else cost
 
     def steps(self, step: int, total: int, train_time: float) -> int | None:
         """After `step` steps (`train_time` seconds of training so far), the new total, or
@@ -387,22 +398,30 @@ class Budget:
             return None
         s0, t0 = self.samples[0]
         per_step = (train_time - t0) / max(1, step - s0)
-        new = self._fit(step, per_step)
+        self.per_step = per_step
+        if not self.planned:
+            self.tail_per_step = self.tail_per_step or per_step
+            self.eval_per_step = self.eval_per_step or per_step
+        stable = self.wsd and (not self.planned or step < cooldown_start(total, self.cooldown))
+        new = self._fit(step, per_step, stable)
         if not self.planned:
             self.planned = True
             return new
-        stable = self.wsd and step < cooldown_start(total, self.cooldown)
         if stable:
             return new if new != total else None
         overrun = (total - new) * per_step
         return new if overrun > self.OVERRUN * self.seconds else None
 
-    def _fit(self, step: int, per_step: float) -> int:
+    def _fit(self, step: int, per_step: float, stable: bool = True) -> int:
         elapsed = self.clock() - self.started
-        left = self.seconds * (1 - self.MARGIN) - elapsed - self.tail - self.eval_cost  # the last evaluation
-        n = step + max(0, int(left / (per_step + self.eval_cost / self.eval_interval)))
-        if self.wsd:  # never start the cooldown in the past: it begins now at the latest
+        tail = self._scaled(self.tail, self.tail_per_step, per_step)
+        eval_cost = self._scaled(self.eval_cost, self.eval_per_step, per_step)
+        left = self.seconds * (1 - self.MARGIN) - elapsed - tail - eval_cost  # the last evaluation
+        n = step + max(0, int(left / (per_step + eval_cost / self.eval_interval)))
+        if self.wsd and stable:  # never start the cooldown in the past: it begins now at the latest
             n = max(n, math.ceil(step / max(1e-9, 1 - self.cooldown)))
+        # (In the cooldown a slowed machine may shorten it: the rate then steps down to where the
+        # shorter schedule is. A less smooth decay costs little; an overrun breaks the promise.)
         if self.ceiling is not None:
             n = min(n, self.ceiling)
         return max(step + 1, n)
