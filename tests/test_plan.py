@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from minigpt import plan as plan_mod
-from minigpt.plan import REGULARISATION, VOCABULARY, Budget, fit_window, free_settings, pick, vocab_for
+from minigpt.plan import REGULARISATION, VOCABULARY, Budget, choose, fit_window, free_settings, pick, vocab_for
 
 from .test_trainer import metrics
 
@@ -82,6 +82,41 @@ def val_ok(val_tokens: int, block: int) -> bool:
     return val_tokens >= block + 1
 
 
+_CURRENT = dict(
+    n_layer=3,
+    n_head=6,
+    n_embd=192,
+    dropout=0.0,
+    weight_decay=0.1,
+    vocab_size=512,
+    block_size=64,
+    batch_size=32,
+    eval_interval=500,
+)
+
+
+def test_a_run_that_overfits_evaluates_often_enough_for_best_to_find_its_minimum():
+    """~12 evaluations where the text is seen >= 4 times (the oracle: `best` can only be as good
+    as the evaluation that found it); the preset's interval where it is seen less."""
+    from minigpt.plan import EVALUATIONS, eval_interval_for
+
+    assert eval_interval_for(873, 40.0, 500) == 873 // EVALUATIONS
+    assert eval_interval_for(3000, 3.7, 500) == 500  # a corpus seen under 4 times: the preset's
+    assert eval_interval_for(100, 40.0, 500) == 25  # never below 25 steps
+    assert eval_interval_for(100_000, 9.0, 500) == 500  # never above the preset's
+    plan = choose(
+        train_tokens=45_000,
+        tokens_per_s=30_000,
+        tokens_per_step=2048,
+        seconds_left=280,
+        budget_s=285,
+        max_steps=2300,
+        current=_CURRENT,
+        planned=["eval_interval", "dropout"],
+    )
+    assert plan.settings["eval_interval"] == plan.steps // EVALUATIONS and "eval every" in plan.line()
+
+
 def test_free_settings_are_the_cpu_defaults_the_user_left_unset():
     assert "dropout" in free_settings("cpu", set()) and "max_time" in free_settings("cpu", set())
     assert "dropout" not in free_settings("cpu", {"dropout"})
@@ -118,7 +153,13 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_pass
         # the corpus is ~20 KB: the vocabulary for its size
         assert rec["config"]["data"]["vocab_size"] == vocab_for(corpus_file.stat().st_size) == 512
         vocab = json.loads((out / "data" / "meta.json").read_text())["vocab_size"]  # BPE may stop short of 512
-        assert f"vocab {vocab}" in lines[0] and "(yours), vocab" not in lines[0] and not lines[0].endswith("(yours)")
+        assert (
+            f"vocab {vocab}" in lines[0]
+            and "(yours), vocab" not in lines[0]
+            and f"vocab {vocab} (yours)" not in lines[0]
+        )
+        # --eval-interval was given: shown as the user's where the plan would have chosen it (an overfitting run)
+        assert ("eval every 100 (yours)" in lines[0]) == (passes >= 4), lines[0]
         assert "1x32 (yours)" in lines[0]  # the shape flags were given
         assert rec["config"]["planned"] == []  # the record is the plan made: a rerun of it is exact
     assert passes >= 4 and want == 0.1  # the second run did cross the rule's line
