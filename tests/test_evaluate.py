@@ -375,6 +375,28 @@ def test_eval_cli_on_a_gpt_with_zero_weights_scores_log2_257(tmp_path, capsys):
     assert r["perplexity"] == pytest.approx(257, rel=1e-5)
 
 
+def test_eval_reports_the_half_context_stride_beside_non_overlapping_windows(tmp_path, capsys):
+    """Both figures the README compares: non-overlapping windows (nanoGPT's way) and windows
+    overlapping by half the context (every token after the first window has at least half a
+    context, as an n-gram has); each equals evaluate_tokens called with that stride (the oracle)."""
+    data = make_dataset(tmp_path, vocab_size=300)
+    ds = Dataset(data)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=ds.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(tmp_path / "ckpt", model, ds.tokenizer)
+    argv = ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(data), "--samples", "0"]
+    assert cli.main([*argv, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    val, lengths = ds.tokens("val"), ds.tokenizer.byte_lengths
+    want_full = evaluate_tokens(model.eval(), val, lengths, window=16, stride=16)["bpb"]
+    want_half = evaluate_tokens(model.eval(), val, lengths, window=16, stride=8)["bpb"]
+    assert r["bits_per_byte"] == pytest.approx(want_full, rel=1e-6)
+    assert r["bits_per_byte_half_stride"] == pytest.approx(want_half, rel=1e-6)
+    assert r["bits_per_byte_half_stride"] != pytest.approx(r["bits_per_byte"], rel=1e-9)
+    assert cli.main(argv) == 0
+    assert "stride half" in capsys.readouterr().out
+
+
 # ---- bad input: one line on stderr, exit code 2 ---------------------------------------------------------
 
 
