@@ -146,10 +146,12 @@ def _add_sampling(p: argparse.ArgumentParser, min_new_tokens: int = 0) -> None:
 
 
 def _add_quantize(p: argparse.ArgumentParser) -> None:
+    from .quantize import METHODS  # the one list of methods (imports torch, as the sampling flags do)
+
     _unset(
         p.add_argument(
             "--quantize",
-            choices=("int8",),
+            choices=METHODS,
             default=None,
             help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
             "saved by `minigpt quantize` is int8 without it)",
@@ -956,7 +958,9 @@ def _build_quantize(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("checkpoint", metavar="CKPT", help="run or checkpoint directory (float weights)")
     p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
-    p.add_argument("--method", choices=("int8",), default="int8", help="quantization")
+    from .quantize import METHODS
+
+    p.add_argument("--method", choices=METHODS, default=METHODS[0], help="quantization")
     p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
 
 
