@@ -8,8 +8,11 @@ All three carry the *same* weights: by default a random GPT-2 124M (12 x 768, bl
 vocab 50257) that transformers builds and `minigpt import-hf` converts; with --checkpoint,
 that run exported with `minigpt export-hf`. Each samples (temperature 1, top-k 50)
 `--new-tokens` tokens after an 8-token prompt, after one warm-up generation. tokens/s
-counts generated tokens of all rows. The int8 model is what `--quantize int8` loads
-(`minigpt/quantize.py`: per-channel symmetric int8 weights, `aten._weight_int8pack_mm`).
+counts generated tokens of all rows. The int8 models are what `--quantize METHOD` loads,
+one column per method (`minigpt/quantize.py`): `int8` (weight-only, per-channel symmetric
+weights, `aten._weight_int8pack_mm` with bf16 activations) and `int8-dynamic` (activations
+quantized per call too, fbgemm's `quantized::linear_dynamic`). Rounds interleave the
+columns (--rounds); each cell prints every round's figure, the median first.
 
 With --checkpoint and --data (a prepared dataset in the checkpoint's tokenizer), it also
 prints validation bits per byte of fp32 and int8 (`minigpt eval`'s number; the issue's
@@ -19,6 +22,7 @@ bar is a difference under 0.01) and each model's greedy continuation of --prompt
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +49,7 @@ def main() -> None:
     ap.add_argument("--data", metavar="DIR", help="with --checkpoint: a prepared dataset to score bits per byte on")
     ap.add_argument("--prompt", default="ROMEO:", help="with --checkpoint: prompt of the greedy texts")
     ap.add_argument("--skip-hf", action="store_true", help="time minigpt only")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per batch size")
     args = ap.parse_args()
 
     import transformers
@@ -53,6 +58,7 @@ def main() -> None:
     from minigpt.completion import complete
     from minigpt.hf import export_hf, import_hf
     from minigpt.inference import load_for_inference
+    from minigpt.quantize import METHODS
     from minigpt.sampling import SamplingParams, generate
 
     transformers.logging.set_verbosity_error()
@@ -68,7 +74,7 @@ def main() -> None:
             src = tmp / "ours"
         hf = AutoModelForCausalLM.from_pretrained(tmp / "hf").eval()
         fp32, _ = load_for_inference(src, "cpu", "float32", need_tokenizer=False)
-        int8, _ = load_for_inference(src, "cpu", "float32", need_tokenizer=False, quantize="int8")
+        quantized = {m: load_for_inference(src, "cpu", "float32", need_tokenizer=False, quantize=m)[0] for m in METHODS}
     vocab = fp32.model.config.vocab_size
     prompt = torch.randint(0, vocab, (8,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(temperature=1.0, top_k=50)
@@ -98,23 +104,31 @@ def main() -> None:
         f"transformers {transformers.__version__}, "
         f"{args.new_tokens} new tokens, {args.checkpoint or 'random GPT-2 124M'}"
     )
-    print(
-        f"{'batch':>5}  {'transformers fp32':>18}  {'minigpt fp32':>14}  {'minigpt int8':>14}  {'int8/hf':>7}  "
-        f"{'int8/fp32':>9}"
-    )
+    columns = {"transformers fp32": theirs, "minigpt fp32": ours(fp32.model)}
+    columns.update({f"minigpt {m}": ours(ck.model) for m, ck in quantized.items()})
+    if args.skip_hf:
+        del columns["transformers fp32"]
+    print("batch | " + " | ".join(columns) + " | " + " | ".join(f"{m} / hf | {m} / fp32" for m in quantized))
     with torch.inference_mode():
         for b in args.batches:
-            h = float("nan") if args.skip_hf else tokens_per_s(theirs, b, args.new_tokens)
-            f = tokens_per_s(ours(fp32.model), b, args.new_tokens)
-            q = tokens_per_s(ours(int8.model), b, args.new_tokens)
-            print(f"{b:>5}  {h:>14.1f} t/s  {f:>10.1f} t/s  {q:>10.1f} t/s  {q / h:>6.2f}x  {q / f:>8.2f}x", flush=True)
+            runs = {name: [] for name in columns}
+            for _ in range(args.rounds):
+                for name, fn in columns.items():
+                    runs[name].append(tokens_per_s(fn, b, args.new_tokens))
+            med = {name: statistics.median(v) for name, v in runs.items()}
+            cells = [f"{med[n]:.1f} ({', '.join(f'{x:.1f}' for x in runs[n])})" for n in columns]
+            for m in quantized:
+                # Ratios of medians; each round's own ratio spread is what the figures in brackets show.
+                q = med[f"minigpt {m}"]
+                cells += [f"{q / med.get('transformers fp32', float('nan')):.2f}x", f"{q / med['minigpt fp32']:.2f}x"]
+            print(f"{b} | " + " | ".join(cells), flush=True)
 
         if args.checkpoint and args.data:
             from minigpt.data import Dataset
             from minigpt.evaluate import evaluate_tokens
 
             data = Dataset(args.data)
-            for name, ck in (("fp32", fp32), ("int8", int8)):
+            for name, ck in (("fp32", fp32), *quantized.items()):
                 window, stride = ck.model.score_window()
                 ev = evaluate_tokens(
                     ck.model, data.tokens("val"), data.tokenizer.byte_lengths, window=window, stride=stride
@@ -122,7 +136,7 @@ def main() -> None:
                 print(f"{name}: validation bits per byte {ev['bpb']:.4f}")
         if args.checkpoint and fp32.tokenizer is not None:
             greedy = SamplingParams(temperature=0)
-            for name, ck in (("fp32", fp32), ("int8", int8)):
+            for name, ck in (("fp32", fp32), *quantized.items()):
                 text = complete(ck.model, ck.tokenizer, args.prompt, max_new_tokens=60, params=greedy)[0].text
                 print(f"{name} greedy: {args.prompt + text!r}")
 

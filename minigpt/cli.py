@@ -153,8 +153,9 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
             "--quantize",
             choices=METHODS,
             default=None,
-            help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding; a checkpoint "
-            "saved by `minigpt quantize` is int8 without it)",
+            help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding); int8-dynamic: "
+            "activations quantized on the fly too (fastest for one stream; not for serve). A checkpoint saved by "
+            "`minigpt quantize` loads quantized without it",
         ),
         "off",
     )
@@ -960,7 +961,7 @@ def _build_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT_CKPT", help="checkpoint directory to write")
     from .quantize import METHODS
 
-    p.add_argument("--method", choices=METHODS, default=METHODS[0], help="quantization")
+    p.add_argument("--method", choices=METHODS, default=next(iter(METHODS)), help="quantization")
     p.add_argument("--force", action="store_true", help="replace OUT_CKPT if it exists")
 
 

@@ -26,6 +26,8 @@ takes either a float checkpoint plus `quantize="int8"` or such a directory.
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,10 @@ from .tokenizer import Tokenizer
 
 __all__ = [
     "METHODS",
+    "DynamicInt8Linear",
     "Int8Linear",
+    "Method",
+    "check_rows_independent",
     "load_quantized",
     "quantize_checkpoint",
     "quantize_int8",
@@ -67,7 +72,6 @@ __all__ = [
     "saved_quantization",
 ]
 
-METHODS = ("int8",)  # what --quantize takes
 QMAX = 127  # symmetric: -127..127 (-128 unused, so that q and -q are both representable)
 
 
@@ -86,14 +90,20 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scales.contiguous()
 
 
-def _kernel_ok(x: torch.Tensor, k: int) -> bool:
-    """Whether `_weight_int8pack_mm` takes this input. Subtle: in torch 2.13 its bf16
-    path reads out of bounds (a segfault, not an exception) when K is not a multiple of
-    16 (found on K = 8, 24, 33, 40, 100, one row or several); fp32 took every shape
-    tried, and fp16 is held to bf16's rule to be safe."""
+def _kernel_dtype(x: torch.Tensor, k: int) -> torch.dtype | None:
+    """The dtype `_weight_int8pack_mm` should take this input in, or None where it cannot.
+
+    Subtle, both measured in torch 2.13 on this project's x86 CPUs: (1) the kernel's bf16
+    path reads out of bounds (a segfault, not an exception) when K is not a multiple of 16
+    (found on K = 8, 24, 33, 40, 100), so bf16 and fp16 need K % 16 == 0; (2) its fp32
+    path is 8-15x slower than its bf16 path (BENCHMARKS.md), so fp32 activations are
+    rounded to bf16 for the product wherever K allows (8 bits of mantissa: finer than the
+    weights' 7) and the result widened back."""
     if x.device.type != "cpu" or x.numel() == 0 or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False
-    return x.dtype == torch.float32 or k % 16 == 0
+        return None
+    if k % 16 == 0:
+        return torch.bfloat16 if x.dtype == torch.float32 else x.dtype
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 class Int8Linear(nn.Module):
@@ -123,18 +133,74 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)  # [M, K], M = all leading dims
-        scales = self.scales.to(x2.dtype)
-        if _kernel_ok(x2, k):
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, scales)
+        kernel = _kernel_dtype(x2, k)
+        if kernel is not None:
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(kernel).contiguous(), self.weight, self.scales.to(kernel))
+            y = y.to(x2.dtype)
         else:
             # Other devices and shapes: the same function from a dequantized copy (no speed-up).
-            y = F.linear(x2, self.weight.to(x2.dtype) * scales[:, None])
+            y = F.linear(x2, self.weight.to(x2.dtype) * self.scales.to(x2.dtype)[:, None])
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+class DynamicInt8Linear(Int8Linear):
+    """Int8Linear whose activations are quantized too, on the fly at every call: PyTorch's
+    dynamic quantization (`quantized::linear_dynamic`, fbgemm's uint8 x int8 products on
+    x86), about 2x faster than weight-only at one row (BENCHMARKS.md). Same state, so the
+    same checkpoint; the packed weight fbgemm reads is built from it on first use.
+
+    Subtle: a call quantizes its whole input with one scale (its min and max), so rows
+    computed together share it: a row's numbers depend on the rows beside it (a batch of
+    requests, or a prompt's tokens in one prefill versus one by one). Fine for one stream
+    (`sample`, `eval`); `serve` takes weight-only int8 instead (`Method.rows_independent`)."""
+
+    _packed = None  # fbgemm's packed weight: built lazily, dropped when the state changes
+
+    def _pack(self):
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates creating quantized tensors; fbgemm's packing still takes one.
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch._make_per_channel_quantized_tensor(self.weight.cpu(), self.scales.double().cpu(), zero, 0)
+        bias = None if self.bias is None else self.bias.detach().float().cpu()
+        return torch.ops.quantized.linear_prepack(qw, bias)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.numel() == 0:
+            return super().forward(x)  # the kernel is the CPU's: elsewhere, weight-only
+        if self._packed is None:
+            self._packed = self._pack()
+        lead, k = x.shape[:-1], x.shape[-1]
+        # reduce_range (7-bit activations) as torch.ao's dynamic Linear passes it: without
+        # VNNI, fbgemm's uint8 x int8 pairs would overflow int16 on full-range inputs.
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, k).float().contiguous(), self._packed, True)
+        return y.to(x.dtype).view(*lead, self.out_features)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One `--quantize` method: the layer that replaces nn.Linear, and what it computes."""
+
+    layer: type[Int8Linear]
+    scheme: str  # recorded in a saved checkpoint's config.json
+    rows_independent: bool  # False: rows computed together share an activation scale
+
+
+METHODS: dict[str, Method] = {  # what --quantize takes; the first is the default of `minigpt quantize`
+    "int8": Method(Int8Linear, "weight-only, per output channel, symmetric", True),
+    "int8-dynamic": Method(
+        DynamicInt8Linear, "weights per output channel, symmetric; activations per call, dynamic", False
+    ),
+}
 
 
 def _swap_linears(model: nn.Module, make) -> int:
@@ -170,9 +236,21 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
     """`quantize_int8` by name (`--quantize METHOD`); MiniGPTError for an unknown method."""
     _check_quantizable(model, method)
     with torch.no_grad():
-        _swap_linears(model, Int8Linear.from_linear)
+        _swap_linears(model, METHODS[method].layer.from_linear)
     model.quantization = method
     return model
+
+
+def check_rows_independent(model: nn.Module, why: str) -> None:
+    """MiniGPTError where `model` was quantized by a method whose rows share an activation
+    scale (`why`: who needs each row computed as if alone, e.g. "serve batches requests")."""
+    method = getattr(model, "quantization", None)
+    if method is not None and not METHODS[method].rows_independent:
+        good = next(m for m, spec in METHODS.items() if spec.rows_independent)
+        raise MiniGPTError(
+            f"--quantize {method}: rows computed together share one activation scale, and {why}, so one "
+            f"request's text would depend on another's; use --quantize {good}"
+        )
 
 
 # ---- quantized checkpoints -----------------------------------------------------------------------
@@ -208,7 +286,7 @@ def save_quantized(
         "model": model.config.to_dict(),
         "quantization": {
             "method": model.quantization,
-            "scheme": "weight-only, per output channel, symmetric",
+            "scheme": METHODS[model.quantization].scheme,
             "layers": sorted(n.removesuffix(".scales") for n in tensors if n.endswith(".scales")),
         },
     }
@@ -233,7 +311,8 @@ def load_quantized(path: Path, device: torch.device, *, need_tokenizer: bool = T
         _check_quantizable(model, method)
     except MiniGPTError as e:
         raise CheckpointError(f"{path / CONFIG}: {e}") from None
-    _swap_linears(model, lambda lin: Int8Linear(lin.in_features, lin.out_features, lin.bias is not None))
+    layer = METHODS[method].layer
+    _swap_linears(model, lambda lin: layer(lin.in_features, lin.out_features, lin.bias is not None))
     model.quantization = method
     weights = path / WEIGHTS
     try:
@@ -288,5 +367,5 @@ def quantize_checkpoint(
     if (out.exists() or out.is_symlink()) and not force:
         raise CheckpointError(f"{out}: already exists (pass --force to replace it)")
     ckpt = load_checkpoint(path, "cpu", need_tokenizer=False)
-    quantize_int8(ckpt.model)
+    quantize_model(ckpt.model, method)
     return save_quantized(out, ckpt.model, ckpt.tokenizer, ckpt.run)  # atomic: replaces `out` once complete

@@ -355,8 +355,17 @@ def roll(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     number i with probability rate_i / sum(rates). Unlike torch.multinomial it needs no
     host synchronisation, so it can run inside a CUDA graph (gpt-fast does the same).
     """
-    e = torch.empty_like(probs, dtype=torch.float32).exponential_(1.0, generator=generator)
-    return _race(probs, e)
+    return _race(probs, exponential_noise(probs.shape, generator, probs.device))
+
+
+def exponential_noise(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Independent Exp(1) draws, float32: -log(1 - U) with U uniform in [0, 1).
+
+    Why not Tensor.exponential_: on the CPU it is ~4x slower than uniform draws and a log
+    (1.08 ms vs 0.25 ms for GPT-2's 50,257 faces, measured 2026-12-05) - a tenth of an
+    int8 decode step. 1 - U is in (0, 1], so every draw is finite."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
+    return u.neg_().add_(1.0).log_().neg_()
 
 
 def _race(probs: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -608,9 +617,7 @@ class Batch:
                 e = torch.ones(B, probs.shape[-1], dtype=torch.float32, device=probs.device)
                 for b, r in enumerate(rows):
                     if not dice.greedy[b] and not r.done:
-                        e[b : b + 1] = torch.empty(
-                            1, probs.shape[-1], dtype=torch.float32, device=probs.device
-                        ).exponential_(1.0, generator=r.generator)
+                        e[b : b + 1] = exponential_noise((1, probs.shape[-1]), r.generator, probs.device)
                 rolled = _race(probs, e)
             tok = rolled if tok is None else torch.where(dice.greedy_mask, tok, rolled)
         if self._last is not None and len(self._last) == B and any(r.done for r in rows):
