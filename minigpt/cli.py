@@ -154,7 +154,7 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
             choices=METHODS,
             default=None,
             help="int8: weight-only int8 Linear layers, per output channel (faster CPU decoding); int8-dynamic: "
-            "activations quantized on the fly too (fastest for one stream; not for serve). A checkpoint saved by "
+            "activations quantized per row on the fly too (faster still). A checkpoint saved by "
             "`minigpt quantize` loads quantized without it",
         ),
         "off",

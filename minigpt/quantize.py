@@ -62,7 +62,6 @@ __all__ = [
     "DynamicInt8Linear",
     "Int8Linear",
     "Method",
-    "check_rows_independent",
     "load_quantized",
     "quantize_checkpoint",
     "quantize_int8",
@@ -90,24 +89,32 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scales.contiguous()
 
 
-def _kernel_dtype(x: torch.Tensor, k: int) -> torch.dtype | None:
-    """The dtype `_weight_int8pack_mm` should take this input in, or None where it cannot.
+def _compute_dtype(x: torch.Tensor, k: int) -> torch.dtype:
+    """The dtype weight-only int8 multiplies `x` [M, K] in.
 
-    Subtle, both measured in torch 2.13 on this project's x86 CPUs: (1) the kernel's bf16
-    path reads out of bounds (a segfault, not an exception) when K is not a multiple of 16
-    (found on K = 8, 24, 33, 40, 100), so bf16 and fp16 need K % 16 == 0; (2) its fp32
-    path is 8-15x slower than its bf16 path (BENCHMARKS.md), so fp32 activations are
-    rounded to bf16 for the product wherever K allows (8 bits of mantissa: finer than the
-    weights' 7) and the result widened back."""
-    if x.device.type != "cpu" or x.numel() == 0 or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return None
-    if k % 16 == 0:
-        return torch.bfloat16 if x.dtype == torch.float32 else x.dtype
-    return torch.float32 if x.dtype == torch.float32 else None
+    Subtle, both measured in torch 2.13 on this project's x86 CPUs: (1) the CPU kernel's
+    fp32 path is 8-15x slower than its bf16 path (BENCHMARKS.md), so on the CPU fp32
+    activations are rounded to bf16 for the product (8 bits of mantissa; the weights have
+    fewer) and the result widened back; (2) its bf16 path reads out of bounds (a segfault,
+    not an exception) when K is not a multiple of 16 (found on K = 8, 24, 33, 40, 100), so
+    such shapes stay in fp32."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and k % 16 == 0:
+        return torch.bfloat16
+    return x.dtype
+
+
+PACK_ROWS = 16  # below this many rows `_weight_int8pack_mm` is fastest; from it, a bf16 GEMM (BENCHMARKS.md)
 
 
 class Int8Linear(nn.Module):
-    """nn.Linear's function with an int8 weight [N, K] and a scale per output row [N].
+    """nn.Linear's function with an int8 weight q [N, K] and a scale per output row s [N]:
+    y = (x q^T) * s + b, the product in `_compute_dtype`.
+
+    Two paths, tested against each other and against float64: for a few rows (decoding),
+    PyTorch's CPU kernel `_weight_int8pack_mm`, reading the int8 weights; for many (a
+    prompt's prefill, eval's windows, other devices), the same product as a float GEMM on q
+    converted to the compute dtype (exact: |q| <= 127 fits bf16), which there is 5x faster
+    than the kernel (its cost grows with the rows; a GEMM's barely).
 
     State: `weight` (int8), `scales` (the compute dtype: `model.to(torch.bfloat16)` casts
     them, never the int8 weight) and `bias` (or None): buffers, as nothing here trains."""
@@ -133,31 +140,37 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)  # [M, K], M = all leading dims
-        kernel = _kernel_dtype(x2, k)
-        if kernel is not None:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(kernel).contiguous(), self.weight, self.scales.to(kernel))
-            y = y.to(x2.dtype)
-        else:
-            # Other devices and shapes: the same function from a dequantized copy (no speed-up).
-            y = F.linear(x2, self.weight.to(x2.dtype) * self.scales.to(x2.dtype)[:, None])
+        y = self._product(x2, k) if x2.numel() else x2.new_zeros(x2.shape[0], self.out_features)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*lead, self.out_features)
+
+    def _product(self, x2: torch.Tensor, k: int) -> torch.Tensor:
+        """x2 [M, K] -> (x2 q^T) * s [M, N] in x2's dtype."""
+        dt = _compute_dtype(x2, k)
+        kernel_takes = dt == torch.float32 or (dt == torch.bfloat16 and k % 16 == 0)  # see _compute_dtype
+        if x2.device.type == "cpu" and x2.shape[0] < PACK_ROWS and kernel_takes:
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(dt).contiguous(), self.weight, self.scales.to(dt))
+        else:
+            y = F.linear(x2.to(dt), self.weight.to(dt)) * self.scales.to(dt)
+        return y.to(x2.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
 
 
 class DynamicInt8Linear(Int8Linear):
-    """Int8Linear whose activations are quantized too, on the fly at every call: PyTorch's
-    dynamic quantization (`quantized::linear_dynamic`, fbgemm's uint8 x int8 products on
-    x86), about 2x faster than weight-only at one row (BENCHMARKS.md). Same state, so the
-    same checkpoint; the packed weight fbgemm reads is built from it on first use.
+    """Int8Linear whose activations are quantized too, on the fly, one scale per row:
+    PyTorch's dynamic quantization, about 1.8x faster than weight-only at one row and 2x
+    at eight (BENCHMARKS.md). Same state, so the same checkpoint.
 
-    Subtle: a call quantizes its whole input with one scale (its min and max), so rows
-    computed together share it: a row's numbers depend on the rows beside it (a batch of
-    requests, or a prompt's tokens in one prefill versus one by one). Fine for one stream
-    (`sample`, `eval`); `serve` takes weight-only int8 instead (`Method.rows_independent`)."""
+    Each row x gets fbgemm's asymmetric 7-bit parameters (`_row_quantization`): scale
+    a = (max(x, 0) - min(x, 0)) / 127 and a zero point z, x ~= a (u - z) with u in [0, 127];
+    then y = a s (sum_k (u_k - z) q_k) + b, the sum exact in int32. Two paths compute it,
+    tested against each other: one row (decoding one stream) goes to fbgemm's
+    `quantized::linear_dynamic` (its packed weight built on first use); several rows to
+    the same arithmetic written out here on `torch._int_mm`, whose int8 GEMM is fast from a
+    few rows up. So a row gives the same numbers alone or in a batch (to float rounding)."""
 
     _packed = None  # fbgemm's packed weight: built lazily, dropped when the state changes
 
@@ -167,23 +180,42 @@ class DynamicInt8Linear(Int8Linear):
             # torch 2.13 deprecates creating quantized tensors; fbgemm's packing still takes one.
             warnings.simplefilter("ignore", UserWarning)
             qw = torch._make_per_channel_quantized_tensor(self.weight.cpu(), self.scales.double().cpu(), zero, 0)
-        bias = None if self.bias is None else self.bias.detach().float().cpu()
-        return torch.ops.quantized.linear_prepack(qw, bias)
+        return torch.ops.quantized.linear_prepack(qw, None)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._packed = None
         super()._load_from_state_dict(*args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.numel() == 0:
-            return super().forward(x)  # the kernel is the CPU's: elsewhere, weight-only
-        if self._packed is None:
-            self._packed = self._pack()
-        lead, k = x.shape[:-1], x.shape[-1]
-        # reduce_range (7-bit activations) as torch.ao's dynamic Linear passes it: without
-        # VNNI, fbgemm's uint8 x int8 pairs would overflow int16 on full-range inputs.
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, k).float().contiguous(), self._packed, True)
-        return y.to(x.dtype).view(*lead, self.out_features)
+    def _product(self, x2: torch.Tensor, k: int) -> torch.Tensor:
+        if x2.device.type != "cpu":
+            return super()._product(x2, k)  # the int8 kernels are the CPU's: elsewhere, weight-only
+        xf = x2.float()
+        if x2.shape[0] == 1:
+            if self._packed is None:
+                self._packed = self._pack()
+            # reduce_range (7-bit activations), as torch.ao's dynamic Linear passes it: without
+            # VNNI, fbgemm's uint8 x int8 pairs would overflow int16 on full-range inputs.
+            y = torch.ops.quantized.linear_dynamic(xf.contiguous(), self._packed, True)
+        else:
+            a, u = _row_quantization(xf)
+            y = torch._int_mm(u, self.weight.t()).float() * (a * self.scales.float())
+        return y.to(x2.dtype)
+
+
+def _row_quantization(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fbgemm's dynamic quantization of each row of x [M, K] (float32), as PyTorch's
+    `ChooseQuantizationParams` with reduce_range and fbgemm's `Quantize` compute it: scale
+    a [M, 1] and (u - z) [M, K] as int8, so that x ~= a (u - z)."""
+    lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
+    a = ((hi.double() - lo.double()) / 127).float()
+    a = torch.where((a == 0) | torch.isinf(1 / a), torch.full_like(a, 0.1), a)
+    a64 = a.double()
+    # The zero point from whichever end loses less to rounding, nudged into [0, 127].
+    from_min, from_max = -lo.double() / a64, 127 - hi.double() / a64
+    z = torch.where(lo.double().abs() / a64 < 127 + hi.double().abs() / a64, from_min, from_max)
+    z = torch.round(z).clamp(0, 127).float()  # round half to even, as nearbyint
+    u = torch.round(z + x * (1 / a)).clamp(0, 255)
+    return a, (u - z).clamp(-128, 127).to(torch.int8)
 
 
 @dataclass(frozen=True)
@@ -192,13 +224,12 @@ class Method:
 
     layer: type[Int8Linear]
     scheme: str  # recorded in a saved checkpoint's config.json
-    rows_independent: bool  # False: rows computed together share an activation scale
 
 
 METHODS: dict[str, Method] = {  # what --quantize takes; the first is the default of `minigpt quantize`
-    "int8": Method(Int8Linear, "weight-only, per output channel, symmetric", True),
+    "int8": Method(Int8Linear, "weight-only, per output channel, symmetric"),
     "int8-dynamic": Method(
-        DynamicInt8Linear, "weights per output channel, symmetric; activations per call, dynamic", False
+        DynamicInt8Linear, "weights per output channel, symmetric; activations per row, asymmetric 7-bit, dynamic"
     ),
 }
 
@@ -239,18 +270,6 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
         _swap_linears(model, METHODS[method].layer.from_linear)
     model.quantization = method
     return model
-
-
-def check_rows_independent(model: nn.Module, why: str) -> None:
-    """MiniGPTError where `model` was quantized by a method whose rows share an activation
-    scale (`why`: who needs each row computed as if alone, e.g. "serve batches requests")."""
-    method = getattr(model, "quantization", None)
-    if method is not None and not METHODS[method].rows_independent:
-        good = next(m for m, spec in METHODS.items() if spec.rows_independent)
-        raise MiniGPTError(
-            f"--quantize {method}: rows computed together share one activation scale, and {why}, so one "
-            f"request's text would depend on another's; use --quantize {good}"
-        )
 
 
 # ---- quantized checkpoints -----------------------------------------------------------------------

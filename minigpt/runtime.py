@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import statistics
 import sys
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -162,6 +165,82 @@ def configure_threads(threads: int) -> None:
     """0 keeps torch's default (one thread per physical core)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+class ThreadGovernor:
+    """One torch thread fewer while another program holds a core; the full count back once it leaves.
+
+    Why: torch's threads meet at the end of every operation, so when a competing program takes
+    one of the cores, every op waits for the thread that shares its core. On the 2-core VM a
+    training step then took ~4x as long with 2 threads and ~2x with 1 (BENCHMARKS.md).
+
+    How: it times steps in groups of `TRIAL`. At the full count, the fastest group's median is
+    the quiet pace; a group `SLOWER` times that (and, once, the second group: a load there
+    from the start is no slowdown) tries one thread fewer for a group, kept if `GAIN` faster,
+    else undone. While reduced, the full count is retried every `RETRY_S` seconds of training
+    (a retry under a lasting load costs one slow group, ~5% at the VM's 4x; a load that has
+    left costs at most that long at one thread).
+    `after_step(t)` takes the training clock (paused during evaluations). The trainer uses it
+    only where the count is free to move: nobody chose --threads, one CPU process, and a time
+    budget (a float sum's order follows the thread count: a --max-steps run stays reproducible)."""
+
+    TRIAL = 8
+    SLOWER = 1.5
+    GAIN = 0.9
+    RETRY_S = 15.0
+
+    def __init__(self, full: int, set_threads: Callable[[int], None] = torch.set_num_threads):
+        self.full = self.threads = full
+        self.set_threads = set_threads
+        self.quiet: float | None = None  # the full count's best group median (seconds per step)
+        self.times: deque[float] = deque(maxlen=self.TRIAL)
+        self.last: float | None = None
+        self.trial: tuple[int, float] | None = None  # (the count tried from, its median) during a trial
+        self.reduced_at = 0.0
+        self.probed = False
+        self.changes: list[str] = []  # one line per kept change, for the log
+
+    def after_step(self, t: float) -> int | None:
+        """`t`: the training clock after a step. Returns the new thread count when it changes."""
+        if self.last is not None:
+            self.times.append(t - self.last)
+        self.last = t
+        if len(self.times) < self.TRIAL:
+            return None
+        pace = statistics.median(self.times)
+        self.times.clear()
+        if self.trial is not None:
+            came_from, before = self.trial
+            self.trial = None
+            if pace > self.GAIN * before:  # not faster: undo
+                if came_from == self.full:
+                    self.quiet = max(self.quiet, before)  # today's pace: only a further slowdown retries
+                return self._set(came_from, t)
+            if self.threads < self.full:
+                self.reduced_at = t
+            self.changes.append(f"{came_from} -> {self.threads} threads ({before / pace:.1f}x faster at {t:.0f} s)")
+            return None
+        if self.threads == self.full:
+            first = self.quiet is None  # the first group pays one-off costs (allocation, warm caches)
+            self.quiet = pace if first else min(self.quiet, pace)
+            if self.full > 1 and not first and (not self.probed or pace > self.SLOWER * self.quiet):
+                # Probed once early too: a load present from the start never shows as a slowdown.
+                self.probed = True
+                self.trial = (self.full, pace)
+                return self._set(self.full - 1, t)
+        elif t - self.reduced_at >= self.RETRY_S:
+            self.trial = (self.threads, pace)
+            self.reduced_at = t
+            return self._set(self.full, t)
+        return None
+
+    def _set(self, n: int, t: float) -> int:
+        self.threads = n
+        self.set_threads(n)
+        self.last = None  # the next step starts the new group (a switch's own step is not timed)
+        if n < self.full:
+            self.reduced_at = t
+        return n
 
 
 def keep_freed_memory() -> bool:

@@ -56,7 +56,7 @@ from .evaluate import loss_sums, metrics_from_sums
 from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
 from .optim import make_optimizer, make_optimizers, muon_params  # noqa: F401 (trainer.make_optimizer: tests, benchmarks)
 from .plan import Budget
-from .runtime import Runtime, configure_threads, init_runtime, keep_freed_memory
+from .runtime import Runtime, ThreadGovernor, configure_threads, init_runtime, keep_freed_memory
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name, for MFU (datasheet numbers).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -215,6 +215,7 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
     if cfg.run.tensorboard:
         _tensorboard_writer()  # a missing package is reported before anything is written
     out = Path(cfg.run.out)
+    threads = torch.get_num_threads()  # as this process had them (a ThreadGovernor may move them)
     configure_threads(cfg.run.threads)
     keep_freed_memory()
     rt = init_runtime(cfg.run.device, cfg.run.dtype)
@@ -267,6 +268,8 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
         raise
     finally:
         rt.shutdown()
+        if cfg.run.threads == 0:
+            torch.set_num_threads(threads)
 
 
 # ---- the plan: settings chosen from the data, the budget and this machine's speed ------------------
@@ -537,6 +540,12 @@ class _Run:
                 cooldown=o.cooldown,
                 ceiling=ceiling,
             )
+        # Fewer threads while a competing program holds a core (runtime.ThreadGovernor says
+        # when it may move: the count nobody chose, one CPU process, a time budget).
+        self.governor: ThreadGovernor | None = None
+        if self.budget is not None and cfg.run.threads == 0 and rt.device.type == "cpu" and not rt.distributed:
+            if torch.get_num_threads() > 1:
+                self.governor = ThreadGovernor(torch.get_num_threads())
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -808,6 +817,8 @@ class _Run:
             )
             step = self.pos.advance(self.tokens_per_step)
             log.add(loss)
+            if self.governor is not None:
+                self.governor.after_step(self.clock.read())
             if self._replan(step):
                 bar.total = self.total
 
@@ -827,6 +838,8 @@ class _Run:
                 interrupted = signals.received
                 break
         bar.close()
+        if self.governor is not None and self.governor.changes:
+            self.rt.print(f"threads: {'; '.join(self.governor.changes)}", file=sys.stderr)
         if self.budget is not None and self.rt.is_main:
             self.run_dir.write_train_config(self._recorded_config().to_dict())
         step = self.pos.step

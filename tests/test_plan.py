@@ -13,6 +13,7 @@ import pytest
 
 from minigpt import plan as plan_mod
 from minigpt.plan import REGULARISATION, VOCABULARY, Budget, choose, fit_window, free_settings, pick, vocab_for
+from minigpt.runtime import ThreadGovernor
 
 from .test_trainer import metrics
 
@@ -310,6 +311,57 @@ def test_budget_stops_at_the_plans_ceiling():
         step += 1
         total = b.steps(step, total, now["t"]) or total
     assert step == 50
+
+
+# ---- fewer threads under a competing load (runtime.ThreadGovernor) ----------------------------------------
+
+
+def govern(pace, steps: int = 2000) -> tuple[ThreadGovernor, list[int], list[float]]:
+    """A run on a fake machine: `pace(threads, t)` is a step's seconds at training time t.
+    Returns the governor, the thread count of every step, and the time each step ended."""
+    set_to = []
+    g = ThreadGovernor(2, set_threads=set_to.append)
+    t, counts, ends = 0.0, [], []
+    for _ in range(steps):
+        t += pace(g.threads, t)
+        counts.append(g.threads)
+        ends.append(t)
+        g.after_step(t)
+    assert set_to == [] or set_to[-1] == g.threads  # every change was made through torch's setter
+    return g, counts, ends
+
+
+def test_a_quiet_machine_keeps_every_thread():
+    g, counts, _ = govern(lambda n, t: 0.05 if n == 2 else 0.09)  # 1 thread: ~1.8x slower
+    assert counts.count(1) <= ThreadGovernor.TRIAL + 1  # one early probe of a single group, undone
+    assert counts[-1] == 2 and g.changes == []
+
+
+def load(start: float, end: float = 1e9):
+    """What a one-core hog did on the 2-core VM: with 2 threads a step 4x slower, with 1 2x."""
+    return lambda n, t: (0.05 * (4.0 if n == 2 else 1.8 * 1.1)) if start <= t < end else (0.05 if n == 2 else 0.09)
+
+
+@pytest.mark.parametrize("start", [0.0, 20.0])  # from the start (seen by the probe) or mid-run (a slowdown)
+def test_a_load_moves_the_run_to_one_thread_and_back_when_it_leaves(start):
+    g, counts, ends = govern(load(start, end=start + 60.0), steps=3000)
+    during = [c for c, e in zip(counts, ends) if start + 5 <= e < start + 60]
+    assert during.count(1) > 0.9 * len(during)  # one thread under the load, but for a few retries of two
+    assert counts[-1] == 2  # the load left: back to both threads
+    assert any("2 -> 1" in c for c in g.changes) and any("1 -> 2" in c for c in g.changes)
+    # The oracle can fail: never moving, the same minute of load trains ~half the steps.
+    _, _, never = govern(lambda n, t: load(start, start + 60.0)(2, t), steps=3000)
+    done = sum(e < start + 60 for e in ends) - sum(e < start for e in ends)
+    done_never = sum(e < start + 60 for e in never) - sum(e < start for e in never)
+    assert done > 1.6 * done_never, (done, done_never)
+
+
+def test_a_lasting_load_retries_two_threads_now_and_then():
+    g, counts, ends = govern(load(0.0), steps=4000)
+    retries = [i for i in range(1, len(counts)) if counts[i] == 2 and counts[i - 1] == 1]
+    assert len(retries) >= 3 and counts.count(1) > 0.9 * len(counts)
+    _, _, never = govern(lambda n, t: load(0.0)(2, t), steps=4000)
+    assert ends[-1] < 0.6 * never[-1], (ends[-1], never[-1])  # 1 thread is ~2x faster here, less the retries
 
 
 # ---- tiny and empty text --------------------------------------------------------------------------------

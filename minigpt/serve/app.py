@@ -38,7 +38,6 @@ from starlette.routing import Route
 
 from ..errors import MiniGPTError
 from ..lens import lens_json
-from ..quantize import check_rows_independent
 from ..sampling import settings
 from .config import ServeConfig
 from .engine import Choice, Engine, Job, Overloaded, attention_rows, prompt_logprobs
@@ -394,7 +393,6 @@ def create_app(
     """
     cfg = cfg or ServeConfig()
     cfg.check()
-    check_rows_independent(model, "serve batches requests")
     model.eval()  # dropout off: a seed must give the same text every time
     model_type = model_type or getattr(model, "model_type", type(model).__name__)
     has_attention = bool(getattr(model, "has_attention", False))  # models.LanguageModel declares it

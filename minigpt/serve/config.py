@@ -24,7 +24,7 @@ class ServeConfig:
     queue_size: int = 64  # requests waiting beyond the running batch before 503
     device: str = "auto"
     dtype: str = "auto"
-    quantize: str | None = None  # "int8": weight-only int8 Linear layers (quantize.py; not int8-dynamic)
+    quantize: str | None = None  # "int8": weight-only int8 Linear layers (quantize.py), or "int8-dynamic"
     # Names (Host headers) the server answers to besides IP addresses and localhost: a web
     # page under another name that resolves to us (DNS rebinding) is refused. "*" = any.
     allowed_hosts: tuple[str, ...] = ()
