@@ -57,7 +57,7 @@ def main() -> None:
 
     from minigpt.checkpoint import load_checkpoint, resolve_checkpoint
     from minigpt.data import Dataset
-    from minigpt.gguf_export import export_gguf
+    from minigpt.gguf_export import export_gguf, ggml_cpu_gelu
 
     path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path, "cpu")
@@ -73,6 +73,14 @@ def main() -> None:
             return model(torch.from_numpy(w)[None]).logits[0].float().numpy()
 
     ref_bpb, ref_logits = bits_per_byte(ours, windows, blen)
+    emulated = None
+    if getattr(model.config, "mlp", None) == "gelu":  # GPT-2's block: also with llama.cpp's table GELU
+        real_gelu = torch.nn.functional.gelu
+        torch.nn.functional.gelu = lambda h, approximate="none": ggml_cpu_gelu(h)
+        try:
+            _, emulated = bits_per_byte(ours, windows, blen)
+        finally:
+            torch.nn.functional.gelu = real_gelu
     text = tok.decode(val.tolist())
     lines = [line for line in text.splitlines() if line.strip()]
     print(
@@ -80,8 +88,11 @@ def main() -> None:
         f"{llama_cpp.__version__}, {time.strftime('%Y-%m-%d')}"
     )
     print(f"minigpt fp32: {ref_bpb:.4f} bits/byte")
-    print("| GGUF | file MB | llama.cpp bits/byte | minus minigpt fp32 | max abs logit diff | tokenizer agrees |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| GGUF | file MB | llama.cpp bits/byte | minus minigpt fp32 | max abs logit diff | same, minigpt with "
+        "ggml's GELU | tokenizer agrees |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.types:
             f = Path(tmp) / f"m-{kind}.gguf"
@@ -98,10 +109,15 @@ def main() -> None:
 
             bpb, logits = bits_per_byte(theirs, windows, blen)
             diff = max(float(np.abs(a - b).max()) for a, b in zip(logits, ref_logits))
+            emu = (
+                "-" if emulated is None else f"{max(float(np.abs(a - b).max()) for a, b in zip(logits, emulated)):.2e}"
+            )
             probes = lines + STRINGS
             agree = sum(llm.tokenize(s.encode(), add_bos=False, special=False) == tok.encode(s) for s in probes)
             mb = f.stat().st_size / 1e6
-            print(f"| {kind} | {mb:.2f} | {bpb:.4f} | {bpb - ref_bpb:+.4f} | {diff:.2e} | {agree}/{len(probes)} |")
+            print(
+                f"| {kind} | {mb:.2f} | {bpb:.4f} | {bpb - ref_bpb:+.4f} | {diff:.2e} | {emu} | {agree}/{len(probes)} |"
+            )
             del llm
 
 

@@ -40,10 +40,22 @@ from .model import GPT
 from .quantize import saved_quantization
 from .tokenizer import Tokenizer
 
-__all__ = ["GGUF_TYPES", "export_gguf", "gguf_tensors"]
+__all__ = ["GGUF_TYPES", "export_gguf", "ggml_cpu_gelu", "gguf_tensors"]
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
+_GELU = torch.nn.functional.gelu  # held here: a comparison may swap the module's for ggml_cpu_gelu
 Q8_BLOCK = 32  # weights per q8_0 block
+
+
+def ggml_cpu_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU as llama.cpp's CPU backend computes it (ggml-cpu/vec.h, GGML_GELU_FP16, always
+    defined): the input rounded to fp16 and looked up in a table of fp16 tanh-GELU values,
+    0 below -10 and the input itself above 10. Each activation is ~1e-3 off the float one,
+    which a GPT-2 block's logits carry at ~3e-3; a model run with this GELU instead matches
+    llama.cpp to float rounding (tests/test_gguf.py, benchmarks/gguf_parity.py), which
+    shows the export itself exact."""
+    table = _GELU(x.half().float(), approximate="tanh").half().float()
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table)).to(x.dtype)
 
 
 def _refuse_for_llama_cpp(cfg: GPTConfig, arch: str) -> None:
