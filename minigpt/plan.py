@@ -361,15 +361,17 @@ class Budget:
     shared VM the speed moves by 10-30% from one second to the next: a longer look is a
     steadier estimate). Under the wsd schedule it is re-planned every check while the
     schedule is stable (a new N never moves the cooldown's start before the current step),
-    and once the cooldown has begun only shortened, if the run would overrun by more than
-    `OVERRUN`. Under cosine (whose whole curve depends on N) it is planned once, then only
-    shortened the same way. `clock` is time.perf_counter (a test hands in a fake one)."""
+    and once the cooldown has begun only by more than `OVERRUN` of the budget: shortened if
+    the run would overrun, lengthened if it would end early. Under cosine (whose whole curve
+    depends on N) it is planned once, then only shortened the same way. `clock` is
+    time.perf_counter (a test hands in a fake one)."""
 
     CALIBRATION = 20
     CALIBRATION_SHARE = 0.04
     WINDOW_SHARE = 0.06
     MARGIN = 0.012
     OVERRUN = 0.015
+    HOLD = 8  # steps measured at a new speed before re-planning by it (rate_changed)
 
     def __init__(
         self,
@@ -391,11 +393,18 @@ class Budget:
         self.samples: deque[tuple[int, float]] = deque()  # (step, training time)
         self.first: tuple[int, float] | None = None
         self.planned = False
+        self.hold_until = 0  # no re-plan before this step (rate_changed)
         # The training rate when the reserves were measured: a machine that slows (a competing
         # load) slows the final evaluation and sample too, so they are scaled by the same factor.
         self.per_step: float | None = None  # the latest estimate
         self.tail_per_step: float | None = None  # per_step when `tail` was measured (None: the first plan's)
         self.eval_per_step: float | None = None  # per_step when `eval_cost` was measured
+
+    def rate_changed(self, step: int, train_time: float) -> None:
+        """The machine's speed just changed for a known reason (runtime.ThreadGovernor moved
+        the thread count): measure the rate afresh, and re-plan only once `HOLD` steps show it."""
+        self.samples = deque([(step, train_time)])
+        self.hold_until = step + self.HOLD
 
     def record_eval(self, seconds: float) -> None:
         """What an evaluation with its checkpoint just cost (the next ones will cost about as much
@@ -417,6 +426,8 @@ class Budget:
             self.samples.append(self.first)
             return None
         self.samples.append((step, train_time))
+        if step < self.hold_until:
+            return None
         window = max(self.WINDOW_SHARE * self.seconds, 1e-9)
         while len(self.samples) > self.CALIBRATION and train_time - self.samples[1][1] >= window:
             self.samples.popleft()
@@ -438,8 +449,14 @@ class Budget:
             return new
         if stable:
             return new if new != total else None
-        overrun = (total - new) * per_step
-        return new if overrun > self.OVERRUN * self.seconds else None
+        # In the cooldown only a change worth `OVERRUN` of the budget is made: shorter if the run
+        # would overrun, longer if a machine that sped up again (a load gone) would end that much
+        # early. Longer moves the cooldown's start later, so the rate climbs back toward its peak
+        # before decaying again: a bump that WSD's stable phase absorbs (its cooldowns may branch
+        # from any step), where ending early would waste what is left of the budget (a load of a
+        # quarter of a 180 s budget ended runs at 122-142 s before, BENCHMARKS.md).
+        change = (total - new if self.wsd else max(0, total - new)) * per_step  # cosine: only shortened
+        return new if abs(change) > self.OVERRUN * self.seconds else None
 
     def _fit(self, step: int, per_step: float, stable: bool = True) -> int:
         elapsed = self.clock() - self.started

@@ -200,8 +200,19 @@ class ThreadGovernor:
         self.probed = False
         self.changes: list[str] = []  # one line per kept change, for the log
 
+    @property
+    def settled(self) -> bool:
+        """False while the step time is not one to plan by: a trial of another count is
+        running, or the group so far is `SLOWER` than the quiet pace (a trial may follow)."""
+        if self.trial is not None:
+            return False
+        if self.threads == self.full and self.quiet is not None and len(self.times) >= 2:
+            return statistics.median(self.times) <= self.SLOWER * self.quiet
+        return True
+
     def after_step(self, t: float) -> int | None:
-        """`t`: the training clock after a step. Returns the new thread count when it changes."""
+        """`t`: the training clock after a step. Returns the thread count when the pace to plan
+        by changed (a count tried, undone or kept), else None."""
         if self.last is not None:
             self.times.append(t - self.last)
         self.last = t
@@ -219,7 +230,8 @@ class ThreadGovernor:
             if self.threads < self.full:
                 self.reduced_at = t
             self.changes.append(f"{came_from} -> {self.threads} threads ({before / pace:.1f}x faster at {t:.0f} s)")
-            return None
+            return self.threads  # kept: the pace to plan by is this group's, not the trial's first steps'
+
         if self.threads == self.full:
             first = self.quiet is None  # the first group pays one-off costs (allocation, warm caches)
             self.quiet = pace if first else min(self.quiet, pace)

@@ -364,6 +364,56 @@ def test_a_lasting_load_retries_two_threads_now_and_then():
     assert ends[-1] < 0.6 * never[-1], (ends[-1], never[-1])  # 1 thread is ~2x faster here, less the retries
 
 
+def loaded_run(budget_s: float, load: tuple[float, float], governed: bool) -> float:
+    """A --max-time run on a fake 2-core machine, calling Budget and ThreadGovernor as the
+    trainer does: 0.07 s a step on 2 threads and 0.125 s on 1 when quiet; while a one-core
+    load runs (wall-clock seconds `load`), 7x slower on 2 threads and 1.1x on 1 (a real
+    --max-time 60 run saw 4-7x). Evaluations (every 60 steps, 0.5 s) and the final sample
+    (1.5 s) slow down with the steps. Returns when the whole process ends (3 s start-up)."""
+    now = {"t": 3.0}
+    b = Budget(budget_s, 0.0, eval_interval=60, schedule="wsd", cooldown=0.4, eval_cost=0.5, tail=1.5,
+               clock=lambda: now["t"])  # fmt: skip
+    g = ThreadGovernor(2, set_threads=lambda n: None) if governed else None
+    step, total, train_time, slow = 0, 10**9, 0.0, 1.0
+    while step < total:
+        threads = g.threads if g else 2
+        under_load = load[0] <= now["t"] < load[1]
+        dt = (0.07 if threads == 2 else 0.125) * ((7.0 if threads == 2 else 1.1) if under_load else 1.0)
+        slow = dt / 0.07
+        now["t"] += dt
+        train_time += dt
+        step += 1
+        if g is not None and g.after_step(train_time) is not None:
+            b.rate_changed(step, train_time)
+        if g is None or g.settled:
+            total = b.steps(step, total, train_time) or total
+        if step % 60 == 0 or step == total:
+            now["t"] += 0.5 * slow
+            b.record_eval(0.5 * slow)
+    return now["t"] + 1.5 * slow
+
+
+@pytest.mark.parametrize("budget_s", [60.0, 180.0, 600.0])
+@pytest.mark.parametrize("load_share", [(0.0, 2.0), (0.3, 0.55), (0.3, 2.0), (0.5, 2.0), (0.75, 2.0)])
+def test_a_run_with_the_governor_keeps_its_promise_under_a_load(budget_s, load_share):
+    """Whenever a load comes (from the start, or at 30%, 50%, 75% of the budget) and however
+    long it stays, the whole process ends within 3% of the budget. What it took: the budget
+    re-measures the pace when the thread count moves (rate_changed), waits out the governor's
+    trials (settled), and lengthens a cooldown again when the machine speeds up; before, a
+    load over a quarter of a 180 s budget from 30% ended the run at 122 s."""
+    end = loaded_run(budget_s, (budget_s * load_share[0], budget_s * load_share[1]), governed=True)
+    assert budget_s * 0.97 <= end <= budget_s * 1.03, end
+
+
+@pytest.mark.parametrize("budget_s", [180.0, 600.0])
+def test_a_cooldown_shortened_by_a_passing_load_is_lengthened_again(budget_s):
+    """No governor (--threads given): a load over 30-55% of the budget slows every step 7x,
+    the plan shortens into its cooldown, the load leaves; the budget lengthens the run again
+    rather than ending it early (it ended at 68% of the budget before)."""
+    end = loaded_run(budget_s, (budget_s * 0.3, budget_s * 0.55), governed=False)
+    assert budget_s * 0.97 <= end <= budget_s * 1.03, end
+
+
 # ---- tiny and empty text --------------------------------------------------------------------------------
 
 
