@@ -65,7 +65,8 @@ def test_rules_pick_the_row_of_the_passes_and_the_text_size():
     assert pick(REGULARISATION, 3.0)["dropout"] == 0.0  # the bundled corpus (~3 passes): no dropout
     assert pick(REGULARISATION, 7.0)["dropout"] == 0.1  # tinyshakespeare (~7 passes): 0.1
     assert pick(REGULARISATION, 100.0)["dropout"] == 0.2
-    assert [vocab_for(n) for n in (3_000, 1 << 20, 5 << 20, 100 << 20)] == [512, 1024, 2048, 4096]
+    sizes = (3_000, 512 << 10, 1_115_394, 5 << 20, 100 << 20)  # tiny, 0.5 MB, tinyshakespeare, bundled, large
+    assert [vocab_for(n) for n in sizes] == [512, 1024, 2048, 2048, 4096]
     assert all(rule.evidence for table in plan_mod.RULES.values() for rule in table)  # every row says why
     assert all(a.at_least < b.at_least for table in plan_mod.RULES.values() for a, b in zip(table, table[1:]))
     assert [r.at_least for r in VOCABULARY][0] == 0
