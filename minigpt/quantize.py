@@ -190,7 +190,8 @@ class DynamicInt8Linear(Int8Linear):
         if x2.device.type != "cpu":
             return super()._product(x2, k)  # the int8 kernels are the CPU's: elsewhere, weight-only
         xf = x2.float()
-        if x2.shape[0] == 1:
+        # fbgemm's kernel on x86; elsewhere (qnnpack chooses its own parameters) the written-out path.
+        if x2.shape[0] == 1 and torch.backends.quantized.engine in ("x86", "fbgemm"):
             if self._packed is None:
                 self._packed = self._pack()
             # reduce_range (7-bit activations), as torch.ao's dynamic Linear passes it: without
