@@ -227,8 +227,6 @@ class ThreadGovernor:
                 if came_from == self.full:
                     self.quiet = max(self.quiet, before)  # today's pace: only a further slowdown retries
                 return self._set(came_from, t)
-            if self.threads < self.full:
-                self.reduced_at = t
             self.changes.append(f"{came_from} -> {self.threads} threads ({before / pace:.1f}x faster at {t:.0f} s)")
             return self.threads  # kept: the pace to plan by is this group's, not the trial's first steps'
 
@@ -242,7 +240,6 @@ class ThreadGovernor:
                 return self._set(self.full - 1, t)
         elif t - self.reduced_at >= self.RETRY_S:
             self.trial = (self.threads, pace)
-            self.reduced_at = t
             return self._set(self.full, t)
         return None
 
@@ -251,7 +248,7 @@ class ThreadGovernor:
         self.set_threads(n)
         self.last = None  # the next step starts the new group (a switch's own step is not timed)
         if n < self.full:
-            self.reduced_at = t
+            self.reduced_at = t  # the one place it is set: a retry waits RETRY_S from the last move down
         return n
 
 

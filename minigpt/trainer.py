@@ -817,8 +817,8 @@ class _Run:
             )
             step = self.pos.advance(self.tokens_per_step)
             log.add(loss)
-            if self.governor is not None and self.governor.after_step(self.clock.read()) is not None:
-                self.budget.rate_changed(step, self.clock.read())  # the thread count moved: a new pace
+            if self.governor is not None and self.governor.after_step(t := self.clock.read()) is not None:
+                self.budget.rate_changed(step, t)  # the thread count moved: a new pace
             if (self.governor is None or self.governor.settled) and self._replan(step):
                 bar.total = self.total
 

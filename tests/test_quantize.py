@@ -280,37 +280,12 @@ def test_int8_refusals_are_one_line(trained_run, tmp_path, capsys):
 def test_server_batches_int8_rows_like_the_sampler_alone(tokenizer, method):
     """The server's continuous batching on int8 layers: two requests decoded in one batch get
     the texts the int8 model gives each alone (same seeds)."""
-    import concurrent.futures
-
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     from minigpt.serve import ServeConfig, create_app
 
-    from .test_serve import alone, live, post, wait_until
+    from .test_serve import live, two_requests_share_a_batch_and_each_gets_its_text_alone
 
     model = quantize_model(tiny_gpt(vocab_size=tokenizer.vocab_size), method)
     app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=64, max_batch=8, quantize=method), model_id="tiny")
-    bodies = [
-        {"prompt": "ROMEO:", "max_tokens": 10, "seed": 1, "temperature": 0.9},
-        {"prompt": "JULIET: my love", "max_tokens": 14, "seed": 2, "temperature": 1.2, "top_k": 30},
-    ]
     with live(app) as url:
-        engine = app.state.engine
-        engine.pause()
-        try:
-            with concurrent.futures.ThreadPoolExecutor(2) as pool, httpx.Client(base_url=url, timeout=60) as c:
-                futures = [pool.submit(post, c, b) for b in bodies]
-                wait_until(lambda: engine.stats()["waiting_requests"] == 2, "both requests wait")
-                engine.resume()
-                results = [f.result().json() for f in futures]
-        finally:
-            engine.resume()
-    ids = [r["id"] for r in results]
-    assert any(set(ids) <= set(step) for step in engine.trace), "the two requests never shared a step"
-    assert (
-        results[0]["choices"][0]["text"]
-        == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
-    )
-    assert (
-        results[1]["choices"][0]["text"]
-        == alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
-    )
+        two_requests_share_a_batch_and_each_gets_its_text_alone(url, app.state.engine, model, tokenizer)

@@ -233,8 +233,10 @@ def test_the_openai_client_works_unchanged_streaming_included(server, model, tok
 # ---- the engine: batching, the queue, disconnects ----------------------------------------------
 
 
-def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text(server, model, tokenizer):
-    url, engine = server
+def two_requests_share_a_batch_and_each_gets_its_text_alone(url, engine, model, tokenizer) -> None:
+    """Two requests (different prompts, seeds and dice) held until both wait, so they join
+    the batch at the same step: they must share a step and each get the text `model` gives
+    it alone. Also run on int8 layers (tests/test_quantize.py)."""
     bodies = [
         dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
         dict(prompt="JULIET: my love", max_tokens=14, seed=2, temperature=1.2, top_k=30),
@@ -258,6 +260,11 @@ def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text
         results[1]["choices"][0]["text"]
         == alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
     )
+
+
+def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text(server, model, tokenizer):
+    url, engine = server
+    two_requests_share_a_batch_and_each_gets_its_text_alone(url, engine, model, tokenizer)
 
 
 def test_a_request_joins_one_already_running_without_recomputing_it(server, client, model, tokenizer):
