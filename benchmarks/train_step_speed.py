@@ -28,8 +28,9 @@ The levers (kernels.py, optim.py, model.py), each a variant's switch:
   fused_loss     kernels.cross_entropy instead of F.cross_entropy on fp32 logits
   batched_muon   optim.BatchedMuon instead of torch.optim.Muon
   fast_dropout   kernels.dropout's masks instead of F.dropout's (with --dropout > 0)
-  weight_dropout dropout on the attention weights too (today's model; off keeps the flash kernel)
-  compile        torch.compile the model (then no oneDNN Linears, as the trainer does)
+  weight_dropout dropout on the attention weights too (--attn-dropout; off keeps the flash kernel)
+  compile        torch.compile the model with the trainer's options (then no oneDNN Linears, as
+                 the trainer does; a planned run of 2 minutes or more compiles)
 `--base DIR` adds a variant "base" running DIR's minigpt (e.g. `git worktree add ../base
 main`) with its own defaults; a lever its code lacks is reported as such.
 """
@@ -59,6 +60,9 @@ VARIANTS = {
     "drop-today": {**ON, "fast_dropout": False, "dropout": True},
     "drop-fast": {**ON, "dropout": True},
     "drop-fast-resid": {**ON, "weight_dropout": False, "dropout": True},
+    # the same under torch.compile (masks: kernels.hashed_keep_mask, fused by the compiler)
+    "compile-drop": {**ON, "compile": True, "dropout": True},
+    "compile-drop-resid": {**ON, "compile": True, "weight_dropout": False, "dropout": True},
 }
 
 
@@ -79,6 +83,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     cfg = TrainConfig()
     apply_preset(cfg, args["preset"])
     cfg.model.dropout = args["dropout"] if levers.get("dropout") else 0.0
+    if hasattr(cfg.model, "attn_dropout"):  # a model setting since 0.5; a class switch before
+        cfg.model.attn_dropout = levers["weight_dropout"]
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
     B, T, V = cfg.optim.batch_size, cfg.model.block_size, args["vocab"]
     rt = runtime.init_runtime("cpu", args["dtype"])
@@ -99,7 +105,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
 
     lever("fused_loss", model, "fused_loss")
     lever("fast_dropout", getattr(model_mod, "Dropout", object), "fast")  # a class switch: this process only
-    lever("weight_dropout", model_mod.CausalSelfAttention, "weight_dropout")
+    if not hasattr(cfg.model, "attn_dropout"):
+        lever("weight_dropout", model_mod.CausalSelfAttention, "weight_dropout")
     try:
         from minigpt.optim import make_optimizers
 
@@ -109,7 +116,10 @@ def worker(repo: str, levers: dict, args: dict) -> None:
         if levers["batched_muon"]:
             missing.append("batched_muon")
     if levers["compile"]:
-        fwd = torch.compile(model)
+        from minigpt import loop
+
+        options = loop.compile_options(rt.device) if hasattr(loop, "compile_options") else {}
+        fwd = torch.compile(model, options=options)
     else:
         onednn.use_onednn_linears(model)
         fwd = model

@@ -2,6 +2,7 @@
 
     lr_at             the learning rate at a step (warmup, then cosine or warmup-stable-decay)
     wrap_for_device   the model as the step calls it: oneDNN linears on the CPU, torch.compile, DDP
+    compile_first     compile before the first step (its time kept out of the pace), or fall back
     train_step        forward and backward over the micro-batches, clip, optimizer step
     Stopwatch         training time: wall-clock minus the pauses for evaluation and checkpoints
     Signals           Ctrl-C / SIGTERM become a flag the loop reads at the end of a step
@@ -18,6 +19,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -83,12 +85,51 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrap
     use_compile = compile if compile is not None else rt.device.type == "cuda"
     if rt.device.type == "cpu" and not use_compile:
         onednn.use_onednn_linears(model)
-    forward = torch.compile(model) if use_compile else model
+    forward = torch.compile(model, options=compile_options(rt.device)) if use_compile else model
     if rt.distributed:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
         )
     return Wrapped(forward, use_compile)
+
+
+def compile_options(device: torch.device) -> dict[str, Any]:
+    """Inductor's options for the model. On the CPU, a random draw in the graph runs as the
+    eager op (`fallback_random`): the model draws one seed per dropout call there
+    (model.Dropout), and the compiler's own generator would redo that draw inside every
+    iteration of the fused loop it lands in (measured: 8x the masked product's time); it
+    also makes a seed give the same masks compiled or not."""
+    return {"fallback_random": True} if device.type == "cpu" else {}
+
+
+def compile_first(wrapped: Wrapped, model: nn.Module, rt: Runtime, batch: tuple[torch.Tensor, torch.Tensor]) -> Wrapped:
+    """torch.compile compiles at the first call: on the CPU, compile now, with one forward
+    and backward of `batch` (its gradients dropped and the random state put back, so the run
+    is what it would have been), so that the caller can keep the time out of its measured
+    pace; and where compiling fails (a machine without a C++ compiler, say), say so in one
+    line and return the model wrapped without it. Other devices, and DDP (every rank must
+    take the same path), compile at the first step as before. (TorchDynamo compiles again
+    for another torch thread count: see runtime.ThreadGovernor's `probe_early`.)"""
+    if not wrapped.compiled or rt.device.type != "cpu" or rt.distributed:
+        return wrapped
+    rng = torch.get_rng_state()
+    t0 = time.perf_counter()
+    try:
+        x, y = batch
+        with rt.autocast():
+            loss = wrapped.forward(x, y).loss
+        loss.backward()
+        rt.print(f"compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: train without it
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        rt.print(f"compile: failed ({reason}); training without it", file=sys.stderr)
+        torch.compiler.reset()
+        wrapped = wrap_for_device(model, rt, False)
+    finally:
+        for p in model.parameters():
+            p.grad = None
+        torch.set_rng_state(rng)
+    return wrapped
 
 
 def train_step(

@@ -136,6 +136,7 @@ def _gpt_config(a: ModelArgs, vocab_size: int) -> GPTConfig:
         n_head=a.n_head,
         n_embd=a.n_embd,
         dropout=a.dropout,
+        attn_dropout=a.attn_dropout,
         bias=a.bias,
         pos_encoding=a.pos_encoding,
         tie_weights=a.tie_weights,

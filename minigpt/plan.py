@@ -51,6 +51,7 @@ PLANNABLE = (
     "block_size",
     "batch_size",
     "eval_interval",
+    "compile",
 )
 
 # The whole process must end within 5 minutes; the budget promise is +-3%, so a bare run
@@ -124,6 +125,30 @@ SHAPES = (
     ),
 )
 
+# Seconds of training -> torch.compile on the CPU (the trainer asks only there: CUDA compiles
+# by default). Compiling is a one-off cost before the first step that pays back as a faster
+# step; short runs stay eager.
+COMPILATION = (
+    Rule(0.0, dict(compile=None), "a short run: the compile (COMPILE_COST_S) would not pay back"),
+    Rule(
+        120.0,
+        dict(compile=True),
+        "the cpu preset's step compiled: 64.4 vs 96.1 ms eager (1.49x; 1.41-1.56x in four runs, "
+        "benchmarks/train_step_speed.py, 2026-12-05); with COMPILE_COST_S to pay, it wins from ~3x that "
+        "(the cost / (1 - 1 / gain)) of training. The default run (285 s, no dropout): 3939 steps and 1.9560 "
+        "bits/byte compiled, 2875 and 1.9614 eager. Only without dropout: with it (a text seen 9-12 times) the "
+        "compiled runs lost to the eager one at 3 minutes on tinyshakespeare (2.107-2.142 vs 2.099), since "
+        "dropout on the attention weights is slow compiled (108.5 vs 64.4 ms a step) and without it the model "
+        "overfits (2.132 eager) (BENCHMARKS.md, issue 22)",
+    ),
+)
+# What the plan assumes before it has seen a compiled step (the budget then measures it):
+# the gain at the cpu preset (above), and the compile's cost: ~35 s on this 2-core VM with
+# an empty inductor cache, a few seconds with the cache a previous run left (measured in
+# BENCHMARKS.md); the cold figure, so a first run does not overrun.
+COMPILE_GAIN = 1.4
+COMPILE_COST_S = 35.0
+
 # More passes than this only overfit further (man pages: validation was best at ~3 passes
 # without dropout, and rose after): a tiny corpus trains for fewer steps than the budget
 # allows, and the run ends early. Extrapolated; to be refitted.
@@ -164,7 +189,13 @@ def eval_interval_for(steps: int, passes: float, current: int) -> int:
     return max(MIN_EVAL_INTERVAL, min(current, steps // EVALUATIONS))
 
 
-RULES = {"regularisation": REGULARISATION, "vocabulary": VOCABULARY, "shape": SHAPES, "finetune_lr": FINETUNE_LR}
+RULES = {
+    "regularisation": REGULARISATION,
+    "vocabulary": VOCABULARY,
+    "shape": SHAPES,
+    "compilation": COMPILATION,
+    "finetune_lr": FINETUNE_LR,
+}
 
 
 def finetune_lr(n_params: int) -> float:
@@ -230,6 +261,7 @@ class Plan:
     yours: list[str] = field(default_factory=list)
     text_bytes: int | None = None
     small_corpus: bool = False  # the block or batch was lowered to fit the text
+    measured_tokens_per_s: float = 0.0  # the probe's (eager) speed; tokens_per_s is the compiled estimate
 
     @property
     def passes(self) -> float:
@@ -246,8 +278,11 @@ class Plan:
         tokens = self.steps * self.tokens_per_step
         head = f"plan: {_si(self.train_tokens)} train tokens; "
         if self.budget_s > 0:
+            speed = f"~{_si(self.tokens_per_s, 'k')} tokens/s"
+            if self.measured_tokens_per_s and round(self.measured_tokens_per_s) != round(self.tokens_per_s):
+                speed = f"~{_si(self.measured_tokens_per_s, 'k')} tokens/s (~{_si(self.tokens_per_s, 'k')} compiled)"
             head += (
-                f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at ~{_si(self.tokens_per_s, 'k')} tokens/s = "
+                f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at {speed} = "
                 f"~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
             )
         else:
@@ -260,6 +295,8 @@ class Plan:
         ]
         if s.get("eval_interval") and self.passes >= OVERFIT_PASSES:  # the evaluations that find `best`
             parts.append(tag(["eval_interval"], f"eval every {s['eval_interval']}"))
+        if s.get("compile"):
+            parts.append(tag(["compile"], "compiled"))
         if self.small_corpus:
             parts.append(tag(["block_size", "batch_size"], f"block {s['block_size']} x batch {s['batch_size']}"))
         if self.budget_s > 0:
@@ -272,6 +309,7 @@ class Plan:
             "train_tokens": self.train_tokens,
             "budget_s": self.budget_s,
             "tokens_per_s": round(self.tokens_per_s, 1),
+            **({"measured_tokens_per_s": round(self.measured_tokens_per_s, 1)} if self.measured_tokens_per_s else {}),
             "steps": self.steps,
             "passes": round(self.passes, 3),
             "settings": dict(self.settings),
@@ -300,22 +338,42 @@ def choose(
     current: dict[str, Any],
     planned: list[str],
     text_bytes: int | None = None,
+    cpu: bool = False,
 ) -> Plan:
     """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
     time left for training once start-up, preparation and the reserves are paid), hence how
     many passes over the data, hence the regularisation and shape (the rules above) for the
     settings in `planned`; the others keep their `current` values (the user's, or the
-    preset's). Without a budget the step count is `max_steps`."""
-    if budget_s > 0:
-        steps = max(1, int(seconds_left * tokens_per_s / tokens_per_step))
-    else:
-        steps = max_steps
+    preset's). Without a budget the step count is `max_steps`. On the `cpu`, a budget long
+    enough compiles a model that trains without dropout: the speed and the time left are
+    then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
+    measured = tokens_per_s
+
+    def fit(compiled: bool) -> tuple[int, dict[str, Any]]:  # steps, and the settings they imply
+        rate, seconds = tokens_per_s, seconds_left
+        if compiled and cpu and budget_s > 0:
+            rate, seconds = rate * COMPILE_GAIN, max(0.0, seconds - COMPILE_COST_S)
+        n = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
+        passes = n * tokens_per_step / max(1, train_tokens)
+        chosen = {**pick(REGULARISATION, passes), **pick(SHAPES, passes)}
+        keys = ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size", "batch_size")
+        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in keys}
+
+    # The settings from the passes an eager step buys (what the rules were measured with); a
+    # run they leave without dropout compiles where COMPILATION says, and trains the steps
+    # the compiled step buys (the default run: 3.9 passes planned, 4.8 trained, better).
+    steps, settings = fit(False)
+    compile_ = current.get("compile")
+    if "compile" in planned:
+        compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
+        if settings["dropout"] > 0:
+            compile_ = None  # a regularised run trains eagerly (COMPILATION's evidence)
+    if compile_:
+        steps = fit(True)[0]
+    if compile_ and cpu and budget_s > 0:
+        tokens_per_s *= COMPILE_GAIN
     passes = steps * tokens_per_step / max(1, train_tokens)
-    chosen = {**pick(REGULARISATION, passes), **pick(SHAPES, passes)}
-    settings = {
-        k: (chosen[k] if k in planned and k in chosen else current[k])
-        for k in ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size", "batch_size")
-    }
+    settings["compile"] = compile_
     if budget_s > 0 and passes > MAX_PASSES:
         steps = max(1, int(MAX_PASSES * train_tokens / tokens_per_step))
     current_eval = current.get("eval_interval", 0)
@@ -324,7 +382,9 @@ def choose(
     elif current_eval:
         settings["eval_interval"] = current_eval
     yours = [k for k in PLANNABLE if k not in planned]
-    return Plan(train_tokens, budget_s, tokens_per_s, tokens_per_step, steps, settings, yours, text_bytes)
+    plan = Plan(train_tokens, budget_s, tokens_per_s, tokens_per_step, steps, settings, yours, text_bytes)
+    plan.measured_tokens_per_s = measured
+    return plan
 
 
 # ---- the budget ----------------------------------------------------------------------------------

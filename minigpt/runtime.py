@@ -198,6 +198,11 @@ class ThreadGovernor:
         self.trial: tuple[int, float] | None = None  # (the count tried from, its median) during a trial
         self.reduced_at = 0.0
         self.probed = False
+        # The early trial, for a load present from the start. Off for a compiled model:
+        # TorchDynamo compiles the graph again for each thread count (it guards on the
+        # count), so a trial costs a compile (~20 s on the 2-core VM) where there may be no
+        # load at all; a slowdown the step times show still tries one thread fewer.
+        self.probe_early = True
         self.changes: list[str] = []  # one line per kept change, for the log
 
     @property
@@ -233,7 +238,8 @@ class ThreadGovernor:
         if self.threads == self.full:
             first = self.quiet is None  # the first group pays one-off costs (allocation, warm caches)
             self.quiet = pace if first else min(self.quiet, pace)
-            if self.full > 1 and not first and (not self.probed or pace > self.SLOWER * self.quiet):
+            early = self.probe_early and not self.probed
+            if self.full > 1 and not first and (early or pace > self.SLOWER * self.quiet):
                 # Probed once early too: a load present from the start never shows as a slowdown.
                 self.probed = True
                 self.trial = (self.full, pace)

@@ -53,7 +53,7 @@ from .data import (
 )
 from .errors import ConfigError, DataError, MiniGPTError
 from .evaluate import loss_sums, metrics_from_sums
-from .loop import Signals, Stopwatch, Wrapped, lr_at, set_lr, train_step, wrap_for_device
+from .loop import Signals, Stopwatch, Wrapped, compile_first, lr_at, set_lr, train_step, wrap_for_device
 from .optim import make_optimizer, make_optimizers, muon_params  # noqa: F401 (trainer.make_optimizer: tests, benchmarks)
 from .plan import Budget
 from .runtime import Runtime, ThreadGovernor, configure_threads, init_runtime, keep_freed_memory
@@ -376,11 +376,12 @@ def _make_plan(
         current=current,
         planned=sorted(planned),
         text_bytes=text_bytes,
+        cpu=rt.device.type == "cpu",
     )
     the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's
         the_plan.yours = sorted(set(the_plan.yours) - {"vocab_size"})
-    for k in ("dropout", "weight_decay", "eval_interval"):
+    for k in ("dropout", "weight_decay", "eval_interval", "compile"):
         if k in planned and k in the_plan.settings:
             new.set(k, the_plan.settings[k])
     if budget > 0:
@@ -775,6 +776,10 @@ class _Run:
         )
         if self.plan is not None and self.trainer_state is None:
             self.rt.print(self.plan["line"], file=sys.stderr)  # after the run's checks: bad input stays one line
+        with self.clock.paused():  # compiling is start-up, not the pace the budget measures
+            wrapped = compile_first(wrapped, self.model, self.rt, sampler.get(self.pos.step, 0))
+        if self.governor is not None and wrapped.compiled:
+            self.governor.probe_early = False  # a trial would recompile (~20 s): only a real slowdown pays that
         self._banner(wrapped)
 
         def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress

@@ -131,6 +131,39 @@ def test_free_settings_are_the_cpu_defaults_the_user_left_unset():
 # ---- the plan line, its record, and the user's flags ----------------------------------------------------
 
 
+def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
+    """The compilation rule: from COMPILATION's threshold of training seconds on the CPU the
+    plan compiles, counting the compile's cost and gain (so the steps are those of the
+    faster step in the time left); a shorter budget, another device, --max-steps or the
+    user's --no-compile keep it off; the line says so."""
+    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, weight_decay=0.1, vocab_size=2048,
+                   block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
+    planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
+    kw = dict(train_tokens=5_000_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
+              current=current, planned=planned)  # fmt: skip
+    threshold = plan_mod.COMPILATION[1].at_least
+    long = choose(seconds_left=threshold + 100, cpu=True, **kw)
+    assert long.settings["compile"] is True
+    seconds = threshold + 100 - plan_mod.COMPILE_COST_S
+    assert long.steps == int(seconds * 20_000 * plan_mod.COMPILE_GAIN / 2048)
+    assert "compiled" in long.line() and "(~28k compiled)" in long.line() and "~20k tokens/s" in long.line()
+    assert long.to_dict()["measured_tokens_per_s"] == 20_000.0
+    for short in (
+        choose(seconds_left=threshold - 1, cpu=True, **kw),
+        choose(seconds_left=threshold + 100, cpu=False, **kw),
+        choose(seconds_left=0.0, cpu=True, **{**kw, "budget_s": 0.0}),
+    ):
+        assert short.settings["compile"] is None and "compiled" not in short.line()
+    eager = int((threshold - 1) * 20_000 / 2048)
+    assert choose(seconds_left=threshold - 1, cpu=True, **kw).steps == eager  # no gain, no cost
+    mine = choose(seconds_left=threshold + 100, cpu=True, **{**kw, "planned": [k for k in planned if k != "compile"],
+                  "current": {**current, "compile": False}})  # fmt: skip
+    assert mine.settings["compile"] is False and "compiled" not in mine.line()
+    forced = choose(seconds_left=10.0, cpu=True, **{**kw, "planned": [k for k in planned if k != "compile"],
+                    "current": {**current, "compile": True}})  # fmt: skip
+    assert "compiled (yours)" in forced.line()
+
+
 def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_passes(tmp_path, corpus_file):
     """Few passes over the text: no dropout; many: dropout 0.1 — each the rule's answer for
     the passes the record reports (the oracle is the table, read independently)."""
@@ -232,6 +265,65 @@ def test_a_planned_run_resumes_exactly_and_keeps_its_plan(tmp_path, corpus_file)
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
 
 
+@pytest.mark.slow
+def test_a_compiled_run_with_dropout_resumes_exactly(tmp_path, corpus_file):
+    """The compiled model (its dropout masks hashed from a seed drawn from torch's generator,
+    kernels.hashed_keep_mask) resumes exactly: N steps == N/2, then --resume for N/2 more; and
+    it says how long compiling took."""
+    common = [*SMALL, "--lr-decay-steps", "12", "--eval-interval", "4", "--compile", "--dropout", "0.2"]
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "a"), "--max-steps", "12", *common)
+    assert rc == 0, err
+    assert "compiled in" in err and "compiled" in plan_lines(err)[0]
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "b"), "--max-steps", "6", *common)
+    assert rc == 0, err
+    rc, err = train_cli("--resume", "--out", str(tmp_path / "b"), "--max-steps", "12", *common)
+    assert rc == 0, err
+    assert run_json(tmp_path / "b")["config"]["run"]["compile"] is True
+    a, _ = metrics(tmp_path / "a")
+    b, _ = metrics(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for step in a:
+        assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
+    # the oracle can fail: another seed draws other masks, so other losses
+    rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "c"), "--max-steps", "12", *common,
+                        "--seed", "7")  # fmt: skip
+    c, _ = metrics(tmp_path / "c")
+    assert any(abs(a[s] - c[s]) > 1e-4 for s in a)
+
+
+def test_compile_first_falls_back_to_eager_when_compiling_fails(capsys):
+    """A machine where torch.compile fails (no C++ compiler, say) trains without it: one line
+    says so, the model comes back wrapped eagerly (oneDNN Linears), no gradient is left
+    behind and the random state is as before."""
+    import torch
+
+    from minigpt import loop, runtime
+
+    from .conftest import tiny_gpt
+
+    model = tiny_gpt(n_embd=32).train()
+    rt = runtime.init_runtime("cpu", "float32")
+
+    class Broken(torch.nn.Module):
+        def forward(self, x, y):
+            model(x, y).loss.backward()  # gradients made before the failure are dropped too
+            raise RuntimeError("CppCompileError: C++ compile error\nno g++ here")
+
+    torch.manual_seed(5)
+    before = torch.rand(3)
+    torch.manual_seed(5)
+    batch = (torch.randint(0, 300, (2, 8)), torch.randint(0, 300, (2, 8)))
+    torch.manual_seed(5)
+    wrapped = loop.compile_first(loop.Wrapped(Broken(), True), model, rt, batch)
+    assert not wrapped.compiled and wrapped.forward is model
+    assert torch.equal(torch.rand(3), before)
+    assert all(p.grad is None for p in model.parameters())
+    assert "compile: failed (CppCompileError: C++ compile error); training without it" in capsys.readouterr().err
+    out = wrapped.forward(*batch)  # the eager model trains
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 # ---- the budget ------------------------------------------------------------------------------------
 
 
@@ -317,11 +409,12 @@ def test_budget_stops_at_the_plans_ceiling():
 # ---- fewer threads under a competing load (runtime.ThreadGovernor) ----------------------------------------
 
 
-def govern(pace, steps: int = 2000) -> tuple[ThreadGovernor, list[int], list[float]]:
+def govern(pace, steps: int = 2000, probe_early: bool = True) -> tuple[ThreadGovernor, list[int], list[float]]:
     """A run on a fake machine: `pace(threads, t)` is a step's seconds at training time t.
     Returns the governor, the thread count of every step, and the time each step ended."""
     set_to = []
     g = ThreadGovernor(2, set_threads=set_to.append)
+    g.probe_early = probe_early
     t, counts, ends = 0.0, [], []
     for _ in range(steps):
         t += pace(g.threads, t)
@@ -336,6 +429,21 @@ def test_a_quiet_machine_keeps_every_thread():
     g, counts, _ = govern(lambda n, t: 0.05 if n == 2 else 0.09)  # 1 thread: ~1.8x slower
     assert counts.count(1) <= ThreadGovernor.TRIAL + 1  # one early probe of a single group, undone
     assert counts[-1] == 2 and g.changes == []
+
+
+def test_a_compiled_run_tries_fewer_threads_only_when_the_steps_slow():
+    """probe_early off (a compiled model: another thread count means another compile): a
+    quiet machine never leaves its full count, while a load mid-run still moves it."""
+    quiet = ThreadGovernor(2, set_threads=lambda n: None)
+    quiet.probe_early = False
+    t = 0.0
+    for _ in range(500):
+        t += 0.05
+        quiet.after_step(t)
+        assert quiet.threads == 2
+    g, counts, ends = govern(load(20.0, end=80.0), steps=3000, probe_early=False)
+    assert counts[: sum(e < 20.0 for e in ends)].count(1) == 0  # no early probe
+    assert any("2 -> 1" in c for c in g.changes)
 
 
 def load(start: float, end: float = 1e9):
