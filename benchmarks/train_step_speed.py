@@ -267,12 +267,17 @@ def report(workers: list[Worker], args) -> None:
     times: dict[str, list[float]] = {w.name: [] for w in workers}
     peaks = [workers[0].ask(peak=1)["gflops"]]
     for r in range(args.rounds):
+        this_round = {}
         for w in workers:
-            times[w.name] += w.ask(steps=args.steps)["times"]
+            this_round[w.name] = w.ask(steps=args.steps)["times"]
+            times[w.name] += this_round[w.name]
         peaks.append(workers[r % len(workers)].ask(peak=1)["gflops"])
-        print(
+        print(  # this round's median step, and the median of every step so far
             f"round {r + 1}/{args.rounds}: "
-            + ", ".join(f"{n} {statistics.median(t) * 1e3:.1f} ms" for n, t in times.items()),
+            + ", ".join(
+                f"{n} {statistics.median(t) * 1e3:.1f} ms (so far {statistics.median(times[n]) * 1e3:.1f})"
+                for n, t in this_round.items()
+            ),
             file=sys.stderr,
             flush=True,
         )

@@ -115,6 +115,25 @@ VOCABULARY = (
     Rule(16 << 20, dict(vocab_size=4096), "extrapolated: 4096 tied 2048 at 5 MB; more text supports more tokens"),
 )
 
+# A compiled run (no dropout: a text seen a few times) trains ~1.4x the tokens in its time, and
+# spends them best on a deeper model. One row; the width, heads and the rest stay SHAPES'.
+COMPILED_SHAPES = (
+    Rule(
+        0.0,
+        dict(n_layer=5),
+        "the default run (bundled corpus, 285 s, compiled, ~3-5 passes): 3 x 192 1.9560, 4 x 192 1.9501, "
+        "5 x 192 1.9473 bits/byte, one run each (BENCHMARKS.md, issue 22); deeper not measured",
+    ),
+)
+
+
+def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
+    """Weights a token passes through in the matrix products (12 C^2 a block: attention's 4 C^2
+    and a 4C GELU or 8C/3 SwiGLU MLP's 8 C^2; the head's V C): a step's cost, to scale the
+    measured speed of one depth to another."""
+    return 12 * n_layer * n_embd**2 + vocab_size * n_embd
+
+
 # Passes -> the model's shape. One row: the shape sweep (tinyshakespeare ~7 passes, the
 # bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in minutes.
 SHAPES = (
@@ -193,6 +212,7 @@ RULES = {
     "regularisation": REGULARISATION,
     "vocabulary": VOCABULARY,
     "shape": SHAPES,
+    "compiled_shape": COMPILED_SHAPES,
     "compilation": COMPILATION,
     "finetune_lr": FINETUNE_LR,
 }
@@ -370,6 +390,12 @@ def choose(
             compile_ = None  # a regularised run trains eagerly (COMPILATION's evidence)
     if compile_:
         steps = fit(True)[0]
+        if cpu and budget_s > 0 and "n_layer" in planned:  # deeper, at the speed its depth allows
+            deeper = pick(COMPILED_SHAPES, 0.0)["n_layer"]
+            cost = [matmul_params(n, settings["n_embd"], settings["vocab_size"]) for n in (settings["n_layer"], deeper)]
+            tokens_per_s *= cost[0] / cost[1]
+            steps = max(1, int(steps * cost[0] / cost[1]))
+            settings["n_layer"] = deeper
     if compile_ and cpu and budget_s > 0:
         tokens_per_s *= COMPILE_GAIN
     passes = steps * tokens_per_step / max(1, train_tokens)

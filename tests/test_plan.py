@@ -134,8 +134,9 @@ def test_free_settings_are_the_cpu_defaults_the_user_left_unset():
 def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     """The compilation rule: from COMPILATION's threshold of training seconds on the CPU the
     plan compiles, counting the compile's cost and gain (so the steps are those of the
-    faster step in the time left); a shorter budget, another device, --max-steps or the
-    user's --no-compile keep it off; the line says so."""
+    faster step in the time left) and trains a deeper model unless the depth is yours; a
+    shorter budget, another device, --max-steps or the user's --no-compile keep it off; the
+    line says so."""
     current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, weight_decay=0.1, vocab_size=2048,
                    block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
@@ -144,10 +145,18 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     threshold = plan_mod.COMPILATION[1].at_least
     long = choose(seconds_left=threshold + 100, cpu=True, **kw)
     assert long.settings["compile"] is True
+    # deeper (COMPILED_SHAPES), its steps scaled by the cost of the depth in matrix weights
+    deeper = plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    assert long.settings["n_layer"] == deeper > current["n_layer"]
+    scale = plan_mod.matmul_params(3, 192, 2048) / plan_mod.matmul_params(deeper, 192, 2048)
+    assert plan_mod.matmul_params(3, 192, 2048) == 12 * 3 * 192**2 + 2048 * 192
     seconds = threshold + 100 - plan_mod.COMPILE_COST_S
-    assert long.steps == int(seconds * 20_000 * plan_mod.COMPILE_GAIN / 2048)
-    assert "compiled" in long.line() and "(~28k compiled)" in long.line() and "~20k tokens/s" in long.line()
+    assert long.steps == int(int(seconds * 20_000 * plan_mod.COMPILE_GAIN / 2048) * scale)
+    assert f"(~{20 * plan_mod.COMPILE_GAIN * scale:.0f}k compiled)" in long.line() and "~20k tokens/s" in long.line()
+    assert "compiled" in long.line() and f"{deeper}x192" in long.line()
     assert long.to_dict()["measured_tokens_per_s"] == 20_000.0
+    mine = choose(seconds_left=threshold + 100, cpu=True, **{**kw, "planned": [k for k in planned if k != "n_layer"]})
+    assert mine.settings["n_layer"] == 3 and mine.settings["compile"] is True  # your depth stays
     for short in (
         choose(seconds_left=threshold - 1, cpu=True, **kw),
         choose(seconds_left=threshold + 100, cpu=False, **kw),
