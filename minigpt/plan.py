@@ -10,8 +10,9 @@ Two parts, both used by the trainer:
 - **the rules** (`RULES` below, one small table per setting): how many passes over the
   training tokens the budget buys decides dropout and weight decay; the size of the text
   decides the vocabulary; a corpus too small for the preset's window or batch gets smaller
-  ones; a CPU run without dropout and with minutes to train is compiled, and deeper. Each row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none
-  yet, and all are meant to be refitted by sweeps. `choose` applies them to the settings
+  ones; a CPU run without dropout and with minutes to train is compiled, and deeper. Each
+  row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none yet, and
+  all are meant to be refitted by sweeps. `choose` applies them to the settings
   the user left unset (`TrainConfig.planned`) and returns a `Plan` whose `line()` is printed
   before training and whose `to_dict()` goes into run.json.
 - **the budget** (`Budget`): how many steps fit the wall-clock budget of the whole process
