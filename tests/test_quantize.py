@@ -283,9 +283,11 @@ def test_server_batches_int8_rows_like_the_sampler_alone(tokenizer, method):
     pytest.importorskip("httpx")
     from minigpt.serve import ServeConfig, create_app
 
-    from .test_serve import live, two_requests_share_a_batch_and_each_gets_its_text_alone
+    from .test_serve import batch_two_requests, live
 
     model = quantize_model(tiny_gpt(vocab_size=tokenizer.vocab_size), method)
     app = create_app(model, tokenizer, ServeConfig(max_tokens_cap=64, max_batch=8, quantize=method), model_id="tiny")
     with live(app) as url:
-        two_requests_share_a_batch_and_each_gets_its_text_alone(url, app.state.engine, model, tokenizer)
+        shared, got, want = batch_two_requests(url, app.state.engine, model, tokenizer)
+    assert shared, "the two requests never shared a step"
+    assert got == want

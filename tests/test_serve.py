@@ -233,10 +233,10 @@ def test_the_openai_client_works_unchanged_streaming_included(server, model, tok
 # ---- the engine: batching, the queue, disconnects ----------------------------------------------
 
 
-def two_requests_share_a_batch_and_each_gets_its_text_alone(url, engine, model, tokenizer) -> None:
+def batch_two_requests(url, engine, model, tokenizer) -> tuple[bool, list[str], list[str]]:
     """Two requests (different prompts, seeds and dice) held until both wait, so they join
-    the batch at the same step: they must share a step and each get the text `model` gives
-    it alone. Also run on int8 layers (tests/test_quantize.py)."""
+    the batch at the same step. Returns whether they shared a step, the texts the server
+    sent, and the texts `model` gives each alone. Also run on int8 layers (test_quantize.py)."""
     bodies = [
         dict(prompt="ROMEO:", max_tokens=10, seed=1, temperature=0.9),
         dict(prompt="JULIET: my love", max_tokens=14, seed=2, temperature=1.2, top_k=30),
@@ -250,21 +250,21 @@ def two_requests_share_a_batch_and_each_gets_its_text_alone(url, engine, model, 
             results = [f.result().json() for f in futures]
     finally:
         engine.resume()
-    ids = [r["id"] for r in results]
-    assert any(set(ids) <= set(step) for step in engine.trace), "the two requests never shared a step"
-    assert (
-        results[0]["choices"][0]["text"]
-        == alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text
-    )
-    assert (
-        results[1]["choices"][0]["text"]
-        == alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text
-    )
+    ids = {r["id"] for r in results}
+    shared = any(ids <= set(step) for step in engine.trace)
+    got = [r["choices"][0]["text"] for r in results]
+    want = [
+        alone(model, tokenizer, "ROMEO:", 1, 10, SamplingParams(temperature=0.9)).text,
+        alone(model, tokenizer, "JULIET: my love", 2, 14, SamplingParams(temperature=1.2, top_k=30)).text,
+    ]
+    return shared, got, want
 
 
 def test_concurrent_requests_are_decoded_in_one_batch_and_each_gets_its_own_text(server, model, tokenizer):
     url, engine = server
-    two_requests_share_a_batch_and_each_gets_its_text_alone(url, engine, model, tokenizer)
+    shared, got, want = batch_two_requests(url, engine, model, tokenizer)
+    assert shared, "the two requests never shared a step"
+    assert got == want
 
 
 def test_a_request_joins_one_already_running_without_recomputing_it(server, client, model, tokenizer):
