@@ -409,9 +409,17 @@ def choose(
     elif current_eval:
         settings["eval_interval"] = current_eval
     yours = [k for k in PLANNABLE if k not in planned]
-    plan = Plan(train_tokens, budget_s, tokens_per_s, tokens_per_step, steps, settings, yours, text_bytes)
-    plan.measured_tokens_per_s = measured
-    return plan
+    return Plan(
+        train_tokens,
+        budget_s,
+        tokens_per_s,
+        tokens_per_step,
+        steps,
+        settings,
+        yours,
+        text_bytes,
+        measured_tokens_per_s=measured,
+    )
 
 
 # ---- the budget ----------------------------------------------------------------------------------
