@@ -188,7 +188,13 @@ class Setting:
             if not math.isfinite(value):
                 return f"must be a finite number {self.range()}, got {value}"
         if not ((self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi):
-            return f"must be {self.range()} ({self.off}), got {value if abs(value) < 10**20 else f'{value:.3g}'}"
+            if abs(value) < 10**20:
+                shown = f"{value}"
+            elif isinstance(value, int):  # too large for a float's "%.3g" (and for str past 4300 digits)
+                shown = f"an integer of {value.bit_length()} bits"
+            else:
+                shown = f"{value:.3g}"
+            return f"must be {self.range()} ({self.off}), got {shown}"
         return None
 
     def range(self) -> str:

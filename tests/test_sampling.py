@@ -615,3 +615,16 @@ def test_cuda_graph_over_a_running_batch_matches_eager(kind):  # pragma: no cove
     graph, _ = _run_plan(Batch(m, cuda_graph=True), plan, 50)
     eager, _ = _run_plan(Batch(m, cuda_graph=False), plan, 50)
     assert {t: ids for t, (ids, _) in graph.items()} == {t: ids for t, (ids, _) in eager.items()}
+
+
+@pytest.mark.parametrize("value", [-(10**30), -(10**5000)], ids=["1e30", "1e5000"])
+def test_an_integer_too_large_for_a_float_is_refused_in_one_clear_line(value):
+    """A whole-number setting given an integer no float can hold (the server's fuzz test sent
+    top_k = -10**1000): refused with its size, not an OverflowError (a 500 in the server)."""
+    from minigpt.sampling import settings
+
+    top_k = next(s for s in settings() if s.name == "top_k")
+    problem = top_k.problem(value)
+    assert problem is not None and problem.startswith("must be") and f"{value.bit_length()} bits" in problem
+    with pytest.raises(ConfigError, match="bits"):
+        SamplingParams(top_k=value)
