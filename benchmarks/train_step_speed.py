@@ -6,6 +6,7 @@ same run, and optionally beside the code of another checkout (today's main, say)
     python benchmarks/train_step_speed.py --base ../base             # + a worktree's code, "before"
     python benchmarks/train_step_speed.py --dropout 0.1 --variants off on drop-today drop-fast drop-fast-resid
     python benchmarks/train_step_speed.py --variants on compile      # torch.compile on the CPU
+    python benchmarks/train_step_speed.py --base ../base --base-variants drop-fast --variants drop-fast  # before/after
     python benchmarks/train_step_speed.py --profile 10               # + the profiler's top ops per variant
     python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
 
@@ -225,6 +226,14 @@ def main() -> None:
         "--variants", nargs="+", default=["off", "fused-loss", "batched-muon", "on"], choices=list(VARIANTS)
     )
     ap.add_argument("--base", type=Path, default=None, help="also run this checkout's minigpt (the 'before' side)")
+    ap.add_argument(
+        "--base-variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        help="the variants --base runs, each as base-NAME (default: every lever off, and with dropout if a variant has "
+        "it: code older than the levers runs that way)",
+    )
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary (the bundled corpus's: 2048)")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the preset's")
@@ -247,7 +256,9 @@ def main() -> None:
         raise SystemExit(2)
 
     plan = [(v, REPO, VARIANTS[v]) for v in args.variants]
-    if args.base:  # today's code, without dropout and (if any variant has it) with
+    if args.base and args.base_variants:
+        plan = [(f"base-{v}", args.base.resolve(), VARIANTS[v]) for v in args.base_variants] + plan
+    elif args.base:  # today's code, without dropout and (if any variant has it) with
         plan = [("base", args.base.resolve(), OFF)] + plan
         if any(VARIANTS[v].get("dropout") for v in args.variants):
             plan.insert(1, ("base-drop", args.base.resolve(), {**OFF, "dropout": True}))

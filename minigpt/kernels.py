@@ -129,18 +129,23 @@ class _Dropout(torch.autograd.Function):
     """y = x * scale where kept, 0 where dropped; dy/dx the same mask. Keeps a 1-byte mask
     (F.dropout's autograd keeps a float one), and applies the scale as a Python float, so a
     bf16 input is scaled by the exact 1 / keep before its one rounding (F.dropout's bf16
-    mask holds 1 / keep rounded to bf16, 1.109 for 1.111)."""
+    mask holds 1 / keep rounded to bf16, 1.109 for 1.111).
+
+    The mask is `keep` as uint8 (0 or 1), multiplied in after a cast to x's dtype: on the CPU
+    `masked_fill_` with a bool mask, and a bool cast, are not vectorised -- 0.43 / 0.86 ms for
+    a [32, 64, 192] bf16 / [32, 6, 64, 64] fp32 tensor against 0.04 / 0.05 ms for the uint8
+    cast and 0.10 / 0.22 ms for the product (measured alone)."""
 
     @staticmethod
-    def forward(ctx, x, drop, scale):
-        ctx.save_for_backward(drop)
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * scale).masked_fill_(drop, 0.0)
+        return (x * scale).mul_(keep.to(x.dtype))
 
     @staticmethod
     def backward(ctx, g):
-        (drop,) = ctx.saved_tensors
-        return (g * ctx.scale).masked_fill_(drop, 0.0), None, None
+        (keep,) = ctx.saved_tensors
+        return (g * ctx.scale).mul_(keep.to(g.dtype)), None, None
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -161,8 +166,8 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None)
     u16 = words.view(torch.int16)[:n].view(x.shape)  # uniform in [-32768, 32768)
     keep = keep_probability(p)
     # u16 + 32768 is uniform on [0, 65536): kept iff it is below keep * 65536
-    drop = u16 >= round(keep * 65536) - 32768
-    return _Dropout.apply(x, drop, 1.0 / keep)
+    kept = (u16 < round(keep * 65536) - 32768).view(torch.uint8)
+    return _Dropout.apply(x, kept, 1.0 / keep)
 
 
 # ---- dropout for a compiled model: a counter-based mask ------------------------------------------

@@ -307,8 +307,10 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
         # Dropout on the attention weights (GPT-2, nanoGPT) as well as on the output, unless
         # cfg.attn_dropout is off: then the CPU keeps its flash-attention kernel (which has no
-        # dropout; with it, SDPA falls back to the explicit [B, H, T, T] product).
+        # dropout). With it, the CPU takes the explicit [B, H, T, T] product and masks the
+        # weights with `weight_drop` (see forward); CUDA keeps SDPA's fused dropout.
         self.weight_dropout = cfg.dropout if cfg.attn_dropout else 0.0
+        self.weight_drop = Dropout(self.weight_dropout)
         self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(
@@ -345,12 +347,17 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer, k, v, plan)
             mask = plan.mask
         dropout_p = self.weight_dropout if self.training else 0.0
-        if need_weights:
-            y, att = explicit_attention(q, k, v, mask, dropout_p)
-        else:
-            att = None
-            # (out of autocast, which would cast fp32 attention straight back to bf16)
-            with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+        # On the CPU, SDPA with dropout leaves its flash kernel for a math path that masks the
+        # weights with one serial Bernoulli draw each (0.79M a layer at the cpu preset: most of
+        # what dropout cost a step, BENCHMARKS.md); the explicit product computes the same
+        # function with the model's Dropout, whose masks are cheap (kernels.py).
+        explicit = need_weights or (dropout_p > 0 and q.device.type == "cpu" and Dropout.fast)
+        # (out of autocast, which would cast fp32 attention straight back to bf16)
+        with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+            if explicit:
+                y, att = explicit_attention(q, k, v, mask, self.weight_drop if dropout_p > 0 else None)
+            else:
+                att = None
                 if mask is None:
                     y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
                 else:
@@ -359,20 +366,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), att
 
 
-def explicit_attention(q, k, v, mask=None, dropout_p=0.0):
+def explicit_attention(q, k, v, mask=None, drop=None):
     """softmax(q k^T / sqrt(D) + causal mask) v, written out, returning the weights too.
 
     q: [B, H, T, D]; k, v: [B, H, S, D]; mask: [B, 1, T, S] bool or None (None: causal,
-    query t sees keys 0..t). Returns y [B, H, T, D] and weights [B, H, T, S]; each row of
-    the weights sums to 1 and is 0 wherever the mask forbids attending (above the diagonal).
+    query t sees keys 0..t); drop: the dropout applied to the weights before v (training),
+    or None. Returns y [B, H, T, D] and the weights [B, H, T, S] before dropout; each row
+    sums to 1 and is 0 wherever the mask forbids attending (above the diagonal).
     """
     T, S = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
+    scores = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [B, H, T, S]
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    # The mask as a bias of 0 or -inf, added in place: on the CPU a masked_fill over
+    # [B, H, T, S] (and its backward's) is not vectorised, an addition is (kernels._Dropout).
+    scores = scores.add_(torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill_(~mask, -math.inf))
     att = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    y = F.dropout(att, p=dropout_p) @ v if dropout_p > 0 else att @ v
+    y = (att if drop is None else drop(att)) @ v
     return y, att
 
 

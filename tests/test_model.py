@@ -129,6 +129,59 @@ def test_explicit_attention_against_float64_recomputation():
     torch.testing.assert_close(att, ref, atol=1e-6, rtol=1e-5)
 
 
+def test_attention_weight_dropout_against_float64_recomputation():
+    """In training, the explicit path drops attention weights with the model's Dropout: under
+    one seed, its output is (softmax(QK^T / sqrt(D) + mask) * the mask kernels.dropout draws) V,
+    recomputed in float64; the weights it returns are those before dropout."""
+    from minigpt.kernels import dropout
+    from minigpt.model import Dropout, explicit_attention
+
+    q, k, v = (torch.randn(2, 3, 10, 8, dtype=torch.float64) for _ in range(3))
+    torch.manual_seed(7)
+    y, att = explicit_attention(q, k, v, drop=Dropout(0.25).train())
+    torch.manual_seed(7)
+    scaled_mask = dropout(torch.ones(2, 3, 10, 10, dtype=torch.float64), 0.25)  # 0 or 1 / keep
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(torch.ones(10, 10).triu(1).bool(), float("-inf"))
+    ref_att = torch.softmax(scores, -1)
+    torch.testing.assert_close(att, ref_att)
+    torch.testing.assert_close(y, (ref_att * scaled_mask) @ v)
+    assert 0.6 < (scaled_mask[ref_att > 0] > 0).double().mean() < 0.9  # some weights were dropped
+
+
+def test_attention_weight_dropout_equals_sdpas_in_distribution(monkeypatch):
+    """The CPU's attention-weight dropout (the explicit product, kernels.dropout's masks) and
+    SDPA's own (its math path, a Bernoulli draw a weight): over 300 seeds, each one's mean
+    output is the output without dropout (inverted dropout is unbiased), and both spread alike."""
+    from minigpt import model as model_mod
+
+    m = tiny_gpt(n_layer=1, dropout=0.3, pos_encoding="rope")
+    for mod in m.modules():  # dropout on the attention weights only
+        if isinstance(mod, torch.nn.Dropout) and mod is not m.transformer.h[0].attn.weight_drop:
+            mod.p = 0.0
+    attn = m.transformer.h[0].attn
+    seen = []
+    attn.register_forward_hook(lambda mod, args, out: seen.append(out[0].detach()))
+    idx = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        m(idx)  # eval mode: no dropout
+        ref = seen.pop()
+        m.train()
+        samples = {}
+        for fast in (True, False):
+            monkeypatch.setattr(model_mod.Dropout, "fast", fast)  # False: SDPA's dropout
+            for seed in range(300):
+                torch.manual_seed(seed)
+                m(idx)
+            samples[fast] = torch.stack(seen)
+            seen.clear()
+    for fast, ys in samples.items():
+        se = ys.std(0) / math.sqrt(len(ys))
+        z2 = ((ys.mean(0) - ref) / se).pow(2).mean().item()  # ~1 if unbiased
+        assert 0.7 < z2 < 1.4, (fast, z2)
+    ratio = (samples[True].var(0) / samples[False].var(0)).mean().item()
+    assert 0.85 < ratio < 1.15, ratio
+
+
 @pytest.mark.parametrize("pe", ENCODINGS)
 def test_causality(pe):
     m = tiny_gpt(pos_encoding=pe)
