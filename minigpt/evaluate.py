@@ -135,6 +135,7 @@ def evaluate_tokens(
     batch_size: int = 16,
     max_tokens: int = 0,
     progress: bool | None = False,
+    nats_out: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Loss, perplexity and bits per byte of `model` over a whole token array (e.g. the
     validation split), each target scored exactly once (see `window_plan` for how
@@ -142,7 +143,8 @@ def evaluate_tokens(
     from the memory map. `max_tokens` > 0 evaluates only the first max_tokens tokens.
     Computed in float32 with float64 sums. `progress`: a tqdm bar on stderr (None: only
     when stderr is a terminal). Returns `metrics_from_sums`' dict plus the window and
-    stride used.
+    stride used. `nats_out` (a float array as long as `tokens`): each scored target's loss in
+    nats is written at its position (benchmarks compare models token by token).
     """
     n = len(tokens) if max_tokens <= 0 else min(len(tokens), max_tokens)
     starts, done, W, S = window_plan(n, window, stride)
@@ -162,7 +164,12 @@ def evaluate_tokens(
             x, y = windows(tokens, s, W, device)
             fresh = torch.from_numpy((s[:, None] + 1 + offsets) > d[:, None]).to(device)  # [b, W] not yet scored
             y = y.masked_fill(~fresh, -1)
-            sums += loss_sums(model(x).logits, y, blen)
+            logits = model(x).logits
+            sums += loss_sums(logits, y, blen)
+            if nats_out is not None:
+                nll = F.cross_entropy(logits.float().transpose(1, 2), y.long(), ignore_index=-1, reduction="none")
+                at = torch.from_numpy(s[:, None] + 1 + offsets).to(device)[fresh]
+                nats_out[at.cpu().numpy()] = nll[fresh].double().cpu().numpy()
             bar.update(int(fresh.sum()))
     model.train(was_training)
     out = metrics_from_sums(sums)

@@ -9,7 +9,8 @@ Two parts, both used by the trainer:
 
 - **the rules** (`RULES` below, one small table per setting): how many passes over the
   training tokens the budget buys decides dropout and weight decay; the size of the text
-  decides the vocabulary; a corpus too small for the preset's window or batch gets smaller
+  decides the vocabulary and the model's width (a tiny text gets a smaller model); a
+  corpus too small for the preset's window or batch gets smaller
   ones; a CPU run without dropout and with minutes to train is compiled, and deeper. Each
   row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none yet, and
   all are meant to be refitted by sweeps. `choose` applies them to the settings
@@ -83,10 +84,13 @@ REGULARISATION = (
         "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)",
     ),
     Rule(
-        4.0,
+        6.0,
         dict(dropout=0.1, weight_decay=0.1),
         "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
-        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source)",
+        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source). Below 6: the Russian fortunes "
+        "(0.73M tokens, 5.0 passes planned) 1.0808 with dropout 0.1 against 1.0547 without it (compiled, so 5 "
+        "layers), the bundled corpus at 3.7-4.8 passes best without (BENCHMARKS, 2026-12-06); the boundary lies "
+        "between 5 and 7 passes, where nothing else was measured",
     ),
     Rule(
         24.0,
@@ -135,13 +139,22 @@ def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
     return 12 * n_layer * n_embd**2 + vocab_size * n_embd
 
 
-# Passes -> the model's shape. One row: the shape sweep (tinyshakespeare ~7 passes, the
-# bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in minutes.
+# Training tokens -> the model's shape. A text of tens of thousands of tokens reaches
+# MAX_PASSES in a minute or two, whatever the model: there a smaller model, which memorises
+# less, does better at the same steps. Larger texts: the shape sweep (tinyshakespeare ~7
+# passes, the bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in
+# minutes. The boundary between the rows is where no text was measured.
 SHAPES = (
     Rule(
-        0.0,
+        0,
+        dict(n_layer=3, n_head=3, n_embd=96),
+        "fortunes-en (45k tokens, 40 passes, 873 steps, dropout 0.2): 3 x 96 2.624 bits/byte, 2 x 64 2.632, "
+        "3 x 128 2.694, 3 x 192 2.725 (BENCHMARKS, 2026-12-06); the boundary at 128k tokens is extrapolated",
+    ),
+    Rule(
+        128_000,
         dict(n_layer=3, n_head=6, n_embd=192),
-        "3 x 6 x 192 won the shape sweep on tinyshakespeare and the bundled corpus (BENCHMARKS)",
+        "3 x 6 x 192 won the shape sweep on tinyshakespeare (0.35M tokens) and the bundled corpus (BENCHMARKS)",
     ),
 )
 
@@ -220,7 +233,9 @@ RULES = {
 
 
 def finetune_lr(n_params: int) -> float:
-    """>>> finetune_lr(2_000_000), finetune_lr(124_000_000)
+    """The learning rate FINETUNE_LR gives a source of `n_params` parameters.
+
+    >>> finetune_lr(2_000_000), finetune_lr(124_000_000)
     (0.001, 3e-05)
     """
     return pick(FINETUNE_LR, n_params)["lr"]
@@ -241,6 +256,19 @@ def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:
 
 def vocab_for(text_bytes: int) -> int:
     return pick(VOCABULARY, text_bytes)["vocab_size"]
+
+
+def shape_for(train_tokens: int, planned) -> dict[str, Any]:
+    """The shape SHAPES gives a text of `train_tokens`, of the settings in `planned`: the
+    width and its heads only together (a --n-head of yours keeps the preset's width, and a
+    --n-embd the preset's heads, so the width still divides into them).
+
+    >>> shape_for(45_000, ["n_layer", "n_head", "n_embd"]), shape_for(45_000, ["n_layer", "n_embd"])
+    ({'n_layer': 3, 'n_head': 3, 'n_embd': 96}, {'n_layer': 3})
+    """
+    chosen = pick(SHAPES, train_tokens)
+    together = {"n_embd", "n_head"} <= set(planned)
+    return {k: v for k, v in chosen.items() if k in planned and (together or k not in ("n_embd", "n_head"))}
 
 
 def fit_window(train_tokens: int, val_tokens: int, block_size: int, batch_size: int) -> tuple[int, int]:
@@ -363,8 +391,8 @@ def choose(
 ) -> Plan:
     """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
     time left for training once start-up, preparation and the reserves are paid), hence how
-    many passes over the data, hence the regularisation and shape (the rules above) for the
-    settings in `planned`; the others keep their `current` values (the user's, or the
+    many passes over the data, hence the regularisation (the rules above; the shape from the
+    tokens) for the settings in `planned`; the others keep their `current` values (the user's, or the
     preset's). Without a budget the step count is `max_steps`. On the `cpu`, a budget long
     enough compiles a model that trains without dropout: the speed and the time left are
     then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
@@ -376,7 +404,7 @@ def choose(
             rate, seconds = rate * COMPILE_GAIN, max(0.0, seconds - COMPILE_COST_S)
         n = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
         passes = n * tokens_per_step / max(1, train_tokens)
-        chosen = {**pick(REGULARISATION, passes), **pick(SHAPES, passes)}
+        chosen = {**pick(REGULARISATION, passes), **shape_for(train_tokens, planned)}
         keys = ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size", "batch_size")
         return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in keys}
 

@@ -340,7 +340,8 @@ def _make_plan(
         fb, fs = plan_mod.fit_window(n_train, n_val, block, batch)
         block = fb if "block_size" in planned else block
         batch = fs if "batch_size" in planned else batch
-    for k, v in {**plan_mod.pick(plan_mod.SHAPES, 0.0), "block_size": block, "batch_size": batch}.items():
+    # the shape before the probe, so the speed it measures is the planned model's
+    for k, v in {**plan_mod.shape_for(n_train, planned), "block_size": block, "batch_size": batch}.items():
         if k in planned:
             new.set(k, v)
     new.validate()

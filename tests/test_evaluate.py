@@ -168,12 +168,22 @@ def test_streaming_eval_equals_the_sum_over_every_target(window, stride, batch, 
     q = rng.dirichlet(np.ones(7))
     tokens = rng.integers(0, 7, size=103).astype(np.uint16)
     blen = np.array([1, 2, 3, 1, 0, 4, 2])
+    per_token = np.full(len(tokens), np.nan)
     r = evaluate_tokens(
-        ContextFree(q), tokens, blen, window=window, stride=stride, batch_size=batch, max_tokens=max_tokens
+        ContextFree(q),
+        tokens,
+        blen,
+        window=window,
+        stride=stride,
+        batch_size=batch,
+        max_tokens=max_tokens,
+        nats_out=per_token,
     )
     n = max_tokens or len(tokens)
     targets = tokens[1:n].astype(np.int64)
     nats = -np.log(q.astype(np.float32).astype(np.float64))[targets]  # the oracle, in float64
+    np.testing.assert_allclose(per_token[1:n], nats, rtol=1e-6)  # each target's own loss, at its position
+    assert np.isnan(per_token[0]) and np.isnan(per_token[n:]).all()  # nothing else written
     assert r["tokens"] == n - 1 and r["bytes"] == blen[targets].sum()
     assert r["loss"] == pytest.approx(nats.mean(), rel=1e-6)
     assert r["bpb"] == pytest.approx(nats[blen[targets] > 0].sum() / math.log(2) / blen[targets].sum(), rel=1e-6)

@@ -136,15 +136,22 @@ def test_attention_weight_dropout_against_float64_recomputation():
     from minigpt.kernels import dropout
     from minigpt.model import Dropout, explicit_attention
 
-    q, k, v = (torch.randn(2, 3, 10, 8, dtype=torch.float64) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 10, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     torch.manual_seed(7)
-    y, att = explicit_attention(q, k, v, drop=Dropout(0.25).train())
+    y, att = explicit_attention(q32, k32, v32, drop=Dropout(0.25).train())
+    y.backward(g.float())
     torch.manual_seed(7)
     scaled_mask = dropout(torch.ones(2, 3, 10, 10, dtype=torch.float64), 0.25)  # 0 or 1 / keep
     scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(torch.ones(10, 10).triu(1).bool(), float("-inf"))
     ref_att = torch.softmax(scores, -1)
-    torch.testing.assert_close(att, ref_att)
-    torch.testing.assert_close(y, (ref_att * scaled_mask) @ v)
+    ref = (ref_att * scaled_mask) @ v
+    ref.backward(g)
+    torch.testing.assert_close(att.double(), ref_att.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-6, rtol=1e-5)
+    for fast, exact in ((q32, q), (k32, k), (v32, v)):  # the backward too, through the same mask
+        torch.testing.assert_close(fast.grad.double(), exact.grad, atol=1e-5, rtol=1e-4)
     assert 0.6 < (scaled_mask[ref_att > 0] > 0).double().mean() < 0.9  # some weights were dropped
 
 

@@ -119,6 +119,35 @@ def test_a_run_that_overfits_evaluates_often_enough_for_best_to_find_its_minimum
     assert plan.settings["eval_interval"] == plan.steps // EVALUATIONS and "eval every" in plan.line()
 
 
+def test_the_plans_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(plan_mod)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_tiny_text_gets_the_smaller_model_of_the_shape_rule_and_your_shape_wins():
+    """The shape follows the training tokens (plan.SHAPES, read here as the oracle): a text
+    under the boundary gets the first row's model, a larger one the second's; a width or
+    depth the user gave stays."""
+    from minigpt.plan import SHAPES
+
+    small, large = SHAPES[0], SHAPES[1]
+    kw = dict(tokens_per_s=30_000, tokens_per_step=2048, seconds_left=280, budget_s=285, max_steps=2300,
+              current=_CURRENT)  # fmt: skip
+    planned = ["n_layer", "n_head", "n_embd", "dropout"]
+    tiny = choose(train_tokens=int(large.at_least) - 1, planned=planned, **kw)
+    assert {k: tiny.settings[k] for k in small.settings} == small.settings
+    assert f"{small.settings['n_layer']}x{small.settings['n_embd']}," in tiny.line()
+    big = choose(train_tokens=int(large.at_least), planned=planned, **kw)
+    assert {k: big.settings[k] for k in large.settings} == large.settings
+    assert small.settings["n_embd"] < large.settings["n_embd"]
+    yours = choose(train_tokens=45_000, planned=["n_layer", "dropout"], **kw)
+    assert (yours.settings["n_embd"], yours.settings["n_head"]) == (192, 6) and "(yours)" in yours.line()
+    heads = choose(train_tokens=45_000, planned=["n_layer", "n_embd", "dropout"], **kw)  # --n-head given: the width too
+    assert (heads.settings["n_embd"], heads.settings["n_head"]) == (192, 6)
+
+
 def test_free_settings_are_the_cpu_defaults_the_user_left_unset():
     assert "dropout" in free_settings("cpu", set()) and "max_time" in free_settings("cpu", set())
     assert "dropout" not in free_settings("cpu", {"dropout"})
