@@ -74,9 +74,9 @@ class Rule:
     evidence: str
 
 
-# Passes over the training tokens the budget buys -> regularisation. Dropout costs ~30% of a
-# CPU step (bernoulli masks, and attention off its flash kernel), so it is only worth it
-# where the data is seen often enough to overfit.
+# Passes over the training tokens the budget buys -> regularisation. Dropout costs ~20% of a
+# CPU step (the masks, and attention off its flash kernel) and keeps a run from compiling, so
+# it is only worth it where the data is seen often enough to overfit.
 REGULARISATION = (
     Rule(
         0.0,
@@ -171,7 +171,8 @@ COMPILATION = (
         "(the cost / (1 - 1 / gain)) of training. The default run (285 s, no dropout): 3939 steps and 1.9560 "
         "bits/byte compiled, 2875 and 1.9614 eager. Only without dropout: with it (a text seen 9-12 times) the "
         "compiled runs lost to the eager one at 3 minutes on tinyshakespeare (2.107-2.142 vs 2.099), since "
-        "dropout on the attention weights is slow compiled (108.5 vs 64.4 ms a step) and without it the model "
+        "dropout on the attention weights was slow compiled (108.5 vs 64.4 ms a step; +28% since the "
+        "explicit product of 2026-12-06, quality not re-measured) and without it the model "
         "overfits (2.132 eager) (BENCHMARKS.md, issue 22)",
     ),
 )
