@@ -1,6 +1,7 @@
 """Where a Kneser-Ney n-gram beats the GPT on a corpus of the suite, token by token: the
-validation text split into what repeats the training text verbatim (inside a span of at
-least `--min-repeat` bytes that occurs in the training text) and the rest, each scored by
+validation text split into what repeats the training text verbatim (inside a span of
+`--min-repeat` tokens that occurs in the training text: `evaluate.copied_positions`, the
+spans `minigpt eval`'s memorisation counts) and the rest, each scored by
 the GPT (non-overlapping windows, and a stride of half the context) and by the n-gram.
 
     python benchmarks/time_to_quality.py --suite fortunes-ru man     # makes out/bare/NAME
@@ -28,16 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def covered(train: bytes, val: bytes, span: int) -> np.ndarray:
-    """A bool per byte of `val`: inside some `span`-byte substring that also occurs in `train`."""
-    seen = {train[i : i + span] for i in range(len(train) - span + 1)}
-    hits = np.zeros(len(val), dtype=bool)
-    for i in range(len(val) - span + 1):
-        if val[i : i + span] in seen:
-            hits[i : i + span] = True
-    return hits
-
-
 def per_token_nats(run: Path, link: str, val: np.ndarray, lengths: np.ndarray, half: bool) -> np.ndarray:
     from minigpt.evaluate import evaluate_tokens
     from minigpt.inference import load_for_inference
@@ -53,6 +44,7 @@ def per_token_nats(run: Path, link: str, val: np.ndarray, lengths: np.ndarray, h
 
 def analyse(runs: Path, name: str, order: int | None, span: int) -> dict:
     from minigpt.dataset import Dataset
+    from minigpt.evaluate import copied_positions
 
     run = runs / name
     if not (run / "best").exists():
@@ -65,17 +57,9 @@ def analyse(runs: Path, name: str, order: int | None, span: int) -> dict:
         best = [json.loads(line) for line in results.read_text().splitlines() if f'"corpus": "{name}"' in line]
         order = best[-1]["ngram_order"] if best and best[-1]["ngram_order"] in orders else orders[-1]
     ds = Dataset(run / "data")
-    tok = ds.tokenizer
-    table = [tok.token_bytes(i) for i in range(tok.vocab_size)]
-    lengths = np.array([len(b) for b in table], dtype=np.int64)
+    lengths = np.asarray(ds.tokenizer.byte_lengths, dtype=np.int64)
     train, val = np.asarray(ds.tokens("train")), np.asarray(ds.tokens("val"))
-    val_bytes = b"".join(table[t] for t in val)
-    hits = covered(b"".join(table[t] for t in train), val_bytes, span)
-    # a target token repeats if every byte of it lies in a repeated span
-    ends = np.cumsum(lengths[val])
-    starts = ends - lengths[val]
-    prefix = np.concatenate([[0], np.cumsum(hits)])
-    repeat = (prefix[ends] - prefix[starts]) == lengths[val]
+    repeat = copied_positions(val, train, n=span, vocab_size=len(lengths))
     scored = np.arange(len(val)) >= 1
     nbytes = lengths[val].astype(np.float64)
     models = {
@@ -97,10 +81,10 @@ def main() -> None:
     ap.add_argument("names", nargs="+", help="corpora of the suite, each with a run in out/bare/NAME")
     ap.add_argument("--order", type=int, default=None, help="the n-gram's order (default: the best one counted)")
     ap.add_argument("--runs", type=Path, default=REPO / "out" / "bare", help="where the suite's runs are")
-    ap.add_argument("--min-repeat", type=int, default=32, help="bytes a verbatim repeat of the training text spans")
+    ap.add_argument("--min-repeat", type=int, default=8, help="tokens a verbatim repeat of the training text spans")
     args = ap.parse_args()
     print(
-        f"| corpus | part of the val text (>= {args.min_repeat}-byte repeats of train) | share of bytes | GPT | "
+        f"| corpus | part of the val text ({args.min_repeat}-token repeats of train) | share of bytes | GPT | "
         "GPT, stride half | n-gram | GPT's lead (stride half) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -367,6 +367,26 @@ def memorization(
     return Memorization(total, len(hits), rate, lo, *best)
 
 
+def copied_positions(
+    tokens: np.ndarray, train_tokens: np.ndarray, *, n: int = MEMO_N, vocab_size: int | None = None
+) -> np.ndarray:
+    """A bool per position of `tokens`: inside some n-token span that occurs verbatim in the
+    training split (the spans `memorization` counts), e.g. to score a validation text's
+    copies of training text apart from the rest.
+
+    >>> copied_positions(np.array([7, 1, 2, 3, 8]), np.array([5, 1, 2, 3, 4, 9]), n=2).astype(int)
+    array([0, 1, 1, 1, 0])
+    """
+    seq = np.asarray(tokens, dtype=np.int64)
+    out = np.zeros(len(seq), dtype=bool)
+    if len(seq) < n or len(train_tokens) < n:
+        return out
+    V = vocab_size or 1 + max(int(train_tokens.max()), int(seq.max()))
+    for _, o in _search([seq], train_tokens, n, _Hasher(V, CHUNK + len(seq))):
+        out[o : o + n] = True
+    return out
+
+
 # ---- `minigpt eval` --------------------------------------------------------------------------------
 
 

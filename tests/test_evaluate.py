@@ -203,6 +203,24 @@ def test_ngram_eval_gives_every_target_its_full_context():
     assert r["loss"] == pytest.approx(oracle, rel=1e-6)
 
 
+def test_copied_positions_equal_a_brute_force_search():
+    """Each position is marked iff some n-token window covering it occurs in the training
+    tokens, checked window by window in plain Python (the oracle)."""
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 4, size=300)
+    tokens = np.concatenate([rng.integers(0, 4, size=40), train[100:120], rng.integers(0, 4, size=40)])
+    for n in (3, 6, 10):
+        seen = {tuple(train[i : i + n]) for i in range(len(train) - n + 1)}
+        want = np.zeros(len(tokens), dtype=bool)
+        for o in range(len(tokens) - n + 1):
+            if tuple(tokens[o : o + n]) in seen:
+                want[o : o + n] = True
+        got = ev.copied_positions(tokens, train, n=n)
+        np.testing.assert_array_equal(got, want)
+        assert got[40:60].all()  # the copied stretch, whatever n
+    assert not ev.copied_positions(tokens[:2], train, n=3).any()  # shorter than a span
+
+
 def test_evaluating_nothing_is_an_error():
     with pytest.raises(ev.DataError, match="nothing to evaluate"):
         evaluate_tokens(ContextFree(np.ones(3) / 3), np.array([1]), np.ones(3), window=4)
