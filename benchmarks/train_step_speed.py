@@ -19,7 +19,8 @@ model is built as the trainer builds it (`models.from_args`), its Linears on one
 Each variant runs in its own worker process (its own allocator, threads and caches, as a
 real run has), built once and warmed up; then rounds go round the workers, each timing
 `--steps` steps in turn, so a slow minute on a shared machine hits every variant alike.
-Reported: the median step over all rounds, tokens/s, the ratio to the first variant, and
+Reported: the median step over all rounds, tokens/s, the ratio to the first variant (of the
+pooled medians, and the median and range of each round's ratio), and
 MFU = flops_per_token x tokens/s / peak, where the peak is the best bf16 [2048 x 2048] x
 [2048 x 2048] product rate (GFLOP/s) measured in a worker between the rounds. The FLOPs are
 the model's (PaLM's 6N + attention); Muon's Newton-Schulz is not counted, as MFU usually
@@ -276,12 +277,17 @@ def main() -> None:
 
 def report(workers: list[Worker], args) -> None:
     times: dict[str, list[float]] = {w.name: [] for w in workers}
+    # each variant's round median over the first variant's in the same round: on a VM whose
+    # speed moves by 10-40% within minutes, the pairs cancel what the pooled medians keep
+    paired: dict[str, list[float]] = {w.name: [] for w in workers}
     peaks = [workers[0].ask(peak=1)["gflops"]]
     for r in range(args.rounds):
         this_round = {}
         for w in workers:
             this_round[w.name] = w.ask(steps=args.steps)["times"]
             times[w.name] += this_round[w.name]
+        for n, t in this_round.items():
+            paired[n].append(statistics.median(this_round[workers[0].name]) / statistics.median(t))
         peaks.append(workers[r % len(workers)].ask(peak=1)["gflops"])
         print(  # this round's median step, and the median of every step so far
             f"round {r + 1}/{args.rounds}: "
@@ -301,13 +307,18 @@ def report(workers: list[Worker], args) -> None:
         f"{info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step"
     )
     print(f"bf16 product peak ({'2048^3'}): {peak:,.0f} GFLOP/s (best of {len(peaks)} measurements in this run)")
-    print(f"{'variant':<16} {'ms/step':>8} {'tokens/s':>9} {'vs ' + first.name:>10} {'MFU':>6}  levers missing")
+    print(
+        f"{'variant':<16} {'ms/step':>8} {'tokens/s':>9} {'vs ' + first.name:>10} {'per round [range]':>20} "
+        f"{'MFU':>6}  levers missing"
+    )
     for w in workers:
         ms = statistics.median(times[w.name])
         tps = w.info["tokens_per_step"] / ms
         mfu = w.info["flops_per_token"] * tps / (peak * 1e9)
+        pr = paired[w.name]
         print(
-            f"{w.name:<16} {ms * 1e3:>8.2f} {tps:>9,.0f} {base_ms / ms:>9.2f}x {mfu:>6.1%}  "
+            f"{w.name:<16} {ms * 1e3:>8.2f} {tps:>9,.0f} {base_ms / ms:>9.2f}x "
+            f"{statistics.median(pr):>8.2f}x [{min(pr):.2f}-{max(pr):.2f}] {mfu:>6.1%}  "
             f"{', '.join(w.info['missing']) or '-'}"
         )
     if args.profile:

@@ -4,7 +4,8 @@ computing the same function (the tests hold them to a float64 recomputation):
 - `cross_entropy`: the mean next-token loss and its gradient, in row chunks, storing only
   one float per row (the log-sum-exp) beside the logits the model keeps anyway.
 - `dropout`: inverted dropout whose keep-mask comes from 16 random bits per element drawn
-  four to a 64-bit word, instead of one Bernoulli draw (and one float mask) per element.
+  four to a 64-bit word (numpy's SFC64, seeded from torch's generator), instead of one
+  Bernoulli draw (and one float mask) per element.
 - `hashed_keep_mask`: the same keep-mask distribution for a compiled model, as a function
   of (seed, position) that torch.compile fuses into the product it masks.
 
@@ -26,23 +27,26 @@ each chunk's fp32 temporaries stay in a core's L2, nothing [N, V]-sized is made 
 bf16 gradient, written once (softmax - one_hot, scaled, from the bf16 logits and the
 saved log-sum-exp), and the forward keeps one float per row instead of a 16 MB log-softmax.
 
-Why dropout is slow: `F.dropout` on the CPU is `bernoulli_(1 - p)` into a tensor of the
-input's dtype, a division and a product, and autograd keeps that float mask. The Bernoulli
-kernel runs serially, one Mersenne-Twister draw per element through a distribution object.
-`random_` over the full int64 range fills 64 bits per element in two draws, also serially:
-read as four 16-bit uniforms and compared to a threshold, they make the mask with two draws
-per four elements in a plain fill loop. (Alone, single-threaded, on a loaded machine: 0.37
-ms for the bits of a [32, 64, 192] mask against 6.6 ms for bernoulli_ -- a ratio, not a
-timing to quote.) The keep rate is then round((1 - p) * 65536) / 65536 (0.899994 for
-p = 0.1) and the scale its exact inverse, so E[dropout(x)] = x holds exactly. Dropout on the
-attention weights makes SDPA leave its flash kernel on the CPU for a math path that draws
-one Bernoulli a weight (11.3 ms a layer forward and backward at the cpu preset, against 3.2
-without dropout); the model takes the explicit product with these masks instead (5.0 ms;
+Why dropout is slow: `F.dropout` on the CPU is `bernoulli_(1 - p)` into a tensor of the input's
+dtype, a division and a product, and autograd keeps that float mask. The Bernoulli kernel runs
+serially, one Mersenne-Twister draw per element through a distribution object. `random_` over
+the full int64 range fills 64 bits per element in two draws, also serially: read as four 16-bit
+uniforms and compared to a threshold, they make the mask with two draws per four elements in a
+plain fill loop. (Alone, single-threaded, on a loaded machine: 0.37 ms for the bits of a [32,
+64, 192] mask against 6.6 ms for bernoulli_ -- a ratio, not a timing to quote.) Since 2026-12-06
+the words come from numpy's SFC64 generator on one seed drawn from torch's, and numpy compares
+them (vectorised; torch's compare into bool is not): 0.33 ms a [32, 64, 192] mask against 0.85
+ms with torch's fill and compare. The keep rate is then round((1 - p) * 65536) / 65536 (0.899994
+for p = 0.1) and the scale its exact inverse, so E[dropout(x)] = x holds exactly. Dropout on the
+attention weights makes SDPA leave its flash kernel on the CPU for a math path that draws one
+Bernoulli a weight (11.3 ms a layer forward and backward at the cpu preset, against 3.2 without
+dropout); the model takes the explicit product with these masks instead (5.0 ms;
 model.CausalSelfAttention.forward).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["cross_entropy", "dropout", "hashed_keep_mask", "keep_probability"]
@@ -150,25 +154,32 @@ class _Dropout(torch.autograd.Function):
         return (g * ctx.scale).mul_(keep.to(g.dtype)), None, None
 
 
+def _keep_mask(n: int, keep: float, generator: torch.Generator | None) -> torch.Tensor:
+    """n uint8 flags, 1 with probability `keep` (a multiple of 1/65536), independent.
+
+    One 64-bit seed is drawn from torch's generator (`generator`, else the default one), so
+    `torch.manual_seed` and a checkpoint's saved RNG state make the masks repeatable; the
+    random words come from numpy's SFC64 on that seed, each split into four 16-bit uniforms.
+    Why numpy: at the cpu preset's [32, 64, 192] a mask took 0.85 ms with torch (its
+    Mersenne-Twister fill, serial, and a compare into bool that is not vectorised) and 0.33 ms
+    this way (BENCHMARKS.md, fifth pass); a step draws seven to ten of them."""
+    seed = torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=generator).item()
+    words = np.random.SFC64(seed & (2**64 - 1)).random_raw((n + 3) // 4)
+    u16 = words.view(np.int16)[:n]  # uniform in [-32768, 32768)
+    # u16 + 32768 is uniform on [0, 65536): kept iff it is below keep * 65536
+    return torch.from_numpy(np.less(u16, round(keep * 65536) - 32768).view(np.uint8))
+
+
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout: each element kept with probability keep_probability(p) ~ 1 - p and
-    scaled by its inverse, else zeroed; elements independent.
-
-    Randomness: 64-bit words from torch's generator (`generator`, else the default one, so
-    `torch.manual_seed` makes it repeatable), each split into four 16-bit uniforms.
-    """
+    scaled by its inverse, else zeroed; elements independent. The mask is drawn on the CPU
+    (`_keep_mask`); the model uses this for CPU tensors only."""
     if p <= 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    n = x.numel()
-    # 64 random bits per int64 (two Mersenne-Twister draws: the full-range path; a range
-    # given to randint would draw 64 bits for every 32-bit word), read as four int16
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None, generator=generator)
-    u16 = words.view(torch.int16)[:n].view(x.shape)  # uniform in [-32768, 32768)
     keep = keep_probability(p)
-    # u16 + 32768 is uniform on [0, 65536): kept iff it is below keep * 65536
-    kept = (u16 < round(keep * 65536) - 32768).view(torch.uint8)
+    kept = _keep_mask(x.numel(), keep, generator).view(x.shape).to(x.device)
     return _Dropout.apply(x, kept, 1.0 / keep)
 
 

@@ -134,6 +134,25 @@ def test_dropout_keeps_one_minus_p_independently_scaled_by_its_inverse(p):
     assert abs(both - (1 - keep) ** 2) < 5 * math.sqrt((1 - keep) ** 2 / n) * 2
 
 
+def test_dropout_masks_follow_torchs_generator_state():
+    """The mask's bits are numpy's, seeded by one draw from torch's generator: restoring
+    torch's RNG state (as a resumed checkpoint does) repeats the mask, a `generator` of its own
+    repeats it too and leaves the default generator where it was."""
+    x = torch.ones(257, 33)
+    state = torch.get_rng_state()
+    a = kernels.dropout(x, 0.3)
+    b = kernels.dropout(x, 0.3)
+    assert not torch.equal(a, b)
+    torch.set_rng_state(state)
+    assert torch.equal(kernels.dropout(x, 0.3), a)
+    after = torch.get_rng_state()
+    g = torch.Generator().manual_seed(3)
+    c = kernels.dropout(x, 0.3, generator=g)
+    assert torch.equal(torch.get_rng_state(), after)
+    assert torch.equal(kernels.dropout(x, 0.3, generator=torch.Generator().manual_seed(3)), c)
+    assert not torch.equal(c, a)
+
+
 def test_dropout_gradient_is_the_same_mask_and_scale():
     torch.manual_seed(0)
     x = torch.randn(64, 50, dtype=torch.bfloat16, requires_grad=True)
