@@ -91,9 +91,9 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     # dropout on the attention weights too (GPT-2, nanoGPT); off, attention keeps the CPU's
-    # flash kernel, which has no dropout (dropout 0.1 then +12% a step; with the weights' +19%
-    # since 2026-12-06, +45% before), but a small text overfits more: tinyshakespeare at 3
-    # minutes 2.132 bits/byte without, 2.099 with
+    # flash kernel, which has no dropout (a step with dropout then ~+10%; with the weights'
+    # ~+15-19%). The plan turns it off and drops 1.5x as much on the residual branches: at equal
+    # wall time that matched or beat 0.1 here as well on three texts (BENCHMARKS.md, fifth pass)
     attn_dropout: bool = True
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2: True)
     pos_encoding: str = "learned"  # learned (GPT-2) | sinusoidal (Vaswani et al.) | rope (rotary)
@@ -284,7 +284,7 @@ class ModelArgs:
     attn_dropout: bool = _opt(
         True,
         "apply --dropout to the attention weights too (GPT-2, nanoGPT); without, attention keeps the CPU's "
-        "flash kernel",
+        "flash kernel (a planned dropout is residual-only unless --dropout is given)",
     )
     bias: bool = _opt(True, "use biases in Linear layers and LayerNorms")
     pos_encoding: str = _opt("learned", "positional encoding", choices=POS_ENCODINGS)

@@ -2,8 +2,8 @@
 measured speed, the settings a user would otherwise have to know to choose.
 
     python train.py --data my.txt
-    plan: 0.61M train tokens; 285 s at ~19k tokens/s = ~5.2M tokens = 8.5 passes -> 3x192, dropout 0.1, wd 0.1,
-          vocab 1024, ~2150 steps
+    plan: 0.61M train tokens; 285 s at ~19k tokens/s = ~5.2M tokens = 8.5 passes -> 3x192,
+          residual dropout 0.15, wd 0.1, vocab 1024, ~2150 steps
 
 Two parts, both used by the trainer:
 
@@ -11,7 +11,8 @@ Two parts, both used by the trainer:
   training tokens the budget buys decides dropout and weight decay; the size of the text
   decides the vocabulary and the model's width (a tiny text gets a smaller model); a
   corpus too small for the preset's window or batch gets smaller
-  ones; a CPU run without dropout and with minutes to train is compiled, and deeper. Each
+  ones; a CPU run with minutes to train is compiled, and deeper (with dropout too, where it
+  is the plan's: on the residual branches only). Each
   row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none yet, and
   all are meant to be refitted by sweeps. `choose` applies them to the settings
   the user left unset (`TrainConfig.planned`) and returns a `Plan` whose `line()` is printed
@@ -46,6 +47,7 @@ PLANNABLE = (
     "max_time",
     "vocab_size",
     "dropout",
+    "attn_dropout",
     "weight_decay",
     "n_layer",
     "n_head",
@@ -74,29 +76,36 @@ class Rule:
     evidence: str
 
 
-# Passes over the training tokens the budget buys -> regularisation. Dropout costs ~20% of a
-# CPU step (the masks, and attention off its flash kernel) and keeps a run from compiling, so
-# it is only worth it where the data is seen often enough to overfit.
+# Passes over the training tokens the budget buys -> regularisation: dropout on the residual
+# branches only (`attn_dropout` off), which keeps attention on the CPU's flash kernel: at
+# equal wall time 0.15 there matched 0.1 on the attention weights as well (which costs twice
+# as much a step), and 0.1 there alone lost (BENCHMARKS.md, fifth pass). Dropout costs ~10% of
+# an eager CPU step even so (~20% of a compiled one), so it is only worth it where the data is
+# seen often enough to overfit.
 REGULARISATION = (
     Rule(
         0.0,
-        dict(dropout=0.0, weight_decay=0.1),
+        dict(dropout=0.0, attn_dropout=False, weight_decay=0.1),
         "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)",
     ),
     Rule(
         6.0,
-        dict(dropout=0.1, weight_decay=0.1),
+        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1),
         "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
-        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source). Below 6: the Russian fortunes "
-        "(0.73M tokens, 5.0 passes planned) 1.0808 with dropout 0.1 against 1.0547 without it (compiled, so 5 "
-        "layers), the bundled corpus at 3.7-4.8 passes best without (BENCHMARKS, 2026-12-06); the boundary lies "
-        "between 5 and 7 passes, where nothing else was measured",
+        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source). Residual-only 0.15 against "
+        "0.1 on the weights too at equal wall time (2026-12-06): tinyshakespeare at 3 minutes 2.1130 / 2.1127 "
+        "vs 2.1136 / 2.1133 / 2.1178 (residual-only 0.1: 2.1253 / 2.1226 / 2.1305), Python source 1.2631 vs "
+        "1.2863. Below 6: the Russian "
+        "fortunes (0.73M tokens, 5.0 passes planned) 1.0808 with dropout 0.1 against 1.0547 without it "
+        "(compiled, so 5 layers), the bundled corpus at 3.7-4.8 passes best without (BENCHMARKS, 2026-12-06); "
+        "the boundary lies between 5 and 7 passes, where nothing else was measured",
     ),
     Rule(
         24.0,
-        dict(dropout=0.2, weight_decay=0.1),
-        "extrapolated: man pages (0.35M tokens) overfit from ~3 passes without dropout; nanoGPT's "
-        "shakespeare-char, seen ~40 times, uses 0.2. Weight decay 0.1 everywhere: not swept yet",
+        dict(dropout=0.3, attn_dropout=False, weight_decay=0.1),
+        "fortunes-en (45k tokens, 40 passes, 3 x 96): residual-only 0.3 2.6134 / 2.6069 bits/byte, 0.2 on "
+        "the weights too 2.6257 / 2.6255, 0.3 there 2.6235 (2026-12-06); the boundary at 24 passes is "
+        "extrapolated. Weight decay 0.1 everywhere: not swept yet",
     ),
 )
 
@@ -120,8 +129,8 @@ VOCABULARY = (
     Rule(16 << 20, dict(vocab_size=4096), "extrapolated: 4096 tied 2048 at 5 MB; more text supports more tokens"),
 )
 
-# A compiled run (no dropout: a text seen a few times) trains ~1.4x the tokens in its time, and
-# spends them best on a deeper model. One row; the width, heads and the rest stay SHAPES'.
+# A compiled run trains ~1.3-1.4x the tokens in its time, and spends them best on a deeper
+# model. One row; the width, heads and the rest stay SHAPES'.
 COMPILED_SHAPES = (
     Rule(
         0.0,
@@ -169,11 +178,12 @@ COMPILATION = (
         "the cpu preset's step compiled: 64.4 vs 96.1 ms eager (1.49x; 1.41-1.56x in four runs, "
         "benchmarks/train_step_speed.py, 2026-12-05); with COMPILE_COST_S to pay, it wins from ~3x that "
         "(the cost / (1 - 1 / gain)) of training. The default run (285 s, no dropout): 3939 steps and 1.9560 "
-        "bits/byte compiled, 2875 and 1.9614 eager. Only without dropout: with it (a text seen 9-12 times) the "
-        "compiled runs lost to the eager one at 3 minutes on tinyshakespeare (2.107-2.142 vs 2.099), since "
-        "dropout on the attention weights was slow compiled (108.5 vs 64.4 ms a step; +28% since the "
-        "explicit product of 2026-12-06, quality not re-measured) and without it the model "
-        "overfits (2.132 eager) (BENCHMARKS.md, issue 22)",
+        "bits/byte compiled, 2875 and 1.9614 eager. With the plan's residual-only dropout too (2026-12-06, "
+        "compiled 5 x 192 against eager 3 x 192): Python source 1.2431 vs 1.2631 (0.15); the Russian fortunes "
+        "1.0566 (0.1) vs 1.0639-1.0808 eager (dropout on the weights too); tinyshakespeare at 3 minutes "
+        "2.1292 / 2.1145 vs 2.1130 / 2.1127 (0.15), 2.1156 / 2.1135 (0.1) vs 2.1136 / 2.1133 / 2.1178 "
+        "(0.1 on the weights too). Dropout on the attention weights (a --dropout of yours) stays eager: "
+        "slow compiled (+28-68% a step, BENCHMARKS.md, issue 22)",
     ),
 )
 # What the plan assumes before it has seen a compiled step (the budget then measures it):
@@ -246,7 +256,7 @@ def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:
     """The settings of the last row whose `at_least` is <= value.
 
     >>> pick(REGULARISATION, 7.0)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
-    (0.1, 2048)
+    (0.15, 2048)
     """
     chosen = rules[0]
     for rule in rules:
@@ -319,7 +329,7 @@ class Plan:
 
     def line(self) -> str:
         """One line, e.g. `plan: 0.61M train tokens; 285 s at ~19k tokens/s = ~5.2M tokens
-        = 8.5 passes -> 3x192, dropout 0.1, wd 0.1, vocab 1024, ~2150 steps`."""
+        = 8.5 passes -> 3x192, residual dropout 0.15, wd 0.1, vocab 1024, ~2150 steps`."""
         s, mine = self.settings, set(self.yours)
 
         def tag(names, text):
@@ -339,7 +349,7 @@ class Plan:
             head += f"{self.steps} steps (yours) = ~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
         parts = [
             tag(["n_layer", "n_embd", "n_head"], f"{s['n_layer']}x{s['n_embd']}"),
-            tag(["dropout"], f"dropout {s['dropout']:g}"),
+            tag(["dropout", "attn_dropout"], f"{_placement(s)}dropout {s['dropout']:g}"),
             tag(["weight_decay"], f"wd {s['weight_decay']:g}"),
             tag(["vocab_size"], f"vocab {s['vocab_size']}"),
         ]
@@ -366,6 +376,11 @@ class Plan:
             "yours": sorted(self.yours),
             **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
         }
+
+
+def _placement(settings: dict[str, Any]) -> str:
+    """ "residual " where dropout leaves the attention weights alone (the plan's), else ""."""
+    return "residual " if settings["dropout"] > 0 and not settings.get("attn_dropout", True) else ""
 
 
 def _si(x: float, at_least: str = "") -> str:
@@ -395,8 +410,8 @@ def choose(
     many passes over the data, hence the regularisation (the rules above; the shape from the
     tokens) for the settings in `planned`; the others keep their `current` values (the user's, or the
     preset's). Without a budget the step count is `max_steps`. On the `cpu`, a budget long
-    enough compiles a model that trains without dropout: the speed and the time left are
-    then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
+    enough compiles the model unless it drops out attention weights: the speed and the time
+    left are then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
     measured = tokens_per_s
 
     def fit(compiled: bool) -> tuple[int, dict[str, Any]]:  # steps, and the settings they imply
@@ -406,18 +421,23 @@ def choose(
         n = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
         passes = n * tokens_per_step / max(1, train_tokens)
         chosen = {**pick(REGULARISATION, passes), **shape_for(train_tokens, planned)}
-        keys = ("n_layer", "n_head", "n_embd", "dropout", "weight_decay", "vocab_size", "block_size", "batch_size")
-        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in keys}
+        if "dropout" not in planned:  # a --dropout of yours keeps the preset's placement of it
+            chosen.pop("attn_dropout")
+        keys = ("n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "weight_decay", "vocab_size")
+        keys += ("block_size", "batch_size")
+        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in keys if k in current}
 
     # The settings from the passes an eager step buys (what the rules were measured with); a
-    # run they leave without dropout compiles where COMPILATION says, and trains the steps
+    # run compiles where COMPILATION says, and trains the steps
     # the compiled step buys (the default run: 3.9 passes planned, 4.8 trained, better).
     steps, settings = fit(False)
     compile_ = current.get("compile")
     if "compile" in planned:
         compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
-        if settings["dropout"] > 0:
-            compile_ = None  # a regularised run trains eagerly (COMPILATION's evidence)
+        if settings["dropout"] > 0 and settings.get("attn_dropout", True):
+            compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)
+        if budget_s > 0 and steps * tokens_per_step >= MAX_PASSES * train_tokens:
+            compile_ = None  # a run that reaches MAX_PASSES eagerly has no use for a faster step
     if compile_:
         steps = fit(True)[0]
         if cpu and budget_s > 0 and "n_layer" in planned:  # deeper, at the speed its depth allows

@@ -63,8 +63,9 @@ def run_json(out: Path) -> dict:
 
 def test_rules_pick_the_row_of_the_passes_and_the_text_size():
     assert pick(REGULARISATION, 3.0)["dropout"] == 0.0  # the bundled corpus (~3 passes): no dropout
-    assert pick(REGULARISATION, 7.0)["dropout"] == 0.1  # tinyshakespeare (~7 passes): 0.1
-    assert pick(REGULARISATION, 100.0)["dropout"] == 0.2
+    assert pick(REGULARISATION, 7.0)["dropout"] == 0.15  # tinyshakespeare (~7 passes): 0.15
+    assert pick(REGULARISATION, 100.0)["dropout"] == 0.3
+    assert not any(rule.settings["attn_dropout"] for rule in REGULARISATION)  # the residual branches only
     sizes = (3_000, 512 << 10, 1_115_394, 5 << 20, 100 << 20)  # tiny, 0.5 MB, tinyshakespeare, bundled, large
     assert [vocab_for(n) for n in sizes] == [512, 1024, 2048, 2048, 4096]
     assert all(rule.evidence for table in plan_mod.RULES.values() for rule in table)  # every row says why
@@ -202,9 +203,33 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     assert "compiled (yours)" in forced.line()
 
 
+def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
+    """A text seen often enough for dropout: the plan's residual-only dropout compiles (the
+    masks hash into the fused products) and goes deeper, as a run without dropout does; a
+    --dropout of yours keeps the weights' dropout, which is slow compiled, so that run trains
+    eagerly."""
+    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, attn_dropout=True, weight_decay=0.1,
+                   vocab_size=2048, block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
+    planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
+    kw = dict(train_tokens=350_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
+              seconds_left=250.0, cpu=True)  # fmt: skip
+    planned_run = choose(current=current, planned=planned, **kw)
+    rule = pick(REGULARISATION, 250.0 * 20_000 / 350_000)
+    assert rule["dropout"] > 0 and planned_run.settings["dropout"] == rule["dropout"]
+    assert planned_run.settings["attn_dropout"] is False and planned_run.settings["compile"] is True
+    assert planned_run.settings["n_layer"] == plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    assert "residual dropout" in planned_run.line() and "compiled" in planned_run.line()
+    yours = choose(current={**current, "dropout": 0.1}, planned=[k for k in planned if k != "dropout"], **kw)
+    assert yours.settings["attn_dropout"] is True and yours.settings["compile"] is None
+    assert yours.settings["n_layer"] == 3 and "compiled" not in yours.line() and "dropout 0.1 (yours)" in yours.line()
+    tiny = choose(current=current, planned=planned, **{**kw, "train_tokens": 45_000})  # 40 passes eagerly
+    assert tiny.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and tiny.settings["compile"] is None
+    assert tiny.settings["n_layer"] == 3  # SHAPES' small model, not the compiled depth
+
+
 def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_passes(tmp_path, corpus_file):
-    """Few passes over the text: no dropout; many: dropout 0.1 — each the rule's answer for
-    the passes the record reports (the oracle is the table, read independently)."""
+    """Few passes over the text: no dropout; many: residual dropout 0.15 — each the rule's
+    answer for the passes the record reports (the oracle is the table, read independently)."""
     for steps in (2, 30):
         out = tmp_path / f"r{steps}"
         rc, err = train_cli(
@@ -223,6 +248,8 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_pass
         want = pick(REGULARISATION, passes)["dropout"]
         assert rec["config"]["model"]["dropout"] == plan["settings"]["dropout"] == want
         assert f"dropout {want:g}" in lines[0] and f"{steps} steps (yours)" in lines[0]
+        assert rec["config"]["model"]["attn_dropout"] is False  # the plan's dropout leaves the weights alone
+        assert ("residual dropout" in lines[0]) == (want > 0)
         # the corpus is ~20 KB: the vocabulary for its size
         assert rec["config"]["data"]["vocab_size"] == vocab_for(corpus_file.stat().st_size) == 512
         vocab = json.loads((out / "data" / "meta.json").read_text())["vocab_size"]  # BPE may stop short of 512
@@ -235,7 +262,7 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_pass
         assert ("eval every 100 (yours)" in lines[0]) == (passes >= 4), lines[0]
         assert "1x32 (yours)" in lines[0]  # the shape flags were given
         assert rec["config"]["planned"] == []  # the record is the plan made: a rerun of it is exact
-    assert passes >= 4 and want == 0.1  # the second run did cross the rule's line
+    assert passes >= 6 and want == 0.15  # the second run did cross the rule's line
 
 
 def _split_tokens(out: Path, split: str):
@@ -268,6 +295,8 @@ def test_flags_win_over_the_plan_and_are_marked_yours(tmp_path, corpus_file):
     rec = run_json(out)
     assert "dropout 0.05 (yours)" in line and "vocab 300 (yours)" in line and "wd 0.2 (yours)" in line
     assert rec["config"]["model"]["dropout"] == 0.05 and rec["config"]["optim"]["weight_decay"] == 0.2
+    # a --dropout of yours keeps the preset's placement (the weights too): the plan's rate is for its own
+    assert rec["config"]["model"]["attn_dropout"] is True and "residual" not in line
     assert json.loads((out / "data" / "meta.json").read_text())["vocab_size"] <= 300
     assert {"dropout", "vocab_size", "weight_decay", "n_layer"} <= set(rec["plan"]["yours"])
 
