@@ -401,6 +401,21 @@ def _si(x: float, at_least: str = "") -> str:
     return f"{x:.0f}"
 
 
+# What `choose` fills in from the rules (or the current values): its `settings` besides the
+# step count, the evaluation interval and compilation.
+_MODEL_SETTINGS = (
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "dropout",
+    "attn_dropout",
+    "weight_decay",
+    "vocab_size",
+    "block_size",
+    "batch_size",
+)
+
+
 def choose(
     *,
     train_tokens: int,
@@ -432,9 +447,7 @@ def choose(
         chosen = {**pick(REGULARISATION, passes), **shape_for(train_tokens, planned)}
         if "dropout" not in planned:  # a --dropout of yours keeps the preset's placement of it
             chosen.pop("attn_dropout")
-        keys = ("n_layer", "n_head", "n_embd", "dropout", "attn_dropout", "weight_decay", "vocab_size")
-        keys += ("block_size", "batch_size")
-        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in keys if k in current}
+        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in _MODEL_SETTINGS}
 
     # The settings from the passes an eager step buys (what the rules were measured with); a
     # run compiles where COMPILATION says, and trains the steps
@@ -443,7 +456,7 @@ def choose(
     compile_ = current.get("compile")
     if "compile" in planned:
         compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
-        if settings["dropout"] > 0 and settings.get("attn_dropout", True):
+        if settings["dropout"] > 0 and settings["attn_dropout"]:
             compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)
         if budget_s > 0 and steps * tokens_per_step >= MAX_PASSES * train_tokens:
             compile_ = None  # a run that reaches MAX_PASSES eagerly has no use for a faster step

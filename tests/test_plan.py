@@ -90,6 +90,7 @@ _CURRENT = dict(
     n_head=6,
     n_embd=192,
     dropout=0.0,
+    attn_dropout=True,
     weight_decay=0.1,
     vocab_size=512,
     block_size=64,
@@ -167,7 +168,7 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     faster step in the time left) and trains a deeper model unless the depth is yours; a
     shorter budget, another device, --max-steps or the user's --no-compile keep it off; the
     line says so."""
-    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, weight_decay=0.1, vocab_size=2048,
+    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, attn_dropout=True, weight_decay=0.1, vocab_size=2048,
                    block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     kw = dict(train_tokens=5_000_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
