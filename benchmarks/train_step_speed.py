@@ -62,7 +62,7 @@ VARIANTS = {
     "drop-today": {**ON, "fast_dropout": False, "dropout": True},
     "drop-fast": {**ON, "dropout": True},
     "drop-fast-resid": {**ON, "weight_dropout": False, "dropout": True},
-    # the same under torch.compile (masks: kernels.hashed_keep_mask, fused by the compiler)
+    # the same under torch.compile (masks: kernels.keep_mask, one buffer the fused loops read)
     "compile-drop": {**ON, "compile": True, "dropout": True},
     "compile-drop-resid": {**ON, "compile": True, "weight_dropout": False, "dropout": True},
 }

@@ -3,11 +3,10 @@ computing the same function (the tests hold them to a float64 recomputation):
 
 - `cross_entropy`: the mean next-token loss and its gradient, in row chunks, storing only
   one float per row (the log-sum-exp) beside the logits the model keeps anyway.
-- `dropout`: inverted dropout whose keep-mask comes from 16 random bits per element drawn
-  four to a 64-bit word (numpy's SFC64, seeded from torch's generator), instead of one
-  Bernoulli draw (and one float mask) per element.
-- `hashed_keep_mask`: the same keep-mask distribution for a compiled model, as a function
-  of (seed, position) that torch.compile fuses into the product it masks.
+- `dropout`: inverted dropout whose keep-mask (`keep_mask`) comes from 16 random bits per
+  element drawn four to a 64-bit word (numpy's SFC64, seeded from torch's generator), instead
+  of one Bernoulli draw (and one float mask) per element. The mask is one custom op, so a
+  compiled model draws the eager model's masks, each made once, read by the fused loops.
 
 Why the cross-entropy is slow in PyTorch's form (`F.cross_entropy(logits.float(), ...)`),
 at the cpu preset (batch 32 x 64 = 2048 rows, vocabulary 2048): each step makes and walks
@@ -49,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["cross_entropy", "dropout", "hashed_keep_mask", "keep_probability"]
+__all__ = ["cross_entropy", "dropout", "keep_mask", "keep_probability"]
 
 # Rows per chunk: a chunk's fp32 temporaries (rows x vocab x 4 bytes) should fit in a core's
 # L2 cache (1-2 MB on the CPUs these run on); 2**18 floats = 1 MB.
@@ -154,80 +153,49 @@ class _Dropout(torch.autograd.Function):
         return (g * ctx.scale).mul_(keep.to(g.dtype)), None, None
 
 
-def _keep_mask(n: int, keep: float, generator: torch.Generator | None) -> torch.Tensor:
-    """n uint8 flags, 1 with probability `keep` (a multiple of 1/65536), independent.
+@torch.library.custom_op(
+    "minigpt::keep_mask", mutates_args=(), device_types="cpu", tags=torch.Tag.nondeterministic_seeded
+)
+def _keep_mask_op(seed: torch.Tensor, n: int, threshold: int) -> torch.Tensor:
+    """n uint8 flags from numpy's SFC64 on `seed` (an int64 scalar tensor): each 64-bit word
+    split into four 16-bit uniforms, an element kept iff its uniform is below `threshold`."""
+    words = np.random.SFC64(int(seed.item()) & (2**64 - 1)).random_raw((n + 3) // 4)
+    u16 = words.view(np.int16)[:n]  # uniform in [-32768, 32768)
+    # u16 + 32768 is uniform on [0, 65536): kept iff it is below threshold
+    return torch.from_numpy(np.less(u16, threshold - 32768).view(np.uint8))
+
+
+@_keep_mask_op.register_fake
+def _(seed: torch.Tensor, n: int, threshold: int) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.uint8)
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uint8 keep-mask of `shape` (1 with probability keep_probability(p), elements
+    independent), on the CPU.
 
     One 64-bit seed is drawn from torch's generator (`generator`, else the default one), so
-    `torch.manual_seed` and a checkpoint's saved RNG state make the masks repeatable; the
-    random words come from numpy's SFC64 on that seed, each split into four 16-bit uniforms.
-    Why numpy: at the cpu preset's [32, 64, 192] a mask took 0.85 ms with torch (its
-    Mersenne-Twister fill, serial, and a compare into bool that is not vectorised) and 0.33 ms
-    this way (BENCHMARKS.md, fifth pass); a step draws seven to ten of them."""
-    seed = torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=generator).item()
-    words = np.random.SFC64(seed & (2**64 - 1)).random_raw((n + 3) // 4)
-    u16 = words.view(np.int16)[:n]  # uniform in [-32768, 32768)
-    # u16 + 32768 is uniform on [0, 65536): kept iff it is below keep * 65536
-    return torch.from_numpy(np.less(u16, round(keep * 65536) - 32768).view(np.uint8))
+    `torch.manual_seed` and a checkpoint's saved RNG state make the masks repeatable, compiled
+    or not; the random words come from numpy's SFC64 on that seed. Why numpy: at the cpu
+    preset's [32, 64, 192] a mask took 0.85 ms with torch (its Mersenne-Twister fill, serial,
+    and a compare into bool that is not vectorised) and 0.33 ms this way (BENCHMARKS.md, fifth
+    pass); a step draws seven to ten of them. Why a custom op: under torch.compile the mask is
+    then one buffer the compiler reads in the fused product it masks (forward and backward),
+    made once; the compiler's own random numbers, or a hash of the position it fuses, are
+    recomputed in every loop that reads them (BENCHMARKS.md, sixth pass)."""
+    n = 1
+    for d in shape:
+        n *= d
+    seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator)
+    return _keep_mask_op(seed, n, round(keep_probability(p) * 65536)).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Inverted dropout: each element kept with probability keep_probability(p) ~ 1 - p and
     scaled by its inverse, else zeroed; elements independent. The mask is drawn on the CPU
-    (`_keep_mask`); the model uses this for CPU tensors only."""
+    (`keep_mask`); the model uses this for CPU tensors only, compiled or not."""
     if p <= 0.0:
         return x
     if p >= 1.0:
         return x * 0.0
-    keep = keep_probability(p)
-    kept = _keep_mask(x.numel(), keep, generator).view(x.shape).to(x.device)
-    return _Dropout.apply(x, kept, 1.0 / keep)
-
-
-# ---- dropout for a compiled model: a counter-based mask ------------------------------------------
-#
-# Under torch.compile on the CPU, F.dropout becomes the compiler's own random numbers (a
-# Philox draw per element, computed in the fused loop) and `dropout` above a serial
-# Mersenne-Twister fill the compiler cannot fuse: at the cpu preset (batch 32 x 64 x 192, 7
-# dropout sites), +52% and +30% of a compiled step. A mask that is a pure function of a seed
-# and each element's position is a few integer operations per element, which the compiler
-# fuses into the product it masks (forward) and reads back (backward): +4% on one masked
-# product alone, +25% of the compiled step at the cpu preset (the compiler also fuses the
-# mask into the RMSNorm reductions after it, where it is evaluated more than once).
-# (In eager mode each of those operations is its own pass over the tensor, slower than
-# `dropout`'s fill; the model uses this one only when compiling.)
-#
-# The hash is Chris Wellons' "lowbias32" (xor-shift-multiply, chosen by a search for full
-# avalanche), on the position times the golden-ratio constant plus the seed, in int32
-# arithmetic that wraps (two's complement) as the vectorised code does; the logical right
-# shifts are written as arithmetic shifts with the sign bits masked off. Its low 16 bits are
-# the uniform compared with the keep threshold, as in `dropout`. Two calls with seeds s, t
-# share hash inputs only at positions offset by (s - t) / 0x9E3779B1 mod 2**32: for masks of
-# n elements, masks that overlap at all are a fraction ~2n / 2**32 of seed pairs (2e-4 at
-# the cpu preset's 393,216), and then as shifted copies.
-
-_GOLDEN = -1640531535  # 0x9E3779B1 as int32
-_M1 = 0x7FEB352D
-_M2 = -2073254261  # 0x846CA68B as int32
-
-
-def _lowbias32(x: torch.Tensor) -> torch.Tensor:
-    x = (x ^ ((x >> 16) & 0xFFFF)) * _M1
-    x = (x ^ ((x >> 15) & 0x1FFFF)) * _M2
-    return x ^ ((x >> 16) & 0xFFFF)
-
-
-def hashed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: torch.Tensor) -> torch.Tensor:
-    """A bool keep-mask of `shape`: True with probability keep_probability(p), elements
-    independent (to the hash's quality: tests/test_kernels.py checks the rate and the pairs),
-    a pure function of `seed` (an int32 scalar tensor) and the position.
-
-    >>> m = hashed_keep_mask((4, 1000), 0.1, torch.tensor(7, dtype=torch.int32))
-    >>> m.shape, 0.85 < m.float().mean().item() < 0.95
-    (torch.Size([4, 1000]), True)
-    """
-    n = 1
-    for d in shape:
-        n *= d
-    pos = torch.arange(n, dtype=torch.int32, device=seed.device).view(shape)
-    bits = _lowbias32(pos * _GOLDEN + seed) & 0xFFFF  # uniform on [0, 65536)
-    return bits < round(keep_probability(p) * 65536)
+    return _Dropout.apply(x, keep_mask(x.shape, p, generator).to(x.device), 1.0 / keep_probability(p))

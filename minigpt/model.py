@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .errors import ConfigError
-from .kernels import cross_entropy, dropout, hashed_keep_mask, keep_probability
+from .kernels import cross_entropy, dropout
 
 __all__ = ["GPTConfig", "GPT", "GPTOutput", "KVCache", "KVPlan", "sinusoidal_table", "apply_rope", "check_token_ids"]
 
@@ -269,10 +269,9 @@ def make_norm(cfg: GPTConfig, dim: int | None = None) -> nn.Module:
 
 class Dropout(nn.Dropout):
     """nn.Dropout (zero each element with probability p, scale the rest by 1 / (1 - p)),
-    with its keep-masks made cheaply on the CPU: in eager mode by `kernels.dropout` (16
-    random bits an element, a 1-byte mask), under torch.compile by `kernels.hashed_keep_mask`
-    (a hash of a seed and the position, which the compiler fuses into the product). Both
-    keep with probability 1 - p to 1/65536. `fast` False is F.dropout itself (the benchmarks
+    with its keep-masks made cheaply on the CPU by `kernels.dropout` (16 random bits an
+    element, a 1-byte mask; the same masks compiled or not), kept with probability 1 - p to
+    1/65536. `fast` False is F.dropout itself (the benchmarks
     compare them in one process). CUDA keeps F.dropout: there it is already one fused kernel."""
 
     fast = True
@@ -280,12 +279,6 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.p > 0 and self.fast and x.device.type == "cpu"):
             return super().forward(x)
-        if torch.compiler.is_compiling():
-            # one seed per call from torch's generator (loop.compile_options makes it an
-            # ordinary draw, so a seed gives the same masks compiled or not)
-            seed = torch.randint(-(2**31), 2**31 - 1, (), dtype=torch.int32, device=x.device)
-            keep = hashed_keep_mask(x.shape, self.p, seed)
-            return x * keep * (1.0 / keep_probability(self.p))
         return dropout(x, self.p)
 
 

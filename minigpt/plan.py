@@ -80,8 +80,8 @@ class Rule:
 # branches only (`attn_dropout` off), which keeps attention on the CPU's flash kernel: at
 # equal wall time 0.15 there matched 0.1 on the attention weights as well (which costs twice
 # as much a step), and 0.1 there alone lost (BENCHMARKS.md, fifth pass). Dropout costs ~10% of
-# an eager CPU step even so (~20% of a compiled one), so it is only worth it where the data is
-# seen often enough to overfit.
+# an eager CPU step even so (~5% of a compiled one, whose masks are made once: sixth pass), so
+# it is only worth it where the data is seen often enough to overfit.
 REGULARISATION = (
     Rule(
         0.0,

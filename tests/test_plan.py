@@ -335,8 +335,8 @@ def test_a_planned_run_resumes_exactly_and_keeps_its_plan(tmp_path, corpus_file)
 
 @pytest.mark.slow
 def test_a_compiled_run_with_dropout_resumes_exactly(tmp_path, corpus_file):
-    """The compiled model (its dropout masks hashed from a seed drawn from torch's generator,
-    kernels.hashed_keep_mask) resumes exactly: N steps == N/2, then --resume for N/2 more; and
+    """The compiled model (its dropout masks drawn from a seed from torch's generator,
+    kernels.keep_mask) resumes exactly: N steps == N/2, then --resume for N/2 more; and
     it says how long compiling took."""
     common = [*SMALL, "--lr-decay-steps", "12", "--eval-interval", "4", "--compile", "--dropout", "0.2"]
     rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "a"), "--max-steps", "12", *common)
