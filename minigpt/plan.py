@@ -3,12 +3,13 @@ measured speed, the settings a user would otherwise have to know to choose.
 
     python train.py --data my.txt
     plan: 0.73M train tokens; 285 s at ~20k tokens/s (~18k compiled) = ~4.28M tokens = 5.8 passes
-          -> 5x192, residual dropout 0.15, wd 0.1, vocab 2048, eval every 174, compiled, ~2088 steps
+          (exposure 20.7) -> 5x192, residual dropout 0.15, wd 0.1, vocab 2048, eval every 174, compiled, ~2088 steps
 
 Two parts, both used by the trainer:
 
-- **the rules** (`RULES` below, one small table per setting): how many passes over the
-  training tokens the budget buys decides dropout and weight decay; the size of the text
+- **the rules** (`RULES` below, one small table per setting): how hard the run can memorise
+  its text (`exposure`: the passes the budget buys times the model's weights per training
+  token) decides dropout and weight decay; the size of the text
   decides the vocabulary and the model's width (a tiny text gets a smaller model); a
   corpus too small for the preset's window or batch gets smaller
   ones; a CPU run with minutes to train is compiled, and deeper (with dropout too, where it
@@ -68,7 +69,7 @@ DEFAULT_BUDGET_S = 285.0
 
 @dataclass(frozen=True)
 class Rule:
-    """One row of a rule table: from `at_least` (passes, or bytes of text) upward, these
+    """One row of a rule table: from `at_least` (exposure, bytes of text, ...) upward, these
     settings; `evidence` says which measurement the row rests on."""
 
     at_least: float
@@ -76,43 +77,49 @@ class Rule:
     evidence: str
 
 
-# Passes over the training tokens the budget buys -> regularisation: dropout on the residual
-# branches only (`attn_dropout` off), which keeps attention on the CPU's flash kernel: at
-# equal wall time 0.15 there matched 0.1 on the attention weights as well (which costs twice
-# as much a step), and 0.1 there alone lost (BENCHMARKS.md, fifth pass). Dropout costs ~10% of
-# an eager CPU step even so (~5% of a compiled one, whose masks are made once: sixth pass), so
-# it is only worth it where the data is seen often enough to overfit.
+# How hard the run can memorise its text (`exposure`: the passes over it times the model's
+# weights per training token) -> regularisation: dropout on the residual branches only
+# (`attn_dropout` off), which keeps attention on the CPU's flash kernel and compiles (its
+# masks cost ~5% of a compiled step: BENCHMARKS.md, sixth pass). At equal wall time 0.15 there
+# matched 0.1 on the attention weights as well (which costs twice as much a step), and 0.1
+# there alone lost (fifth pass). Why exposure and not the passes: at the same passes the
+# bundled corpus (1.67M tokens) lost with dropout and Python source (1.10M) gained, twice (3.5
+# passes compiled 5 x 192; 4.7-4.8 passes eager 3 x 192); a model with more weights per token
+# of text memorises it in fewer passes, and the product separates every pair measured.
 REGULARISATION = (
     Rule(
         0.0,
         dict(dropout=0.0, attn_dropout=False, weight_decay=0.1),
-        "bundled corpus, 1.7M tokens seen ~3 times: no dropout 1.968 bits/byte (BENCHMARKS, the default run)",
-    ),
-    Rule(
-        4.5,
-        dict(dropout=0.1, attn_dropout=False, weight_decay=0.1),
-        "compiled 5 x 192, residual-only dropout 0.1 against none (2026-12-06): tinyshakespeare at 3 minutes, "
-        "4.4-4.7 passes, 2.1156 vs 2.1622; the Russian fortunes, 4.6-5.6 passes, 1.0566 vs 1.0617. Below: "
-        "the bundled corpus was best without, at 3.7-4.8 passes (dropout on the weights too, eager) and at 3.5 "
-        "passes compiled (residual 0.1 1.9693 vs 1.9513), but Python source at 3.5-3.8 passes gained from "
-        "residual 0.15 (1.2431 vs 1.2932): the passes alone do not separate those two",
+        "the bundled corpus (1.67M tokens): compiled 5 x 192 without dropout at exposure 4.1 (2.6 passes) "
+        "1.9513 bits/byte, residual 0.1 at 5.5 (3.5 passes) 1.9693; eager 3 x 192 at 3.8-4.9 (3.7-4.8 passes): "
+        "no dropout best (BENCHMARKS, the default run); residual 0.1 at 4.5 (2.9 passes, the mask at +5% of a "
+        "step) 1.9652 (2026-12-06, sixth pass)",
     ),
     Rule(
         6.0,
-        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1),
-        "tinyshakespeare, 0.35M tokens ~7 passes: 2.21 -> 2.12 with dropout 0.1; Python source, 0.61M tokens "
-        "~8 passes: 1.61 -> 1.455 (BENCHMARKS, time to quality / Python source). Residual-only 0.15 against "
-        "0.1 on the weights too at equal wall time (2026-12-06): tinyshakespeare at 3 minutes 2.1130 / 2.1127 "
-        "vs 2.1136 / 2.1133 / 2.1178 (residual-only 0.1: 2.1253 / 2.1226 / 2.1305), Python source 1.2631 vs "
-        "1.2863. The boundary at 6 passes: "
-        "where 0.15 was measured (6.0-10.3 passes), the lower rate below it",
+        dict(dropout=0.1, attn_dropout=False, weight_decay=0.1),
+        "Python source (1.10M tokens), compiled 5 x 192: residual 0.1 at exposure 9.7 1.2372 bits/byte, 0.15 "
+        "at 8.3 1.2431, none at 9.0 1.2932; eager 3 x 192: 0.15 at 7.4 1.2631 vs 0.1 on the weights too at 9.9 "
+        "1.2863. Man pages (1.39M): 0.15 at 7.3 1.5048, none at 6.2 1.5427. C source (1.48M): 0.1 at 6.7 "
+        "1.9391, 0.15 at 5.8 1.9443. German fortunes (0.94M): 0.1 at 11.1 1.7871, 0.15 at 14.1 1.7894 "
+        "(2026-12-06). The boundary: between the bundled corpus's 4.5-5.5 (0.1 lost) and man pages' 6.2",
     ),
     Rule(
-        24.0,
+        14.0,
+        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1),
+        "the Russian fortunes (0.73M tokens), compiled 5 x 192: 0.15 at 20.7-22.4 1.0448 / 1.0360, 0.1 at 16.4 "
+        "1.0566, none at 20.0 1.0617. tinyshakespeare at 3 minutes (0.35M): 0.15 at 37-45 2.0975 / 2.1105, 0.1 "
+        "at 35-45 2.1135-2.1156, none at 32.7 2.1622; eager 3 x 192, 0.15 at 41-51 2.1127 / 2.1130 vs "
+        "residual 0.1 at 32-47 2.1226-2.1305 (2026-12-06). The boundary: between Python's 9.7 (0.1 as good as "
+        "0.15) and the fortunes' 16",
+    ),
+    Rule(
+        100.0,
         dict(dropout=0.3, attn_dropout=False, weight_decay=0.1),
-        "fortunes-en (45k tokens, 40 passes, 3 x 96): residual-only 0.3 2.6134 / 2.6069 bits/byte, 0.2 on "
-        "the weights too 2.6257 / 2.6255, 0.3 there 2.6235 (2026-12-06); the boundary at 24 passes is "
-        "extrapolated. Weight decay 0.1 everywhere: not swept yet",
+        "fortunes-en (45k tokens, 40 passes, 3 x 96, exposure 339): residual-only 0.3 2.6134 / 2.6069 "
+        "bits/byte, 0.2 on the weights too 2.6257 / 2.6255, 0.3 there 2.6235 (2026-12-06); tinyshakespeare "
+        "at 38 lost with 0.2 on the weights (2.1625 vs 2.1175 with 0.1). The boundary at 100 is extrapolated. "
+        "Weight decay 0.1 everywhere: not swept yet",
     ),
 )
 
@@ -153,6 +160,18 @@ def matmul_params(n_layer: int, n_embd: int, vocab_size: int) -> int:
     and a 4C GELU or 8C/3 SwiGLU MLP's 8 C^2; the head's V C): a step's cost, to scale the
     measured speed of one depth to another."""
     return 12 * n_layer * n_embd**2 + vocab_size * n_embd
+
+
+def exposure(tokens_seen: float, train_tokens: int, settings: dict[str, Any]) -> float:
+    """How hard a run can memorise its text: the passes over it times the model's weights per
+    training token (`matmul_params` / train_tokens). Passes alone do not say it: a model with
+    more weights a token memorises a text in fewer passes (REGULARISATION's evidence).
+
+    >>> round(exposure(4_180_000, 1_100_000, dict(n_layer=5, n_embd=192, vocab_size=2048)), 1)
+    9.0
+    """
+    weights = matmul_params(settings["n_layer"], settings["n_embd"], settings["vocab_size"])
+    return tokens_seen * weights / max(1, train_tokens) ** 2
 
 
 # Training tokens -> the model's shape. A text of tens of thousands of tokens reaches
@@ -219,7 +238,7 @@ FINETUNE_LR = (
     Rule(20e6, dict(lr=3e-5), "GPT-2 small (124M): nanoGPT's fine-tune of it on Shakespeare"),
 )
 
-# Evaluations in a run that overfits (as many passes as the regularisation's second row): `best`
+# Evaluations in a run that sees its text often enough to overfit: `best`
 # is the checkpoint sample/eval/serve read, so it can only be as good as the evaluation that
 # found it. The 98 KB text of the corpus suite (40 passes, 873 steps): `best` 2.818 bits/byte
 # with the preset's evaluation every 500 steps, 2.745 with one every 50 (BENCHMARKS, the plan).
@@ -262,7 +281,7 @@ def finetune_lr(n_params: int) -> float:
 def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:
     """The settings of the last row whose `at_least` is <= value.
 
-    >>> pick(REGULARISATION, 7.0)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
+    >>> pick(REGULARISATION, 20.7)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
     (0.15, 2048)
     """
     chosen = rules[0]
@@ -334,11 +353,15 @@ class Plan:
     def passes(self) -> float:
         return self.steps * self.tokens_per_step / max(1, self.train_tokens)
 
+    @property
+    def exposure(self) -> float:
+        return exposure(self.steps * self.tokens_per_step, self.train_tokens, self.settings)
+
     def line(self) -> str:
         """One line, e.g. `plan: 0.73M train tokens; 285 s at ~20k tokens/s (~18k compiled) =
-        ~4.28M tokens = 5.8 passes -> 5x192, residual dropout 0.15, wd 0.1, vocab 2048, eval
-        every 174, compiled, ~2088 steps` (the passes are the compiled run's; the dropout rows
-        read those an eager step would buy, as they were measured)."""
+        ~4.28M tokens = 5.8 passes (exposure 20.7) -> 5x192, residual dropout 0.15, wd 0.1, vocab
+        2048, eval every 174, compiled, ~2088 steps` (the passes and the exposure are the run's
+        as planned: compiled, 5 deep)."""
         s, mine = self.settings, set(self.yours)
 
         def tag(names, text):
@@ -352,10 +375,13 @@ class Plan:
                 speed = f"~{_si(self.measured_tokens_per_s, 'k')} tokens/s (~{_si(self.tokens_per_s, 'k')} compiled)"
             head += (
                 f"{tag(['max_time'], f'{self.budget_s:.0f} s')} at {speed} = "
-                f"~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
+                f"~{_si(tokens)} tokens = {self.passes:.1f} passes (exposure {self.exposure:.3g}) -> "
             )
         else:
-            head += f"{self.steps} steps (yours) = ~{_si(tokens)} tokens = {self.passes:.1f} passes -> "
+            head += (
+                f"{self.steps} steps (yours) = ~{_si(tokens)} tokens = {self.passes:.1f} passes "
+                f"(exposure {self.exposure:.3g}) -> "
+            )
         parts = [
             tag(["n_layer", "n_embd", "n_head"], f"{s['n_layer']}x{s['n_embd']}"),
             tag(["dropout", "attn_dropout"], f"{_placement(s)}dropout {s['dropout']:g}"),
@@ -381,6 +407,7 @@ class Plan:
             **({"measured_tokens_per_s": round(self.measured_tokens_per_s, 1)} if self.measured_tokens_per_s else {}),
             "steps": self.steps,
             "passes": round(self.passes, 3),
+            "exposure": round(self.exposure, 3),
             "settings": dict(self.settings),
             "yours": sorted(self.yours),
             **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
@@ -431,49 +458,50 @@ def choose(
 ) -> Plan:
     """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
     time left for training once start-up, preparation and the reserves are paid), hence how
-    many passes over the data, hence the regularisation (the rules above; the shape from the
-    tokens) for the settings in `planned`; the others keep their `current` values (the user's, or the
-    preset's). Without a budget the step count is `max_steps`. On the `cpu`, a budget long
-    enough compiles the model unless it drops out attention weights: the speed and the time
-    left are then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
+    many passes over the data, and with the model's weights the exposure, hence the
+    regularisation (the rules above; the shape from the tokens) for the settings in
+    `planned`; the others keep their `current` values (the user's, or the preset's). Without
+    a budget the step count is `max_steps`. On the `cpu`, a budget long enough compiles the
+    model (and deepens it) unless it drops out attention weights: the speed and the time left
+    are then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
     measured = tokens_per_s
 
-    def fit(compiled: bool) -> tuple[int, dict[str, Any]]:  # steps, and the settings they imply
-        rate, seconds = tokens_per_s, seconds_left
+    def settle(compiled: bool) -> tuple[int, float, dict[str, Any]]:
+        """The steps, the speed and the settings of a run compiled or not."""
+        rate, seconds = measured, seconds_left
         if compiled and cpu and budget_s > 0:
             rate, seconds = rate * COMPILE_GAIN, max(0.0, seconds - COMPILE_COST_S)
-        n = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
-        passes = n * tokens_per_step / max(1, train_tokens)
-        chosen = {**pick(REGULARISATION, passes), **shape_for(train_tokens, planned)}
+        steps = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
+        shape = shape_for(train_tokens, planned)
+        settings = {k: (shape[k] if k in shape else current[k]) for k in _MODEL_SETTINGS}
+        if compiled and cpu and budget_s > 0 and "n_layer" in planned:  # deeper, at the speed its depth allows
+            deeper = pick(COMPILED_SHAPES, 0.0)["n_layer"]
+            cost = [matmul_params(n, settings["n_embd"], settings["vocab_size"]) for n in (settings["n_layer"], deeper)]
+            rate *= cost[0] / cost[1]
+            steps = max(1, int(steps * cost[0] / cost[1]))
+            settings["n_layer"] = deeper
+        if budget_s > 0 and steps * tokens_per_step > MAX_PASSES * train_tokens:
+            steps = max(1, int(MAX_PASSES * train_tokens / tokens_per_step))
+        seen = exposure(steps * tokens_per_step, train_tokens, settings)
+        chosen = pick(REGULARISATION, seen)
         if "dropout" not in planned:  # a --dropout of yours keeps the preset's placement of it
             chosen.pop("attn_dropout")
-        return n, {k: (chosen[k] if k in planned and k in chosen else current[k]) for k in _MODEL_SETTINGS}
+        settings.update({k: v for k, v in chosen.items() if k in planned})
+        return steps, rate, settings
 
-    # The settings from the passes an eager step buys (what the rules were measured with); a
-    # run compiles where COMPILATION says, and trains the steps
-    # the compiled step buys (the default run: 3.9 passes planned, 4.8 trained, better).
-    steps, settings = fit(False)
+    # A run compiles where COMPILATION says (then deeper: COMPILED_SHAPES); the regularisation
+    # follows from the model and the steps it then trains (`exposure`).
     compile_ = current.get("compile")
     if "compile" in planned:
         compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
-        if settings["dropout"] > 0 and settings["attn_dropout"]:
-            compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)
-        if budget_s > 0 and steps * tokens_per_step >= MAX_PASSES * train_tokens:
+        if budget_s > 0 and seconds_left * tokens_per_s >= MAX_PASSES * train_tokens:
             compile_ = None  # a run that reaches MAX_PASSES eagerly has no use for a faster step
-    if compile_:
-        steps = fit(True)[0]
-        if cpu and budget_s > 0 and "n_layer" in planned:  # deeper, at the speed its depth allows
-            deeper = pick(COMPILED_SHAPES, 0.0)["n_layer"]
-            cost = [matmul_params(n, settings["n_embd"], settings["vocab_size"]) for n in (settings["n_layer"], deeper)]
-            tokens_per_s *= cost[0] / cost[1]
-            steps = max(1, int(steps * cost[0] / cost[1]))
-            settings["n_layer"] = deeper
-    if compile_ and cpu and budget_s > 0:
-        tokens_per_s *= COMPILE_GAIN
-    passes = steps * tokens_per_step / max(1, train_tokens)
+    steps, tokens_per_s, settings = settle(bool(compile_))
+    if compile_ and "compile" in planned and settings["dropout"] > 0 and settings["attn_dropout"]:
+        compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)
+        steps, tokens_per_s, settings = settle(False)
     settings["compile"] = compile_
-    if budget_s > 0 and passes > MAX_PASSES:
-        steps = max(1, int(MAX_PASSES * train_tokens / tokens_per_step))
+    passes = steps * tokens_per_step / max(1, train_tokens)
     current_eval = current.get("eval_interval", 0)
     if "eval_interval" in planned and current_eval:
         settings["eval_interval"] = eval_interval_for(steps, min(passes, MAX_PASSES), current_eval)
