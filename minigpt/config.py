@@ -529,11 +529,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A/B runs at equal wall time (BENCHMARKS.md): Muon's Newton-Schulz costs the same per
     # step whatever the batch, so larger batches spend more of the time on the model
     # (batch 12 / 16 / 24 / 32 / 48 in ~200-245 s: 2.006 / 1.999 / 1.998 / 1.979 / 1.974).
-    # No dropout: it costs ~30% of the step on the CPU (bernoulli masks, and attention off
-    # its flash kernel), and the bundled corpus is seen ~3 times. A small corpus seen many
-    # times over wants `--dropout 0.1`: on tinyshakespeare (0.35M training tokens, ~7 passes
-    # in 3 minutes) val bits per byte rose from step 1500 on without it (2.276 at the end)
-    # and reached 2.103 with it (BENCHMARKS.md).
+    # No dropout in the preset: a planned run gets it from plan.REGULARISATION where the
+    # model is exposed enough to its text to overfit (passes x weights per training token;
+    # the bundled corpus is not: ~3 passes of 1.67M tokens), on the residual branches only.
     "cpu": dict(
         n_layer=3,
         n_head=6,
