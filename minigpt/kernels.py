@@ -45,6 +45,8 @@ model.CausalSelfAttention.forward).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -183,11 +185,8 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     then one buffer the compiler reads in the fused product it masks (forward and backward),
     made once; the compiler's own random numbers, or a hash of the position it fuses, are
     recomputed in every loop that reads them (BENCHMARKS.md, sixth pass)."""
-    n = 1
-    for d in shape:
-        n *= d
     seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator)
-    return _keep_mask_op(seed, n, round(keep_probability(p) * 65536)).view(shape)
+    return _keep_mask_op(seed, math.prod(shape), round(keep_probability(p) * 65536)).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -505,7 +505,7 @@ def choose(
     passes = steps * tokens_per_step / max(1, train_tokens)
     current_eval = current.get("eval_interval", 0)
     if "eval_interval" in planned and current_eval:
-        settings["eval_interval"] = eval_interval_for(steps, min(passes, MAX_PASSES), current_eval)
+        settings["eval_interval"] = eval_interval_for(steps, passes, current_eval)
     elif current_eval:
         settings["eval_interval"] = current_eval
     yours = [k for k in PLANNABLE if k not in planned]
