@@ -337,6 +337,9 @@ class OptimArgs:
         choices=OPTIMIZERS,
     )
     muon_lr: float = _opt(0.02, "Muon's learning rate (with --optimizer muon)")
+    muon_weight_decay: float = _opt(
+        0.0, "Muon's decoupled weight decay on the blocks' matrices: each step p *= 1 - muon_lr x schedule x this"
+    )
     schedule: str = _opt(
         "cosine",
         "learning-rate schedule after warmup: cosine decay, or wsd (constant, then a "
@@ -441,7 +444,7 @@ class TrainConfig:
         for name, cap in (("max_steps", MAX_STEPS), ("batch_size", MAX_BATCH), ("grad_accum", MAX_BATCH)):
             v = getattr(o, name)
             _check(0 < v <= cap, name, f"must be between 1 and {cap:,}, got {v:,}")
-        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout"):
+        for name in ("lr", "min_lr", "weight_decay", "muon_weight_decay", "beta1", "beta2", "grad_clip", "dropout"):
             v = getattr(o, name, None) if name != "dropout" else m.dropout
             _check(math.isfinite(v), name, f"must be a finite number, got {v}")
         _check(0 < o.lr <= 10, "lr", f"must be in (0, 10], got {o.lr}")
@@ -462,6 +465,11 @@ class TrainConfig:
         _check(o.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {o.optimizer!r}")
         _check(o.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}; got {o.schedule!r}")
         _check(math.isfinite(o.muon_lr) and 0 < o.muon_lr <= 10, "muon_lr", f"must be in (0, 10], got {o.muon_lr}")
+        _check(
+            0 <= o.muon_weight_decay * o.muon_lr < 1,
+            "muon_weight_decay",
+            f"must be >= 0 and below 1 / --muon-lr ({1 / o.muon_lr:g}), got {o.muon_weight_decay}",
+        )
         _check(math.isfinite(o.cooldown) and 0 <= o.cooldown <= 1, "cooldown", f"must be in [0, 1], got {o.cooldown}")
         _check(math.isfinite(r.max_time) and r.max_time >= 0, "max_time", f"must be >= 0 seconds, got {r.max_time}")
         _check(o.grad_clip >= 0, "grad_clip", f"must be >= 0, got {o.grad_clip}")

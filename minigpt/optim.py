@@ -147,7 +147,7 @@ def make_optimizers(
     for g in adamw.param_groups:
         g["lr_scale"] = 1.0
     muon_cls = BatchedMuon if batched_muon else torch.optim.Muon
-    muon = muon_cls(hidden, lr=o.muon_lr, weight_decay=0.0, momentum=0.95, nesterov=True)
+    muon = muon_cls(hidden, lr=o.muon_lr, weight_decay=o.muon_weight_decay, momentum=0.95, nesterov=True)
     for g in muon.param_groups:
         g["lr_scale"] = o.muon_lr / o.lr
     return [muon, adamw]

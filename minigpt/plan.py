@@ -50,6 +50,7 @@ PLANNABLE = (
     "dropout",
     "attn_dropout",
     "weight_decay",
+    "muon_weight_decay",
     "n_layer",
     "n_head",
     "n_embd",
@@ -86,10 +87,14 @@ class Rule:
 # bundled corpus (1.67M tokens) lost with dropout and Python source (1.10M) gained, twice (3.5
 # passes compiled 5 x 192; 4.7-4.8 passes eager 3 x 192); a model with more weights per token
 # of text memorises it in fewer passes, and the product separates every pair measured.
+# Muon's weight decay (on the blocks' matrices; AdamW's `weight_decay` is the embeddings' and
+# head's) only where the text is exposed hardest: it shrinks what the model memorises, which
+# won on tinyshakespeare (~0.02 bits/byte) and lost where the validation text repeats training
+# text verbatim (the Russian fortunes), at a lower exposure.
 REGULARISATION = (
     Rule(
         0.0,
-        dict(dropout=0.0, attn_dropout=False, weight_decay=0.1),
+        dict(dropout=0.0, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.0),
         "the bundled corpus (1.67M tokens): compiled 5 x 192 without dropout at exposure 4.1 (2.6 passes) "
         "1.9513 bits/byte, residual 0.1 at 5.5 (3.5 passes) 1.9693; eager 3 x 192 at 3.8-4.9 (3.7-4.8 passes): "
         "no dropout best (BENCHMARKS, the default run); residual 0.1 at 4.5 (2.9 passes, the mask at +5% of a "
@@ -97,7 +102,7 @@ REGULARISATION = (
     ),
     Rule(
         6.0,
-        dict(dropout=0.1, attn_dropout=False, weight_decay=0.1),
+        dict(dropout=0.1, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.0),
         "Python source (1.10M tokens), compiled 5 x 192: residual 0.1 at exposure 9.7 1.2372 bits/byte, 0.15 "
         "at 8.3 1.2431, none at 9.0 1.2932; eager 3 x 192: 0.15 at 7.4 1.2631 vs 0.1 on the weights too at 9.9 "
         "1.2863. Man pages (1.39M): 0.15 at 7.3 1.5048, none at 6.2 1.5427. C source (1.48M): 0.1 at 6.7 "
@@ -106,21 +111,29 @@ REGULARISATION = (
     ),
     Rule(
         14.0,
-        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1),
+        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.0),
         "the Russian fortunes (0.73M tokens), compiled 5 x 192: 0.15 at 20.7-22.4 1.0448 / 1.0360, 0.1 at 16.4 "
         "1.0566, none at 20.0 1.0617. tinyshakespeare at 3 minutes (0.35M): 0.15 at 37-45 2.0975 / 2.1105, 0.1 "
         "at 35-45 2.1135-2.1156, none at 32.7 2.1622; eager 3 x 192, 0.15 at 41-51 2.1127 / 2.1130 vs "
         "residual 0.1 at 32-47 2.1226-2.1305 (2026-12-06). The boundary: between Python's 9.7 (0.1 as good as "
-        "0.15) and the fortunes' 16",
+        "0.15) and the fortunes' 16. No Muon weight decay: the Russian fortunes lost with 0.2 at 21.7 (1.0529)",
+    ),
+    Rule(
+        30.0,
+        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.2),
+        "tinyshakespeare at 3 minutes (0.35M tokens), 0.15 dropout, Muon weight decay at exposure 53-67: 0 2.1337 "
+        "(2.0975 / 2.1157 the day before), 0.02 2.1230, 0.05 2.1088, 0.1 2.1068, 0.2 2.0927 / 2.0961 (two seeds), "
+        "0.5 2.1162 (2026-12-06, seventh pass). The boundary: between the Russian fortunes' 21.7 (0.2 lost, "
+        "1.0529 vs 1.0360-1.0448 without) and tinyshakespeare's 53",
     ),
     Rule(
         100.0,
-        dict(dropout=0.3, attn_dropout=False, weight_decay=0.1),
+        dict(dropout=0.3, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.2),
         "fortunes-en (45k tokens, 40 passes, 3 x 96, exposure 339): residual-only 0.3 2.6134 / 2.6069 "
         "bits/byte, 0.2 on the weights too 2.6257 / 2.6255, 0.3 there 2.6235 (2026-12-06); tinyshakespeare "
         "at 38 lost with 0.2 on the weights (2.1625 vs 2.1175 with 0.1), and at 70 with residual 0.3 (2.1240 vs 0.2 "
         "2.1103 and 0.15 2.1157 at 63, seed 7; 2026-12-06). The boundary at 100 lies between 70 and 339. "
-        "Weight decay 0.1 everywhere: not swept yet",
+        "Muon weight decay 0.2 as from 30: here 2.6111 against 2.6069-2.6291 without (seventh pass)",
     ),
 )
 
@@ -387,8 +400,10 @@ class Plan:
             tag(["n_layer", "n_embd", "n_head"], f"{s['n_layer']}x{s['n_embd']}"),
             tag(["dropout", "attn_dropout"], f"{_placement(s)}dropout {s['dropout']:g}"),
             tag(["weight_decay"], f"wd {s['weight_decay']:g}"),
-            tag(["vocab_size"], f"vocab {s['vocab_size']}"),
         ]
+        if "muon_weight_decay" in s and (s["muon_weight_decay"] or "muon_weight_decay" in mine):
+            parts.append(tag(["muon_weight_decay"], f"Muon wd {s['muon_weight_decay']:g}"))
+        parts.append(tag(["vocab_size"], f"vocab {s['vocab_size']}"))
         if s.get("eval_interval") and self.passes >= OVERFIT_PASSES:  # the evaluations that find `best`
             parts.append(tag(["eval_interval"], f"eval every {s['eval_interval']}"))
         if s.get("compile"):
@@ -438,6 +453,7 @@ _MODEL_SETTINGS = (
     "dropout",
     "attn_dropout",
     "weight_decay",
+    "muon_weight_decay",
     "vocab_size",
     "block_size",
     "batch_size",
@@ -488,6 +504,8 @@ def choose(
         if "dropout" not in planned:  # a --dropout of yours keeps the preset's placement of it
             chosen.pop("attn_dropout")
         settings.update({k: v for k, v in chosen.items() if k in planned})
+        if current["optimizer"] != "muon":  # AdamW for every matrix: no Muon to decay
+            settings.pop("muon_weight_decay")
         return steps, rate, settings
 
     # A run compiles where COMPILATION says (then deeper: COMPILED_SHAPES); the regularisation

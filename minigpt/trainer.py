@@ -382,7 +382,7 @@ def _make_plan(
     the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's
         the_plan.yours = sorted(set(the_plan.yours) - {"vocab_size"})
-    for k in ("dropout", "attn_dropout", "weight_decay", "eval_interval", "compile", "n_layer"):
+    for k in ("dropout", "attn_dropout", "weight_decay", "muon_weight_decay", "eval_interval", "compile", "n_layer"):
         if k in planned and k in the_plan.settings:
             new.set(k, the_plan.settings[k])
     if budget > 0:

@@ -100,8 +100,12 @@ def test_make_optimizers_gives_batched_muon_for_block_matrices_and_adamw_for_the
     model = tiny_gpt(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False)
     cfg = TrainConfig()
     cfg.optim.optimizer = "muon"
+    cfg.optim.muon_weight_decay, cfg.optim.weight_decay = 0.05, 0.3
     muon, adamw = make_optimizers(model, cfg, torch.device("cpu"))
     assert type(muon) is BatchedMuon and isinstance(adamw, torch.optim.AdamW)
+    # each optimizer decays at its own flag's rate; AdamW's gains and biases not at all
+    assert [g["weight_decay"] for g in muon.param_groups] == [0.05]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.3, 0.0]
     plain, _ = make_optimizers(model, cfg, torch.device("cpu"), batched_muon=False)
     assert type(plain) is torch.optim.Muon
     held = {id(p) for o in (muon, adamw) for g in o.param_groups for p in g["params"]}

@@ -93,6 +93,8 @@ _CURRENT = dict(
     dropout=0.0,
     attn_dropout=True,
     weight_decay=0.1,
+    muon_weight_decay=0.0,
+    optimizer="muon",
     vocab_size=512,
     block_size=64,
     batch_size=32,
@@ -169,8 +171,7 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     faster step in the time left) and trains a deeper model unless the depth is yours; a
     shorter budget, another device, --max-steps or the user's --no-compile keep it off; the
     line says so."""
-    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, attn_dropout=True, weight_decay=0.1, vocab_size=2048,
-                   block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
+    current = dict(_CURRENT, vocab_size=2048, compile=None)
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     kw = dict(train_tokens=5_000_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
               current=current, planned=planned)  # fmt: skip
@@ -210,8 +211,7 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
     mask made once, read by the fused loops) and goes deeper, as a run without dropout does; a
     --dropout of yours keeps the weights' dropout, which is slow compiled, so that run trains
     eagerly."""
-    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, attn_dropout=True, weight_decay=0.1,
-                   vocab_size=2048, block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
+    current = dict(_CURRENT, vocab_size=2048, compile=None)
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     kw = dict(train_tokens=350_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
               seconds_left=250.0, cpu=True)  # fmt: skip
@@ -234,8 +234,7 @@ def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout()
     """The Python source / bundled corpus pair (BENCHMARKS, sixth pass): both seen ~3.5 times
     by the compiled 5 x 192 model; the 1.10M-token text gets dropout, the 1.67M-token one
     none, and each plan's exposure is passes x weights / train tokens, recomputed here."""
-    current = dict(n_layer=3, n_head=6, n_embd=192, dropout=0.0, attn_dropout=True, weight_decay=0.1,
-                   vocab_size=2048, block_size=64, batch_size=32, eval_interval=500, compile=None)  # fmt: skip
+    current = dict(_CURRENT, vocab_size=2048, compile=None)
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     runs = {}
     for name, tokens in (("python", 1_100_000), ("bundled", 1_670_000)):
@@ -250,6 +249,21 @@ def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout()
         runs[name] = run
     assert runs["python"].settings["dropout"] == 0.1 and runs["bundled"].settings["dropout"] == 0.0
     assert f"(exposure {runs['python'].exposure:.3g}) -> 5x192, residual dropout 0.1," in runs["python"].line()
+
+
+def test_the_matrices_decay_where_muon_updates_them_and_only_there():
+    """The rules' Muon weight decay goes with the row the exposure picks, and is said in the
+    line; a run whose --optimizer is AdamW has no Muon matrices: no such setting, no such words."""
+    current = dict(_CURRENT, compile=None, vocab_size=2048)
+    planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
+    kw = dict(train_tokens=350_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=180.0, max_steps=0,
+              seconds_left=150.0, cpu=True, planned=planned)  # fmt: skip
+    muon = choose(current={**current, "optimizer": "muon"}, **kw)
+    decay = pick(REGULARISATION, muon.exposure)["muon_weight_decay"]
+    assert decay > 0 and muon.settings["muon_weight_decay"] == decay and f"Muon wd {decay:g}," in muon.line()
+    adamw = choose(current={**current, "optimizer": "adamw"}, **kw)
+    assert "muon_weight_decay" not in adamw.settings and "Muon wd" not in adamw.line()
+    assert adamw.settings["dropout"] == muon.settings["dropout"]  # the rest of the row is the same
 
 
 def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_exposure(tmp_path, corpus_file):
@@ -274,9 +288,13 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_expo
         vocab = json.loads((out / "data" / "meta.json").read_text())["vocab_size"]  # BPE may stop short of 512
         seen = passes * (12 * 32**2 + vocab * 32) / plan["train_tokens"]
         assert plan["exposure"] == pytest.approx(seen, rel=1e-3) and f"(exposure {seen:.3g})" in lines[0]
-        want = pick(REGULARISATION, seen)["dropout"]
+        rule = pick(REGULARISATION, seen)
+        want = rule["dropout"]
         assert rec["config"]["model"]["dropout"] == plan["settings"]["dropout"] == want
         assert f"dropout {want:g}" in lines[0] and f"{steps} steps (yours)" in lines[0]
+        decay = rule["muon_weight_decay"]  # the matrices' decay follows the same row
+        assert rec["config"]["optim"]["muon_weight_decay"] == plan["settings"]["muon_weight_decay"] == decay
+        assert (f"Muon wd {decay:g}" in lines[0]) == (decay > 0)
         assert rec["config"]["model"]["attn_dropout"] is False  # the plan's dropout leaves the weights alone
         assert ("residual dropout" in lines[0]) == (want > 0)
         # the corpus is ~20 KB: the vocabulary for its size
@@ -316,17 +334,21 @@ def test_flags_win_over_the_plan_and_are_marked_yours(tmp_path, corpus_file):
         "300",
         "--weight-decay",
         "0.2",
+        "--muon-weight-decay",
+        "0",
         *SMALL,
     )
     assert rc == 0, err
     line = plan_lines(err)[0]
     rec = run_json(out)
     assert "dropout 0.05 (yours)" in line and "vocab 300 (yours)" in line and "wd 0.2 (yours)" in line
+    assert "Muon wd 0 (yours)" in line  # shown though it is off: the user chose it
     assert rec["config"]["model"]["dropout"] == 0.05 and rec["config"]["optim"]["weight_decay"] == 0.2
+    assert rec["config"]["optim"]["muon_weight_decay"] == 0.0
     # a --dropout of yours keeps the preset's placement (the weights too): the plan's rate is for its own
     assert rec["config"]["model"]["attn_dropout"] is True and "residual" not in line
     assert json.loads((out / "data" / "meta.json").read_text())["vocab_size"] <= 300
-    assert {"dropout", "vocab_size", "weight_decay", "n_layer"} <= set(rec["plan"]["yours"])
+    assert {"dropout", "vocab_size", "weight_decay", "muon_weight_decay", "n_layer"} <= set(rec["plan"]["yours"])
 
 
 def test_other_presets_do_not_plan(tmp_path, corpus_file):
