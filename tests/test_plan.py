@@ -252,15 +252,17 @@ def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout()
 
 
 def test_the_matrices_decay_where_muon_updates_them_and_only_there():
-    """The rules' Muon weight decay goes with the row the exposure picks, and is said in the
-    line; a run whose --optimizer is AdamW has no Muon matrices: no such setting, no such words."""
+    """The rules' weight decays (Muon's and AdamW's) go with the row the exposure picks, and
+    are said in the line; a run whose --optimizer is AdamW has no Muon matrices: no such setting, no such words."""
     current = dict(_CURRENT, compile=None, vocab_size=2048)
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     kw = dict(train_tokens=350_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=180.0, max_steps=0,
               seconds_left=150.0, cpu=True, planned=planned)  # fmt: skip
     muon = choose(current={**current, "optimizer": "muon"}, **kw)
-    decay = pick(REGULARISATION, muon.exposure)["muon_weight_decay"]
+    row = pick(REGULARISATION, muon.exposure)
+    decay = row["muon_weight_decay"]
     assert decay > 0 and muon.settings["muon_weight_decay"] == decay and f"Muon wd {decay:g}," in muon.line()
+    assert muon.settings["weight_decay"] == row["weight_decay"] and f"wd {row['weight_decay']:g}, Muon" in muon.line()
     adamw = choose(current={**current, "optimizer": "adamw"}, **kw)
     assert "muon_weight_decay" not in adamw.settings and "Muon wd" not in adamw.line()
     assert adamw.settings["dropout"] == muon.settings["dropout"]  # the rest of the row is the same
