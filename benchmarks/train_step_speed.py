@@ -8,6 +8,8 @@ same run, and optionally beside the code of another checkout (today's main, say)
     python benchmarks/train_step_speed.py --variants on compile      # torch.compile on the CPU
     python benchmarks/train_step_speed.py --base ../base --base-variants drop-fast --variants drop-fast  # before/after
     python benchmarks/train_step_speed.py --profile 10               # + the profiler's top ops per variant
+    python benchmarks/train_step_speed.py --n-layer 5 --dropout 0.15 --variants compile-drop-resid \
+        --rounds 1 --profile 20 --kernel-rows                        # the plan's compiled model, per kernel
     python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
 
 A step is what the trainer does (trainer.py): forward under the runtime's autocast (bf16
@@ -88,6 +90,11 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     if hasattr(cfg.model, "attn_dropout"):  # a model setting since 0.5; a class switch before
         cfg.model.attn_dropout = levers["weight_dropout"]
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
+    cfg.model.n_layer = args.get("n_layer") or cfg.model.n_layer
+    if args.get("kernel_rows"):  # before compiling: the generated kernels then report to the profiler
+        import torch._inductor.config
+
+        torch._inductor.config.cpp.enable_kernel_profile = True
     B, T, V = cfg.optim.batch_size, cfg.model.block_size, args["vocab"]
     rt = runtime.init_runtime("cpu", args["dtype"])
     if args["threads"]:
@@ -167,7 +174,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
             with profile() as prof:
                 for _ in range(cmd["profile"]):
                     step()
-            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
+            rows = 30 if args.get("kernel_rows") else 15
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
             print(json.dumps({"table": table}), flush=True)
 
 
@@ -196,6 +204,8 @@ class Worker:
             dtype=args.dtype,
             warmup=args.warmup,
             threads=args.threads,
+            n_layer=args.n_layer,
+            kernel_rows=args.kernel_rows,
         )
         # the worker function comes from this file, whichever repo's minigpt it imports
         code = (
@@ -238,6 +248,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary (the bundled corpus's: 2048)")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the preset's")
+    ap.add_argument("--n-layer", type=int, default=0, help="0: the preset's (the plan's compiled runs: 5)")
     ap.add_argument("--dropout", type=float, default=0.1, help="the p of the drop-* variants")
     ap.add_argument("--dtype", default="auto", help="the runtime's dtype policy (auto: bf16 where native)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -251,6 +262,11 @@ def main() -> None:
         "machine shared with other jobs, 1 keeps a variant from waiting on a descheduled thread",
     )
     ap.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps per variant")
+    ap.add_argument(
+        "--kernel-rows",
+        action="store_true",
+        help="with --profile: each compiled kernel its own row (inductor's enable_kernel_profile), 30 rows",
+    )
     args = ap.parse_args()
     if args.base is not None and not (args.base / "minigpt" / "__init__.py").is_file():
         print(f"error: --base {args.base}: no minigpt package there", file=sys.stderr)
