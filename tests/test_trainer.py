@@ -37,6 +37,7 @@ TINY = dict(
     threads=1,
     dropout=0.0,
     weight_decay=0.1,  # the cpu preset's, given: a CLI run would otherwise plan them (plan.py)
+    muon_weight_decay=0.0,
 )
 
 
