@@ -9,7 +9,8 @@ Two parts, both used by the trainer:
 
 - **the rules** (`RULES` below, one small table per setting): how hard the run can memorise
   its text (`exposure`: the passes the budget buys times the model's weights per training
-  token) decides dropout and weight decay; the size of the text
+  token) decides dropout and the weight decays (AdamW's; Muon's from an exposure of 30,
+  where the line adds "Muon wd 0.2"); the size of the text
   decides the vocabulary and the model's width (a tiny text gets a smaller model); a
   corpus too small for the preset's window or batch gets smaller
   ones; a CPU run with minutes to train is compiled, and deeper (with dropout too, where it
