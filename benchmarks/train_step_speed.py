@@ -67,6 +67,8 @@ VARIANTS = {
     # the same under torch.compile (masks: kernels.keep_mask, one buffer the fused loops read)
     "compile-drop": {**ON, "compile": True, "dropout": True},
     "compile-drop-resid": {**ON, "compile": True, "weight_dropout": False, "dropout": True},
+    # the plan's Muon weight decay (0.2) on top: one more pass over each block matrix a step
+    "compile-muon-wd": {**ON, "compile": True, "muon_weight_decay": True},
 }
 
 
@@ -91,6 +93,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
         cfg.model.attn_dropout = levers["weight_dropout"]
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
     cfg.model.n_layer = args.get("n_layer") or cfg.model.n_layer
+    if levers.get("muon_weight_decay"):
+        cfg.optim.muon_weight_decay = 0.2
     if args.get("kernel_rows"):  # before compiling: the generated kernels then report to the profiler
         import torch._inductor.config
 
