@@ -234,11 +234,20 @@ class Dataset:
 
 
 class WindowSampler:
-    """Random training windows (x, y) drawn from a token array.
+    """Training windows (x, y) drawn from a token array, pass by pass.
 
-    The windows of optimizer step `s` are a pure function of (seed, s): one generator
-    seeded with [seed, s] draws the global batch's `world_size * grad_accum * batch_size`
-    start offsets, and rank r's micro-step m takes slice `(r * grad_accum + m)`. So:
+    Each pass over the split (an epoch) cuts it into windows of block_size tokens at a random
+    phase and visits them in a random order, without replacement: every token is trained on
+    as often as every other, where windows drawn with replacement (nanoGPT's) would leave
+    e^-k of a text seen k times on average never seen at all and others seen twice as often.
+    A split of more than MAX_PERMUTED windows (a text no run of minutes passes over even
+    once, where the two hardly differ) draws its windows with replacement instead: no
+    permutation of it is kept in memory.
+
+    The windows of optimizer step `s` are a pure function of (seed, s): the global batch's
+    `world_size * grad_accum * batch_size` windows are the next ones of the sequence of
+    passes (pass e's order and phase come from a generator seeded with [seed, e]), and rank
+    r's micro-step m takes slice `(r * grad_accum + m)`. So:
     - resuming needs no sampler state (the step number is the data position);
     - each rank reads its own windows (per-rank streams, no overlap within a step);
     - any split of the same global batch over processes and accumulation steps sees the
@@ -246,6 +255,8 @@ class WindowSampler:
 
     `y` is `x` shifted by one token: position t of y is the token that follows x[t].
     """
+
+    MAX_PERMUTED = 1 << 22  # windows: a pass's order as int64 is 32 MiB at most
 
     def __init__(
         self,
@@ -270,13 +281,35 @@ class WindowSampler:
         self.grad_accum, self.rank, self.world_size, self.seed = grad_accum, rank, world_size, seed
         self.device = torch.device(device)
         self._step, self._offsets = None, None
+        # A pass's windows start at phase + i * block_size, i < per_pass, phase < phases:
+        # every start leaves room for block_size + 1 tokens (the last start is len - block - 1).
+        last = len(tokens) - block_size - 1
+        self.phases = min(block_size, last + 1)
+        self.per_pass = (last - (self.phases - 1)) // block_size + 1
+        self._pass, self._order = None, None
+
+    def _pass_order(self, e: int) -> tuple[np.ndarray, int]:
+        """Pass e's window order (a permutation of range(per_pass)) and its phase."""
+        if self._pass != e:
+            rng = np.random.default_rng([self.seed, e, 0x5A3])
+            self._order = rng.permutation(self.per_pass), int(rng.integers(0, self.phases))
+            self._pass = e
+        return self._order
 
     def offsets(self, step: int) -> np.ndarray:
         """Start offsets of the whole global batch of `step` (all ranks, all micro-steps)."""
         if self._step != step:
-            rng = np.random.default_rng([self.seed, step])
             n = self.world_size * self.grad_accum * self.batch_size
-            self._offsets = rng.integers(0, len(self.tokens) - self.block_size, size=n)
+            if self.per_pass > self.MAX_PERMUTED:
+                rng = np.random.default_rng([self.seed, step])
+                self._offsets = rng.integers(0, len(self.tokens) - self.block_size, size=n)
+            else:
+                k = step * n + np.arange(n)  # the global indices of this step's windows
+                self._offsets = np.empty(n, dtype=np.int64)
+                for e in np.unique(k // self.per_pass):  # one pass, or two where the step straddles
+                    order, phase = self._pass_order(int(e))
+                    here = k // self.per_pass == e
+                    self._offsets[here] = phase + order[k[here] % self.per_pass] * self.block_size
             self._step = step
         return self._offsets
 

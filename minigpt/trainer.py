@@ -471,8 +471,9 @@ class _Run:
 
     set-up     the data's shape checks, the model (fresh, or the checkpoint resumed),
                the run's logs (train_config.json, metrics.jsonl)
-    descend    for kinds that learn by gradient: AdamW steps over random windows, with
-               evaluation and checkpoints every eval_interval steps (`_step`, `_evaluate`, `_save`)
+    descend    for kinds that learn by gradient: optimizer steps over the text's windows,
+               pass by pass (dataset.WindowSampler), with evaluation and checkpoints every
+               eval_interval steps (`_step`, `_evaluate`, `_save`)
     fit        for kinds that learn by counting: one pass over the train split, then the
                same evaluation and checkpoint as a step run's last step
     finish     a sample printed from the final model

@@ -232,6 +232,57 @@ def test_same_global_batch_whatever_the_split_over_ranks(dataset_dir):
     assert not torch.equal(r0, r1)  # each rank its own windows
 
 
+def _global_windows(sampler: WindowSampler, steps: int) -> np.ndarray:
+    return np.concatenate([sampler.offsets(step) for step in range(steps)])
+
+
+def test_each_pass_visits_every_window_once_at_its_own_phase():
+    """Pass by pass, without replacement: the first per_pass windows are the split cut at one
+    phase, in some order; so are the next per_pass; the phase changes from pass to pass. Known
+    answer: over whole passes every token inside the cut is trained on once a pass, where
+    windows drawn with replacement would miss some and repeat others."""
+    toks = np.arange(2_000, dtype=np.uint16)
+    s = WindowSampler(toks, block_size=16, batch_size=7, seed=5)  # 7 does not divide a pass
+    W = s.per_pass
+    assert W == (len(toks) - 16 - 1 - 15) // 16 + 1
+    offs = _global_windows(s, steps=6 * W // 7 + 1)
+    phases = []
+    for e in range(6):
+        one = offs[e * W : (e + 1) * W]
+        phase = int(one.min())
+        assert phase < 16 and sorted(one.tolist()) == [phase + 16 * i for i in range(W)]
+        assert one.max() + 17 <= len(toks)
+        seen = np.zeros(len(toks), dtype=int)
+        for o in one:
+            seen[o : o + 16] += 1
+        assert (seen[phase : phase + 16 * W] == 1).all()
+        phases.append(phase)
+    assert len(set(phases)) > 1
+    assert not np.array_equal(offs[:W], np.sort(offs[:W]))  # shuffled, not in reading order
+
+
+def test_a_step_that_straddles_two_passes_is_the_same_from_a_fresh_sampler():
+    """Resume needs no sampler state: the windows of a step across a pass boundary, drawn by a
+    sampler that has been through the earlier steps, equal a fresh one's."""
+    toks = np.arange(700, dtype=np.uint16)
+    walked = WindowSampler(toks, block_size=16, batch_size=5, seed=2)
+    W = walked.per_pass
+    straddle = next(step for step in range(1, 40) if (step * 5) // W != (step * 5 + 4) // W)
+    _global_windows(walked, straddle)
+    fresh = WindowSampler(toks, block_size=16, batch_size=5, seed=2)
+    assert np.array_equal(walked.offsets(straddle), fresh.offsets(straddle))
+
+
+def test_a_text_too_large_to_permute_draws_windows_with_replacement(monkeypatch):
+    toks = np.arange(3_000, dtype=np.uint16)
+    monkeypatch.setattr(WindowSampler, "MAX_PERMUTED", 10)
+    s = WindowSampler(toks, block_size=16, batch_size=64, seed=1)
+    offs = _global_windows(s, 20)
+    assert offs.max() + 17 <= len(toks) and offs.min() >= 0
+    assert len(set((offs % 16).tolist())) > 1  # any start, not a pass's phase
+    assert np.array_equal(s.offsets(3), WindowSampler(toks, 16, 64, seed=1).offsets(3))
+
+
 def test_window_larger_than_split_is_refused(dataset_dir):
     toks = Dataset(dataset_dir).tokens("val")
     with pytest.raises(DataError, match="block_size"):
