@@ -304,12 +304,13 @@ class WindowSampler:
                 rng = np.random.default_rng([self.seed, step])
                 self._offsets = rng.integers(0, len(self.tokens) - self.block_size, size=n)
             else:
-                k = step * n + np.arange(n)  # the global indices of this step's windows
+                # the global indices of this step's windows: which pass, which window of it
+                passes, within = np.divmod(step * n + np.arange(n), self.per_pass)
                 self._offsets = np.empty(n, dtype=np.int64)
-                for e in np.unique(k // self.per_pass):  # one pass, or two where the step straddles
+                for e in np.unique(passes):  # one pass, or two where the step straddles
                     order, phase = self._pass_order(int(e))
-                    here = k // self.per_pass == e
-                    self._offsets[here] = phase + order[k[here] % self.per_pass] * self.block_size
+                    here = passes == e
+                    self._offsets[here] = phase + order[within[here]] * self.block_size
             self._step = step
         return self._offsets
 
