@@ -9,7 +9,7 @@ Two parts, both used by the trainer:
 
 - **the rules** (`RULES` below, one small table per setting): how hard the run can memorise
   its text (`exposure`: the passes the budget buys times the model's weights per training
-  token) decides dropout and the weight decays (AdamW's; Muon's from an exposure of 30,
+  token) decides dropout and the weight decays (AdamW's; Muon's from an exposure of 32,
   where the line adds "Muon wd 0.2"); the size of the text
   decides the vocabulary and the model's width (a tiny text gets a smaller model); a
   corpus too small for the preset's window or batch gets smaller
@@ -104,31 +104,28 @@ REGULARISATION = (
     Rule(
         6.0,
         dict(dropout=0.1, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.0),
-        "Python source (1.10M tokens), compiled 5 x 192: residual 0.1 at exposure 9.7 1.2372 bits/byte, 0.15 "
-        "at 8.3 1.2431, none at 9.0 1.2932; eager 3 x 192: 0.15 at 7.4 1.2631 vs 0.1 on the weights too at 9.9 "
-        "1.2863. Man pages (1.39M): 0.15 at 7.3 1.5048, none at 6.2 1.5427. C source (1.48M): 0.1 at 6.7 "
-        "1.9391, 0.15 at 5.8 1.9443. German fortunes (0.94M): 0.1 at 11.1 1.7871, 0.15 at 14.1 1.7894 "
-        "(2026-12-06). The boundary: between the bundled corpus's 4.5-5.5 (0.1 lost) and man pages' 6.2",
+        "with the windows pass by pass (AMD EPYC, 2026-12-06, ninth pass; each against the other setting at equal "
+        "wall time): C source (1.48M tokens) 0.1 at exposure 7.3 1.8265 bits/byte vs none at 6.6 1.8806; Python "
+        "(1.10M) 0.1 at 12.1 1.2120, 0.15 at 13.1 1.2091, none at 13.3 1.2335; German fortunes (0.94M) 0.1 at 14.5 "
+        "1.7536 vs 0.15 at 14.3 1.7811; Russian fortunes (0.73M) 0.1 at 26.8 1.0075 vs 0.15 at 23.3 1.0233. "
+        "Against it: man pages (1.39M) none at 7.7 1.4931 vs 0.1 at 6.4 1.5036. Before the new windows (Intel, "
+        "sixth-eighth passes) 0.15 had won from exposure ~14 (the Russian fortunes 1.0360-1.0448 vs 0.1's 1.0566): "
+        "the windows pass by pass memorise less, and 0.15 lost on both fortunes. The boundary at 6: between the "
+        "bundled corpus's 4.5-5.5 (0.1 lost, sixth pass) and C's 6.6-7.3 (0.1 won by 0.054); man pages lose 0.0105 "
+        "to it",
     ),
     Rule(
-        14.0,
-        dict(dropout=0.15, attn_dropout=False, weight_decay=0.1, muon_weight_decay=0.0),
-        "the Russian fortunes (0.73M tokens), compiled 5 x 192: 0.15 at 20.7-22.4 1.0448 / 1.0360, 0.1 at 16.4 "
-        "1.0566, none at 20.0 1.0617. tinyshakespeare at 3 minutes (0.35M): 0.15 at 37-45 2.0975 / 2.1105, 0.1 "
-        "at 35-45 2.1135-2.1156, none at 32.7 2.1622; eager 3 x 192, 0.15 at 41-51 2.1127 / 2.1130 vs "
-        "residual 0.1 at 32-47 2.1226-2.1305 (2026-12-06). The boundary: between Python's 9.7 (0.1 as good as "
-        "0.15) and the fortunes' 16. No Muon weight decay: the Russian fortunes lost with 0.2 at 21.7 (1.0529)",
-    ),
-    Rule(
-        30.0,
+        32.0,
         dict(dropout=0.15, attn_dropout=False, weight_decay=0.3, muon_weight_decay=0.2),
         "tinyshakespeare at 3 minutes (0.35M tokens), 0.15 dropout, Muon weight decay at exposure 53-67: 0 2.1337 "
         "(2.0975 / 2.1157 the day before), 0.02 2.1230, 0.05 2.1088, 0.1 2.1068, 0.2 2.0927 / 2.0961 (two seeds), "
-        "0.5 2.1162 (2026-12-06, seventh pass). The boundary: between the Russian fortunes' 21.7 (0.2 lost, "
-        "1.0529 vs 1.0360-1.0448 without) and tinyshakespeare's 53. AdamW's decay (embeddings, head) 0.3: at "
-        "1300 steps (exposure 57.6) 2.0817 / 2.0863 vs 0.1's 2.1061 / 2.0989 (seeds 1337 / 7). Held out, a text "
-        "no rule was fitted on (1.3 MB of package METADATA): 1.7714 with both decays vs 1.9068 without at exposure "
-        "73-79, 1.8386 vs 1.8729 at 34-37",
+        "0.5 2.1162 (2026-12-06, seventh pass). With the windows pass by pass, its dropout: 0.15 2.0540, 0.1 2.0581, "
+        "0.2 2.0921 (eighth pass). The boundary at 32: between the Russian fortunes' 21.7-30.2 (this row lost there: "
+        "1.0419 at 30.2 vs 0.1 and no Muon wd 1.0075 at 26.8, ninth pass; Muon wd 0.2 alone 1.0529 vs 1.0360-1.0448 "
+        "without, seventh) and the held-out package descriptions' 34-37 (below). AdamW's decay (embeddings, "
+        "head) 0.3: at 1300 steps (exposure 57.6) 2.0817 / 2.0863 vs 0.1's 2.1061 / 2.0989 (seeds 1337 / 7). "
+        "Held out, a text no rule was fitted on (1.3 MB of package METADATA): 1.7714 with both decays vs 1.9068 "
+        "without at exposure 73-79, 1.8386 vs 1.8729 at 34-37",
     ),
     Rule(
         100.0,
@@ -137,7 +134,7 @@ REGULARISATION = (
         "bits/byte, 0.2 on the weights too 2.6257 / 2.6255, 0.3 there 2.6235 (2026-12-06); tinyshakespeare "
         "at 38 lost with 0.2 on the weights (2.1625 vs 2.1175 with 0.1), and at 70 with residual 0.3 (2.1240 vs 0.2 "
         "2.1103 and 0.15 2.1157 at 63, seed 7; 2026-12-06). The boundary at 100 lies between 70 and 339. "
-        "Muon weight decay 0.2 and AdamW's 0.3 as from 30: here 2.6111 with the first, 2.6074 with both, against "
+        "Muon weight decay 0.2 and AdamW's 0.3 as from 32: here 2.6111 with the first, 2.6074 with both, against "
         "2.6069-2.6291 without (seventh pass)",
     ),
 )
@@ -301,7 +298,7 @@ def finetune_lr(n_params: int) -> float:
 def pick(rules: tuple[Rule, ...], value: float) -> dict[str, Any]:
     """The settings of the last row whose `at_least` is <= value.
 
-    >>> pick(REGULARISATION, 20.7)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
+    >>> pick(REGULARISATION, 57.1)["dropout"], pick(VOCABULARY, 5 << 20)["vocab_size"]
     (0.15, 2048)
     """
     chosen = rules[0]

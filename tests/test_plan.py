@@ -64,7 +64,8 @@ def run_json(out: Path) -> dict:
 def test_rules_pick_the_row_of_the_exposure_and_the_text_size():
     assert pick(REGULARISATION, 4.1)["dropout"] == 0.0  # the bundled corpus (2.6 passes, 5 x 192): no dropout
     assert pick(REGULARISATION, 9.7)["dropout"] == 0.1  # Python source (4.1 passes, 5 x 192): 0.1
-    assert pick(REGULARISATION, 20.7)["dropout"] == 0.15  # the Russian fortunes (5.8 passes, 5 x 192)
+    assert pick(REGULARISATION, 26.8)["dropout"] == 0.1  # the Russian fortunes (7.5 passes, 5 x 192)
+    assert pick(REGULARISATION, 57.1)["dropout"] == 0.15  # tinyshakespeare at 3 minutes (7.6 passes, 5 x 192)
     assert pick(REGULARISATION, 339.0)["dropout"] == 0.3  # the 98 KB text (40 passes, 3 x 96)
     assert not any(rule.settings["attn_dropout"] for rule in REGULARISATION)  # the residual branches only
     sizes = (3_000, 512 << 10, 1_115_394, 5 << 20, 100 << 20)  # tiny, 0.5 MB, tinyshakespeare, bundled, large
@@ -310,7 +311,7 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_expo
         assert ("eval every 100 (yours)" in lines[0]) == (passes >= 4), lines[0]
         assert "1x32 (yours)" in lines[0]  # the shape flags were given
         assert rec["config"]["planned"] == []  # the record is the plan made: a rerun of it is exact
-    assert seen >= 14 and want >= 0.15  # the second run did cross the rules' lines
+    assert seen >= 6 and want > 0  # the second run did cross the rules' lines
 
 
 def _split_tokens(out: Path, split: str):
@@ -390,7 +391,9 @@ def test_a_compiled_run_with_dropout_resumes_exactly(tmp_path, corpus_file):
     """The compiled model (its dropout masks drawn from a seed from torch's generator,
     kernels.keep_mask) resumes exactly: N steps == N/2, then --resume for N/2 more; and
     it says how long compiling took."""
-    common = [*SMALL, "--lr-decay-steps", "12", "--eval-interval", "4", "--compile", "--dropout", "0.2"]
+    # the decays given: the plan of 6 steps and of 12 would pick them from other rows (exposure 30 and 60)
+    common = [*SMALL, "--lr-decay-steps", "12", "--eval-interval", "4", "--compile", "--dropout", "0.2",
+              "--weight-decay", "0.3", "--muon-weight-decay", "0.2"]  # fmt: skip
     rc, err = train_cli("--data", str(corpus_file), "--out", str(tmp_path / "a"), "--max-steps", "12", *common)
     assert rc == 0, err
     assert "compiled in" in err and "compiled" in plan_lines(err)[0]
