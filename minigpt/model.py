@@ -14,7 +14,8 @@ H = n_head, D = C / H (head size), V = vocab size.
 Attention has two paths computing the same function: the fast one
 (`F.scaled_dot_product_attention`, which picks flash/memory-efficient kernels) used by
 default, and an explicit softmax(QK^T / sqrt(D)) that also returns the weights, used
-when `return_attention=True`. The tests hold them equal.
+when `return_attention=True`, for dropout on the weights on the CPU, and in a compiled
+CPU step over a short context (faster there). The tests hold them equal.
 
 Parameter names follow GPT-2 / nanoGPT (`transformer.h.0.attn.c_attn.weight`, ...), so
 importing Hugging Face GPT-2 weights is a rename plus a transpose (see `hf.py`).
@@ -284,6 +285,12 @@ class Dropout(nn.Dropout):
 
 # ---- attention ---------------------------------------------------------------------------
 
+# The longest context whose attention a compiled CPU step writes out in bf16 rather than
+# calling the fp32 flash kernel (CausalSelfAttention.forward). Forward and backward of one
+# layer, 2048 tokens x 6 heads x 32 (AMD EPYC, 2026-12-06): T = 64 2.2 vs 3.3 ms flash, 128 4.1
+# vs 5.6 ms, 256 14.9 vs 9.6 ms (the [T, T] scores outgrow the caches).
+COMPILED_EXPLICIT_MAX_T = 128
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused q/k/v projection."""
@@ -321,7 +328,13 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         qkv_dtype = q.dtype
-        fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu" and cache is None
+        cpu_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu" and cache is None
+        # Compiled, a short context's attention is fastest written out in bf16: two batched
+        # products and one fused softmax kernel (the plan's compiled step 1.14x faster, the
+        # same loss at 1300 steps: BENCHMARKS.md, ninth pass). The flash kernel's tiling pays
+        # only for long sequences, and eager, the written-out product runs as unfused ops.
+        compiled_explicit = cpu_bf16 and T <= COMPILED_EXPLICIT_MAX_T and torch.compiler.is_compiling()
+        fp32_attention = cpu_bf16 and not compiled_explicit
         if fp32_attention:
             # The CPU's flash-attention kernel is ~3.6x slower in bf16 than in fp32 (its
             # backward above all: 3.3 vs 0.9 ms a layer at nanoGPT's CPU shape, measured),
@@ -344,7 +357,7 @@ class CausalSelfAttention(nn.Module):
         # weights with one serial Bernoulli draw each (0.79M a layer at the cpu preset: most of
         # what dropout cost a step, BENCHMARKS.md); the explicit product computes the same
         # function with the model's Dropout, whose masks are cheap (kernels.py).
-        explicit = need_weights or (dropout_p > 0 and q.device.type == "cpu" and Dropout.fast)
+        explicit = need_weights or compiled_explicit or (dropout_p > 0 and q.device.type == "cpu" and Dropout.fast)
         # (out of autocast, which would cast fp32 attention straight back to bf16)
         with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
             if explicit:

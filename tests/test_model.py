@@ -155,6 +155,89 @@ def test_attention_weight_dropout_against_float64_recomputation():
     assert 0.6 < (scaled_mask[ref_att > 0] > 0).double().mean() < 0.9  # some weights were dropped
 
 
+def test_bf16_explicit_attention_against_float64_recomputation():
+    """The written-out product in bf16 (a compiled CPU step's attention): output and gradients
+    within bf16's rounding of softmax(QK^T / sqrt(D) + mask) V recomputed in float64."""
+    from minigpt.model import explicit_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 24, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, 24, 16, dtype=torch.float64)
+    q16, k16, v16 = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    y, _ = explicit_attention(q16, k16, v16)
+    assert y.dtype == torch.bfloat16
+    y.backward(g.bfloat16())
+    scores = (q @ k.transpose(-1, -2) / 4.0).masked_fill(torch.ones(24, 24).triu(1).bool(), float("-inf"))
+    ref = torch.softmax(scores, -1) @ v
+    ref.backward(g)
+    # bf16 keeps 8 bits: each input and the scores round by <= 2^-9 relatively
+    torch.testing.assert_close(y.double(), ref.detach(), atol=0.03, rtol=0.03)
+    for fast, exact in ((q16, q), (k16, k), (v16, v)):
+        torch.testing.assert_close(fast.grad.double(), exact.grad, atol=0.06, rtol=0.05)
+
+
+def _graph_calls_sdpa(m, idx, autocast: bool) -> bool:
+    """Whether TorchDynamo's graph of m(idx) calls SDPA (traced only, not compiled)."""
+    calls = []
+
+    def record(gm, example_inputs):
+        calls.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        torch.compile(m, backend=record)(idx)
+    torch._dynamo.reset()
+    assert calls  # something was traced
+    return any("scaled_dot_product_attention" in c for c in calls)
+
+
+def test_a_compiled_cpu_bf16_model_writes_a_short_contexts_attention_out(monkeypatch):
+    """Traced for torch.compile under bf16 autocast on the CPU, attention over a context of at
+    most COMPILED_EXPLICIT_MAX_T tokens is the written-out product (no SDPA call in the
+    graph); a longer context, or fp32, keeps the flash kernel, as the eager model does."""
+    from minigpt import model as model_module
+
+    m = tiny_gpt(pos_encoding="rope", qk_norm=True)
+    idx = torch.randint(0, 300, (2, 16))
+    assert not _graph_calls_sdpa(m, idx, autocast=True)
+    assert _graph_calls_sdpa(m, idx, autocast=False)
+    monkeypatch.setattr(model_module, "COMPILED_EXPLICIT_MAX_T", 8)
+    assert _graph_calls_sdpa(m, idx, autocast=True)
+
+
+@pytest.mark.slow
+def test_the_compiled_bf16_step_is_as_close_to_float64_as_the_eager_one():
+    """A compiled CPU training forward and backward under bf16 autocast (the trainer's compile
+    options; attention written out in bf16) lands as close to the float64 model's loss and
+    gradients as the eager bf16 step (fp32 flash attention) does: within twice its error."""
+    import copy
+
+    from minigpt import loop
+
+    m = tiny_gpt(pos_encoding="rope", qk_norm=True, n_embd=64, n_head=4, mlp="swiglu", norm="rmsnorm").train()
+    idx, y = torch.randint(0, 300, (4, 32)), torch.randint(0, 300, (4, 32))
+    m64 = copy.deepcopy(m).double()
+    loss64 = m64(idx, y).loss
+    loss64.backward()
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx, y).loss
+        loss.backward()
+        return loss.detach().double(), [p.grad.double() for p in m.parameters()]
+
+    compiled = torch.compile(m, options=loop.compile_options(torch.device("cpu")))
+    loss_c, grads_c = step(compiled)
+    loss_e, grads_e = step(m)
+    torch._dynamo.reset()
+    assert abs(loss_c - loss64) <= 2 * abs(loss_e - loss64) + 2e-3
+    for gc, ge, p in zip(grads_c, grads_e, m64.parameters()):
+        err_c, err_e = (gc - p.grad).norm(), (ge - p.grad).norm()
+        assert err_c <= 2 * err_e + 1e-3 * p.grad.norm(), (err_c, err_e)
+
+
 def test_attention_weight_dropout_equals_sdpas_in_distribution(monkeypatch):
     """The CPU's attention-weight dropout (the explicit product, kernels.dropout's masks) and
     SDPA's own (its math path, a Bernoulli draw a weight): over 300 seeds, each one's mean
