@@ -15,14 +15,16 @@ prepare.py splits it): every token once, in windows of block_size. Then it count
 interpolated Kneser-Ney n-grams of each `--ngram-orders` on the same data and scores them
 the same way (exactly: an n-gram sees its full context everywhere).
 
-`--suite NAME ...` runs the corpus suite (benchmarks/corpus_suite.py builds out/suite/NAME.txt)
-the way a new user does: `python train.py --data out/suite/NAME.txt` end to end (preparing the
-text is timed too: the plan's budget covers the whole process), flags from --extra; scores the
+`--suite NAME ...` runs the corpus suite (benchmarks/corpus_suite.py builds out/suite/NAME.txt;
+with --held-out, the texts no rule was fitted on) the way a new user does: `python train.py
+--data out/suite/NAME.txt` end to end (preparing the text is timed too: the plan's budget
+covers the whole process), flags from --extra; scores the
 checkpoint `minigpt eval` reads (`best`) on the whole validation split both ways (non-overlapping
 windows, as nanoGPT's figures are measured, and a stride of half the context), and counts the
 n-grams on the same prepared data. Rows append to out/suite/results.jsonl with the plan line.
 
     python benchmarks/time_to_quality.py --suite fortunes-en python man
+    python benchmarks/time_to_quality.py --suite fortunes-zh --ngram-orders 3 4 5 6   # a held-out text
     python benchmarks/time_to_quality.py --suite tinyshakespeare --extra --max-time 3m
 
 nanoGPT on these machines (../shared/ANCHORS.md), tinyshakespeare: its CPU recipe reaches
