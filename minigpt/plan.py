@@ -516,8 +516,13 @@ def choose(
     compile_ = current.get("compile")
     if "compile" in planned:
         compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
-        if budget_s > 0 and seconds_left * tokens_per_s >= MAX_PASSES * train_tokens:
-            compile_ = None  # a run that reaches MAX_PASSES eagerly has no use for a faster step
+        reaches_cap = budget_s > 0 and seconds_left * tokens_per_s >= MAX_PASSES * train_tokens
+        if reaches_cap and pick(SHAPES, train_tokens) == SHAPES[0].settings:
+            # A tiny text that reaches MAX_PASSES eagerly keeps its small model, and a faster step
+            # buys it nothing. A larger one compiles anyway, for the deeper model: tinyshakespeare
+            # at 10 minutes (40 passes) 2.0463 bits/byte compiled 5 x 192 against 2.0738 eager
+            # 3 x 192 (2.0672 with dropout 0.15; BENCHMARKS.md, tenth pass).
+            compile_ = None
     steps, tokens_per_s, settings = settle(bool(compile_))
     if compile_ and "compile" in planned and settings["dropout"] > 0 and settings["attn_dropout"]:
         compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)

@@ -229,6 +229,11 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
     tiny = choose(current=current, planned=planned, **{**kw, "train_tokens": 45_000})  # 40 passes eagerly
     assert tiny.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and tiny.settings["compile"] is None
     assert tiny.settings["n_layer"] == 3  # SHAPES' small model, not the compiled depth
+    # a larger text that reaches the cap eagerly compiles all the same, for the deeper model
+    long = choose(current=current, planned=planned, **{**kw, "budget_s": 1000.0, "seconds_left": 900.0})
+    assert 900.0 * 20_000 >= plan_mod.MAX_PASSES * 350_000  # eagerly, the cap
+    assert long.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and long.settings["compile"] is True
+    assert long.settings["n_layer"] == plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
 
 
 def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout():
