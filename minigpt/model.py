@@ -287,8 +287,9 @@ class Dropout(nn.Dropout):
 
 # The longest context whose attention a compiled CPU step writes out in bf16 rather than
 # calling the fp32 flash kernel (CausalSelfAttention.forward). Forward and backward of one
-# layer, 2048 tokens x 6 heads x 32 (AMD EPYC, 2026-12-06): T = 64 2.2 vs 3.3 ms flash, 128 4.1
-# vs 5.6 ms, 256 14.9 vs 9.6 ms (the [T, T] scores outgrow the caches).
+# layer, 2048 tokens x 6 heads x 32 (benchmarks/attention_paths.py, AMD EPYC, 2026-12-06): T = 64
+# 2.47 vs 3.49 ms flash, 128 4.40 vs 6.80 ms, 256 14.68 vs 10.94 ms (the [T, T] scores outgrow
+# the caches).
 COMPILED_EXPLICIT_MAX_T = 128
 
 
