@@ -196,6 +196,35 @@ def test_stream_is_server_sent_events_ending_in_done_with_the_same_tokens(client
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 9 + ["length"]
 
 
+def test_a_stream_that_starts_after_its_request_finished_still_carries_every_token(server, client, monkeypatch):
+    """The engine may finish a short request before the response's first event is pulled
+    (a busy machine: one CI run got an empty stream). Forced here: the events start only
+    once every choice is done; the text must still arrive, token by token."""
+    import asyncio
+
+    from minigpt.serve import app as app_module
+
+    original = app_module._stream
+
+    async def late(s, req, job, *args):
+        for _ in range(2000):  # bounded: at most ~20 s
+            if all(c.finish_reason is not None for c in job.choices):
+                break
+            await asyncio.sleep(0.01)
+        async for event in original(s, req, job, *args):
+            yield event
+
+    monkeypatch.setattr(app_module, "_stream", late)
+    body = dict(prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7, stream=True)
+    with client.stream("POST", "/v1/completions", json={"model": MODEL, **body}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    chunks = [json.loads(line[6:])["choices"][0] for line in lines[:-1]]
+    whole = post(client, {**body, "stream": False}).json()["choices"][0]
+    assert lines[-1] == "data: [DONE]" and len(chunks) == 8, chunks
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert [c["finish_reason"] for c in chunks] == [None] * 7 + ["length"]
+
+
 def test_echo_scores_the_prompt_under_the_model(client, model, tokenizer):
     text = "ROMEO: O, she doth teach"
     r = post(client, dict(prompt=text, max_tokens=0, echo=True, logprobs=3))

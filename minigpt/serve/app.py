@@ -286,7 +286,10 @@ async def completions(request):
     for ids, text in zip(req.prompts, req.prompt_texts):
         for _ in range(req.n):
             job.choices.append(Choice(job, len(job.choices), ids, req, s.tokenizer, len(text) if req.echo else 0))
-    if req.max_tokens > 0:
+    # Which choices the engine will stream, taken before it starts: it may finish them all
+    # before a streamed response's first event is pulled (a short request, a busy machine).
+    pending = {c.index for c in job.choices} if req.max_tokens > 0 else set()
+    if pending:
         try:
             s.engine.submit(job)
         except Overloaded:
@@ -301,13 +304,12 @@ async def completions(request):
             c.finish_now()
     n_prompt = sum(len(p) for p in req.prompts)
     if req.stream:
-        return EventStream(_stream(s, req, job, scores, n_prompt), on_close=lambda: s.engine.cancel(job))
-    return await _whole(s, request, req, job, scores, n_prompt)
+        return EventStream(_stream(s, req, job, pending, scores, n_prompt), on_close=lambda: s.engine.cancel(job))
+    return await _whole(s, request, req, job, pending, scores, n_prompt)
 
 
-async def _whole(s: Served, request, req: CompletionRequest, job: Job, scores, n_prompt: int):
-    """Wait for every choice (or for the client to go away), then answer in one piece."""
-    pending = {c.index for c in job.choices if c.finish_reason is None}
+async def _whole(s: Served, request, req: CompletionRequest, job: Job, pending: set[int], scores, n_prompt: int):
+    """Wait for every choice in `pending` (or for the client to go away), then answer in one piece."""
     watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
     try:
         while pending:
@@ -328,13 +330,13 @@ async def _whole(s: Served, request, req: CompletionRequest, job: Job, scores, n
     return JSONResponse(envelope(job, s.model_id, choices, usage=usage(job, n_prompt)))
 
 
-async def _stream(s: Served, req: CompletionRequest, job: Job, scores, n_prompt: int):
+async def _stream(s: Served, req: CompletionRequest, job: Job, pending: set[int], scores, n_prompt: int):
     """Server-sent events: the echoed prompt (and the die's prompt ids) first, then one
-    event per token, an error event if the engine fails the request, then [DONE]."""
+    event per token of each choice in `pending`, an error event if the engine fails the
+    request, then [DONE]."""
     tok = s.tokenizer
-    pending = {c.index for c in job.choices if c.finish_reason is None}
     for c in job.choices:
-        if req.echo or req.die or c.finish_reason is not None:
+        if req.echo or req.die or c.index not in pending:
             choice = {
                 "text": req.prompt_texts[c.index // req.n] if req.echo else "",
                 "index": c.index,
