@@ -142,9 +142,16 @@ REGULARISATION = (
 # Bytes of text to prepare -> tokenizer size. A larger vocabulary carries more bytes per
 # token but needs more text to learn each token's embedding.
 VOCABULARY = (
-    Rule(0, dict(vocab_size=512), "extrapolated: 512 lost to 1024 at 1 MB (2.249 vs 2.204), so only below that"),
     Rule(
-        256 << 10,
+        0,
+        dict(vocab_size=512),
+        "Italian fortunes cut at 500 KB (compiled 5 x 192, dropout 0.3): 512 2.1039 / 2.1108 vs 1024 2.1140 / 2.1154 "
+        "(seeds 1337 / 7); Portuguese fortunes (259 KB, 3 x 192) 512 1.9896 vs 1024 2.0517; Bulgarian fortunes "
+        "(111 KB, 3 x 96) 1.4248 vs 1.4276 (eleventh pass). 512 lost to 1024 at 1.1 MB (2.249 vs 2.204, 4 x 192, "
+        "no dropout, 2026-12-03). The boundary at 512 KB: just above the largest text where 512 won",
+    ),
+    Rule(
+        512 << 10,
         dict(vocab_size=1024),
         "extrapolated: 1024 beat 2048 at 1.1 MB only without dropout (2.204 vs 2.239, 4x192, 2026-12-03); with it "
         "2048 wins there (next row), so 1024 is kept only below 1 MB, where no run measured it with dropout",
@@ -194,18 +201,41 @@ def exposure(tokens_seen: float, train_tokens: int, settings: dict[str, Any]) ->
 # MAX_PASSES in a minute or two, whatever the model: there a smaller model, which memorises
 # less, does better at the same steps. Larger texts: the shape sweep (tinyshakespeare ~7
 # passes, the bundled corpus ~3) chose 3 x 6 x 192 at both; deeper and wider models lost in
-# minutes. The boundary between the rows is where no text was measured.
+# minutes. The boundary between the rows lies between the nearest texts measured either side.
 SHAPES = (
     Rule(
         0,
         dict(n_layer=3, n_head=3, n_embd=96),
         "fortunes-en (45k tokens, 40 passes, 873 steps, dropout 0.2): 3 x 96 2.624 bits/byte, 2 x 64 2.632, "
-        "3 x 128 2.694, 3 x 192 2.725 (BENCHMARKS, 2026-12-06); the boundary at 128k tokens is extrapolated",
+        "3 x 128 2.694, 3 x 192 2.725 (BENCHMARKS, 2026-12-06). At 40 passes, dropout 0.3 (eleventh pass): "
+        "Bulgarian fortunes (30k tokens) 3 x 96 1.4248 vs 3 x 192 1.4718; English fortunes cut at 180 KB (87k) "
+        "3 x 96 2.5906 vs 3 x 192 2.6168",
     ),
     Rule(
-        128_000,
+        100_000,
         dict(n_layer=3, n_head=6, n_embd=192),
-        "3 x 6 x 192 won the shape sweep on tinyshakespeare (0.35M tokens) and the bundled corpus (BENCHMARKS)",
+        "3 x 6 x 192 won the shape sweep on tinyshakespeare (0.35M tokens) and the bundled corpus (BENCHMARKS); "
+        "Portuguese fortunes (0.12M tokens, 40 passes, dropout 0.3): 3 x 192 1.9896 / 2.0017 vs 3 x 96 2.0928 / "
+        "2.0794 (seeds 1337 / 7; eleventh pass). The boundary at 100k: between 87k (3 x 96 won) and 120k",
+    ),
+)
+
+# Training tokens -> whether a run that reaches MAX_PASSES eagerly compiles all the same, for
+# the deeper model (COMPILED_SHAPES): a faster step buys such a run no more passes, only depth.
+AT_THE_CAP = (
+    Rule(
+        0,
+        dict(compile=None),
+        "Portuguese fortunes (0.12M tokens, 40 passes, dropout 0.3): eager 3 x 192 1.9896 / 2.0017 (seeds 1337 / "
+        "7) vs compiled 5 x 192 2.0142 (eleventh pass); a tiny text keeps its small model (SHAPES)",
+    ),
+    Rule(
+        150_000,
+        dict(compile=True),
+        "tinyshakespeare at 10 minutes (0.35M tokens, 40 passes): compiled 5 x 192 2.0463 vs eager 3 x 192 2.0738 "
+        "(2.0672 with dropout 0.15; tenth pass); Italian fortunes (0.20M tokens, 5 minutes): compiled 5 x 192 "
+        "2.1140 vs eager 3 x 192 2.1367 / 2.1360 (31-36 passes; eleventh pass). The boundary at 150k: between "
+        "0.12M (eager won) and 0.20M",
     ),
 )
 
@@ -281,6 +311,7 @@ RULES = {
     "vocabulary": VOCABULARY,
     "shape": SHAPES,
     "compiled_shape": COMPILED_SHAPES,
+    "at_the_cap": AT_THE_CAP,
     "compilation": COMPILATION,
     "finetune_lr": FINETUNE_LR,
 }
@@ -517,12 +548,8 @@ def choose(
     if "compile" in planned:
         compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
         reaches_cap = budget_s > 0 and seconds_left * tokens_per_s >= MAX_PASSES * train_tokens
-        if reaches_cap and pick(SHAPES, train_tokens) == SHAPES[0].settings:
-            # A tiny text that reaches MAX_PASSES eagerly keeps its small model, and a faster step
-            # buys it nothing. A larger one compiles anyway, for the deeper model: tinyshakespeare
-            # at 10 minutes (40 passes) 2.0463 bits/byte compiled 5 x 192 against 2.0738 eager
-            # 3 x 192 (2.0672 with dropout 0.15; BENCHMARKS.md, tenth pass).
-            compile_ = None
+        if reaches_cap and not pick(AT_THE_CAP, train_tokens)["compile"]:
+            compile_ = None  # a faster step would buy this text no more passes, and depth loses
     steps, tokens_per_s, settings = settle(bool(compile_))
     if compile_ and "compile" in planned and settings["dropout"] > 0 and settings["attn_dropout"]:
         compile_ = None  # dropout on the attention weights is slow compiled (COMPILATION's evidence)

@@ -68,8 +68,8 @@ def test_rules_pick_the_row_of_the_exposure_and_the_text_size():
     assert pick(REGULARISATION, 57.1)["dropout"] == 0.15  # tinyshakespeare at 3 minutes (7.6 passes, 5 x 192)
     assert pick(REGULARISATION, 339.0)["dropout"] == 0.3  # the 98 KB text (40 passes, 3 x 96)
     assert not any(rule.settings["attn_dropout"] for rule in REGULARISATION)  # the residual branches only
-    sizes = (3_000, 512 << 10, 1_115_394, 5 << 20, 100 << 20)  # tiny, 0.5 MB, tinyshakespeare, bundled, large
-    assert [vocab_for(n) for n in sizes] == [512, 1024, 2048, 2048, 4096]
+    sizes = (3_000, 500_000, 750_000, 1_115_394, 5 << 20, 100 << 20)  # tiny, the Italian and Czech fortunes, ...
+    assert [vocab_for(n) for n in sizes] == [512, 512, 1024, 2048, 2048, 4096]  # ... tinyshakespeare, bundled, large
     assert all(rule.evidence for table in plan_mod.RULES.values() for rule in table)  # every row says why
     assert all(a.at_least < b.at_least for table in plan_mod.RULES.values() for a, b in zip(table, table[1:]))
     assert [r.at_least for r in VOCABULARY][0] == 0
@@ -229,8 +229,15 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
     tiny = choose(current=current, planned=planned, **{**kw, "train_tokens": 45_000})  # 40 passes eagerly
     assert tiny.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and tiny.settings["compile"] is None
     assert tiny.settings["n_layer"] == 3  # SHAPES' small model, not the compiled depth
-    # a larger text that reaches the cap eagerly compiles all the same, for the deeper model
-    long = choose(current=current, planned=planned, **{**kw, "budget_s": 1000.0, "seconds_left": 900.0})
+    # Texts that reach the cap eagerly: under AT_THE_CAP's boundary they keep SHAPES' eager model
+    # (its larger row from SHAPES' boundary on), from it they compile all the same, for depth.
+    at_cap = plan_mod.AT_THE_CAP[1].at_least
+    assert plan_mod.SHAPES[1].at_least < at_cap <= 350_000
+    longer = dict(budget_s=1000.0, seconds_left=900.0)
+    middle = choose(current=current, planned=planned, **{**kw, **longer, "train_tokens": int(at_cap) - 1})
+    assert middle.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and middle.settings["compile"] is None
+    assert {k: middle.settings[k] for k in plan_mod.SHAPES[1].settings} == plan_mod.SHAPES[1].settings
+    long = choose(current=current, planned=planned, **{**kw, **longer})
     assert 900.0 * 20_000 >= plan_mod.MAX_PASSES * 350_000  # eagerly, the cap
     assert long.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and long.settings["compile"] is True
     assert long.settings["n_layer"] == plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
