@@ -34,7 +34,8 @@ text's size: BENCHMARKS.md, eleventh pass.)
 `--held-out` builds texts no rule was fitted on, to check the plan on text it never saw
 (BENCHMARKS.md, tenth and eleventh passes): Chinese (Debian fortunes-zh: Debian's code of
 conduct, Tang and Song poems), Polish, Spanish, Czech and Slovak fortune cookies
-(fortunes-pl, fortunes-es, fortunes-cs cut at 750 KB).
+(fortunes-pl, fortunes-es, fortunes-cs cut at 750 KB), and HTML: Python's documentation
+(python3.11-doc, cut at 3 MB).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ HELD_OUT = [
     Corpus("fortunes-pl", "Polish fortunes (Debian fortunes-pl)", 4 * MB),
     Corpus("fortunes-es", "Spanish fortunes (Debian fortunes-es)", 4 * MB),
     Corpus("fortunes-cs", "Czech and Slovak fortunes, cut at 750 KB (Debian fortunes-cs)", 750_000),
+    Corpus("python-doc-html", "Python 3.11's documentation as HTML, cut at 3 MB (Debian python3.11-doc)", 3 * MB),
 ]
 
 
@@ -172,6 +174,11 @@ def man_pages(cache: Path) -> list[tuple[str, bytes]]:
     return out
 
 
+def html_docs(cache: Path) -> list[tuple[str, bytes]]:
+    base = debian(cache, "python3.11-doc") / "usr" / "share" / "doc" / "python3.11" / "html"
+    return [(str(p.relative_to(base)), p.read_bytes()) for p in sorted(base.rglob("*.html")) if not p.is_symlink()]
+
+
 def sympy_source(cache: Path) -> list[tuple[str, bytes]]:
     whl = pypi(cache, "sympy==1.14.0")
     with zipfile.ZipFile(whl) as z:
@@ -198,6 +205,8 @@ def sources(name: str, cache: Path) -> list[tuple[str, bytes]]:
         return linux_files(cache, lambda n: n.split("/")[1] in ("kernel", "mm"))
     if name == "man":
         return man_pages(cache)
+    if name == "python-doc-html":
+        return html_docs(cache)
     if name == "linux-60mb":
         return linux_files(cache, lambda n: True)
     raise SystemExit(f"unknown corpus {name!r}")
