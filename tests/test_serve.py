@@ -253,7 +253,7 @@ def test_the_openai_client_works_unchanged_streaming_included(server, model, tok
         model=MODEL, prompt="ROMEO:", max_tokens=8, seed=5, temperature=0.7, extra_body={"top_k": 50}, stream=True
     )
     chunks = [(chunk.choices[0].text, chunk.choices[0].finish_reason) for chunk in stream]
-    # (the chunks in the message: one CI run of 2026-12-06 got '' here, not reproduced since)
+    # (the chunks in the message: one CI run of 2026-12-06 got '' here; the cause, a race, has its own test above)
     assert "".join(text for text, _ in chunks) == want.text, chunks
     with pytest.raises(openai.BadRequestError, match="top_p"):
         client.completions.create(model=MODEL, prompt="x", top_p=1.5)
