@@ -208,6 +208,13 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
         help="reuse this tokenizer instead of training one: a tokenizer.json (e.g. GPT-2's), "
         "GPT-2's vocab.json (with merges.txt beside it), or a directory holding either",
     )
+    p.add_argument(
+        "--sample",
+        metavar="SIZE",
+        help="prepare about SIZE bytes of a larger text (e.g. 64M, 1G): spans spread evenly over each split, "
+        "the tokenizer trained on the sample's training part (what `train --data` does with a text larger than "
+        "its budget can read)",
+    )
     p.add_argument("--force", action="store_true", help="replace a different dataset already in DIR")
     p.add_argument(
         "--replace-invalid",
@@ -218,7 +225,7 @@ def _build_prepare(p: argparse.ArgumentParser) -> None:
 
 
 def _run_prepare(args) -> int:
-    from .data import prepare
+    from .data import parse_size, prepare
 
     meta = prepare(
         args.inputs,
@@ -229,12 +236,15 @@ def _run_prepare(args) -> int:
         force=args.force,
         replace_invalid=args.replace_invalid,
         progress=not args.quiet,
+        sample_bytes=None if args.sample is None else parse_size(args.sample),
     )
     s = meta["splits"]
+    sample = meta.get("sample")
     print(
         f"{args.out}: vocab {meta['vocab_size']} ({meta['dtype']}), train {s['train']['tokens']:,} tokens "
         f"({s['train']['bytes']:,} bytes), val {s['val']['tokens']:,} tokens ({s['val']['bytes']:,} bytes), "
         f"{len(meta['sources'])} source file(s)"
+        + (f"; a sample of {sample['of_bytes']:,} bytes of text" if sample else "")
     )
     return 0
 

@@ -52,10 +52,15 @@ from .dataset import (
     token_dtype,
 )
 from .errors import DataError, MiniGPTError
-from .inputs import read_text_chunks, resolve_inputs
+from .inputs import read_text_chunks, read_text_spans, resolve_inputs
 from .tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, TRAIN_PIECE, Tokenizer, safe_pieces
 
 ENCODE_PIECE = 1 << 13  # characters per piece handed to HF's encode_batch (HF is fastest on pieces of ~8-16 KB)
+# A sample (`prepare(sample_bytes=)`) keeps spans of this many bytes: long enough that nearly
+# every training window lies inside one, short enough to spread a sample of tens of MB over
+# a text of GB in hundreds of places.
+SAMPLE_SPAN = 1 << 18
+MIN_SAMPLE_BYTES = 1 << 20
 
 
 class Terminated(KeyboardInterrupt):
@@ -163,6 +168,56 @@ def _split_chunks(docs: list[_Document], train_chars: int, replace_invalid: bool
             )
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """Which bytes of a text too large to prepare whole are prepared: in each split, the
+    first SAMPLE_SPAN bytes of every `stride` (spans spread evenly over the split, so a
+    sample of a text sorted by topic or by file still sees all of it). Positions are bytes
+    of the files joined in order; the validation split is the last --val-fraction of them
+    (of the bytes, where a whole preparation cuts at characters: the same place in ASCII).
+    Only the kept spans are read: preparing a sample of a text of GB costs what preparing
+    the sample alone does."""
+
+    sizes: tuple[int, ...]  # bytes of text of each file
+    train_bytes: int  # where the validation split begins
+    stride: int  # bytes from one kept span to the next (>= SAMPLE_SPAN)
+
+    @classmethod
+    def of(cls, sizes: list[int], val_fraction: float, sample_bytes: int) -> _Sample:
+        total = sum(sizes)
+        stride = max(SAMPLE_SPAN, int(SAMPLE_SPAN * total / sample_bytes))
+        return cls(tuple(sizes), int(total * (1.0 - val_fraction)), stride)
+
+    def kept(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """The kept parts of bytes [start, end), each within one split."""
+        for lo, hi in ((start, min(end, self.train_bytes)), (max(start, self.train_bytes), end)):
+            base = 0 if lo < self.train_bytes else self.train_bytes  # each split's spans start at its start
+            at = lo
+            while at < hi:
+                offset = (at - base) % self.stride
+                if offset < SAMPLE_SPAN:
+                    yield at, min(hi, at + SAMPLE_SPAN - offset)
+                    at = min(hi, at + SAMPLE_SPAN - offset)
+                else:
+                    at += self.stride - offset
+
+    def kept_bytes(self) -> int:
+        return sum(hi - lo for lo, hi in self.kept(0, sum(self.sizes)))
+
+    def chunks(self, paths: list[Path], replace_invalid: bool) -> Iterator[tuple[str, int, str]]:
+        """(split, segment, text) of every kept span in corpus order; a span is a segment
+        (its own document), and one that a file boundary cuts is two."""
+        pos, segment = 0, 0
+        for path, size in zip(paths, self.sizes):
+            parts = list(self.kept(pos, pos + size))
+            texts = read_text_spans(path, [(lo - pos, hi - pos) for lo, hi in parts], replace_invalid) if parts else ()
+            for (lo, _), text in zip(parts, texts):
+                if text:
+                    yield ("train" if lo < self.train_bytes else "val"), segment, text
+                    segment += 1
+            pos += size
+
+
 def _safe_pieces(stream: Iterator[tuple[str, int, str]], piece_chars: int) -> Iterator[tuple[str, int, str]]:
     """Re-cut (split, doc, text) chunks with `safe_pieces`, separately per split and
     document (a document end or the train/val boundary is a cut anyway)."""
@@ -183,6 +238,7 @@ def _fingerprint(meta: dict) -> dict:
         "val_fraction": meta.get("val_fraction"),
         "tokenizer_source": tokenizer.get("source"),
         "tokenizer_sha256": tokenizer.get("sha256") if tokenizer.get("source") else None,
+        "sample_bytes": (meta.get("sample") or {}).get("bytes"),
     }
 
 
@@ -311,8 +367,14 @@ def prepare(
     force: bool = False,
     replace_invalid: bool = False,
     progress: bool = True,
+    sample_bytes: int | None = None,
 ) -> dict:
     """Prepare a dataset directory from text inputs; returns its meta.json contents.
+
+    `sample_bytes`: a text larger than this is prepared in part, about this many bytes of
+    it in spans spread evenly over each split (`_Sample`): what a run with minutes to train
+    can read of a text of GB, without paying to tokenize the rest. meta.json's "sample"
+    records it; a text no larger is prepared whole, as without it.
 
     If `out_dir` already holds this very dataset (same sources and settings) nothing is
     redone; if it holds another one, DataError unless `force`. Every failure is a
@@ -320,10 +382,38 @@ def prepare(
     after the same cleanup.
     """
     with _sigterm_unwinds():
-        return _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replace_invalid, progress)
+        return _prepare(
+            inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replace_invalid, progress, sample_bytes
+        )
 
 
-def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replace_invalid, progress) -> dict:
+def _check_sample_bytes(value: Any, name: str = "--sample") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < MIN_SAMPLE_BYTES:
+        raise DataError(f"{name} must be a whole number of bytes, at least {MIN_SAMPLE_BYTES:,}, got {value!r}")
+    return int(value)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "67108864", "64M", "64MiB", "1.5G" (binary multiples: 1K = 1024). A
+    DataError names --sample.
+
+    >>> parse_size("64M"), parse_size("1g"), parse_size("2000000")
+    (67108864, 1073741824, 2000000)
+    """
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m:
+        raise DataError(f"--sample: expected a size in bytes such as 64M, 1G or 200000000, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " "))
+
+
+def _prepare(
+    inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replace_invalid, progress, sample_bytes
+) -> dict:
     out = files.path_arg(out_dir, "--out", DataError)
     val_fraction = _check_val_fraction(val_fraction)
     tokenizer = files.path_arg(tokenizer, "--tokenizer", DataError) if tokenizer is not None else None
@@ -332,8 +422,11 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
     st = files.stat_or_none(out)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise DataError(f"output exists and is not a directory: {out}")
+    sample_bytes = _check_sample_bytes(sample_bytes)
     paths = resolve_inputs(inputs, exclude=out)
     tok = Tokenizer.load(tokenizer) if tokenizer else None
+    if sample_bytes is not None and sum(text_inputs.text_size(f) for f in paths) <= sample_bytes:
+        sample_bytes = None  # the whole text fits: prepared whole, the same dataset as without
 
     sources = [{"path": str(f), "bytes": files.stat_or_none(f).st_size, "sha256": text_inputs.sha256(f)} for f in paths]
     planned = {
@@ -343,6 +436,7 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
         "tokenizer": {"source": str(tokenizer), "sha256": hashlib.sha256(tok.to_str().encode()).hexdigest()}
         if tok
         else {},
+        "sample": {"bytes": sample_bytes} if sample_bytes else None,
     }
     if st is not None:
         _remove_stale_staging(out)
@@ -385,18 +479,7 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
     # written fails now, not after minutes of work.
     with _Staging(out) as staging:
         try:
-            meta = _build(
-                paths,
-                staging.path,
-                tok,
-                vocab_size,
-                val_fraction,
-                planned,
-                sources,
-                tokenizer,
-                replace_invalid,
-                progress,
-            )
+            meta = _build(paths, staging.path, tok, planned, replace_invalid, progress)
             staging.publish()
         except files.FileError:
             raise
@@ -406,36 +489,51 @@ def _prepare(inputs, out_dir, vocab_size, val_fraction, tokenizer, force, replac
     return meta
 
 
-def _build(
-    paths, tmp: Path, tok, vocab_size, val_fraction, planned, sources, tokenizer, replace_invalid, progress
-) -> dict:
-    """The three passes, writing the dataset's files into `tmp`; returns meta."""
-    docs = _scan(paths, replace_invalid, progress)
-    total_chars = sum(d.chars for d in docs)
-    if total_chars == 0:
-        raise DataError("the corpus is empty: the input files hold no text")
-    train_chars = int(total_chars * (1.0 - val_fraction))
+def _build(paths, tmp: Path, tok, planned: dict, replace_invalid, progress) -> dict:
+    """The three passes, writing the dataset's files into `tmp`; returns meta (`planned`'s
+    sources and settings, and what the passes found). A sample (planned["sample"]) has no
+    scan: the files' sizes place its spans, and only they are read."""
+    val_fraction = planned["val_fraction"]
+    sample_bytes = (planned["sample"] or {}).get("bytes")
+    if sample_bytes:
+        sample = _Sample.of([text_inputs.text_size(f) for f in paths], val_fraction, sample_bytes)
+        total_bytes, kept = sum(sample.sizes), sample.kept_bytes()
+
+        def chunks() -> Iterator[tuple[str, int, str]]:
+            return sample.chunks(paths, replace_invalid)
+
+    else:
+        docs = _scan(paths, replace_invalid, progress)
+        total_chars = sum(d.chars for d in docs)
+        if total_chars == 0:
+            raise DataError("the corpus is empty: the input files hold no text")
+        train_chars = int(total_chars * (1.0 - val_fraction))
+        total_bytes = kept = sum(d.bytes for d in docs)
+
+        def chunks() -> Iterator[tuple[str, int, str]]:
+            return _split_chunks(docs, train_chars, replace_invalid)
 
     if tok is None:
         # Pass 2: learn the merges from the training split only (no peeking at validation).
-        train_text = (
-            t
-            for s, _, t in _safe_pieces(_split_chunks(docs, train_chars, replace_invalid), TRAIN_PIECE)
-            if s == "train"
-        )
+        train_text = (t for s, _, t in _safe_pieces(chunks(), TRAIN_PIECE) if s == "train")
         with tqdm(
-            total=train_chars, unit="char", unit_scale=True, desc="train tokenizer", disable=not progress, leave=False
+            total=int(kept * (1.0 - val_fraction)),
+            unit="B",
+            unit_scale=True,
+            desc="train tokenizer",
+            disable=not progress,
+            leave=False,
         ) as bar:
 
             def counted():
                 for t in train_text:
-                    bar.update(len(t))
+                    bar.update(len(t.encode("utf-8")))
                     yield t
 
-            tok = Tokenizer.train(counted(), vocab_size)
+            tok = Tokenizer.train(counted(), planned["vocab_size_requested"])
     dtype = token_dtype(tok.vocab_size)
 
-    counts = _encode_splits(docs, train_chars, tok, dtype, tmp, replace_invalid, progress)
+    counts = _encode_splits(chunks(), kept, tok, dtype, tmp, progress)
     for split in SPLITS:
         if counts[split]["tokens"] < 2:
             raise DataError(
@@ -454,11 +552,16 @@ def _build(
         "eot_id": tok.eot_id,
         "val_fraction": val_fraction,
         "splits": counts,
-        "sources": sources,
+        "sources": planned["sources"],
+        **(
+            {"sample": {"bytes": sample_bytes, "of_bytes": total_bytes, "span_bytes": SAMPLE_SPAN}}
+            if sample_bytes
+            else {}
+        ),
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            **({"source": str(tokenizer)} if tokenizer else {}),
+            **({"source": planned["tokenizer"]["source"]} if planned["tokenizer"] else {}),
         },
     }
     # ensure_ascii (the default) writes a file name that is not UTF-8 as a \\udcXX escape,
@@ -467,11 +570,11 @@ def _build(
     return meta
 
 
-def _encode_splits(docs, train_chars, tok: Tokenizer, dtype, tmp: Path, replace_invalid, progress) -> dict:
-    """Pass 3: encode both splits in parallel batches and append them to the .bin files."""
+def _encode_splits(chunks, total_bytes: int, tok: Tokenizer, dtype, tmp: Path, progress) -> dict:
+    """Pass 3: encode both splits of `chunks` ((split, document, text) in corpus order) in
+    parallel batches and append them to the .bin files. A sample's documents are its spans."""
     counts = {s: {"file": f"{s}.bin", "tokens": 0, "bytes": 0, "chars": 0, "documents": 0} for s in SPLITS}
     last_doc: dict[str, int | None] = {"train": None, "val": None}
-    total_bytes = sum(d.bytes for d in docs)
     eot = np.array([tok.eot_id if tok.eot_id is not None else 0], dtype=dtype)
     batch: list[tuple[str, int, str]] = []
     batch_chars = 0
@@ -504,7 +607,7 @@ def _encode_splits(docs, train_chars, tok: Tokenizer, dtype, tmp: Path, replace_
                 bar.update(nb)
             batch, batch_chars = [], 0
 
-        for piece in _safe_pieces(_split_chunks(docs, train_chars, replace_invalid), ENCODE_PIECE):
+        for piece in _safe_pieces(chunks, ENCODE_PIECE):
             batch.append(piece)
             batch_chars += len(piece[2])
             if batch_chars >= text_inputs.READ_BLOCK:

@@ -10,7 +10,7 @@ the single module it once was):
 
 from __future__ import annotations
 
-from .corpus import ENCODE_PIECE, Terminated, prepare, prepare_from_recipe
+from .corpus import ENCODE_PIECE, Terminated, parse_size, prepare, prepare_from_recipe
 from .dataset import (
     DATASET_FILES,
     DTYPES,
@@ -31,6 +31,7 @@ from .inputs import READ_BLOCK, read_text_chunks, resolve_inputs
 __all__ = [
     "ENCODE_PIECE",
     "Terminated",
+    "parse_size",
     "prepare",
     "prepare_from_recipe",
     "DATASET_FILES",

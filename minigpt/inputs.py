@@ -157,6 +157,41 @@ def read_text_chunks(path: Path, replace_invalid: bool = False, warn: bool = Tru
         )
 
 
+def read_text_spans(path: Path, spans: Sequence[tuple[int, int]], replace_invalid: bool = False) -> Iterator[str]:
+    """The text of each byte range [start, end) of a file (in increasing order), moved to
+    whole characters: a character that begins before `start` is left to the range before
+    it, one that ends after `end` is kept whole, so adjacent ranges read every character
+    once. The file is opened once and each range reached by seeking (a .gz file
+    decompresses its way forward). Invalid UTF-8: as read_text_chunks."""
+
+    def continuation(data: bytes, i: int) -> bool:
+        return i < len(data) and data[i] & 0xC0 == 0x80
+
+    try:
+        with _open_binary(path) as f:
+            for start, end in spans:
+                f.seek(start)
+                data = f.read(end - start + 3)  # room to finish the last character
+                head, tail = 0, end - start
+                while head < 3 and continuation(data, head):
+                    head += 1
+                while tail < len(data) and tail - (end - start) < 3 and continuation(data, tail):
+                    tail += 1
+                text = data[head:tail].decode("utf-8", errors="surrogateescape") if tail > head else ""
+                m = _BAD_BYTE.search(text)
+                if m and not replace_invalid:
+                    bad_at = start + head + len(text[: m.start()].encode("utf-8", "surrogateescape"))
+                    raise DataError(
+                        f"{path}: invalid UTF-8 at byte {bad_at} "
+                        f"(re-run with --replace-invalid to replace undecodable bytes with U+FFFD)"
+                    )
+                yield _BAD_BYTE.sub("\ufffd", text) if m else text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+    except OSError as e:
+        raise files.os_error(e, path, "cannot read") from None
+
+
 def text_size(path: Path) -> int:
     """Bytes of text in a file, for progress bars: its size, or for gzip the size its
     trailer records (exact below 4 GiB)."""

@@ -271,6 +271,47 @@ COMPILE_COST_S = 35.0
 # passes 2.5949 (BENCHMARKS.md, eighth pass).
 MAX_PASSES = 40.0
 
+# A text larger than a run can read in its budget is prepared in part (`corpus.prepare`'s
+# sample: spans spread evenly over the text), as much as the budget buys with room to spare.
+# Preparing costs ~0.4 s a MB on the 2-core VM (60 MB of C: the scan 0.35 s, the tokenizer
+# 9.9 s, encoding ~14 s), a 5-minute run reads ~0.1 MB/s of text: 1 GB of C prepared whole
+# took 335 s, more than the whole budget, and left one training step; its 64 MiB sample 22 s
+# (BENCHMARKS.md, twelfth pass). A text up to SAMPLE_FLOOR is prepared whole (every text of
+# the suite, the 60 MB one included).
+SAMPLE_FLOOR = 64 << 20
+# Bytes a token of the planned vocabulary carries, rounded up (the 60 MB of C: 2.3 at 4096
+# tokens); SAMPLE_MARGIN covers the rest: the speed the budget re-plans from is measured later.
+BYTES_PER_TOKEN = 4.0
+SAMPLE_MARGIN = 1.25
+
+
+def sample_bytes(text_bytes: int, tokens: float, val_fraction: float = 0.1) -> int | None:
+    """How much of a text of `text_bytes` to prepare for a run that can train on `tokens`
+    tokens: a power of two (so a rerun at a slightly other speed finds the same dataset), at
+    least SAMPLE_FLOOR; None: the whole text.
+
+    >>> sample_bytes(1 << 30, 10e6) >> 20, sample_bytes(60 << 20, 10e6), sample_bytes(1 << 30, 30e6) >> 20
+    (64, None, 256)
+    """
+    need = tokens * BYTES_PER_TOKEN * SAMPLE_MARGIN / (1 - val_fraction)
+    size = max(SAMPLE_FLOOR, 1 << math.ceil(math.log2(max(need, 1.0))))
+    return size if size < text_bytes else None
+
+
+def sample_text(bytes: int, of_bytes: int | None = None) -> str:
+    """ "a 64 MiB sample of 1.0 GB" (the sizes as `sample_bytes` and the text's own are made).
+
+    >>> sample_text(64 << 20, 999_999_982), sample_text(16 << 10)
+    ('a 64 MiB sample of 1.0 GB', 'a 16 KiB sample')
+    """
+    size = f"{bytes >> 20} MiB" if bytes >= 1 << 20 else f"{bytes >> 10} KiB"
+    if of_bytes is None:
+        return f"a {size} sample"
+    unit, scale = next((u, x) for u, x in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("bytes", 1)) if of_bytes >= 0.95 * x)
+    of = f"{of_bytes / scale:.1f} GB" if unit == "GB" else f"{of_bytes / scale:.0f} {unit}"
+    return f"a {size} sample of {of}"
+
+
 # A fine-tune's learning rate (`--init-from` without --lr) by the source's parameters: the
 # finetune preset's constant 3e-5 is GPT-2's (nanoGPT's finetune_shakespeare.py), and barely
 # moves a model of minigpt's size, which was trained at 4e-3 (AdamW) and forgets little at 1e-3.
@@ -395,6 +436,7 @@ class Plan:
     yours: list[str] = field(default_factory=list)
     text_bytes: int | None = None
     small_corpus: bool = False  # the block or batch was lowered to fit the text
+    sample: dict[str, int] | None = None  # the text was prepared in part: meta.json's "sample"
     measured_tokens_per_s: float = 0.0  # the probe's (eager) speed; tokens_per_s is the compiled estimate
 
     @property
@@ -417,6 +459,8 @@ class Plan:
 
         tokens = self.steps * self.tokens_per_step
         head = f"plan: {_si(self.train_tokens)} train tokens; "
+        if self.sample:  # e.g. "plan: 24.6M train tokens (a 64 MiB sample of 1.0 GB); ..."
+            head = f"plan: {_si(self.train_tokens)} train tokens ({sample_text(**self.sample)}); "
         if self.budget_s > 0:
             speed = f"~{_si(self.tokens_per_s, 'k')} tokens/s"
             if self.measured_tokens_per_s and round(self.measured_tokens_per_s) != round(self.tokens_per_s):
@@ -461,6 +505,7 @@ class Plan:
             "settings": dict(self.settings),
             "yours": sorted(self.yours),
             **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
+            **({"sample": dict(self.sample)} if self.sample else {}),
         }
 
 

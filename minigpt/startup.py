@@ -100,6 +100,7 @@ class DataPlan:
     tokenizer: Path | None = None  # tokenizer.json to encode with; None: train one of vocab_size
     vocab_size: int = 4096
     val_fraction: float = 0.1
+    sample_bytes: int | None = None  # a text larger than the budget can read: prepare this much of it
 
 
 def has_text_files(d: Path) -> bool:
@@ -177,6 +178,8 @@ def prepare_text(plan: DataPlan, rt: Runtime, progress: bool) -> Dataset:
     if rt.is_main:
         if progress:  # (with --quiet, a text that turns out bad leaves its error as the one line on stderr)
             how = f"with {plan.tokenizer}" if plan.tokenizer else f"with a new tokenizer of {plan.vocab_size} tokens"
+            if plan.sample_bytes:
+                how += f"; {plan_mod.sample_text(plan.sample_bytes)} spread over it: more than the budget can train on"
             rt.print(f"preparing {', '.join(plan.inputs)} into {plan.out} ({how})", file=sys.stderr)
         # A directory that held a dataset before: prepare either reuses it (the same text and
         # settings) or refuses it, with advice that names its own flags (--out, --force).
@@ -189,6 +192,7 @@ def prepare_text(plan: DataPlan, rt: Runtime, progress: bool) -> Dataset:
                 val_fraction=plan.val_fraction,
                 tokenizer=plan.tokenizer,
                 progress=progress,
+                sample_bytes=plan.sample_bytes,
             )
         except DataError:
             if held:

@@ -235,6 +235,10 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
             if "vocab_size" in cfg.planned:  # the vocabulary from the text's size (plan.py)
                 plan.vocab_size = plan_mod.vocab_for(text_bytes)
                 cfg.data.vocab_size = plan.vocab_size  # (recorded, as the rest of --data's preparation)
+            if _budget_s(cfg) > 0 and text_bytes > plan_mod.SAMPLE_FLOOR and plan.tokenizer is None:
+                # a text larger than the budget can read: prepare the part of it the run can use
+                tokens = _budget_s(cfg) * _probe_before_preparing(cfg, plan, text_bytes, rt)
+                plan.sample_bytes = plan_mod.sample_bytes(text_bytes, tokens, plan.val_fraction)
         data = None
         if plan.inputs is None:  # a prepared dataset: opened (and checked) before creating --out
             data = startup.open_data(cfg, rt, progress)
@@ -281,15 +285,34 @@ def _text_bytes(plan: startup.DataPlan) -> int:
     return sum(p.stat().st_size * (3 if p.suffix == ".gz" else 1) for p in paths)
 
 
-def _measure_speed(cfg: TrainConfig, data: Dataset, rt: Runtime, steps: int = 4) -> float:
+def _budget_s(cfg: TrainConfig) -> float:
+    """A planned run's wall-clock budget (0: none, an exact --max-steps)."""
+    return plan_mod.DEFAULT_BUDGET_S if "max_time" in cfg.planned else cfg.run.max_time
+
+
+def _probe_before_preparing(cfg: TrainConfig, plan: startup.DataPlan, text_bytes: int, rt: Runtime) -> float:
+    """The tokens/s a run on a large text can reach (the probe's eager speed x COMPILE_GAIN,
+    at the width the text's size gets), measured before the text is prepared: on random
+    token ids, since a step's speed does not depend on the text. It sizes the sample."""
+    probe = TrainConfig.from_dict({**cfg.to_dict(), "planned": []})
+    guess = int(text_bytes * (1 - plan.val_fraction) / plan_mod.BYTES_PER_TOKEN)
+    for k, v in plan_mod.shape_for(guess, cfg.planned).items():
+        probe.set(k, v)
+    probe.validate()
+    ids = np.random.default_rng(0).integers(0, plan.vocab_size, size=1 << 16).astype(np.int32)
+    gain = plan_mod.COMPILE_GAIN if rt.device.type == "cpu" else 1.0
+    return _measure_speed(probe, plan.vocab_size, ids, rt) * gain
+
+
+def _measure_speed(cfg: TrainConfig, vocab_size: int, train: np.ndarray, rt: Runtime, steps: int = 4) -> float:
     """This machine's training speed (tokens/s) for `cfg`'s model without dropout: a few
-    steps of a throwaway copy, after one that pays the one-off costs. It leaves the RNG as
-    it found it, so the run itself is what it would be without the probe. Under torchrun,
-    the mean over the ranks (every rank must make the same plan)."""
+    steps of a throwaway copy on windows of `train`, after one that pays the one-off costs.
+    It leaves the RNG as it found it, so the run itself is what it would be without the
+    probe. Under torchrun, the mean over the ranks (every rank must make the same plan)."""
     rng = _rng_state()
     probe = TrainConfig.from_dict(cfg.to_dict())
     probe.model.dropout = 0.0
-    model = models.from_args(probe.model, data.vocab_size).to(rt.device)
+    model = models.from_args(probe.model, vocab_size).to(rt.device)
     model.check_inputs = False
     _set_rng_state(rng)
     optimizers = make_optimizers(model, probe, rt.device)
@@ -297,7 +320,7 @@ def _measure_speed(cfg: TrainConfig, data: Dataset, rt: Runtime, steps: int = 4)
     wrapped = wrap_for_device(model, rt, False)  # (compiling would cost more than the probe)
     o = probe.optim
     sampler = WindowSampler(
-        data.tokens("train"),
+        train,
         probe.model.block_size,
         o.batch_size,
         grad_accum=o.grad_accum,
@@ -346,8 +369,8 @@ def _make_plan(
             new.set(k, v)
     new.validate()
     startup.check_windows(new, data, rt.world_size)  # before the probe trains on them
-    budget = plan_mod.DEFAULT_BUDGET_S if "max_time" in planned else r.max_time
-    tok_s = _measure_speed(new, data, rt) if budget > 0 else 0.0
+    budget = _budget_s(cfg)
+    tok_s = _measure_speed(new, data.vocab_size, data.tokens("train"), rt) if budget > 0 else 0.0
     tokens_per_step = new.optim.batch_size * new.optim.grad_accum * rt.world_size * new.model.block_size
     seconds_left = 0.0
     if budget > 0:
@@ -380,6 +403,8 @@ def _make_plan(
         cpu=rt.device.type == "cpu",
     )
     the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
+    if text_bytes is not None and data.meta.get("sample"):
+        the_plan.sample = {k: data.meta["sample"][k] for k in ("bytes", "of_bytes")}
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's
         the_plan.yours = sorted(set(the_plan.yours) - {"vocab_size"})
     for k in ("dropout", "attn_dropout", "weight_decay", "muon_weight_decay", "eval_interval", "compile", "n_layer"):

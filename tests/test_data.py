@@ -141,6 +141,103 @@ def test_same_dataset_is_a_noop_other_dataset_refused(tmp_path, corpus_file):
     assert Dataset(out).meta["sources"][0]["path"] == str(other)
 
 
+def _numbered_text(lines: int) -> str:
+    return "".join(f"line {i:06d}: some words of the text\n" for i in range(lines))
+
+
+def test_a_sample_spreads_its_spans_over_each_split_and_keeps_the_split_where_it_was(tmp_path, monkeypatch):
+    """A text larger than `sample_bytes` is prepared in part: each split's kept text is
+    verbatim text of that split (validation from the last 10%, as a whole preparation),
+    in spans of SAMPLE_SPAN bytes that start every `stride` bytes from the split's start,
+    each its own document (<|endoftext|> between them), about sample_bytes in all; a span
+    that a file boundary cuts is two documents."""
+    monkeypatch.setattr(corpus_mod, "SAMPLE_SPAN", 4000)
+    monkeypatch.setattr(corpus_mod, "MIN_SAMPLE_BYTES", 1000)
+    text = _numbered_text(12_000)  # 432 KB of ASCII: characters are bytes
+    cuts = [0, 100_000, 250_003, len(text)]  # three files
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"part{i}.txt")
+        paths[-1].write_text(text[cuts[i] : cuts[i + 1]])
+    meta = prepare(paths, tmp_path / "d", vocab_size=300, progress=False, sample_bytes=60_000)
+    assert meta["sample"] == {"bytes": 60_000, "of_bytes": len(text), "span_bytes": 4000}
+    stride = int(4000 * len(text) / 60_000)
+    train_bytes = int(len(text) * 0.9)
+    ds = Dataset(tmp_path / "d")
+    tok = ds.tokenizer
+    for split, (start, end) in {"train": (0, train_bytes), "val": (train_bytes, len(text))}.items():
+        want_docs = []
+        for at in range(start, end, stride):
+            lo, hi = at, min(at + 4000, end)
+            want_docs += [text[max(lo, a) : min(hi, b)] for a, b in zip(cuts, cuts[1:]) if max(lo, a) < min(hi, b)]
+        assert decode_split(ds, split).split(EOT) == want_docs
+        assert meta["splits"][split]["documents"] == len(want_docs)
+        if split == "train":  # the bins are the documents encoded one by one, <|endoftext|> between them
+            ids = []
+            for doc in want_docs:
+                ids += ([tok.eot_id] if ids else []) + tok.encode(doc)
+            assert ds.tokens("train").tolist() == ids
+    kept = meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"]
+    assert abs(kept - 60_000) <= 2 * 4000  # about the sample: within a span of each split
+
+
+def test_spans_read_every_character_once_whatever_bytes_they_cut(tmp_path):
+    """Adjacent byte ranges cut at random through 2-, 3- and 4-byte characters read, joined,
+    the text exactly (plain and gzip); a bad byte inside one is an error naming its offset."""
+    import random
+
+    rng = random.Random(0)
+    text = "".join(rng.choice(["a", "é", "ж", "語", "🙂", "\n", " "]) for _ in range(5000))
+    data = text.encode()
+    for name, write in (
+        ("t.txt", lambda p: p.write_bytes(data)),
+        ("t.txt.gz", lambda p: p.write_bytes(gzip.compress(data))),
+    ):
+        p = tmp_path / name
+        write(p)
+        bounds = sorted({0, len(data), *rng.sample(range(1, len(data)), 40)})
+        spans = list(zip(bounds, bounds[1:]))
+        assert "".join(inputs_mod.read_text_spans(p, spans)) == text
+    bad = tmp_path / "bad.txt"
+    at = len(text[:300].encode())
+    bad.write_bytes(data[:at] + b"\xff" + data[at:])
+    with pytest.raises(DataError, match=f"invalid UTF-8 at byte {at} "):
+        list(inputs_mod.read_text_spans(bad, [(0, 500), (500, len(data) + 1)]))
+    assert "\ufffd" in "".join(inputs_mod.read_text_spans(bad, [(0, len(data) + 1)], replace_invalid=True))
+
+
+def test_a_text_within_the_sample_is_prepared_whole_and_a_sample_is_its_own_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_mod, "MIN_SAMPLE_BYTES", 1000)
+    monkeypatch.setattr(corpus_mod, "SAMPLE_SPAN", 4000)
+    text = _numbered_text(3000)
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    whole = prepare([f], tmp_path / "a", vocab_size=300, progress=False, sample_bytes=len(text))
+    assert "sample" not in whole  # it fits: the dataset a preparation without a sample makes
+    again = prepare([f], tmp_path / "a", vocab_size=300, progress=False)  # reused as the same dataset
+    assert again == whole and decode_split(Dataset(tmp_path / "a"), "val") == text[int(len(text) * 0.9) :]
+    part = prepare([f], tmp_path / "b", vocab_size=300, progress=False, sample_bytes=50_000)
+    assert part["sample"]["bytes"] == 50_000
+    assert prepare([f], tmp_path / "b", vocab_size=300, progress=False, sample_bytes=50_000) == part
+    for other in (None, 40_000):  # the whole text, or another sample: another dataset
+        with pytest.raises(DataError, match="another prepared dataset"):
+            prepare([f], tmp_path / "b", vocab_size=300, progress=False, sample_bytes=other)
+
+
+def test_sample_sizes_parse_and_bad_ones_are_one_line(tmp_path):
+    assert corpus_mod.parse_size("64M") == 64 << 20 and corpus_mod.parse_size("1.5GiB") == 3 << 29
+    assert corpus_mod.parse_size(" 2000000 ") == 2_000_000 and corpus_mod.parse_size("512kb") == 512 << 10
+    for bad in ("", "12X", "-5M", "M", "1e9"):
+        with pytest.raises(DataError, match="--sample"):
+            corpus_mod.parse_size(bad)
+    f = tmp_path / "ok.txt"
+    f.write_text("plenty of text here\n" * 100)
+    for size, needle in (("12X", "expected a size"), ("10", "at least")):
+        proc = run_cli("prepare", str(f), "--out", str(tmp_path / "o"), "--sample", size, "--quiet")
+        assert_one_line_error(proc, "--sample", needle)
+        assert not (tmp_path / "o" / "meta.json").exists()
+
+
 @pytest.mark.parametrize(
     "setup, args, needles",
     [

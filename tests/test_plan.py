@@ -676,3 +676,74 @@ def test_a_tiny_corpus_trains_with_a_window_it_can_fill_and_an_empty_one_is_refu
     rc, err = train_cli("--data", str(empty), "--out", str(tmp_path / "e"), *SMALL)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "empty" in err, err
     assert not (tmp_path / "e").exists()
+
+
+# ---- a text larger than the budget can read -------------------------------------------------------
+
+
+def test_the_sample_holds_what_the_budget_can_train_on_in_a_power_of_two():
+    """The oracle: the bytes the tokens take (BYTES_PER_TOKEN, SAMPLE_MARGIN, the validation
+    share) recomputed here; the sample is the smallest power of two from SAMPLE_FLOOR that
+    holds them, and a text no larger than it is prepared whole."""
+    floor = plan_mod.SAMPLE_FLOOR
+    for tokens in (1e3, 5e6, 12e6, 40e6, 3e8):
+        need = tokens * plan_mod.BYTES_PER_TOKEN * plan_mod.SAMPLE_MARGIN / 0.9
+        size = plan_mod.sample_bytes(1 << 40, tokens)
+        assert size >= max(need, floor) and size & (size - 1) == 0
+        assert size == floor or size < 2 * need
+        assert plan_mod.sample_bytes(size, tokens) is None and plan_mod.sample_bytes(size + 1, tokens) == size
+    assert plan_mod.sample_bytes(60_000_000, 1e9) is None  # every text of the suite is prepared whole
+
+
+def test_a_text_larger_than_the_budget_can_read_is_prepared_in_part(tmp_path, monkeypatch, corpus_text):
+    """With the floor lowered to 16 KiB and a probe that reads 100 tokens/s, a 3 s budget
+    can train on 300 tokens: the text is prepared as a 16 KiB sample (the floor), the plan
+    line and run.json say so, and the plan is the sample's (its train tokens)."""
+    from minigpt import corpus, trainer
+
+    monkeypatch.setattr(plan_mod, "SAMPLE_FLOOR", 16 << 10)
+    monkeypatch.setattr(plan_mod, "process_age", lambda: 0.0)  # the budget counts from the run, not pytest's start
+    monkeypatch.setattr(corpus, "MIN_SAMPLE_BYTES", 1 << 10)
+    monkeypatch.setattr(corpus, "SAMPLE_SPAN", 2000)
+    real, measured = trainer._probe_before_preparing, []
+
+    def probe(*args):
+        measured.append(real(*args))  # the real probe runs (a model on random ids), then a rate we know
+        return 100.0
+
+    monkeypatch.setattr(trainer, "_probe_before_preparing", probe)
+    big = tmp_path / "big.txt"
+    big.write_text(corpus_text * (1 + (80 << 10) // len(corpus_text)))
+    size = big.stat().st_size
+    out = tmp_path / "r"
+    rc, err = train_cli("--data", str(big), "--out", str(out), "--max-time", "3", *SMALL)
+    assert rc == 0, err
+    assert len(measured) == 1 and measured[0] > 0
+    want = plan_mod.sample_bytes(size, 3 * 100.0)
+    assert want == 16 << 10
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["sample"]["bytes"] == want and meta["sample"]["of_bytes"] == size
+    rec = run_json(out)
+    assert rec["plan"]["sample"] == {"bytes": want, "of_bytes": size}
+    assert rec["plan"]["train_tokens"] == len(_split_tokens(out, "train"))
+    assert plan_lines(err)[0].startswith(
+        f"plan: {plan_mod._si(rec['plan']['train_tokens'])} train tokens (a 16 KiB sample of"
+    )
+
+
+def test_a_text_within_the_floor_or_a_run_without_a_budget_is_prepared_whole(tmp_path, monkeypatch, corpus_file):
+    from minigpt import trainer
+
+    def probe(*args):
+        raise AssertionError("no probe before preparing: the text is prepared whole")
+
+    monkeypatch.setattr(trainer, "_probe_before_preparing", probe)
+    monkeypatch.setattr(plan_mod, "process_age", lambda: 0.0)
+    size = corpus_file.stat().st_size
+    for floor, budget in ((size // 4, ["--max-steps", "2"]), (size, ["--max-time", "2"])):
+        monkeypatch.setattr(plan_mod, "SAMPLE_FLOOR", floor)
+        out = tmp_path / f"r{floor}"
+        rc, err = train_cli("--data", str(corpus_file), "--out", str(out), *budget, *SMALL)
+        assert rc == 0, err
+        assert "sample" not in json.loads((out / "data" / "meta.json").read_text())
+        assert "sample" not in plan_lines(err)[0] and "sample" not in run_json(out)["plan"]
