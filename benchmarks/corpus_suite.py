@@ -35,7 +35,8 @@ text's size: BENCHMARKS.md, eleventh pass.)
 (BENCHMARKS.md, tenth and eleventh passes): Chinese (Debian fortunes-zh: Debian's code of
 conduct, Tang and Song poems), Polish, Spanish, Czech and Slovak fortune cookies
 (fortunes-pl, fortunes-es, fortunes-cs cut at 750 KB), HTML: Python's documentation
-(python3.11-doc, cut at 3 MB), and linux-1gb: 1 GB of Linux C source, far more than a
+(python3.11-doc, cut at 3 MB), a third programming language: Perl's standard modules
+(perl-modules-5.36, cut at 4 MB), and linux-1gb: 1 GB of Linux C source, far more than a
 5-minute run can read, which `train --data` prepares a sample of (BENCHMARKS.md, twelfth pass).
 """
 
@@ -91,6 +92,7 @@ HELD_OUT = [
     Corpus("fortunes-es", "Spanish fortunes (Debian fortunes-es)", 4 * MB),
     Corpus("fortunes-cs", "Czech and Slovak fortunes, cut at 750 KB (Debian fortunes-cs)", 750_000),
     Corpus("python-doc-html", "Python 3.11's documentation as HTML, cut at 3 MB (Debian python3.11-doc)", 3 * MB),
+    Corpus("perl", "Perl 5.36's standard modules (.pm), cut at 4 MB (Debian perl-modules-5.36)", 4 * MB),
     # A text far larger than a 5-minute run can read: what the budget prepares of it (a sample).
     Corpus("linux-1gb", "Linux 6.1 C source, cut at 1 GB (Debian linux-source-6.1)", 1000 * MB),
 ]
@@ -182,6 +184,11 @@ def html_docs(cache: Path) -> list[tuple[str, bytes]]:
     return [(str(p.relative_to(base)), p.read_bytes()) for p in sorted(base.rglob("*.html")) if not p.is_symlink()]
 
 
+def perl_modules(cache: Path) -> list[tuple[str, bytes]]:
+    base = debian(cache, "perl-modules-5.36") / "usr" / "share" / "perl"
+    return [(str(p.relative_to(base)), p.read_bytes()) for p in sorted(base.rglob("*.pm")) if not p.is_symlink()]
+
+
 def sympy_source(cache: Path) -> list[tuple[str, bytes]]:
     whl = pypi(cache, "sympy==1.14.0")
     with zipfile.ZipFile(whl) as z:
@@ -210,6 +217,8 @@ def sources(name: str, cache: Path) -> list[tuple[str, bytes]]:
         return man_pages(cache)
     if name == "python-doc-html":
         return html_docs(cache)
+    if name == "perl":
+        return perl_modules(cache)
     if name in ("linux-60mb", "linux-1gb"):
         return linux_files(cache, lambda n: True)
     raise SystemExit(f"unknown corpus {name!r}")
