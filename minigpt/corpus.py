@@ -425,8 +425,13 @@ def _prepare(
     sample_bytes = _check_sample_bytes(sample_bytes)
     paths = resolve_inputs(inputs, exclude=out)
     tok = Tokenizer.load(tokenizer) if tokenizer else None
-    if sample_bytes is not None and sum(text_inputs.text_size(f) for f in paths) <= sample_bytes:
-        sample_bytes = None  # the whole text fits: prepared whole, the same dataset as without
+    sample = None
+    if sample_bytes is not None:
+        sizes = [text_inputs.text_size(f) for f in paths]
+        if sum(sizes) > sample_bytes:
+            sample = _Sample.of(sizes, val_fraction, sample_bytes)
+        else:
+            sample_bytes = None  # the whole text fits: prepared whole, the same dataset as without
 
     sources = [{"path": str(f), "bytes": files.stat_or_none(f).st_size, "sha256": text_inputs.sha256(f)} for f in paths]
     planned = {
@@ -479,7 +484,7 @@ def _prepare(
     # written fails now, not after minutes of work.
     with _Staging(out) as staging:
         try:
-            meta = _build(paths, staging.path, tok, planned, replace_invalid, progress)
+            meta = _build(paths, staging.path, tok, planned, sample, replace_invalid, progress)
             staging.publish()
         except files.FileError:
             raise
@@ -489,14 +494,12 @@ def _prepare(
     return meta
 
 
-def _build(paths, tmp: Path, tok, planned: dict, replace_invalid, progress) -> dict:
+def _build(paths, tmp: Path, tok, planned: dict, sample: _Sample | None, replace_invalid, progress) -> dict:
     """The three passes, writing the dataset's files into `tmp`; returns meta (`planned`'s
-    sources and settings, and what the passes found). A sample (planned["sample"]) has no
-    scan: the files' sizes place its spans, and only they are read."""
+    sources and settings, and what the passes found). A `sample` has no scan: the files'
+    sizes place its spans, and only they are read."""
     val_fraction = planned["val_fraction"]
-    sample_bytes = (planned["sample"] or {}).get("bytes")
-    if sample_bytes:
-        sample = _Sample.of([text_inputs.text_size(f) for f in paths], val_fraction, sample_bytes)
+    if sample is not None:
         total_bytes, kept = sum(sample.sizes), sample.kept_bytes()
 
         def chunks() -> Iterator[tuple[str, int, str]]:
@@ -553,11 +556,7 @@ def _build(paths, tmp: Path, tok, planned: dict, replace_invalid, progress) -> d
         "val_fraction": val_fraction,
         "splits": counts,
         "sources": planned["sources"],
-        **(
-            {"sample": {"bytes": sample_bytes, "of_bytes": total_bytes, "span_bytes": SAMPLE_SPAN}}
-            if sample_bytes
-            else {}
-        ),
+        **({"sample": {**planned["sample"], "of_bytes": total_bytes, "span_bytes": SAMPLE_SPAN}} if sample else {}),
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": hashlib.sha256(text.encode()).hexdigest(),

@@ -10,6 +10,7 @@ error naming the file and byte offset (or, asked for, replaced with U+FFFD).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import gzip
 import os
@@ -111,6 +112,23 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+def _invalid_utf8(path: Path, at: int) -> DataError:
+    return DataError(
+        f"{path}: invalid UTF-8 at byte {at} (re-run with --replace-invalid to replace undecodable bytes with U+FFFD)"
+    )
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A read error as one line naming the file."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: not a valid gzip file ({e})") from None
+    except OSError as e:
+        raise files.os_error(e, path, "cannot read") from None
+
+
 def read_text_chunks(path: Path, replace_invalid: bool = False, warn: bool = True) -> Iterator[str]:
     """Yield the text of one file in chunks of about READ_BLOCK bytes.
 
@@ -123,33 +141,25 @@ def read_text_chunks(path: Path, replace_invalid: bool = False, warn: bool = Tru
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     offset = 0  # bytes of the file decoded before the current chunk
     replaced, first_bad = 0, None
-    try:
-        with _open_binary(path) as f:
-            while True:
-                block = f.read(READ_BLOCK)
-                text = decoder.decode(block, final=not block)
-                if text:
-                    m = _BAD_BYTE.search(text)
-                    if m:
-                        bad_at = offset + len(text[: m.start()].encode("utf-8", "surrogateescape"))
-                        if not replace_invalid:
-                            raise DataError(
-                                f"{path}: invalid UTF-8 at byte {bad_at} "
-                                f"(re-run with --replace-invalid to replace undecodable bytes with U+FFFD)"
-                            )
-                        first_bad = bad_at if first_bad is None else first_bad
-                        offset += len(text.encode("utf-8", "surrogateescape"))
-                        text, n = _BAD_BYTE.subn("\ufffd", text)
-                        replaced += n
-                    else:
-                        offset += len(text.encode("utf-8"))
-                    yield text
-                if not block:
-                    break
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: not a valid gzip file ({e})") from None
-    except OSError as e:
-        raise files.os_error(e, path, "cannot read") from None
+    with _reading(path), _open_binary(path) as f:
+        while True:
+            block = f.read(READ_BLOCK)
+            text = decoder.decode(block, final=not block)
+            if text:
+                m = _BAD_BYTE.search(text)
+                if m:
+                    bad_at = offset + len(text[: m.start()].encode("utf-8", "surrogateescape"))
+                    if not replace_invalid:
+                        raise _invalid_utf8(path, bad_at)
+                    first_bad = bad_at if first_bad is None else first_bad
+                    offset += len(text.encode("utf-8", "surrogateescape"))
+                    text, n = _BAD_BYTE.subn("\ufffd", text)
+                    replaced += n
+                else:
+                    offset += len(text.encode("utf-8"))
+                yield text
+            if not block:
+                break
     if replaced and warn:
         print(
             f"warning: {path}: replaced {replaced} undecodable byte(s) with U+FFFD (first at byte {first_bad})",
@@ -167,29 +177,20 @@ def read_text_spans(path: Path, spans: Sequence[tuple[int, int]], replace_invali
     def continuation(data: bytes, i: int) -> bool:
         return i < len(data) and data[i] & 0xC0 == 0x80
 
-    try:
-        with _open_binary(path) as f:
-            for start, end in spans:
-                f.seek(start)
-                data = f.read(end - start + 3)  # room to finish the last character
-                head, tail = 0, end - start
-                while head < 3 and continuation(data, head):
-                    head += 1
-                while tail < len(data) and tail - (end - start) < 3 and continuation(data, tail):
-                    tail += 1
-                text = data[head:tail].decode("utf-8", errors="surrogateescape") if tail > head else ""
-                m = _BAD_BYTE.search(text)
-                if m and not replace_invalid:
-                    bad_at = start + head + len(text[: m.start()].encode("utf-8", "surrogateescape"))
-                    raise DataError(
-                        f"{path}: invalid UTF-8 at byte {bad_at} "
-                        f"(re-run with --replace-invalid to replace undecodable bytes with U+FFFD)"
-                    )
-                yield _BAD_BYTE.sub("\ufffd", text) if m else text
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: not a valid gzip file ({e})") from None
-    except OSError as e:
-        raise files.os_error(e, path, "cannot read") from None
+    with _reading(path), _open_binary(path) as f:
+        for start, end in spans:
+            f.seek(start)
+            data = f.read(end - start + 3)  # room to finish the last character
+            head, tail = 0, end - start
+            while head < 3 and continuation(data, head):
+                head += 1
+            while tail < len(data) and tail - (end - start) < 3 and continuation(data, tail):
+                tail += 1
+            text = data[head:tail].decode("utf-8", errors="surrogateescape") if tail > head else ""
+            m = _BAD_BYTE.search(text)
+            if m and not replace_invalid:
+                raise _invalid_utf8(path, start + head + len(text[: m.start()].encode("utf-8", "surrogateescape")))
+            yield _BAD_BYTE.sub("\ufffd", text) if m else text
 
 
 def text_size(path: Path) -> int:
