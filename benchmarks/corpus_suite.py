@@ -36,8 +36,10 @@ text's size: BENCHMARKS.md, eleventh pass.)
 conduct, Tang and Song poems), Polish, Spanish, Czech and Slovak fortune cookies
 (fortunes-pl, fortunes-es, fortunes-cs cut at 750 KB), HTML: Python's documentation
 (python3.11-doc, cut at 3 MB), a third programming language: Perl's standard modules
-(perl-modules-5.36, cut at 4 MB), and linux-1gb: 1 GB of Linux C source, far more than a
-5-minute run can read, which `train --data` prepares a sample of (BENCHMARKS.md, twelfth pass).
+(perl-modules-5.36, cut at 4 MB), three more: Go's, Emacs Lisp's and Ruby's standard
+libraries (golang-1.19-src, emacs-el, libruby3.1, each cut at 4 MB; thirteenth pass), and
+linux-1gb: 1 GB of Linux C source, far more than a 5-minute run can read, which `train --data`
+prepares a sample of (BENCHMARKS.md, twelfth pass).
 """
 
 from __future__ import annotations
@@ -93,10 +95,23 @@ HELD_OUT = [
     Corpus("fortunes-cs", "Czech and Slovak fortunes, cut at 750 KB (Debian fortunes-cs)", 750_000),
     Corpus("python-doc-html", "Python 3.11's documentation as HTML, cut at 3 MB (Debian python3.11-doc)", 3 * MB),
     Corpus("perl", "Perl 5.36's standard modules (.pm), cut at 4 MB (Debian perl-modules-5.36)", 4 * MB),
+    # How much a text repeats itself, against the dropout rule (BENCHMARKS.md, thirteenth pass).
+    Corpus("go", "Go 1.19's standard library source (.go, no testdata), cut at 4 MB (Debian golang-1.19-src)", 4 * MB),
+    Corpus("elisp", "Emacs 28's Lisp source (.el), cut at 4 MB (Debian emacs-el)", 4 * MB),
+    Corpus("ruby", "Ruby 3.1's standard library (.rb), cut at 4 MB (Debian libruby3.1)", 4 * MB),
     # A text far larger than a 5-minute run can read: what the budget prepares of it (a sample).
     Corpus("linux-1gb", "Linux 6.1 C source, cut at 1 GB (Debian linux-source-6.1)", 1000 * MB),
 ]
 
+
+# Corpora made of one Debian package's files: (package, folder, pattern[, paths to skip]).
+PACKAGED = {
+    "python-doc-html": ("python3.11-doc", "usr/share/doc/python3.11/html", "*.html"),
+    "perl": ("perl-modules-5.36", "usr/share/perl", "*.pm"),
+    "go": ("golang-1.19-src", "usr/share/go-1.19/src", "*.go", "/testdata/"),
+    "elisp": ("emacs-el", "usr/share/emacs", "*.el.gz"),
+    "ruby": ("libruby3.1", "usr/lib/ruby", "*.rb"),
+}
 
 # The Debian package of each fortunes-* corpus whose name is not its package's.
 FORTUNE_PACKAGES = {"fortunes-en": "fortunes-min", "fortunes-en-180k": "fortunes"}
@@ -169,24 +184,16 @@ def linux_files(cache: Path, keep) -> list[tuple[str, bytes]]:
     return sorted(out)
 
 
-def man_pages(cache: Path) -> list[tuple[str, bytes]]:
+def package_files(cache: Path, package: str, under: str, pattern: str, skip: str = "") -> list[tuple[str, bytes]]:
+    """The files matching `pattern` below `under` in a Debian package, sorted by path, those
+    ending in .gz decompressed; links and paths containing `skip` (when given) left out."""
+    base = debian(cache, package) / under
     out = []
-    for package in ("manpages", "manpages-dev"):
-        base = debian(cache, package) / "usr" / "share" / "man"
-        for p in sorted(base.rglob("*.gz")):
-            if not p.is_symlink():
-                out.append((str(p.relative_to(base)), gzip.decompress(p.read_bytes())))
+    for p in sorted(base.rglob(pattern)):
+        if p.is_file() and not p.is_symlink() and not (skip and skip in str(p)):
+            data = p.read_bytes()
+            out.append((str(p.relative_to(base)), gzip.decompress(data) if p.suffix == ".gz" else data))
     return out
-
-
-def html_docs(cache: Path) -> list[tuple[str, bytes]]:
-    base = debian(cache, "python3.11-doc") / "usr" / "share" / "doc" / "python3.11" / "html"
-    return [(str(p.relative_to(base)), p.read_bytes()) for p in sorted(base.rglob("*.html")) if not p.is_symlink()]
-
-
-def perl_modules(cache: Path) -> list[tuple[str, bytes]]:
-    base = debian(cache, "perl-modules-5.36") / "usr" / "share" / "perl"
-    return [(str(p.relative_to(base)), p.read_bytes()) for p in sorted(base.rglob("*.pm")) if not p.is_symlink()]
 
 
 def sympy_source(cache: Path) -> list[tuple[str, bytes]]:
@@ -214,11 +221,9 @@ def sources(name: str, cache: Path) -> list[tuple[str, bytes]]:
     if name == "c":
         return linux_files(cache, lambda n: n.split("/")[1] in ("kernel", "mm"))
     if name == "man":
-        return man_pages(cache)
-    if name == "python-doc-html":
-        return html_docs(cache)
-    if name == "perl":
-        return perl_modules(cache)
+        return [f for p in ("manpages", "manpages-dev") for f in package_files(cache, p, "usr/share/man", "*.gz")]
+    if name in PACKAGED:
+        return package_files(cache, *PACKAGED[name])
     if name in ("linux-60mb", "linux-1gb"):
         return linux_files(cache, lambda n: True)
     raise SystemExit(f"unknown corpus {name!r}")

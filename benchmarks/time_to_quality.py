@@ -100,7 +100,7 @@ def suite(names: list[str], extra: list[str], orders: list[int]) -> None:
         for n in orders:
             w, _ = train(data, run / f"ngram{n}", ["--model", "ngram", "--ngram-order", str(n), "--sample-tokens", "0"])
             grams[n] = exact(run / f"ngram{n}", data)["bpb"]
-        best_n = min(grams, key=grams.get)
+        best_n = min(grams, key=grams.get) if grams else None
         row = {
             "corpus": name,
             "extra": extra,
@@ -108,16 +108,17 @@ def suite(names: list[str], extra: list[str], orders: list[int]) -> None:
             "bpb": ev["bpb"],
             "bpb_half": ev.get("bpb_half"),
             "ngram_order": best_n,
-            "ngram_bpb": grams[best_n],
+            "ngram_bpb": grams.get(best_n),
             "ngrams": grams,
             "plan": plan,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         with open(out_dir / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        gram = grams.get(best_n, float("nan"))  # nan: no --ngram-orders
         print(
             f"{name:16} {wall:>6.1f}s {ev['bpb']:>7.4f} {ev.get('bpb_half', float('nan')):>7.4f} "
-            f"{grams[best_n]:>7.4f} {grams[best_n] - ev['bpb']:>+7.4f}  {plan}",
+            f"{gram:>7.4f} {gram - ev['bpb']:>+7.4f}  {plan}",
             flush=True,
         )
 

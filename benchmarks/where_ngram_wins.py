@@ -6,6 +6,7 @@ the GPT (non-overlapping windows, and a stride of half the context) and by the n
 
     python benchmarks/time_to_quality.py --suite fortunes-ru man     # makes out/bare/NAME
     python benchmarks/where_ngram_wins.py fortunes-ru man fortunes-en
+    python benchmarks/where_ngram_wins.py --shares out/bare/perl/data out/bare/man/data  # repeats
 
 It reads the runs `time_to_quality.py --suite` leaves in out/bare/NAME: the GPT's `best`
 checkpoint and the n-grams it counted (`ngramN`; the best order it found unless --order), or
@@ -76,13 +77,48 @@ def analyse(runs: Path, name: str, order: int | None, span: int) -> dict:
     return row
 
 
+def shares(data_dirs: list[Path], spans: list[int]) -> None:
+    """How much each prepared text repeats itself, at each span length: the share of the
+    validation split's tokens inside a span the training split holds verbatim, and the same
+    for the training split's last tenth against the rest of it (what a plan could measure
+    without reading the validation text). BENCHMARKS.md, thirteenth pass."""
+    from minigpt.dataset import Dataset
+    from minigpt.evaluate import copied_positions
+
+    print("| data | train tokens | " + " | ".join(f"{n}: val / train's tail" for n in spans) + " |")
+    print("|---|---:|" + "---:|" * len(spans))
+    for d in data_dirs:
+        ds = Dataset(d)
+        train, val = np.asarray(ds.tokens("train")), np.asarray(ds.tokens("val"))
+        cut = len(train) - len(train) // 10
+        cells = []
+        for n in spans:
+            v = copied_positions(val, train, n=n, vocab_size=ds.vocab_size).mean()
+            t = copied_positions(train[cut:], train[:cut], n=n, vocab_size=ds.vocab_size).mean()
+            cells.append(f"{v:.3f} / {t:.3f}")
+        print(f"| {d} | {len(train) / 1e6:.2f}M | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="+", help="corpora of the suite, each with a run in out/bare/NAME")
+    ap.add_argument("names", nargs="*", help="corpora of the suite, each with a run in out/bare/NAME")
+    ap.add_argument(
+        "--shares",
+        type=Path,
+        nargs="+",
+        metavar="DATA",
+        help="instead: how much these prepared texts repeat themselves",
+    )
+    ap.add_argument("--spans", type=int, nargs="+", default=[8, 16, 32], help="span lengths for --shares")
     ap.add_argument("--order", type=int, default=None, help="the n-gram's order (default: the best one counted)")
     ap.add_argument("--runs", type=Path, default=REPO / "out" / "bare", help="where the suite's runs are")
     ap.add_argument("--min-repeat", type=int, default=8, help="tokens a verbatim repeat of the training text spans")
     args = ap.parse_args()
+    if args.shares:
+        shares(args.shares, args.spans)
+        return
+    if not args.names:
+        ap.error("name a corpus of the suite (or --shares DATA)")
     print(
         f"| corpus | part of the val text ({args.min_repeat}-token repeats of train) | share of bytes | GPT | "
         "GPT, stride half | n-gram | GPT's lead (stride half) |"
