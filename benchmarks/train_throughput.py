@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                      # nanoGPT's CPU recipe shape, 3 rounds
     python benchmarks/train_throughput.py --rounds 4 --steps 600 --variants eager bf16
+    python benchmarks/train_throughput.py --variants compile-bf16 --base ../base   # + a worktree's code, "before"
     python benchmarks/train_throughput.py --device cuda --preset gpt2 --grad-accum 1 --batch-size 16 \
         --synthetic-vocab 50304 --variants compile --no-nanogpt --steps 100 --warmup 30   # GPU: MFU
 
@@ -142,8 +143,9 @@ def run_nanogpt(root: Path, steps: int, warmup: int) -> tuple[float, float]:
     return statistics.median(tps), wall
 
 
-def run_minigpt(data: Path, out: Path, variant: str, args) -> tuple[float, float]:
-    """(median tokens/s after warmup, wall seconds) of `minigpt train` in its own process."""
+def run_minigpt(data: Path, out: Path, variant: str, args, repo: Path = REPO) -> tuple[float, float]:
+    """(median tokens/s after warmup, wall seconds) of `minigpt train` in its own process,
+    with `repo`'s code (this checkout's, or --base's)."""
     flags = [
         "--preset",
         args.preset,
@@ -172,7 +174,7 @@ def run_minigpt(data: Path, out: Path, variant: str, args) -> tuple[float, float
         flags += ["--grad-accum", str(args.grad_accum)]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "minigpt.cli", "train", *flags], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "minigpt.cli", "train", *flags], cwd=repo, capture_output=True, text=True
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -195,6 +197,9 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=None)
     ap.add_argument("--synthetic-vocab", type=int, default=0, help="train minigpt on random tokens of this vocabulary")
     ap.add_argument("--no-nanogpt", action="store_true", help="minigpt only (e.g. the GPT-2 shape on a GPU)")
+    ap.add_argument(
+        "--base", type=Path, default=None, help="also run each variant with this checkout's code (today's main, say)"
+    )
     args = ap.parse_args()
 
     from minigpt.data import prepare
@@ -217,17 +222,19 @@ def main() -> None:
                     flush=True,
                 )
             for v in args.variants:
-                results.setdefault(v, []).append(run_minigpt(data, tmp / f"run-{v}", v, args))
-                print(
-                    f"round {r + 1}: minigpt {v:<12} {results[v][-1][0]:>9,.0f} tokens/s, {results[v][-1][1]:.1f} s",
-                    flush=True,
-                )
+                for name, repo in ((f"base {v}", args.base), (v, REPO)) if args.base else ((v, REPO),):
+                    results.setdefault(name, []).append(run_minigpt(data, tmp / "run", v, args, repo.resolve()))
+                    print(
+                        f"round {r + 1}: minigpt {name:<17} {results[name][-1][0]:>9,.0f} tokens/s, "
+                        f"{results[name][-1][1]:.1f} s",
+                        flush=True,
+                    )
 
     print(
         f"\n{args.steps} steps x {args.rounds} rounds, median tokens/s after step {args.warmup}; "
         f"ratio = per-round minigpt / nanoGPT, median over rounds"
     )
-    print(f"{'run':<22} {'tokens/s':>10} {'wall s':>8} {'vs nanoGPT':>11} {'wall ratio':>11}")
+    print(f"{'run':<27} {'tokens/s':>10} {'wall s':>8} {'vs nanoGPT':>11} {'wall ratio':>11}")
     for name, rows in results.items():
         tps, wall = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
         ratio = wall_ratio = ""
@@ -236,7 +243,7 @@ def main() -> None:
             ratio = f"{statistics.median(a[0] / b[0] for a, b in zip(rows, nano_rows)):.2f}x"
             wall_ratio = f"{statistics.median(b[1] / a[1] for a, b in zip(rows, nano_rows)):.2f}x"
         label = name if name == "nanoGPT" else f"minigpt {name}"
-        print(f"{label:<22} {tps:>10,.0f} {wall:>8.1f} {ratio:>11} {wall_ratio:>11}")
+        print(f"{label:<27} {tps:>10,.0f} {wall:>8.1f} {ratio:>11} {wall_ratio:>11}")
 
 
 if __name__ == "__main__":

@@ -185,7 +185,12 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     then one buffer the compiler reads in the fused product it masks (forward and backward),
     made once; the compiler's own random numbers, or a hash of the position it fuses, are
     recomputed in every loop that reads them (BENCHMARKS.md, sixth pass)."""
-    seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator)
+    # subtle: no `generator=None` in the call. With that argument the compiled graph calls
+    # randint's generator overload as an eager op, and inductor's C++ wrapper
+    # (loop.compile_options) cannot pass that overload its dtype; without it randint is one
+    # the compiler calls itself (fallback_random keeps it torch's draw)
+    draw = {"generator": generator} if generator is not None else {}
+    seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, **draw)
     return _keep_mask_op(seed, math.prod(shape), round(keep_probability(p) * 65536)).view(shape)
 
 

@@ -94,12 +94,17 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrap
 
 
 def compile_options(device: torch.device) -> dict[str, Any]:
-    """Inductor's options for the model. On the CPU, a random draw in the graph runs as the
-    eager op (`fallback_random`): the model draws one seed per dropout call there
-    (model.Dropout), and the compiler's own generator would redo that draw inside every
-    iteration of the fused loop it lands in (measured: 8x the masked product's time); it
-    also makes a seed give the same masks compiled or not."""
-    return {"fallback_random": True} if device.type == "cpu" else {}
+    """Inductor's options for the model. On the CPU:
+
+    - a random draw in the graph runs as the eager op (`fallback_random`): the model draws
+      one seed per dropout call there (model.Dropout), and the compiler's own generator would
+      redo that draw inside every iteration of the fused loop it lands in (measured: 8x the
+      masked product's time); it also makes a seed give the same masks compiled or not;
+    - the code that calls the compiled kernels is C++ (`cpp_wrapper`), not Python: a step
+      makes ~100 kernel and library calls, and their Python wrapper cost ~1.5 ms of a 17 ms
+      step at nanoGPT's CPU shape (BENCHMARKS.md, fourteenth pass: 5-9% faster there, 3-6% at
+      the plan's; a cold compile ~4 s longer, a cached one the same)."""
+    return {"fallback_random": True, "cpp_wrapper": True} if device.type == "cpu" else {}
 
 
 def compile_first(wrapped: Wrapped, model: nn.Module, rt: Runtime, batch: tuple[torch.Tensor, torch.Tensor]) -> Wrapped:
