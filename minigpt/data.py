@@ -26,7 +26,7 @@ from .dataset import (
     token_dtype,
     windows,
 )
-from .inputs import READ_BLOCK, read_text_chunks, resolve_inputs
+from .inputs import READ_BLOCK, read_text_chunks, resolve_inputs, text_size
 
 __all__ = [
     "ENCODE_PIECE",
@@ -50,4 +50,5 @@ __all__ = [
     "READ_BLOCK",
     "read_text_chunks",
     "resolve_inputs",
+    "text_size",
 ]

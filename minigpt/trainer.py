@@ -49,6 +49,7 @@ from .data import (
     WindowSampler,
     eval_offsets,
     resolve_inputs,
+    text_size,
     windows,
 )
 from .errors import ConfigError, DataError, MiniGPTError
@@ -235,9 +236,10 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
             if "vocab_size" in cfg.planned:  # the vocabulary from the text's size (plan.py)
                 plan.vocab_size = plan_mod.vocab_for(text_bytes)
                 cfg.data.vocab_size = plan.vocab_size  # (recorded, as the rest of --data's preparation)
-            if _budget_s(cfg) > 0 and text_bytes > plan_mod.SAMPLE_FLOOR and plan.tokenizer is None:
+            budget = _budget_s(cfg)
+            if budget > 0 and text_bytes > plan_mod.SAMPLE_FLOOR and plan.tokenizer is None:
                 # a text larger than the budget can read: prepare the part of it the run can use
-                tokens = _budget_s(cfg) * _probe_before_preparing(cfg, plan, text_bytes, rt)
+                tokens = budget * _probe_before_preparing(cfg, plan, text_bytes, rt)
                 plan.sample_bytes = plan_mod.sample_bytes(text_bytes, tokens, plan.val_fraction)
         data = None
         if plan.inputs is None:  # a prepared dataset: opened (and checked) before creating --out
@@ -280,9 +282,9 @@ def train(cfg: TrainConfig, *, explicit: dict[str, Any] | None = None, progress:
 
 
 def _text_bytes(plan: startup.DataPlan) -> int:
-    """The size of the text to prepare (a .gz counts ~3x its size: text compresses about so)."""
-    paths = resolve_inputs(plan.inputs, exclude=plan.out)
-    return sum(p.stat().st_size * (3 if p.suffix == ".gz" else 1) for p in paths)
+    """The size of the text to prepare: the bytes of text its files hold (a .gz file's as its
+    trailer records them, as the preparation's sample reads them: inputs.text_size)."""
+    return sum(text_size(p) for p in resolve_inputs(plan.inputs, exclude=plan.out))
 
 
 def _budget_s(cfg: TrainConfig) -> float:

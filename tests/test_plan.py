@@ -326,6 +326,24 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_expo
     assert seen >= 6 and want > 0  # the second run did cross the rules' lines
 
 
+def test_the_plan_reads_a_gzip_texts_size_from_its_trailer(tmp_path):
+    """The vocabulary is chosen from the bytes of text the inputs hold: a .gz file counts
+    what it decompresses to (its trailer's size, as the preparation's sample reads it), not a
+    guess from its compressed size. Here ~600 KB of repetitive text gzips to a few KB, and
+    600 KB is the 1024-token row, where 3x the compressed size is the 512 row's."""
+    import gzip
+
+    from minigpt import startup, trainer
+
+    raw = ("the same line of text, again and again\n" * 15_000).encode()
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "b.txt").write_bytes(b"plain text\n" * 10)
+    plan = startup.DataPlan(inputs=[str(tmp_path)], out=tmp_path / "prepared")
+    assert trainer._text_bytes(plan) == len(raw) + 110
+    assert vocab_for(trainer._text_bytes(plan)) == 1024
+    assert vocab_for(3 * (tmp_path / "a.txt.gz").stat().st_size) == 512  # what the estimate chose
+
+
 def _split_tokens(out: Path, split: str):
     from minigpt.data import Dataset
 
