@@ -37,7 +37,9 @@ conduct, Tang and Song poems), Polish, Spanish, Czech and Slovak fortune cookies
 (fortunes-pl, fortunes-es, fortunes-cs cut at 750 KB), HTML: Python's documentation
 (python3.11-doc, cut at 3 MB), a third programming language: Perl's standard modules
 (perl-modules-5.36, cut at 4 MB), three more: Go's, Emacs Lisp's and Ruby's standard
-libraries (golang-1.19-src, emacs-el, libruby3.1, each cut at 4 MB; thirteenth pass), and
+libraries (golang-1.19-src, emacs-el, libruby3.1, each cut at 4 MB; thirteenth pass), Rust's
+(rust-src, its tests left out, cut at 4 MB; fourteenth pass), LaTeX's style files (texlive-latex-base's
+.sty: TeX macro code, 3.3 MB; fourteenth pass), and
 linux-1gb: 1 GB of Linux C source, far more than a 5-minute run can read, which `train --data`
 prepares a sample of (BENCHMARKS.md, twelfth pass).
 """
@@ -99,6 +101,9 @@ HELD_OUT = [
     Corpus("go", "Go 1.19's standard library source (.go, no testdata), cut at 4 MB (Debian golang-1.19-src)", 4 * MB),
     Corpus("elisp", "Emacs 28's Lisp source (.el), cut at 4 MB (Debian emacs-el)", 4 * MB),
     Corpus("ruby", "Ruby 3.1's standard library (.rb), cut at 4 MB (Debian libruby3.1)", 4 * MB),
+    # One more after the C++ wrapper and Muon's foreach calls changed the step (fourteenth pass).
+    Corpus("rust", "Rust 1.63's standard library (.rs, no tests), cut at 4 MB (Debian rust-src)", 4 * MB),
+    Corpus("latex", "LaTeX's style files (.sty, TeX macro code), 3.3 MB (Debian texlive-latex-base)", 4 * MB),
     # A text far larger than a 5-minute run can read: what the budget prepares of it (a sample).
     Corpus("linux-1gb", "Linux 6.1 C source, cut at 1 GB (Debian linux-source-6.1)", 1000 * MB),
 ]
@@ -111,6 +116,8 @@ PACKAGED = {
     "go": ("golang-1.19-src", "usr/share/go-1.19/src", "*.go", "/testdata/"),
     "elisp": ("emacs-el", "usr/share/emacs", "*.el.gz"),
     "ruby": ("libruby3.1", "usr/lib/ruby", "*.rb"),
+    "rust": ("rust-src", "usr/src/rustc-1.63.0/library", "*.rs", "/tests/"),
+    "latex": ("texlive-latex-base", "usr/share/texlive/texmf-dist/tex", "*.sty"),
 }
 
 # The Debian package of each fortunes-* corpus whose name is not its package's.
