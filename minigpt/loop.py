@@ -101,9 +101,10 @@ def compile_options(device: torch.device) -> dict[str, Any]:
       redo that draw inside every iteration of the fused loop it lands in (measured: 8x the
       masked product's time); it also makes a seed give the same masks compiled or not;
     - the code that calls the compiled kernels is C++ (`cpp_wrapper`), not Python: a step
-      makes ~100 kernel and library calls, and their Python wrapper cost ~1.5 ms of a 17 ms
-      step at nanoGPT's CPU shape (BENCHMARKS.md, fourteenth pass: 5-9% faster there, 3-6% at
-      the plan's; a cold compile ~4 s longer, a cached one the same)."""
+      makes ~100 kernel and library calls, and their Python wrapper cost ~1.7 ms of an 18 ms
+      step at nanoGPT's CPU shape (BENCHMARKS.md, fourteenth pass: that step 1.05-1.10x, the
+      trainer there 1.02-1.08x, the plan's step 1.04x; a cold compile ~4 s longer, a cached
+      one the same)."""
     return {"fallback_random": True, "cpp_wrapper": True} if device.type == "cpu" else {}
 
 
