@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrap
     return Wrapped(forward, use_compile)
 
 
-def compile_options(device: torch.device) -> dict[str, Any]:
+def compile_options(device: torch.device, *, cpp_wrapper: bool = True) -> dict[str, Any]:
     """Inductor's options for the model. On the CPU:
 
     - a random draw in the graph runs as the eager op (`fallback_random`): the model draws
@@ -103,39 +104,78 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     - the code that calls the compiled kernels is C++ (`cpp_wrapper`), not Python: a step
       makes ~100 kernel and library calls, and their Python wrapper cost ~1.7 ms of an 18 ms
       step at nanoGPT's CPU shape (BENCHMARKS.md, fourteenth pass: that step 1.05-1.10x, the
-      trainer there 1.02-1.08x, the plan's step 1.04x; a cold compile ~4 s longer, a cached
-      one the same)."""
-    return {"fallback_random": True, "cpp_wrapper": True} if device.type == "cpu" else {}
+      trainer there 1.02-1.08x, the plan's step 1.04x);
+    - and that C++ is built as two files, the calls and the kernels, by two compilers at once
+      (`cpp_wrapper_build_separate`): as one file, the backward's took one compiler ~10 s of
+      a first compile's ~31 s (BENCHMARKS.md, fifteenth pass: 31-32 s -> 24-25 s)."""
+    if device.type != "cpu":
+        return {}
+    wrapper = {"cpp_wrapper": True, "cpp_wrapper_build_separate": True} if cpp_wrapper else {}
+    return {"fallback_random": True, **wrapper}
+
+
+def _check_the_cpu_meanwhile() -> None:
+    """Inductor's first compile on a machine builds and loads a test program for each vector
+    instruction set the CPU has (four here: ~8 s of one core, BENCHMARKS.md, fifteenth pass)
+    the moment it first generates code. Started now, on a thread, that waits on the compiler
+    while tracing runs on the other core. Inductor's own cache (a lock per test program)
+    keeps the two from building one twice; a later compile finds them built."""
+    try:
+        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+    except ImportError:  # (a private function: a torch without it compiles as before)
+        return
+    threading.Thread(target=valid_vec_isa_list, name="minigpt-cpu-isa", daemon=True).start()
 
 
 def compile_first(wrapped: Wrapped, model: nn.Module, rt: Runtime, batch: tuple[torch.Tensor, torch.Tensor]) -> Wrapped:
     """torch.compile compiles at the first call: on the CPU, compile now, with one forward
     and backward of `batch` (its gradients dropped and the random state put back, so the run
     is what it would have been), so that the caller can keep the time out of its measured
-    pace; and where compiling fails (a machine without a C++ compiler, say), say so in one
-    line and return the model wrapped without it. Other devices, and DDP (every rank must
-    take the same path), compile at the first step as before. (TorchDynamo compiles again
-    for another torch thread count: see runtime.ThreadGovernor's `probe_early`.)"""
+    pace. Where that fails, compile once more without the C++ wrapper (a graph the wrapper
+    cannot call then loses only the wrapper's few percent, not the compile's ~1.4x); where
+    that fails too (a machine without a C++ compiler, say), say so in one line and return
+    the model wrapped without it. Other devices, and DDP (every rank must take the same
+    path), compile at the first step as before. (TorchDynamo compiles again for another
+    torch thread count: see runtime.ThreadGovernor's `probe_early`.)"""
     if not wrapped.compiled or rt.device.type != "cpu" or rt.distributed:
         return wrapped
+    _check_the_cpu_meanwhile()
     rng = torch.get_rng_state()
+    try:
+        failed = _first_call(wrapped.forward, model, rt, batch)
+        if failed is None:
+            return wrapped
+        rt.print(f"compile: failed ({failed}); compiling again without the C++ wrapper", file=sys.stderr)
+        torch.compiler.reset()
+        forward = torch.compile(model, options=compile_options(rt.device, cpp_wrapper=False))
+        failed = _first_call(forward, model, rt, batch)
+        if failed is None:
+            return Wrapped(forward, True)
+        rt.print(f"compile: failed ({failed}); training without it", file=sys.stderr)
+        torch.compiler.reset()
+        return wrap_for_device(model, rt, False)
+    finally:
+        torch.set_rng_state(rng)
+
+
+def _first_call(
+    forward: nn.Module, model: nn.Module, rt: Runtime, batch: tuple[torch.Tensor, torch.Tensor]
+) -> str | None:
+    """One forward and backward of `batch` through `forward` (which compiles it), the
+    gradients dropped: None, or the first line of why it failed."""
     t0 = time.perf_counter()
     try:
         x, y = batch
         with rt.autocast():
-            loss = wrapped.forward(x, y).loss
+            loss = forward(x, y).loss
         loss.backward()
         rt.print(f"compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    except Exception as e:  # noqa: BLE001 - any compiler failure: train without it
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        rt.print(f"compile: failed ({reason}); training without it", file=sys.stderr)
-        torch.compiler.reset()
-        wrapped = wrap_for_device(model, rt, False)
+        return None
+    except Exception as e:  # noqa: BLE001 - any compiler failure: the caller tries without it
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     finally:
         for p in model.parameters():
             p.grad = None
-        torch.set_rng_state(rng)
-    return wrapped
 
 
 def train_step(

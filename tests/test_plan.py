@@ -104,7 +104,7 @@ _CURRENT = dict(
 
 
 def test_a_run_that_overfits_evaluates_often_enough_for_best_to_find_its_minimum():
-    """~12 evaluations where the text is seen >= 4 times (the oracle: `best` can only be as good
+    """~EVALUATIONS (6) evaluations where the text is seen >= 4 times (the oracle: `best` can only be as good
     as the evaluation that found it); the preset's interval where it is seen less."""
     from minigpt.plan import EVALUATIONS, eval_interval_for
 
@@ -444,10 +444,10 @@ def test_a_compiled_run_with_dropout_resumes_exactly(tmp_path, corpus_file):
     assert any(abs(a[s] - c[s]) > 1e-4 for s in a)
 
 
-def test_compile_first_falls_back_to_eager_when_compiling_fails(capsys):
-    """A machine where torch.compile fails (no C++ compiler, say) trains without it: one line
-    says so, the model comes back wrapped eagerly (oneDNN Linears), no gradient is left
-    behind and the random state is as before."""
+def _compile_first_with(monkeypatch, first, again):
+    """loop.compile_first on a tiny GPT whose first compile is `first` (a module standing in
+    for torch.compile's), with torch.compile standing in as `again` for the retry; returns the
+    model, the batch, what compile_first returned, and the options the retry was given."""
     import torch
 
     from minigpt import loop, runtime
@@ -456,25 +456,87 @@ def test_compile_first_falls_back_to_eager_when_compiling_fails(capsys):
 
     model = tiny_gpt(n_embd=32).train()
     rt = runtime.init_runtime("cpu", "float32")
+    given = []
 
-    class Broken(torch.nn.Module):
-        def forward(self, x, y):
-            model(x, y).loss.backward()  # gradients made before the failure are dropped too
-            raise RuntimeError("CppCompileError: C++ compile error\nno g++ here")
+    def fake_compile(m, options=None):
+        given.append(options)
+        return again(m)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(5)
+    batch = (torch.randint(0, 300, (2, 8)), torch.randint(0, 300, (2, 8)))
+    torch.manual_seed(5)  # the state compile_first must put back (the tests drew from it before)
+    return model, batch, loop.compile_first(loop.Wrapped(first(model), True), model, rt, batch), given
+
+
+class _Broken:
+    """A compiled model whose compiler fails: it leaves gradients behind, then raises."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, y):
+        self.model(x, y).loss.backward()  # gradients made before the failure are dropped too
+        raise RuntimeError("CppCompileError: C++ compile error\nno g++ here")
+
+
+def test_compile_first_falls_back_to_eager_when_compiling_fails(capsys, monkeypatch):
+    """A machine where torch.compile fails (no C++ compiler, say) tries once more without the
+    C++ wrapper, then trains without compiling: a line says each, the model comes back wrapped
+    eagerly (oneDNN Linears), no gradient is left behind and the random state is as before."""
+    import torch
 
     torch.manual_seed(5)
     before = torch.rand(3)
-    torch.manual_seed(5)
-    batch = (torch.randint(0, 300, (2, 8)), torch.randint(0, 300, (2, 8)))
-    torch.manual_seed(5)
-    wrapped = loop.compile_first(loop.Wrapped(Broken(), True), model, rt, batch)
+    model, batch, wrapped, given = _compile_first_with(monkeypatch, _Broken, _Broken)
     assert not wrapped.compiled and wrapped.forward is model
     assert torch.equal(torch.rand(3), before)
     assert all(p.grad is None for p in model.parameters())
-    assert "compile: failed (CppCompileError: C++ compile error); training without it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compile: failed (CppCompileError: C++ compile error); compiling again without the C++ wrapper" in err
+    assert "compile: failed (CppCompileError: C++ compile error); training without it" in err
+    assert given == [{"fallback_random": True}]
     out = wrapped.forward(*batch)  # the eager model trains
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_compile_first_compiles_without_the_cpp_wrapper_where_only_that_fails(capsys, monkeypatch):
+    """A graph the C++ wrapper cannot call (inductor raises NotImplementedError for some) keeps
+    the compile: the retry is torch.compile with every CPU option but the wrapper's, and the
+    run trains with what it returned; the random state is as before."""
+    import torch
+
+    torch.manual_seed(5)
+    before = torch.rand(3)
+
+    def compiled(m):
+        return lambda x, y: m(x, y)  # stands in for what torch.compile returns
+
+    model, batch, wrapped, given = _compile_first_with(monkeypatch, _Broken, compiled)
+    assert wrapped.compiled and wrapped.forward is not model
+    assert given == [{"fallback_random": True}]  # the CPU's options, the wrapper's two left out
+    assert torch.equal(torch.rand(3), before)
+    assert all(p.grad is None for p in model.parameters())
+    err = capsys.readouterr().err
+    assert "compiling again without the C++ wrapper" in err and "compiled in" in err
+    assert "training without it" not in err
+    assert torch.equal(wrapped.forward(*batch).loss, model(*batch).loss)
+
+
+def test_the_cpu_compile_options_build_the_wrapper_apart_from_the_kernels():
+    """The CPU's inductor options are real inductor settings, and without the wrapper no
+    wrapper setting is left (the retry's); other devices get inductor's defaults."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from minigpt import loop
+
+    cpu = loop.compile_options(torch.device("cpu"))
+    assert cpu == {"fallback_random": True, "cpp_wrapper": True, "cpp_wrapper_build_separate": True}
+    assert all(hasattr(inductor_config, k) for k in cpu)
+    assert loop.compile_options(torch.device("cpu"), cpp_wrapper=False) == {"fallback_random": True}
+    assert loop.compile_options(torch.device("cuda")) == {}
 
 
 # ---- the budget ------------------------------------------------------------------------------------
