@@ -265,8 +265,9 @@ COMPILATION = (
 )
 # What the plan assumes before it has seen a compiled step (the budget then measures it):
 # the gain at the cpu preset (above), and the compile's cost: ~35 s on this 2-core VM with
-# an empty inductor cache, a few seconds with the cache a previous run left (measured in
-# BENCHMARKS.md); the cold figure, so a first run does not overrun.
+# an empty inductor cache until the fifteenth pass (22-24 s since: loop.compile_options), a
+# few seconds with the cache a previous run left (measured in BENCHMARKS.md); the older cold
+# figure, so a first run on a slower machine does not overrun either.
 COMPILE_GAIN = 1.4
 COMPILE_COST_S = 35.0
 
