@@ -120,7 +120,7 @@ def _check_the_cpu_meanwhile() -> None:
     the moment it first generates code. Started now, on a thread, that waits on the compiler
     while tracing runs on the other core. Inductor's own cache (a lock per test program)
     keeps the two from building one twice; a later compile finds them built."""
-    try:
+    try:  # imported only here, lazily: inductor is loaded by a compile, never by an eager run
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
     except ImportError:  # (a private function: a torch without it compiles as before)
         return

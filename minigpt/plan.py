@@ -339,7 +339,7 @@ FINETUNE_LR = (
 # found it. The 98 KB text of the corpus suite, unregularised (40 passes, 873 steps): `best`
 # 2.818 bits/byte with the preset's evaluation every 500 steps, 2.745 with one every 50
 # (BENCHMARKS, the plan). With the plan's regularisation the last evaluation was the best in
-# all 11 planned runs of 4.2-40 passes logged since (the best before it 0.000-0.036 bits/byte
+# all 12 planned runs of 4.6-40 passes logged since (the best before it 0.000-0.036 bits/byte
 # worse), while each evaluation costs ~0.7 s of a 3-minute run: 6, not 12 (BENCHMARKS.md,
 # fifteenth pass).
 OVERFIT_PASSES = 4.0
