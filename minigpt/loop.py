@@ -74,19 +74,21 @@ class Wrapped:
     compiled: bool
 
 
-def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None) -> Wrapped:
+def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None, *, cpp_wrapper: bool = True) -> Wrapped:
     """The one place that prepares the model for the device. The parameters stay the
     model's own (the optimizers, checkpoints and evaluation use `model` itself).
 
     - CPU, not compiled: fp32 matrix products by oneDNN (AVX-512) instead of MKL, ~1.9x a
       GPT-2-sized layer's forward + backward here; parameters and state_dict are untouched;
-    - torch.compile: on CUDA by default (`compile` None), on request elsewhere;
+    - torch.compile: on CUDA by default (`compile` None), on request elsewhere (on the CPU
+      with inductor's C++ wrapper unless `cpp_wrapper` is False: compile_options);
     - torchrun: DistributedDataParallel, which all-reduces the gradients in backward.
     """
     use_compile = compile if compile is not None else rt.device.type == "cuda"
     if rt.device.type == "cpu" and not use_compile:
         onednn.use_onednn_linears(model)
-    forward = torch.compile(model, options=compile_options(rt.device)) if use_compile else model
+    options = compile_options(rt.device, cpp_wrapper=cpp_wrapper)
+    forward = torch.compile(model, options=options) if use_compile else model
     if rt.distributed:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
@@ -147,10 +149,10 @@ def compile_first(wrapped: Wrapped, model: nn.Module, rt: Runtime, batch: tuple[
             return wrapped
         rt.print(f"compile: failed ({failed}); compiling again without the C++ wrapper", file=sys.stderr)
         torch.compiler.reset()
-        forward = torch.compile(model, options=compile_options(rt.device, cpp_wrapper=False))
-        failed = _first_call(forward, model, rt, batch)
+        retry = wrap_for_device(model, rt, True, cpp_wrapper=False)
+        failed = _first_call(retry.forward, model, rt, batch)
         if failed is None:
-            return Wrapped(forward, True)
+            return retry
         rt.print(f"compile: failed ({failed}); training without it", file=sys.stderr)
         torch.compiler.reset()
         return wrap_for_device(model, rt, False)
