@@ -11,9 +11,9 @@ Two parts, both used by the trainer:
   its text (`exposure`: the passes the budget buys times the model's weights per training
   token) decides dropout and the weight decays (AdamW's; Muon's from an exposure of 32,
   where the line adds "Muon wd 0.2"); the size of the text
-  decides the vocabulary and the model's width (a tiny text gets a smaller model); a
-  corpus too small for the preset's window or batch gets smaller
-  ones; a CPU run with minutes to train is compiled, and deeper (with dropout too, where it
+  decides the vocabulary and the model's width (a tiny text gets a smaller model); the
+  context is twice the preset's in half its batch from 100k tokens (`CONTEXT`), shorter
+  where the text cannot fill it; a CPU run with minutes to train is compiled, and deeper (with dropout too, where it
   is the plan's: on the residual branches only). Each
   row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none yet, and
   all are meant to be refitted by sweeps. `choose` applies them to the settings
@@ -263,6 +263,29 @@ COMPILATION = (
         "slow compiled (+28-68% a step, BENCHMARKS.md, issue 22)",
     ),
 )
+# Training tokens -> the context and batch, the same tokens a step as the preset's 64 x 32 (so
+# the rules above, measured there, keep their exposure). A longer context gives the model more
+# of its text to read, and the non-overlapping windows `minigpt eval` scores (the figure that
+# compares with nanoGPT's) start half as often with nothing to read; up to 128 tokens the
+# compiled step writes its attention out in bf16, at about the same speed. Code and markup
+# gain most, prose ties; a tiny text, seen 40 times, loses (fewer windows a pass).
+CONTEXT = (
+    Rule(
+        0,
+        dict(block_size=64, batch_size=32),
+        "fortunes-en (45k tokens, 3 x 96, 40 passes): 64 x 32 2.5609 vs 128 x 16 2.5753 bits/byte (BENCHMARKS, "
+        "sixteenth pass)",
+    ),
+    Rule(
+        100_000,
+        dict(block_size=128, batch_size=16),
+        "bare 5-minute runs, 64 x 32 -> 128 x 16 (BENCHMARKS, sixteenth pass): Python 1.2029 -> 1.1330, HTML "
+        "0.3478 / 0.3542 -> 0.3135 / 0.3222, German fortunes 1.7562 -> 1.7347 / 1.7371, C 1.9696 -> 1.8224 / "
+        "1.7669; tinyshakespeare at 3 minutes (0.35M tokens) 2.0583 -> 2.0565. The boundary at 100k: between 45k "
+        "(64 won) and 0.35M, where SHAPES changes too",
+    ),
+)
+
 # What the plan assumes before it has seen a compiled step (the budget then measures it):
 # the gain at the cpu preset (above), and the compile's cost: ~35 s on this 2-core VM with
 # an empty inductor cache until the fifteenth pass (22-24 s since: loop.compile_options), a
@@ -366,6 +389,7 @@ RULES = {
     "compiled_shape": COMPILED_SHAPES,
     "at_the_cap": AT_THE_CAP,
     "compilation": COMPILATION,
+    "context": CONTEXT,
     "finetune_lr": FINETUNE_LR,
 }
 
@@ -409,6 +433,26 @@ def shape_for(train_tokens: int, planned) -> dict[str, Any]:
     return {k: v for k, v in chosen.items() if k in planned and (together or k not in ("n_embd", "n_head"))}
 
 
+def window_for(train_tokens: int, val_tokens: int, planned, block_size: int, batch_size: int) -> tuple[int, int]:
+    """The context and batch of a run: CONTEXT's where both are planned (together, so a step
+    keeps the tokens the rules were measured at; one of yours keeps the other the preset's),
+    then only as long and as large as the text can fill (`fit_window`), for the planned ones.
+
+    >>> window_for(350_000, 40_000, ["block_size", "batch_size"], 64, 32)
+    (128, 16)
+    >>> window_for(350_000, 40_000, ["block_size"], 64, 32), window_for(300, 40, ["block_size", "batch_size"], 64, 32)
+    ((64, 32), (32, 32))
+    """
+    if {"block_size", "batch_size"} <= set(planned):
+        chosen = pick(CONTEXT, train_tokens)
+        block_size, batch_size = chosen["block_size"], chosen["batch_size"]
+    fitted = fit_window(train_tokens, val_tokens, block_size, batch_size)
+    return (
+        fitted[0] if "block_size" in planned else block_size,
+        fitted[1] if "batch_size" in planned else batch_size,
+    )
+
+
 def fit_window(train_tokens: int, val_tokens: int, block_size: int, batch_size: int) -> tuple[int, int]:
     """A context and batch a small corpus can fill: the val split must hold one window of
     block_size + 1 tokens, the train split a batch of distinct windows. Halves the block
@@ -447,7 +491,7 @@ class Plan:
     settings: dict[str, Any]
     yours: list[str] = field(default_factory=list)
     text_bytes: int | None = None
-    small_corpus: bool = False  # the block or batch was lowered to fit the text
+    own_window: bool = False  # the context or batch is not the preset's (CONTEXT's, or fitted to a small text)
     sample: dict[str, int] | None = None  # the text was prepared in part: meta.json's "sample"
     measured_tokens_per_s: float = 0.0  # the probe's (eager) speed; tokens_per_s is the compiled estimate
 
@@ -498,7 +542,7 @@ class Plan:
             parts.append(tag(["eval_interval"], f"eval every {s['eval_interval']}"))
         if s.get("compile"):
             parts.append(tag(["compile"], "compiled"))
-        if self.small_corpus:
+        if self.own_window:
             parts.append(tag(["block_size", "batch_size"], f"block {s['block_size']} x batch {s['batch_size']}"))
         if self.budget_s > 0:
             parts.append(f"~{self.steps} steps")

@@ -360,11 +360,7 @@ def _make_plan(
     new = TrainConfig.from_dict({**cfg.to_dict(), "planned": []})
     if n_train == 0:
         raise DataError(f"--data {data.path}: the train split holds no tokens; give more text")
-    block, batch = m.block_size, o.batch_size
-    if planned & {"block_size", "batch_size"}:
-        fb, fs = plan_mod.fit_window(n_train, n_val, block, batch)
-        block = fb if "block_size" in planned else block
-        batch = fs if "batch_size" in planned else batch
+    block, batch = plan_mod.window_for(n_train, n_val, planned, m.block_size, o.batch_size)
     # the shape before the probe, so the speed it measures is the planned model's
     for k, v in {**plan_mod.shape_for(n_train, planned), "block_size": block, "batch_size": batch}.items():
         if k in planned:
@@ -404,7 +400,7 @@ def _make_plan(
         text_bytes=text_bytes,
         cpu=rt.device.type == "cpu",
     )
-    the_plan.small_corpus = (block, batch) != (m.block_size, o.batch_size)
+    the_plan.own_window = (block, batch) != (m.block_size, o.batch_size)
     if text_bytes is not None and data.meta.get("sample"):
         the_plan.sample = {k: data.meta["sample"][k] for k in ("bytes", "of_bytes")}
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 from minigpt import plan as plan_mod
-from minigpt.plan import REGULARISATION, VOCABULARY, Budget, choose, fit_window, free_settings, pick, vocab_for
+from minigpt.plan import (
+    CONTEXT,
+    REGULARISATION,
+    VOCABULARY,
+    Budget,
+    choose,
+    fit_window,
+    free_settings,
+    pick,
+    vocab_for,
+    window_for,
+)
 from minigpt.runtime import ThreadGovernor
 
 from .test_trainer import metrics
@@ -81,6 +92,39 @@ def test_a_small_corpus_gets_a_window_and_batch_it_can_fill():
     assert fit_window(100_000, 10_000, 64, 32) == (64, 32)  # a normal corpus keeps the preset's
     block, batch = fit_window(train_tokens=30, val_tokens=12, block_size=64, batch_size=32)
     assert val_ok(12, block) and 30 - block >= batch
+
+
+def test_the_plan_reads_a_longer_context_in_a_smaller_batch_the_same_tokens_a_step():
+    """CONTEXT where both are planned: the preset's tokens a step (the rules' exposure was
+    measured at them), a longer context than the preset's 64 from some size of text on; one
+    of yours keeps the other the preset's; a text that cannot fill the window gets a shorter
+    one, as fit_window makes it."""
+    both = ["block_size", "batch_size"]
+    for tokens in (45_000, 350_000, 60_000_000):
+        ctx = pick(CONTEXT, tokens)
+        assert window_for(tokens, tokens // 9, both, 64, 32) == (ctx["block_size"], ctx["batch_size"])
+        assert ctx["block_size"] * ctx["batch_size"] == 64 * 32
+    assert pick(CONTEXT, 350_000)["block_size"] > 64  # tinyshakespeare's size reads further back
+    assert window_for(350_000, 40_000, ["block_size"], 64, 32) == (64, 32)  # a --batch-size of yours
+    assert window_for(350_000, 40_000, ["batch_size"], 256, 32) == (256, 32)  # a --block-size of yours
+    ctx = pick(CONTEXT, 300)
+    assert window_for(300, 40, both, 64, 32) == fit_window(300, 40, ctx["block_size"], ctx["batch_size"])
+    assert val_ok(40, window_for(300, 40, both, 64, 32)[0])
+
+
+def test_a_planned_run_trains_in_the_window_the_plan_chose_and_says_so(tmp_path, corpus_file, monkeypatch):
+    """The trainer applies CONTEXT's window (here a table whose one row gives this small text
+    the longer one), says so in the plan line and records it; the same window given as flags
+    is the user's, and not repeated in the line."""
+    monkeypatch.setattr(plan_mod, "CONTEXT", (plan_mod.Rule(0, dict(block_size=128, batch_size=16), "a test"),))
+    for flags in ([], ["--block-size", "128", "--batch-size", "16"]):
+        out = tmp_path / f"r{len(flags)}"
+        rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", "2", *flags, *SMALL)
+        assert rc == 0, err
+        rec = run_json(out)
+        assert (rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]) == (128, 16)
+        assert ("block 128 x batch 16" in plan_lines(err)[0]) == (not flags), plan_lines(err)
+        assert ({"block_size", "batch_size"} <= set(rec["plan"]["yours"])) == bool(flags)
 
 
 def val_ok(val_tokens: int, block: int) -> bool:
@@ -322,6 +366,12 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_expo
         # --eval-interval was given: shown as the user's where the plan would have chosen it (an overfitting run)
         assert ("eval every 100 (yours)" in lines[0]) == (passes >= 4), lines[0]
         assert "1x32 (yours)" in lines[0]  # the shape flags were given
+        ctx = pick(
+            CONTEXT, plan["train_tokens"]
+        )  # the window: CONTEXT's (the text fills it), named if not the preset's
+        window = rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]
+        assert window == (ctx["block_size"], ctx["batch_size"])
+        assert (f"block {window[0]} x batch {window[1]}" in lines[0]) == (window != (64, 32))
         assert rec["config"]["planned"] == []  # the record is the plan made: a rerun of it is exact
     assert seen >= 6 and want > 0  # the second run did cross the rules' lines
 
