@@ -366,9 +366,8 @@ def test_plan_line_is_printed_once_and_recorded_and_its_dropout_follows_the_expo
         # --eval-interval was given: shown as the user's where the plan would have chosen it (an overfitting run)
         assert ("eval every 100 (yours)" in lines[0]) == (passes >= 4), lines[0]
         assert "1x32 (yours)" in lines[0]  # the shape flags were given
-        ctx = pick(
-            CONTEXT, plan["train_tokens"]
-        )  # the window: CONTEXT's (the text fills it), named if not the preset's
+        # the window: CONTEXT's (the text fills it), named in the line where it is not the preset's
+        ctx = pick(CONTEXT, plan["train_tokens"])
         window = rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]
         assert window == (ctx["block_size"], ctx["batch_size"])
         assert (f"block {window[0]} x batch {window[1]}" in lines[0]) == (window != (64, 32))
