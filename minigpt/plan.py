@@ -12,8 +12,9 @@ Two parts, both used by the trainer:
   token) decides dropout and the weight decays (AdamW's; Muon's from an exposure of 32,
   where the line adds "Muon wd 0.2"); the size of the text
   decides the vocabulary and the model's width (a tiny text gets a smaller model) and,
-  from 100k tokens, a context twice the preset's in half its batch (`CONTEXT`; shorter
-  where the text cannot fill it); a CPU run with minutes to train is compiled, and deeper
+  from 100k tokens, a context twice the preset's in half its batch (`CONTEXT`), four times
+  in a quarter where the text repeats itself from further back (`REACH`; shorter where the
+  text cannot fill it); a CPU run with minutes to train is compiled, and deeper
   (with dropout too, where it is the plan's: on the residual branches only). Each
   row names its evidence (BENCHMARKS.md); rows marked *extrapolated* have none yet, and
   all are meant to be refitted by sweeps. `choose` applies them to the settings
@@ -40,6 +41,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .config import DEFAULT_PRESET
 
@@ -287,6 +290,79 @@ CONTEXT = (
     ),
 )
 
+# How far back a text repeats itself (`reach`: the share of its token trigrams last seen 128
+# to 256 tokens before) -> a context of 256 in a batch of 8, where CONTEXT gives 128 (the same
+# tokens a step again). Code and markup repeat their names and tags from further back than
+# prose does, whose paragraphs and short documents (fortunes) hold their own context; at 256
+# the first gained 0.01-0.13 bits/byte in 6 of 7 pairs of runs, prose lost or tied in all 4
+# (and a step at 256 is 11-16% slower: attention leaves its bf16 path for the fp32 flash kernel).
+REACH = (
+    Rule(
+        0.0,
+        dict(),
+        "bare 5-minute runs, 128 x 16 -> 256 x 8 (BENCHMARKS, seventeenth pass): German fortunes (reach 0.018) "
+        "1.7350 -> 1.7579 (1.7511 in the sixteenth pass), Russian fortunes (0.012) 1.0105 -> 1.0236; "
+        "tinyshakespeare at 3 minutes (0.025) 2.0565 -> 2.0525, a tie (sixteenth)",
+    ),
+    Rule(
+        0.035,
+        dict(block_size=256, batch_size=8),
+        "the same runs: Python (reach 0.055) 1.1330 -> 1.0971, HTML (0.077) 0.3135 / 0.3222 -> 0.3034 (sixteenth "
+        "pass), man pages (0.048) 1.4828 -> 1.4550; held out, after the boundary was set: Ruby (0.055) 1.6209 -> "
+        "1.4942, Go (0.075) 1.7493 -> 1.8681 and, seed 7, 1.7204 -> 1.6796 (its runs at 256 scatter by 0.19). The "
+        "boundary at 0.035: between tinyshakespeare's 0.025 and the man pages' 0.048",
+    ),
+)
+REACH_NEAR, REACH_FAR = 128, 256
+REACH_SAMPLE = 400_000
+
+
+def reach(tokens: np.ndarray, near: int = REACH_NEAR, far: int = REACH_FAR, sample: int = REACH_SAMPLE) -> float:
+    """The share of positions whose token trigram last occurred between `near` (exclusive)
+    and `far` (inclusive) tokens before: what a context of `far` tokens can read that one of
+    `near` cannot. A long text is read in `reading_spans`, so its beginning alone does not
+    speak for it (under 0.1 s on the 2-core VM).
+
+    >>> round(reach(np.tile(np.arange(200), 10)), 4)  # every trigram recurs 200 tokens later
+    0.8999
+    """
+    gaps = [trigram_gaps(tokens[start : start + length]) for start, length in reading_spans(len(tokens), sample)]
+    gap = np.concatenate(gaps)
+    return float(np.count_nonzero((gap > near) & (gap <= far))) / max(1, len(gap))
+
+
+def trigram_gaps(tokens: np.ndarray) -> np.ndarray:
+    """For each trigram tokens[i : i + 3], how many tokens before it the same trigram last
+    began (-1: nowhere before). One sort by (the first two tokens, the third, the position)
+    puts equal trigrams side by side in the order they occur."""
+    t = np.asarray(tokens, dtype=np.int64)
+    if len(t) < 3:
+        return np.zeros(0, dtype=np.int64)
+    pair, last = t[:-2] * (int(t.max()) + 1) + t[1:-1], t[2:]  # two keys: no overflow at any vocabulary
+    order = np.lexsort((np.arange(len(pair)), last, pair))
+    repeat = (pair[order][1:] == pair[order][:-1]) & (last[order][1:] == last[order][:-1])
+    gap = np.full(len(pair), -1, dtype=np.int64)
+    gap[order[1:][repeat]] = order[1:][repeat] - order[:-1][repeat]
+    return gap
+
+
+def reading_spans(n: int, sample: int) -> list[tuple[int, int]]:
+    """(start, length) of four evenly spaced spans of `sample` tokens in all, or the whole text.
+
+    >>> reading_spans(4_000, 1_000), reading_spans(500, 1_000)
+    ([(0, 250), (1250, 250), (2500, 250), (3750, 250)], [(0, 500)])
+    """
+    if n <= sample:
+        return [(0, n)]
+    return [(i * (n - sample // 4) // 3, sample // 4) for i in range(4)]
+
+
+# Not planned, measured: the learning rates (Muon 0.02 on the blocks' matrices, AdamW 4e-3) and
+# the wsd cooldown (the last 40% of the steps) stay the preset's in every plan. Swept around them
+# on five texts (exposure 7.7-341, 5 x 192 and the tiny text's 3 x 96), no setting won by more
+# than its noise but Muon 0.013 on one (German, -0.012; it lost on three others: BENCHMARKS.md,
+# seventeenth pass).
+
 # What the plan assumes before it has seen a compiled step (the budget then measures it):
 # the gain at the cpu preset (above), and the compile's cost: ~35 s on this 2-core VM with
 # an empty inductor cache until the fifteenth pass (22-24 s since: loop.compile_options), a
@@ -391,6 +467,7 @@ RULES = {
     "at_the_cap": AT_THE_CAP,
     "compilation": COMPILATION,
     "context": CONTEXT,
+    "reach": REACH,
     "finetune_lr": FINETUNE_LR,
 }
 
@@ -434,18 +511,25 @@ def shape_for(train_tokens: int, planned) -> dict[str, Any]:
     return {k: v for k, v in chosen.items() if k in planned and (together or k not in ("n_embd", "n_head"))}
 
 
-def window_for(train_tokens: int, val_tokens: int, planned, block_size: int, batch_size: int) -> tuple[int, int]:
+def window_for(
+    train_tokens: int, val_tokens: int, planned, block_size: int, batch_size: int, text_reach: float = 0.0
+) -> tuple[int, int]:
     """The context and batch of a run: CONTEXT's where both are planned (together, so a step
     keeps the tokens the rules were measured at; one of yours keeps the other the preset's),
-    then only as long and as large as the text can fill (`fit_window`), for the planned ones.
+    longer where that is 128 and the text's `reach` asks for it (REACH), then only as long and
+    as large as the text can fill (`fit_window`), for the planned ones.
 
     >>> window_for(350_000, 40_000, ["block_size", "batch_size"], 64, 32)
     (128, 16)
+    >>> window_for(350_000, 40_000, ["block_size", "batch_size"], 64, 32, text_reach=0.06)
+    (256, 8)
     >>> window_for(350_000, 40_000, ["block_size"], 64, 32), window_for(300, 40, ["block_size", "batch_size"], 64, 32)
     ((64, 32), (32, 32))
     """
     if {"block_size", "batch_size"} <= set(planned):
         chosen = pick(CONTEXT, train_tokens)
+        if chosen["block_size"] >= REACH_NEAR:  # what REACH measures: the text 128 tokens cannot read
+            chosen.update(pick(REACH, text_reach))
         block_size, batch_size = chosen["block_size"], chosen["batch_size"]
     fitted = fit_window(train_tokens, val_tokens, block_size, batch_size)
     return (
@@ -495,6 +579,7 @@ class Plan:
     own_window: bool = False  # the context or batch is not the preset's (CONTEXT's, or fitted to a small text)
     sample: dict[str, int] | None = None  # the text was prepared in part: meta.json's "sample"
     measured_tokens_per_s: float = 0.0  # the probe's (eager) speed; tokens_per_s is the compiled estimate
+    text_reach: float | None = None  # `reach` of the training text, where the plan chose the window
 
     @property
     def passes(self) -> float:
@@ -544,7 +629,10 @@ class Plan:
         if s.get("compile"):
             parts.append(tag(["compile"], "compiled"))
         if self.own_window:
-            parts.append(tag(["block_size", "batch_size"], f"block {s['block_size']} x batch {s['batch_size']}"))
+            window = f"block {s['block_size']} x batch {s['batch_size']}"
+            if self.text_reach is not None and s["block_size"] >= REACH_NEAR:
+                window += f" (reach {self.text_reach:.3f})"
+            parts.append(tag(["block_size", "batch_size"], window))
         if self.budget_s > 0:
             parts.append(f"~{self.steps} steps")
         return head + ", ".join(parts)
@@ -563,6 +651,7 @@ class Plan:
             "yours": sorted(self.yours),
             **({"text_bytes": self.text_bytes} if self.text_bytes is not None else {}),
             **({"sample": dict(self.sample)} if self.sample else {}),
+            **({"reach": round(self.text_reach, 4)} if self.text_reach is not None else {}),
         }
 
 

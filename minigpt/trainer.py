@@ -360,7 +360,10 @@ def _make_plan(
     new = TrainConfig.from_dict({**cfg.to_dict(), "planned": []})
     if n_train == 0:
         raise DataError(f"--data {data.path}: the train split holds no tokens; give more text")
-    block, batch = plan_mod.window_for(n_train, n_val, planned, m.block_size, o.batch_size)
+    text_reach = None
+    if {"block_size", "batch_size"} <= planned:  # the window is the plan's: how far back the text repeats
+        text_reach = plan_mod.reach(data.tokens("train"))
+    block, batch = plan_mod.window_for(n_train, n_val, planned, m.block_size, o.batch_size, text_reach or 0.0)
     # the shape before the probe, so the speed it measures is the planned model's
     for k, v in {**plan_mod.shape_for(n_train, planned), "block_size": block, "batch_size": batch}.items():
         if k in planned:
@@ -401,6 +404,7 @@ def _make_plan(
         cpu=rt.device.type == "cpu",
     )
     the_plan.own_window = (block, batch) != (m.block_size, o.batch_size)
+    the_plan.text_reach = text_reach
     if text_bytes is not None and data.meta.get("sample"):
         the_plan.sample = {k: data.meta["sample"][k] for k in ("bytes", "of_bytes")}
     if text_bytes is None:  # a prepared dataset's vocabulary is its own, neither the user's nor the plan's

@@ -9,11 +9,13 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minigpt import plan as plan_mod
 from minigpt.plan import (
     CONTEXT,
+    REACH,
     REGULARISATION,
     VOCABULARY,
     Budget,
@@ -21,6 +23,7 @@ from minigpt.plan import (
     fit_window,
     free_settings,
     pick,
+    reach,
     vocab_for,
     window_for,
 )
@@ -112,19 +115,70 @@ def test_the_plan_reads_a_longer_context_in_a_smaller_batch_the_same_tokens_a_st
     assert val_ok(40, window_for(300, 40, both, 64, 32)[0])
 
 
+def reach_by_hand(tokens, near: int, far: int) -> float:
+    """`reach` written out: for each trigram, look back for its last occurrence."""
+    t = [int(x) for x in tokens]
+    found = 0
+    for i in range(2, len(t)):
+        back = next((i - j for j in range(i - 1, 1, -1) if t[j - 2 : j + 1] == t[i - 2 : i + 1]), None)
+        found += back is not None and near < back <= far
+    return found / max(1, len(t) - 2)
+
+
+def test_reach_counts_the_trigrams_last_seen_between_near_and_far_tokens_back():
+    """The fast path (one sort) against a scan position by position, on text with repeats at
+    every distance; a long text is read in four evenly spaced spans."""
+    rng = np.random.default_rng(0)
+    for vocab, n in ((3, 300), (5, 400), (40, 500)):
+        tokens = rng.integers(0, vocab, n)
+        tokens[200:260] = tokens[50:110]  # a copy 150 tokens later: inside (128, 256]
+        for near, far in ((128, 256), (8, 40), (0, 3)):
+            assert reach(tokens, near, far) == pytest.approx(reach_by_hand(tokens, near, far), abs=1e-12)
+    tokens = rng.integers(0, 7, 4_000).astype(np.uint16)
+    spans = [tokens[s : s + 250] for s in (0, 1250, 2500, 3750)]  # sample 1000: four spans of 250
+    by_hand = sum(reach_by_hand(x, 8, 40) * 248 for x in spans) / (4 * 248)
+    assert reach(tokens, 8, 40, sample=1000) == pytest.approx(by_hand, abs=1e-12)
+    assert reach(np.zeros(2, dtype=np.uint16)) == 0.0  # no trigram at all
+
+
+def test_a_text_that_repeats_itself_from_further_back_reads_a_longer_context():
+    """REACH where CONTEXT gives 128: the longer window, the same tokens a step; a text under
+    CONTEXT's 128 (a tiny text) or a window of yours does not move."""
+    both = ["block_size", "batch_size"]
+    far, near = REACH[-1].at_least + 0.01, REACH[-1].at_least - 0.01
+    long = REACH[-1].settings
+    assert long["block_size"] > pick(CONTEXT, 350_000)["block_size"]
+    assert long["block_size"] * long["batch_size"] == 64 * 32
+    assert window_for(350_000, 40_000, both, 64, 32, far) == (long["block_size"], long["batch_size"])
+    assert window_for(350_000, 40_000, both, 64, 32, near) == (128, 16)
+    assert window_for(45_000, 5_000, both, 64, 32, far) == (64, 32)  # CONTEXT's 64: not what reach measures
+    assert window_for(350_000, 40_000, ["batch_size"], 64, 32, far) == (64, 32)  # a --block-size of yours
+    fitted = fit_window(350_000, 200, long["block_size"], long["batch_size"])
+    assert window_for(350_000, 200, both, 64, 32, far) == fitted
+
+
 def test_a_planned_run_trains_in_the_window_the_plan_chose_and_says_so(tmp_path, corpus_file, monkeypatch):
     """The trainer applies CONTEXT's window (here a table whose one row gives this small text
     the longer one), says so in the plan line and records it; the same window given as flags
     is the user's, and not repeated in the line."""
     monkeypatch.setattr(plan_mod, "CONTEXT", (plan_mod.Rule(0, dict(block_size=128, batch_size=16), "a test"),))
-    for flags in ([], ["--block-size", "128", "--batch-size", "16"]):
-        out = tmp_path / f"r{len(flags)}"
+    for reach_row, flags in ((1.0, []), (1.0, ["--block-size", "128", "--batch-size", "16"]), (0.0, [])):
+        # REACH's longer window from `reach_row` on: never, or (a row at 0) for this text too
+        rows = (plan_mod.Rule(0, {}, "a test"), plan_mod.Rule(reach_row, dict(block_size=256, batch_size=8), "a test"))
+        monkeypatch.setattr(plan_mod, "REACH", rows)
+        out = tmp_path / f"r{len(flags)}-{reach_row}"
         rc, err = train_cli("--data", str(corpus_file), "--out", str(out), "--max-steps", "2", *flags, *SMALL)
         assert rc == 0, err
         rec = run_json(out)
-        assert (rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]) == (128, 16)
-        assert ("block 128 x batch 16" in plan_lines(err)[0]) == (not flags), plan_lines(err)
+        window = (256, 8) if reach_row == 0.0 else (128, 16)
+        assert (rec["config"]["model"]["block_size"], rec["config"]["optim"]["batch_size"]) == window
         assert ({"block_size", "batch_size"} <= set(rec["plan"]["yours"])) == bool(flags)
+        if flags:  # the same window given as flags: the user's, not repeated, and no reach measured
+            assert "block 128" not in plan_lines(err)[0] and "reach" not in rec["plan"], plan_lines(err)
+            continue
+        train = np.fromfile(out / "data" / "train.bin", dtype=np.uint16)  # the split it trained on
+        assert rec["plan"]["reach"] == round(reach(train), 4)
+        assert f"block {window[0]} x batch {window[1]} (reach {reach(train):.3f})" in plan_lines(err)[0]
 
 
 def val_ok(val_tokens: int, block: int) -> bool:
