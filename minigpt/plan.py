@@ -576,7 +576,7 @@ class Plan:
     settings: dict[str, Any]
     yours: list[str] = field(default_factory=list)
     text_bytes: int | None = None
-    own_window: bool = False  # the context or batch is not the preset's (CONTEXT's, or fitted to a small text)
+    own_window: bool = False  # the context or batch is not the preset's (CONTEXT's, REACH's, or fitted to a small text)
     sample: dict[str, int] | None = None  # the text was prepared in part: meta.json's "sample"
     measured_tokens_per_s: float = 0.0  # the probe's (eager) speed; tokens_per_s is the compiled estimate
     text_reach: float | None = None  # `reach` of the training text, where the plan chose the window
