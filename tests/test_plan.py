@@ -158,9 +158,10 @@ def test_a_text_that_repeats_itself_from_further_back_reads_a_longer_context():
 
 
 def test_a_planned_run_trains_in_the_window_the_plan_chose_and_says_so(tmp_path, corpus_file, monkeypatch):
-    """The trainer applies CONTEXT's window (here a table whose one row gives this small text
-    the longer one), says so in the plan line and records it; the same window given as flags
-    is the user's, and not repeated in the line."""
+    """The trainer applies CONTEXT's window and, where REACH says so, the longer one (here
+    tables that give this small text 128, then 256), says so in the plan line with the reach
+    of the split it trained on, and records both; the same window given as flags is the
+    user's, not repeated in the line, and no reach is measured for it."""
     monkeypatch.setattr(plan_mod, "CONTEXT", (plan_mod.Rule(0, dict(block_size=128, batch_size=16), "a test"),))
     for reach_row, flags in ((1.0, []), (1.0, ["--block-size", "128", "--batch-size", "16"]), (0.0, [])):
         # REACH's longer window from `reach_row` on: never, or (a row at 0) for this text too
