@@ -16,7 +16,9 @@ A step is what the trainer does (trainer.py): forward under the runtime's autoca
 on a CPU with native bf16), backward, gradient clipping at the preset's 1.0, and every
 optimizer's update (Muon for the block matrices, fused AdamW for the rest), on random ids
 of the bundled corpus's vocabulary (2048) at the preset's batch x block (32 x 64). The
-model is built as the trainer builds it (`models.from_args`), its Linears on oneDNN.
+model is built as the trainer builds it (`models.from_args`), its Linears on oneDNN, and
+called as the trainer calls it: `loop.TrainingLoss(model)`, (x, y) -> the loss, compiled
+or not (a checkout without it: the model, its output's `.loss`).
 
 Each variant runs in its own worker process (its own allocator, threads and caches, as a
 real run has), built once and warmed up; then rounds go round the workers, each timing
@@ -128,21 +130,25 @@ def worker(repo: str, levers: dict, args: dict) -> None:
         optimizers = trainer.make_optimizers(model, cfg, rt.device)
         if levers["batched_muon"]:
             missing.append("batched_muon")
-    if levers["compile"]:
-        from minigpt import loop
+    from minigpt import loop
 
+    # the trainer's (x, y) -> loss where this code has one (loop.TrainingLoss), else the model
+    loss_of = getattr(loop, "TrainingLoss", None)
+    target = loss_of(model) if loss_of is not None else model
+    if levers["compile"]:
         options = loop.compile_options(rt.device) if hasattr(loop, "compile_options") else {}
-        fwd = torch.compile(model, options=options)
+        fwd = torch.compile(target, options=options)
     else:
         onednn.use_onednn_linears(model)
-        fwd = model
+        fwd = target
     model.train()
     clip = cfg.optim.grad_clip
 
     def step():
         x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
         with rt.autocast():
-            loss = fwd(x, y).loss
+            out = fwd(x, y)
+            loss = out if isinstance(out, torch.Tensor) else out.loss
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -1,7 +1,8 @@
 """One optimizer step and what it runs on: the pieces the trainer's loop is made of.
 
     lr_at             the learning rate at a step (warmup, then cosine or warmup-stable-decay)
-    wrap_for_device   the model as the step calls it: oneDNN linears on the CPU, torch.compile, DDP
+    TrainingLoss      what the step calls: (x, y) -> the model's loss, the compiled graph's one output
+    wrap_for_device   that, prepared for the device: oneDNN linears on the CPU, torch.compile, DDP
     compile_first     compile before the first step (its time kept out of the pace), or fall back
     train_step        forward and backward over the micro-batches, clip, optimizer step
     Stopwatch         training time: wall-clock minus the pauses for evaluation and checkpoints
@@ -66,9 +67,27 @@ def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
             g["lr"] = lr * g["lr_scale"]
 
 
+class TrainingLoss(nn.Module):
+    """What a training step asks of the model: (x, y) -> the mean loss, and nothing else.
+
+    Compiled, this is the graph's one output. Compiling the model itself would return its
+    logits too: a [B*T, V] output that needs a gradient, so the compiled backward is handed
+    one of zeros, filled and read every step for a tensor the step never looks at (at the
+    plan's shape a [32, 64, 2048] fill, 0.3-1.0 ms under the profiler; with the rest, the
+    plan's compiled step 1.05x: BENCHMARKS.md, eighteenth pass)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(x, y).loss
+
+
 @dataclass
 class Wrapped:
-    """The model as the training step calls it (`forward`), and how it was wrapped."""
+    """The model's loss as the training step calls it (`forward(x, y)`: a TrainingLoss,
+    compiled or under DDP as wrap_for_device chose), and how it was wrapped."""
 
     forward: nn.Module
     compiled: bool
@@ -88,7 +107,8 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None, *, cpp_
     if rt.device.type == "cpu" and not use_compile:
         onednn.use_onednn_linears(model)
     options = compile_options(rt.device, cpp_wrapper=cpp_wrapper)
-    forward = torch.compile(model, options=options) if use_compile else model
+    loss = TrainingLoss(model)
+    forward = torch.compile(loss, options=options) if use_compile else loss
     if rt.distributed:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
@@ -169,7 +189,7 @@ def _first_call(
     try:
         x, y = batch
         with rt.autocast():
-            loss = forward(x, y).loss
+            loss = forward(x, y)
         loss.backward()
         rt.print(f"compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return None
@@ -204,7 +224,7 @@ def train_step(
         sync = (not rt.distributed) or micro == grad_accum - 1
         with wrapped.forward.no_sync() if not sync else nullcontext():
             with rt.autocast():
-                loss = wrapped.forward(x, y).loss / grad_accum
+                loss = wrapped.forward(x, y) / grad_accum
             scaler.scale(loss).backward()
         step_loss += loss.detach()
     if grad_clip > 0:

@@ -2,11 +2,13 @@
 
 torch.optim.Muon orthogonalises each matrix's update on its own: five quintic Newton-Schulz
 iterations, three bf16 matrix products each, per matrix. The default cpu preset has 15
-block matrices in 3 shapes (per layer: c_attn [576, 192], attn.c_proj [192, 192], and
-three [192, 512]-sized MLP matrices once the tall ones are turned wide), so one
-step makes 225 small products, each too small to keep two cores busy, each with its own
-dispatch. `BatchedMuon` stacks the matrices of one (wide) shape and runs the same iteration
-with batched products (`torch.baddbmm`): 15 calls instead of 225, on 5x larger operands.
+block matrices in 4 shapes (per layer: c_attn [576, 192], attn.c_proj [192, 192], the
+SwiGLU's two [512, 192] and its [192, 512]), so one step makes 225 small products, each
+too small to keep two cores busy, each with its own dispatch. `BatchedMuon` stacks the
+matrices of one shape and runs the same iteration with batched products: 60 calls instead
+of 225, on 3-6x larger operands. A tall stack is iterated as it lies, its Gram matrix on
+the right (X^T X), where torch turns each tall matrix wide and back (two transposed copies
+of 9 of the preset's 15 matrices a step).
 
 It is torch.optim.Muon in every other respect -- a subclass with the same hyperparameters,
 param groups and per-parameter state ("momentum_buffer"), so a checkpoint written by either
@@ -30,16 +32,25 @@ __all__ = ["BatchedMuon", "newton_schulz", "make_optimizer", "muon_params", "mak
 
 def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
     """The orthogonalisation of torch.optim.Muon (Jordan et al.'s quintic iteration), for a
-    stack of matrices at once: g [n, rows, cols] with rows <= cols (wide), each normalised by
-    its own Frobenius norm, then `steps` times  X <- a X + (b A + c A A) X,  A = X X^T,
-    in bf16. Returns bf16 [n, rows, cols]: each approximately U V^T of its matrix's SVD."""
+    stack of matrices at once: g [n, rows, cols], each normalised by its own Frobenius norm,
+    then `steps` times  X <- a X + (b A + c A A) X,  A = X X^T  (for a wide stack; a tall
+    one, rows > cols, takes the same step on its transpose: X <- X (a I + b A + c A A),
+    A = X^T X, which is what torch computes after turning it wide), in bf16. Returns bf16
+    [n, rows, cols]: each approximately U V^T of its matrix's SVD.
+
+    (`a X + B X` stays one baddbmm, a X added inside the product's fp32 accumulation, as
+    torch's addmm does: folded into the product as `(a I + B) X`, it saves the copy of X
+    into the output but rounds a + B's diagonal to bf16, which doubled the iteration's
+    error against a float64 one, measured.)"""
     a, b, c = coefficients
+    tall = g.shape[-2] > g.shape[-1]
     x = g.bfloat16()
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # torch's: ortho.div_(ortho.norm().clamp(min=eps))
     for _ in range(steps):
-        gram = x @ x.mT  # [n, rows, rows]
+        gram = x.mT @ x if tall else x @ x.mT  # [n, k, k], k = min(rows, cols)
         update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A A
-        x = torch.baddbmm(x, update, x, beta=a)  # a X + (b A + c A A) X
+        # a X + (b A + c A A) X, or for a tall stack a X + X (b A + c A A)
+        x = torch.baddbmm(x, x, update, beta=a) if tall else torch.baddbmm(x, update, x, beta=a)
     return x
 
 
@@ -71,18 +82,17 @@ class BatchedMuon(torch.optim.Muon):
                 torch._foreach_mul_(params, 1 - lr * wd)
             by_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
             for p, u in zip(params, updates):
-                tall = p.shape[0] > p.shape[1]
-                by_shape[(*(u.mT if tall else u).shape, p.device, tall)].append((p, u))
-            # one batched orthogonalisation per (wide) shape
-            for (rows, cols, device, tall), items in by_shape.items():
-                # [n, rows, cols], rows <= cols, cast to bf16 as it is copied in (newton_schulz's dtype)
+                by_shape[(*p.shape, p.device)].append((p, u))
+            # one batched orthogonalisation per shape
+            for (rows, cols, device), items in by_shape.items():
+                # [n, rows, cols], cast to bf16 as it is copied in (newton_schulz's dtype)
                 stack = torch.empty(len(items), rows, cols, dtype=torch.bfloat16, device=device)
                 for s, (_, u) in zip(stack, items):
-                    s.copy_(u.mT if tall else u)
+                    s.copy_(u)
                 ortho = newton_schulz(stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 same = [p for p, _ in items]  # one shape, so one learning-rate adjustment
                 step = -_adjusted_lr(lr, group["adjust_lr_fn"], same[0].shape)
-                torch._foreach_add_(same, [o.mT if tall else o for o in ortho.unbind(0)], alpha=step)
+                torch._foreach_add_(same, list(ortho.unbind(0)), alpha=step)
         return loss
 
     def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:

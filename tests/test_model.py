@@ -221,16 +221,16 @@ def test_the_compiled_bf16_step_is_as_close_to_float64_as_the_eager_one():
     loss64 = m64(idx, y).loss
     loss64.backward()
 
-    def step(model):
-        model.zero_grad(set_to_none=True)
+    def step(loss_of):  # the trainer's step: (x, y) -> loss, as loop.wrap_for_device wraps it
+        m.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(idx, y).loss
+            loss = loss_of(idx, y)
         loss.backward()
         return loss.detach().double(), [p.grad.double() for p in m.parameters()]
 
-    compiled = torch.compile(m, options=loop.compile_options(torch.device("cpu")))
+    compiled = torch.compile(loop.TrainingLoss(m), options=loop.compile_options(torch.device("cpu")))
     loss_c, grads_c = step(compiled)
-    loss_e, grads_e = step(m)
+    loss_e, grads_e = step(loop.TrainingLoss(m))
     torch._dynamo.reset()
     assert abs(loss_c - loss64) <= 2 * abs(loss_e - loss64) + 2e-3
     for gc, ge, p in zip(grads_c, grads_e, m64.parameters()):
