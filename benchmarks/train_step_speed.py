@@ -10,15 +10,18 @@ same run, and optionally beside the code of another checkout (today's main, say)
     python benchmarks/train_step_speed.py --profile 10               # + the profiler's top ops per variant
     python benchmarks/train_step_speed.py --n-layer 5 --dropout 0.15 --variants compile-drop-resid \
         --rounds 1 --profile 20 --kernel-rows                        # the plan's compiled model, per kernel
+    python benchmarks/train_step_speed.py --n-layer 5 --block-size 256 --batch-size 8 \
+        --variants compile                                           # a plan's window on code
     python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
 
 A step is what the trainer does (trainer.py): forward under the runtime's autocast (bf16
 on a CPU with native bf16), backward, gradient clipping at the preset's 1.0, and every
 optimizer's update (Muon for the block matrices, fused AdamW for the rest), on random ids
-of the bundled corpus's vocabulary (2048) at the preset's batch x block (32 x 64). The
-model is built as the trainer builds it (`models.from_args`), its Linears on oneDNN, and
-called as the trainer calls it: `loop.TrainingLoss(model)`, (x, y) -> the loss, compiled
-or not (a checkout without it: the model, its output's `.loss`).
+of the bundled corpus's vocabulary (2048) at the preset's batch x block (32 x 64; or
+--batch-size, --block-size: the plan's windows are 16 x 128 and 8 x 256). The model is
+built as the trainer builds it (`models.from_args`), its Linears on oneDNN, and called as
+the trainer calls it: `loop.TrainingLoss(model)`, (x, y) -> the loss, compiled or not (a
+checkout without it: the model, its output's `.loss`).
 
 Each variant runs in its own worker process (its own allocator, threads and caches, as a
 real run has), built once and warmed up; then rounds go round the workers, each timing
@@ -62,6 +65,10 @@ VARIANTS = {
     "batched-muon": {**OFF, "batched_muon": True},
     "on": ON,
     "compile": {**ON, "compile": True},
+    # attention by the fp32 flash kernel at every context (model.COMPILED_EXPLICIT_MAX_T = 0)
+    "compile-flash": {**ON, "compile": True, "flash_attention": True},
+    # ... and attention written out in bf16 at every context (model.COMPILED_EXPLICIT_MAX_T = inf)
+    "compile-explicit": {**ON, "compile": True, "explicit_attention": True},
     # with --dropout p: today's dropout, its masks drawn cheaply, and residual-only dropout
     "drop-today": {**ON, "fast_dropout": False, "dropout": True},
     "drop-fast": {**ON, "dropout": True},
@@ -94,6 +101,7 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     if hasattr(cfg.model, "attn_dropout"):  # a model setting since 0.5; a class switch before
         cfg.model.attn_dropout = levers["weight_dropout"]
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
+    cfg.model.block_size = args.get("block_size") or cfg.model.block_size
     cfg.model.n_layer = args.get("n_layer") or cfg.model.n_layer
     if levers.get("muon_weight_decay"):
         cfg.optim.muon_weight_decay = 0.2
@@ -119,6 +127,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     from minigpt import model as model_mod
 
     lever("fused_loss", model, "fused_loss")
+    if levers.get("flash_attention") or levers.get("explicit_attention"):  # a module constant: this process only
+        model_mod.COMPILED_EXPLICIT_MAX_T = 0 if levers.get("flash_attention") else 1 << 30
     lever("fast_dropout", getattr(model_mod, "Dropout", object), "fast")  # a class switch: this process only
     if not hasattr(cfg.model, "attn_dropout"):
         lever("weight_dropout", model_mod.CausalSelfAttention, "weight_dropout")
@@ -162,6 +172,7 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     info = dict(
         flops_per_token=model.flops_per_token(T),
         tokens_per_step=B * T,
+        window=f"batch {B} x block {T}",
         missing=missing,
         dtype=str(rt.dtype),
         threads=torch.get_num_threads(),
@@ -210,6 +221,7 @@ class Worker:
             preset=args.preset,
             dropout=args.dropout,
             batch_size=args.batch_size,
+            block_size=args.block_size,
             vocab=args.vocab,
             dtype=args.dtype,
             warmup=args.warmup,
@@ -258,6 +270,9 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary (the bundled corpus's: 2048)")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the preset's")
+    ap.add_argument(
+        "--block-size", type=int, default=0, help="0: the preset's (the plan's windows: 128 x batch 16, 256 x 8)"
+    )
     ap.add_argument("--n-layer", type=int, default=0, help="0: the preset's (the plan's compiled runs: 5)")
     ap.add_argument("--dropout", type=float, default=0.1, help="the p of the drop-* variants")
     ap.add_argument("--dtype", default="auto", help="the runtime's dtype policy (auto: bf16 where native)")
@@ -329,8 +344,8 @@ def report(workers: list[Worker], args) -> None:
     base_ms = statistics.median(times[first.name])
     info = first.info
     print(
-        f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step, {info['dtype']}, "
-        f"{info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step"
+        f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step ({info.get('window', '?')}), "
+        f"{info['dtype']}, {info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step"
     )
     print(f"bf16 product peak ({'2048^3'}): {peak:,.0f} GFLOP/s (best of {len(peaks)} measurements in this run)")
     print(
