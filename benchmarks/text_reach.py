@@ -7,8 +7,8 @@ trigrams mostly recur within a few dozen tokens, or never, has little to gain fr
 
 Reads each dataset's train.bin (meta.json's dtype) in four evenly spaced spans of --sample
 tokens in all, as the plan does (`minigpt.plan.reach` is the (128, 256] share: from 0.035 a
-planned run reads 256 tokens of context). Measured in the seventeenth pass (BENCHMARKS.md):
-the fortunes and tinyshakespeare 0.012-0.025, code and markup 0.048-0.077.
+planned run reads 256 tokens of context). Measured in the seventeenth and eighteenth passes
+(BENCHMARKS.md): most prose 0.012-0.029, code and markup 0.048-0.088, the Chinese fortunes 0.041.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from minigpt.plan import reading_spans, trigram_gaps  # noqa: E402
+from minigpt.plan import REACH_SAMPLE, reading_spans, trigram_gaps  # noqa: E402
 
 BANDS = ((0, 64), (64, 128), (128, 256), (256, 512), (512, None))
 
@@ -31,7 +31,7 @@ BANDS = ((0, 64), (64, 128), (128, 256), (256, 512), (512, None))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("datasets", nargs="+", type=Path, help="prepared dataset directories (meta.json, train.bin)")
-    ap.add_argument("--sample", type=int, default=400_000, help="tokens read per text (default 400,000)")
+    ap.add_argument("--sample", type=int, default=REACH_SAMPLE, help="tokens read per text (the plan's)")
     args = ap.parse_args()
     head = " | ".join(f"({a}, {b}]" if b else f"> {a}" for a, b in BANDS)
     print(f"| dataset | train tokens | {head} | never |")

@@ -295,7 +295,8 @@ CONTEXT = (
 # tokens a step again). Code and markup repeat their names and tags from further back than
 # prose does, whose paragraphs and short documents (fortunes) hold their own context; at 256
 # the first gained 0.01-0.13 bits/byte in 6 of 7 pairs of runs, prose lost or tied in all 4
-# (and a step at 256 is 11-16% slower: attention leaves its bf16 path for the fp32 flash kernel).
+# (and a step at 256 is 11-16% slower: attention's cost grows with the context; at 256 the fp32
+# flash kernel and the written-out bf16 product tie, BENCHMARKS.md, eighteenth pass).
 # It is the reach that tells, not the kind of text: held out, the Chinese fortunes are prose that
 # reaches 0.041, and gained 0.069 at 256 (eighteenth pass).
 REACH = (
