@@ -12,6 +12,7 @@ same run, and optionally beside the code of another checkout (today's main, say)
         --rounds 1 --profile 20 --kernel-rows                        # the plan's compiled model, per kernel
     python benchmarks/train_step_speed.py --n-layer 5 --block-size 256 --batch-size 8 \
         --variants compile                                           # a plan's window on code
+    python benchmarks/train_step_speed.py --n-layer 5 --batch-size 16 --block-size 128 --variants compile compile-h64
     python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
 
 A step is what the trainer does (trainer.py): forward under the runtime's autocast (bf16
@@ -40,6 +41,8 @@ The levers (kernels.py, optim.py, model.py), each a variant's switch:
   weight_dropout dropout on the attention weights too (--attn-dropout; off keeps the flash kernel)
   compile        torch.compile the model with the trainer's options (then no oneDNN Linears, as
                  the trainer does; a planned run of 2 minutes or more compiles)
+  head_dim       heads of this width (`compile-h64`: n_head = n_embd / 64, the plan's heads from
+                 100k tokens) instead of the preset's (--n-head sets every variant's)
 `--base DIR` adds a variant "base" running DIR's minigpt (e.g. `git worktree add ../base
 main`) with its own defaults; a lever its code lacks is reported as such.
 """
@@ -78,6 +81,8 @@ VARIANTS = {
     "compile-drop-resid": {**ON, "compile": True, "weight_dropout": False, "dropout": True},
     # the plan's Muon weight decay (0.2) on top: one more pass over each block matrix a step
     "compile-muon-wd": {**ON, "compile": True, "muon_weight_decay": True},
+    # heads of 64 (n_head = n_embd / 64) instead of the preset's 32: half the attention scores
+    "compile-h64": {**ON, "compile": True, "head_dim": 64},
 }
 
 
@@ -103,6 +108,9 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
     cfg.model.block_size = args.get("block_size") or cfg.model.block_size
     cfg.model.n_layer = args.get("n_layer") or cfg.model.n_layer
+    cfg.model.n_head = args.get("n_head") or cfg.model.n_head
+    if levers.get("head_dim"):
+        cfg.model.n_head = cfg.model.n_embd // levers["head_dim"]
     if levers.get("muon_weight_decay"):
         cfg.optim.muon_weight_decay = 0.2
     if args.get("kernel_rows"):  # before compiling: the generated kernels then report to the profiler
@@ -227,6 +235,7 @@ class Worker:
             warmup=args.warmup,
             threads=args.threads,
             n_layer=args.n_layer,
+            n_head=args.n_head,
             kernel_rows=args.kernel_rows,
         )
         # the worker function comes from this file, whichever repo's minigpt it imports
@@ -274,6 +283,7 @@ def main() -> None:
         "--block-size", type=int, default=0, help="0: the preset's (the plan's windows: 128 x batch 16, 256 x 8)"
     )
     ap.add_argument("--n-layer", type=int, default=0, help="0: the preset's (the plan's compiled runs: 5)")
+    ap.add_argument("--n-head", type=int, default=0, help="0: the preset's")
     ap.add_argument("--dropout", type=float, default=0.1, help="the p of the drop-* variants")
     ap.add_argument("--dtype", default="auto", help="the runtime's dtype policy (auto: bf16 where native)")
     ap.add_argument("--rounds", type=int, default=3)

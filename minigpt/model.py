@@ -286,11 +286,12 @@ class Dropout(nn.Dropout):
 # ---- attention ---------------------------------------------------------------------------
 
 # The longest context whose attention a compiled CPU step writes out in bf16 rather than
-# calling the fp32 flash kernel (CausalSelfAttention.forward). Forward and backward of one
-# layer, 2048 tokens x 6 heads x 32 (benchmarks/attention_paths.py, AMD EPYC, 2026-12-06): T = 64
-# 2.47 vs 3.49 ms flash, 128 4.40 vs 6.80 ms, 256 14.68 vs 10.94 ms (the [T, T] scores outgrow
-# the caches).
-COMPILED_EXPLICIT_MAX_T = 128
+# calling the fp32 flash kernel (CausalSelfAttention.forward). The plan's compiled step (5 x
+# 192, 2048 tokens; benchmarks/train_step_speed.py, Intel Xeon, 2026-12-07): with the plan's
+# 3 heads of 64, written out wins at 128 (flash 0.91x) and at 256 (flash 0.88x); with 6 heads
+# of 32 it wins at 64 and 128 (flash 0.94x, 0.97x) and ties at 256 (1.02x). The plan's
+# contexts stop at 256; past it the [T, T] scores grow with the square of the context.
+COMPILED_EXPLICIT_MAX_T = 256
 
 
 class CausalSelfAttention(nn.Module):
