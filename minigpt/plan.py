@@ -278,9 +278,8 @@ COMPILATION = (
 # Training tokens -> the context and batch, the same tokens a step as the preset's 64 x 32 (so
 # the rules above, measured there, keep their exposure). A longer context gives the model more
 # of its text to read, and the non-overlapping windows `minigpt eval` scores (the figure that
-# compares with nanoGPT's) start half as often with nothing to read; up to 128 tokens the
-# compiled step writes its attention out in bf16 (7-13% fewer steps in a budget than at 64; past 128
-# the fp32 flash kernel, 18-25%). Code and markup gain most, German prose 0.02, tinyshakespeare
+# compares with nanoGPT's) start half as often with nothing to read, for 7-13% fewer steps in
+# a budget at 128 than at 64 (heads of 32). Code and markup gain most, German prose 0.02, tinyshakespeare
 # ties; a tiny text, seen 40 times, loses (half the windows a pass).
 CONTEXT = (
     Rule(
@@ -304,8 +303,9 @@ CONTEXT = (
 # tokens a step again). Code and markup repeat their names and tags from further back than
 # prose does, whose paragraphs and short documents (fortunes) hold their own context; at 256
 # the first gained 0.01-0.13 bits/byte in 6 of 7 pairs of runs, prose lost or tied in all 4
-# (and a step at 256 is 11-16% slower: attention's cost grows with the context; at 256 the fp32
-# flash kernel and the written-out bf16 product tie, BENCHMARKS.md, eighteenth pass).
+# (and a step at 256 was 11-16% slower with heads of 32: attention's cost grows with the context;
+# with SHAPES' heads of 64 the compiled step writes attention out in bf16 at 256 too, and a step
+# there takes ~1.08x the step at 128: BENCHMARKS.md, eighteenth and nineteenth passes).
 # It is the reach that tells, not the kind of text: held out, the Chinese fortunes are prose that
 # reaches 0.041, and gained 0.069 at 256 (eighteenth pass).
 REACH = (

@@ -207,7 +207,7 @@ def test_a_compiled_cpu_bf16_model_writes_a_short_contexts_attention_out(monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_head,T", [(4, 32), (2, 256)])  # (2, 256): the plan's heads of 64 at its longest context
+@pytest.mark.parametrize("n_head,T", [(4, 32), (1, 256)])  # (1, 256): a head of 64 at the plan's longest context
 def test_the_compiled_bf16_step_is_as_close_to_float64_as_the_eager_one(n_head, T):
     """A compiled CPU training forward and backward under bf16 autocast (the trainer's compile
     options; attention written out in bf16 up to COMPILED_EXPLICIT_MAX_T tokens) lands as close

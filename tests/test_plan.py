@@ -632,6 +632,31 @@ def test_compile_first_compiles_without_the_cpp_wrapper_where_only_that_fails(ca
     assert torch.equal(wrapped.forward(*batch), model(*batch).loss)
 
 
+def test_compile_first_hides_only_the_traced_norms_dtype_warning(monkeypatch):
+    """Tracing QK-norm on bf16 queries warns that the fused norm cannot take mixed dtypes
+    (the compiled graph fuses it anyway): compile_first keeps that one warning from the user's
+    terminal, and lets every other warning through."""
+    import warnings
+
+    from minigpt import loop
+
+    class _Warns:
+        def __init__(self, model):
+            self.model = model
+
+        def __call__(self, x, y):
+            warnings.warn("Mismatch dtype between input and weight: input dtype = BFloat16", UserWarning, stacklevel=2)
+            warnings.warn("another warning", UserWarning, stacklevel=2)
+            return loop.TrainingLoss(self.model)(x, y)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, _, wrapped, _ = _compile_first_with(monkeypatch, _Warns, _Warns)
+    said = [str(w.message) for w in seen]
+    assert wrapped.compiled and "another warning" in said
+    assert not any(m.startswith("Mismatch dtype") for m in said)
+
+
 def test_the_cpu_compile_options_build_the_wrapper_apart_from_the_kernels():
     """The CPU's inductor options are real inductor settings, and without the wrapper no
     wrapper setting is left (the retry's); other devices get inductor's defaults."""
