@@ -306,8 +306,8 @@ CONTEXT = (
 # prose does, whose paragraphs and short documents (fortunes) hold their own context; at 256
 # the first gained 0.01-0.13 bits/byte in 6 of 7 pairs of runs, prose lost or tied in all 4
 # (and a step at 256 was 11-16% slower with heads of 32: attention's cost grows with the context;
-# with SHAPES' heads of 64 the compiled step writes attention out in bf16 at 256 too, and a step
-# there takes ~1.08x the step at 128: BENCHMARKS.md, eighteenth and nineteenth passes).
+# with SHAPES' heads of 64 the compiled step writes attention out in bf16 at 256 too, 1.13x the
+# fp32 flash kernel there: BENCHMARKS.md, eighteenth and nineteenth passes).
 # It is the reach that tells, not the kind of text: held out, the Chinese fortunes are prose that
 # reaches 0.041, and gained 0.069 at 256 (eighteenth pass).
 REACH = (
