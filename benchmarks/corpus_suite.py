@@ -39,7 +39,10 @@ conduct, Tang and Song poems), Polish, Spanish, Czech and Slovak fortune cookies
 (perl-modules-5.36, cut at 4 MB), three more: Go's, Emacs Lisp's and Ruby's standard
 libraries (golang-1.19-src, emacs-el, libruby3.1, each cut at 4 MB; thirteenth pass), Rust's
 (rust-src, its tests left out, cut at 4 MB; fourteenth pass), LaTeX's style files (texlive-latex-base's
-.sty: TeX macro code, 3.3 MB; fourteenth pass), and
+.sty: TeX macro code, 3.3 MB; fourteenth pass), six small fortune packages for the weight-decay
+rule of the twentieth pass (fortunes-eo, fortunes-es-off, fortunes-debian-hints: 87-147 KB, which
+the rule was set on; fortunes-bofh-excuses, fortunes-de-120k, fortunes-it-off: 30-306 KB, held out
+from it), and
 linux-1gb: 1 GB of Linux C source, far more than a 5-minute run can read, which `train --data`
 prepares a sample of (BENCHMARKS.md, twelfth pass).
 """

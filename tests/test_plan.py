@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -363,14 +364,19 @@ def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout()
     assert f"(exposure {runs['python'].exposure:.3g}) -> 5x192, residual dropout 0.1," in runs["python"].line()
 
 
-def test_the_matrices_decay_where_muon_updates_them_and_only_there():
+@pytest.mark.parametrize("train_tokens, index", [(350_000, 2), (30_000, 4)])
+def test_the_matrices_decay_where_muon_updates_them_and_only_there(train_tokens, index):
     """The rules' weight decays (Muon's and AdamW's) go with the row the exposure picks, and
-    are said in the line; a run whose --optimizer is AdamW has no Muon matrices: no such setting, no such words."""
+    are said in the line; a run whose --optimizer is AdamW has no Muon matrices: no such setting, no such words.
+    tinyshakespeare's size at 3 minutes lands in the row from 32; a tiny text read 40 times in the
+    row from 300, AdamW's decay 3."""
     current = dict(_CURRENT, compile=None, vocab_size=2048)
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
-    kw = dict(train_tokens=350_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=180.0, max_steps=0,
+    kw = dict(train_tokens=train_tokens, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=180.0, max_steps=0,
               seconds_left=150.0, cpu=True, planned=planned)  # fmt: skip
     muon = choose(current={**current, "optimizer": "muon"}, **kw)
+    upper = REGULARISATION[index + 1].at_least if index + 1 < len(REGULARISATION) else math.inf
+    assert REGULARISATION[index].at_least <= muon.exposure < upper
     row = pick(REGULARISATION, muon.exposure)
     decay = row["muon_weight_decay"]
     assert decay > 0 and muon.settings["muon_weight_decay"] == decay and f"Muon wd {decay:g}," in muon.line()
