@@ -97,8 +97,8 @@ class Rule:
 # text verbatim (the Russian fortunes), at a lower exposure. A text seen 40 times by a model
 # with ~10 of its weights per token (the tiny texts at the pass cap) overfits early: with
 # AdamW's decay 0.3 Debian's hints had their best checkpoint at step 232 of 1395, with 3 at the
-# last, 0.216 bits/byte better; from exposure 300, 3 won on five texts of five (0.026-0.110),
-# and 10 lost to 3 on three of four.
+# last, 0.216 bits/byte better; from exposure 300, 3 won on five texts of five (0.026-0.110;
+# with a second seed on two of three), and 10 lost to 3 on three of four.
 REGULARISATION = (
     Rule(
         0.0,
@@ -154,9 +154,11 @@ REGULARISATION = (
         dict(dropout=0.3, attn_dropout=False, weight_decay=3.0, muon_weight_decay=0.2),
         "AdamW's decay (the embeddings and the head) 0.3 / 1 / 3 / 10, bare 5-minute runs otherwise (twentieth "
         "pass), bits/byte: the 98 KB English fortunes (exposure 341) 2.5780 / 2.5390 / 2.5442 / 2.6384 (seed 7: "
-        "2.5774 / 2.5460 at 0.3 / 1); Esperanto fortunes (347) 2.9665 / 2.9498 / 2.8563 / 2.8161; Spanish "
+        "2.5774 / 2.5460 / 2.5409 at 0.3 / 1 / 3); Esperanto fortunes (347) 2.9665 / 2.9498 / 2.8563 / 2.8161 (seed "
+        "7: 2.8135 / 2.8278 at 0.3 / 3); Spanish "
         "fortunes, offensive (399) 2.9350 / 2.9256 / 2.8750 / 2.9338; Portuguese fortunes (464, eager 3 x 192) "
-        "1.9626 / 1.9737 / 1.9369; Bulgarian fortunes (509) 1.4245 / 1.4046 / 1.3722 / 1.4003. Below the row: "
+        "1.9626 / 1.9737 / 1.9369; Bulgarian fortunes (509) 1.4245 / 1.4046 / 1.3722 / 1.4003 (seed 7: 1.4265 / "
+        "1.3778 at 0.3 / 3). Below the row: "
         "the Italian fortunes (249, compiled 5 x 192, 26 passes) 2.0970 / 2.1075 / 2.1098 (lost); Debian's hints "
         "in 15 languages (213) 4.2743 / 4.2914 / 4.0588; English fortunes cut at 180 KB (174) 2.5930 / 2.5855 / "
         "2.5934. The boundary at 300 lies between the Italian text's loss at 249 and the 98 KB text's gain at 341. "
