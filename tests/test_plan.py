@@ -326,21 +326,23 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
     yours = choose(current={**current, "dropout": 0.1}, planned=[k for k in planned if k != "dropout"], **kw)
     assert yours.settings["attn_dropout"] is True and yours.settings["compile"] is None
     assert yours.settings["n_layer"] == 3 and "compiled" not in yours.line() and "dropout 0.1 (yours)" in yours.line()
-    tiny = choose(current=current, planned=planned, **{**kw, "train_tokens": 45_000})  # 40 passes eagerly
-    assert tiny.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and tiny.settings["compile"] is None
-    assert tiny.settings["n_layer"] == 3  # SHAPES' small model, not the compiled depth
-    # Texts that reach the cap eagerly: under AT_THE_CAP's boundary they keep SHAPES' eager model
-    # (its larger row from SHAPES' boundary on), from it they compile all the same, for depth.
-    at_cap = plan_mod.AT_THE_CAP[1].at_least
-    assert plan_mod.SHAPES[1].at_least < at_cap <= 350_000
+    # Texts that reach the pass cap even eagerly: AT_THE_CAP's row for their size says whether
+    # they compile all the same, for depth (the same passes: the run ends sooner), or keep SHAPES'
+    # eager model. One text in each row: a tiny one (3 x 96 -> 5 deep), one just under the last
+    # boundary (3 x 192, eager) and one from it.
+    deep = plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
     longer = dict(budget_s=1000.0, seconds_left=900.0)
-    middle = choose(current=current, planned=planned, **{**kw, **longer, "train_tokens": int(at_cap) - 1})
-    assert middle.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and middle.settings["compile"] is None
-    assert {k: middle.settings[k] for k in plan_mod.SHAPES[1].settings} == plan_mod.SHAPES[1].settings
-    long = choose(current=current, planned=planned, **{**kw, **longer})
-    assert 900.0 * 20_000 >= plan_mod.MAX_PASSES * 350_000  # eagerly, the cap
-    assert long.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01) and long.settings["compile"] is True
-    assert long.settings["n_layer"] == plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    assert [r.at_least for r in plan_mod.AT_THE_CAP][1:] == [plan_mod.SHAPES[1].at_least, 150_000]
+    for tokens in (45_000, 149_999, 350_000):
+        assert 900.0 * 20_000 >= plan_mod.MAX_PASSES * tokens  # eagerly, the cap
+        run = choose(current=current, planned=planned, **{**kw, **longer, "train_tokens": tokens})
+        compiles = pick(plan_mod.AT_THE_CAP, tokens)["compile"]
+        assert run.passes == pytest.approx(plan_mod.MAX_PASSES, rel=0.01)
+        assert run.settings["compile"] == compiles and ("compiled" in run.line()) == bool(compiles)
+        shape = pick(plan_mod.SHAPES, tokens)
+        assert run.settings["n_embd"] == shape["n_embd"]  # the width is SHAPES', compiled or not
+        assert run.settings["n_layer"] == (deep if compiles else shape["n_layer"]), tokens
+    assert pick(plan_mod.AT_THE_CAP, 45_000)["compile"] and not pick(plan_mod.AT_THE_CAP, 149_999)["compile"]
 
 
 def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout():
