@@ -226,17 +226,17 @@ def exposure(tokens_seen: float, train_tokens: int, settings: dict[str, Any]) ->
     return tokens_seen * weights / max(1, train_tokens) ** 2
 
 
-# Training tokens -> the model's shape. A text of tens of thousands of tokens reaches
-# MAX_PASSES in a minute or two, whatever the model: there a smaller model, which memorises
-# less, does better at the same steps. Larger texts: the shape sweep (tinyshakespeare ~7
-# passes, the bundled corpus ~3) chose 3 x 192 at both; deeper and wider models lost in
-# minutes. Its heads are 64 wide (3 of them), not the preset's 32 (6): half the attention
-# scores to compute and store (a compiled step 1.05-1.13x faster), and a better model at
-# equal time on seven texts of nine (ties on two), code and markup by 0.06-0.19 bits/byte. (Likely why,
-# not measured apart: QK-norm holds a head's scores within the square root of its width,
-# times learned gains, so a wider head can attend sharply from the start, as copying names
-# in code asks.) Two heads of 96 lost 0.03 on Python and tied on tinyshakespeare. The boundary
-# between the rows lies between the nearest texts measured either side.
+# Training tokens -> the model's shape. A text of tens of thousands of tokens reaches MAX_PASSES in a
+# minute or two, whatever the model: there a narrower model, which memorises less, does better at the
+# same steps (and deeper: AT_THE_CAP compiles it 5 deep). Larger texts: the shape sweep
+# (tinyshakespeare ~7 passes, the bundled corpus ~3) chose 3 x 192 at both; deeper and wider models
+# lost in minutes. Its heads are 64 wide (3 of them), not the preset's 32 (6): half the attention
+# scores to compute and store (a compiled step 1.05-1.13x faster), and a better model at equal time on
+# seven texts of nine (ties on two), code and markup by 0.06-0.19 bits/byte. (Likely why, not measured
+# apart: QK-norm holds a head's scores within the square root of its width, times learned gains, so a
+# wider head can attend sharply from the start, as copying names in code asks.) Two heads of 96 lost
+# 0.03 on Python and tied on tinyshakespeare. The boundary between the rows lies between the nearest
+# texts measured either side.
 SHAPES = (
     Rule(
         0,
