@@ -195,14 +195,28 @@ VOCABULARY = (
     Rule(16 << 20, dict(vocab_size=4096), "extrapolated: 4096 tied 2048 at 5 MB; more text supports more tokens"),
 )
 
-# A compiled run trains ~1.3-1.4x the tokens in its time, and spends them best on a deeper
-# model. One row; the width, heads and the rest stay SHAPES'.
+# Training tokens -> a compiled run's depth. A compiled run trains ~1.3-1.4x the tokens in its
+# time, and spends them best on a deeper model; a tiny text, which reaches MAX_PASSES in a minute
+# or two at any depth (AT_THE_CAP), deeper still. The width, heads and the rest stay SHAPES'.
 COMPILED_SHAPES = (
     Rule(
-        0.0,
+        0,
+        dict(n_layer=8),
+        "tiny texts at up to 40 passes, compiled 96 wide, 5 deep against 8 (`--n-layer 8`; twenty-second pass, an "
+        "Intel Ice Lake VM), bits/byte: cut at 120 KB, SymPy source 2.1051 vs 2.0404, LaTeX style files 2.6022 vs "
+        "2.5821, man pages' troff 2.8833 vs 2.8658, Go 2.0916 vs 2.0675; prose, the 98 KB English fortunes 2.5069 "
+        "vs 2.5160, Portuguese jokes 2.1654 vs 2.1751, anarchist quotes 2.1990 vs 2.1829, Bulgarian fortunes "
+        "1.3830 vs 1.3844: code better on four of four (0.018-0.065), prose ties (within 0.016, a compiled run's "
+        "rounding moves these texts by 0.03). Held out after the row was set, bare before and after: Ruby and "
+        "Emacs Lisp cut at 120 KB 1.6014 vs 1.5877 and 2.7914 vs 2.7589, German fortunes cut at 120 KB 2.6571 vs "
+        "2.6545 (a tie). Deeper than 8 not measured",
+    ),
+    Rule(
+        100_000,
         dict(n_layer=5),
         "the default run (bundled corpus, 285 s, compiled, ~3-5 passes): 3 x 192 1.9560, 4 x 192 1.9501, "
-        "5 x 192 1.9473 bits/byte, one run each (BENCHMARKS.md, issue 22); deeper not measured",
+        "5 x 192 1.9473 bits/byte, one run each (BENCHMARKS.md, issue 22); deeper not measured. The boundary at "
+        "100k, SHAPES': the tiny texts' 96 wide model gained from 8 layers, a 192 wide one was not measured so deep",
     ),
 )
 
@@ -228,7 +242,7 @@ def exposure(tokens_seen: float, train_tokens: int, settings: dict[str, Any]) ->
 
 # Training tokens -> the model's shape. A text of tens of thousands of tokens reaches MAX_PASSES in a
 # minute or two, whatever the model: there a narrower model, which memorises less, does better at the
-# same steps (and deeper: AT_THE_CAP compiles it 5 deep). Larger texts: the shape sweep
+# same steps (and deeper: AT_THE_CAP compiles it, 8 deep). Larger texts: the shape sweep
 # (tinyshakespeare ~7 passes, the bundled corpus ~3) chose 3 x 192 at both; deeper and wider models
 # lost in minutes. Its heads are 64 wide (3 of them), not the preset's 32 (6): half the attention
 # scores to compute and store (a compiled step 1.05-1.13x faster), and a better model at equal time on
@@ -262,9 +276,9 @@ SHAPES = (
 
 # Training tokens -> whether a run that reaches MAX_PASSES eagerly compiles all the same, for
 # the deeper model (COMPILED_SHAPES): a faster step buys such a run no more passes (it ends
-# sooner), only depth. A tiny text's 3 x 96 gains from it (5 x 96), whether prose or code: the
-# width SHAPES keeps small is what memorises, not the depth; from 100k tokens 3 x 192 against
-# 5 x 192 lost it, and from 150k won it again.
+# sooner), only depth. A tiny text's 3 x 96 gains from it (5 x 96 when this row was measured; 8 x 96
+# since, COMPILED_SHAPES), whether prose or code: the width SHAPES keeps small is what memorises, not
+# the depth; from 100k tokens 3 x 192 against 5 x 192 lost it, and from 150k won it again.
 AT_THE_CAP = (
     Rule(
         0,
@@ -770,7 +784,7 @@ def choose(
         shape = shape_for(train_tokens, planned)
         settings = {k: (shape[k] if k in shape else current[k]) for k in _MODEL_SETTINGS}
         if compiled and cpu and budget_s > 0 and "n_layer" in planned:  # deeper, at the speed its depth allows
-            deeper = pick(COMPILED_SHAPES, 0.0)["n_layer"]
+            deeper = pick(COMPILED_SHAPES, train_tokens)["n_layer"]
             cost = [matmul_params(n, settings["n_embd"], settings["vocab_size"]) for n in (settings["n_layer"], deeper)]
             rate *= cost[0] / cost[1]
             steps = max(1, int(steps * cost[0] / cost[1]))

@@ -279,8 +279,8 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     threshold = plan_mod.COMPILATION[1].at_least
     long = choose(seconds_left=threshold + 100, cpu=True, **kw)
     assert long.settings["compile"] is True
-    # deeper (COMPILED_SHAPES), its steps scaled by the cost of the depth in matrix weights
-    deeper = plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    # deeper (COMPILED_SHAPES' row for its size), its steps scaled by the cost of the depth in matrix weights
+    deeper = pick(plan_mod.COMPILED_SHAPES, 5_000_000)["n_layer"]
     assert long.settings["n_layer"] == deeper > current["n_layer"]
     scale = plan_mod.matmul_params(3, 192, 2048) / plan_mod.matmul_params(deeper, 192, 2048)
     assert plan_mod.matmul_params(3, 192, 2048) == 12 * 3 * 192**2 + 2048 * 192
@@ -321,16 +321,15 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
     rule = pick(REGULARISATION, planned_run.steps * 2048 / 350_000 * weights / 350_000)
     assert rule["dropout"] > 0 and planned_run.settings["dropout"] == rule["dropout"]
     assert planned_run.settings["attn_dropout"] is False and planned_run.settings["compile"] is True
-    assert planned_run.settings["n_layer"] == plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    assert planned_run.settings["n_layer"] == pick(plan_mod.COMPILED_SHAPES, 350_000)["n_layer"]
     assert "residual dropout" in planned_run.line() and "compiled" in planned_run.line()
     yours = choose(current={**current, "dropout": 0.1}, planned=[k for k in planned if k != "dropout"], **kw)
     assert yours.settings["attn_dropout"] is True and yours.settings["compile"] is None
     assert yours.settings["n_layer"] == 3 and "compiled" not in yours.line() and "dropout 0.1 (yours)" in yours.line()
     # Texts that reach the pass cap even eagerly: AT_THE_CAP's row for their size says whether
     # they compile all the same, for depth (the same passes: the run ends sooner), or keep SHAPES'
-    # eager model. One text in each row: a tiny one (3 x 96 -> 5 deep), one just under the last
-    # boundary (3 x 192, eager) and one from it.
-    deep = plan_mod.COMPILED_SHAPES[0].settings["n_layer"]
+    # eager model. One text in each row: a tiny one (3 x 96 -> 8 deep), one just under the last
+    # boundary (3 x 192, eager) and one from it (5 deep): COMPILED_SHAPES' depth for its size.
     longer = dict(budget_s=1000.0, seconds_left=900.0)
     assert [r.at_least for r in plan_mod.AT_THE_CAP][1:] == [plan_mod.SHAPES[1].at_least, 150_000]
     for tokens in (45_000, 149_999, 350_000):
@@ -341,8 +340,12 @@ def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
         assert run.settings["compile"] == compiles and ("compiled" in run.line()) == bool(compiles)
         shape = pick(plan_mod.SHAPES, tokens)
         assert run.settings["n_embd"] == shape["n_embd"]  # the width is SHAPES', compiled or not
+        deep = pick(plan_mod.COMPILED_SHAPES, tokens)["n_layer"]
         assert run.settings["n_layer"] == (deep if compiles else shape["n_layer"]), tokens
     assert pick(plan_mod.AT_THE_CAP, 45_000)["compile"] and not pick(plan_mod.AT_THE_CAP, 149_999)["compile"]
+    # the tiny text deeper than a larger one, each deeper than SHAPES' eager model for its size
+    assert pick(plan_mod.COMPILED_SHAPES, 45_000)["n_layer"] > pick(plan_mod.COMPILED_SHAPES, 350_000)["n_layer"]
+    assert pick(plan_mod.COMPILED_SHAPES, 350_000)["n_layer"] > pick(plan_mod.SHAPES, 350_000)["n_layer"]
 
 
 def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout():
