@@ -159,7 +159,7 @@ def compile_first(wrapped: Wrapped, model: nn.Module, rt: Runtime, batch: tuple[
     that fails too (a machine without a C++ compiler, say), say so in one line and return
     the model wrapped without it. Other devices, and DDP (every rank must take the same
     path), compile at the first step as before. (TorchDynamo compiles again for another
-    torch thread count: see runtime.ThreadGovernor's `probe_early`.)"""
+    torch thread count: see runtime.ThreadGovernor's `recompiles`.)"""
     if not wrapped.compiled or rt.device.type != "cpu" or rt.distributed:
         return wrapped
     _check_the_cpu_meanwhile()

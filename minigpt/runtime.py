@@ -177,15 +177,21 @@ class ThreadGovernor:
     How: it times steps in groups of `TRIAL`. At the full count, the fastest group's median is
     the quiet pace; a group `SLOWER` times that (and, once, the second group: a load there
     from the start is no slowdown) tries one thread fewer for a group, kept if `GAIN` faster,
-    else undone. While reduced, the full count is retried every `RETRY_S` seconds of training
-    (a retry under a lasting load costs one slow group, ~5% at the VM's 4x; a load that has
-    left costs at most that long at one thread).
+    else undone. For a compiled model (`recompiles`) another count is another compile (TorchDynamo
+    guards on the count; 20-50 s on the 2-core VMs), so there it tries only a slowdown
+    `SLOWER_COMPILED` times the quiet pace, and never the early probe: a shared VM's step times
+    alone, with nothing else running, reached 1.5x now and then, and each such trial cost a run a
+    compile (twenty-second pass), while a one-core program slowed 2-thread steps 3-7x. While
+    reduced, the full count is retried every `RETRY_S` seconds of training (a retry under a
+    lasting load costs one slow group, ~5% at the VM's 4x; a load that has left costs at most
+    that long at one thread).
     `after_step(t)` takes the training clock (paused during evaluations). The trainer uses it
     only where the count is free to move: nobody chose --threads, one CPU process, and a time
     budget (a float sum's order follows the thread count: a --max-steps run stays reproducible)."""
 
     TRIAL = 8
     SLOWER = 1.5
+    SLOWER_COMPILED = 2.5
     GAIN = 0.9
     RETRY_S = 15.0
 
@@ -198,11 +204,7 @@ class ThreadGovernor:
         self.trial: tuple[int, float] | None = None  # (the count tried from, its median) during a trial
         self.reduced_at = 0.0
         self.probed = False
-        # The early trial, for a load present from the start. Off for a compiled model:
-        # TorchDynamo compiles the graph again for each thread count (it guards on the
-        # count), so a trial costs a compile (~20 s on the 2-core VM) where there may be no
-        # load at all; a slowdown the step times show still tries one thread fewer.
-        self.probe_early = True
+        self.recompiles = False  # a compiled model: a trial of another count costs a compile
         self.changes: list[str] = []  # one line per kept change, for the log
 
     @property
@@ -212,7 +214,7 @@ class ThreadGovernor:
         if self.trial is not None:
             return False
         if self.threads == self.full and self.quiet is not None and len(self.times) >= 2:
-            return statistics.median(self.times) <= self.SLOWER * self.quiet
+            return statistics.median(self.times) <= self._slower * self.quiet
         return True
 
     def after_step(self, t: float) -> int | None:
@@ -238,8 +240,8 @@ class ThreadGovernor:
         if self.threads == self.full:
             first = self.quiet is None  # the first group pays one-off costs (allocation, warm caches)
             self.quiet = pace if first else min(self.quiet, pace)
-            early = self.probe_early and not self.probed
-            if self.full > 1 and not first and (early or pace > self.SLOWER * self.quiet):
+            early = not self.recompiles and not self.probed
+            if self.full > 1 and not first and (early or pace > self._slower * self.quiet):
                 # Probed once early too: a load present from the start never shows as a slowdown.
                 self.probed = True
                 self.trial = (self.full, pace)
@@ -248,6 +250,11 @@ class ThreadGovernor:
             self.trial = (self.threads, pace)
             return self._set(self.full, t)
         return None
+
+    @property
+    def _slower(self) -> float:
+        """How much slower than the quiet pace a group must be to try one thread fewer."""
+        return self.SLOWER_COMPILED if self.recompiles else self.SLOWER
 
     def _set(self, n: int, t: float) -> int:
         self.threads = n

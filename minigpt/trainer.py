@@ -808,7 +808,7 @@ class _Run:
         with self.clock.paused():  # compiling is start-up, not the pace the budget measures
             wrapped = compile_first(wrapped, self.model, self.rt, sampler.get(self.pos.step, 0))
         if self.governor is not None and wrapped.compiled:
-            self.governor.probe_early = False  # a trial would recompile (~20 s): only a real slowdown pays that
+            self.governor.recompiles = True  # a trial would compile again (20-50 s): only a large slowdown pays that
         self._banner(wrapped)
 
         def state() -> dict[str, Any]:  # what a checkpoint saves beyond _Progress
