@@ -38,7 +38,7 @@ more than 50 MB.
 (fortunes-bg to fortunes-it lie between the small text and 1 MB, where the model's shape changes
 with the text's size: BENCHMARKS.md, eleventh pass. fortunes-eo to fortunes-debian-hints are tiny
 texts the twentieth pass's weight-decay rule was set on; the last six the twenty-first pass's depth
-for a tiny text at the pass cap.)
+for a tiny text at the pass cap, and the twenty-second pass's eight layers for it.)
 
 `--held-out` builds texts no rule was fitted on, to check the plan on text it never saw
 (BENCHMARKS.md, tenth and eleventh passes): Chinese (Debian fortunes-zh: Debian's code of
@@ -53,7 +53,8 @@ twentieth pass's weight-decay rule was set (fortunes-bofh-excuses, fortunes-de-1
 fortunes-it-off: 30-306 KB), two more after it (dhammapada: Debian display-dhammapada's
 English and Polish verses, 261 KB; tfortunes-en: Debian tfortunes's English epigrams, 37 KB;
 twenty-first pass), two small code texts measured only after that pass's rule for tiny texts
-(ruby-120k, elisp-120k: the first 120 KB of ruby and elisp), and
+and again after the twenty-second pass's (ruby-120k, elisp-120k: the first 120 KB of ruby and
+elisp), and
 linux-1gb: 1 GB of Linux C source, far more than a 5-minute run can read, which `train --data`
 prepares a sample of (BENCHMARKS.md, twelfth pass).
 """
@@ -110,7 +111,8 @@ SUITE = [
     Corpus("fortunes-es-off", "Spanish fortunes, the offensive section, 87 KB (Debian fortunes-es-off)", 4 * MB),
     Corpus("fortunes-debian-hints", "Debian hints in 15 languages, 147 KB (Debian fortunes-debian-hints)", 4 * MB),
     # Six small texts built held out in the twenty-first pass, which then chose its rule (a tiny
-    # text at the pass cap compiled, 5 deep: AT_THE_CAP): quotes, jokes, and code and markup cut
+    # text at the pass cap compiled: AT_THE_CAP) and the twenty-second pass's (8 layers deep for it:
+    # COMPILED_SHAPES): quotes, jokes, and code and markup cut
     # small (the go and latex cuts are the first 120 KB of the held-out texts of those names).
     Corpus("fortunes-anarchism", "anarchist quotes, English, 167 KB (Debian fortune-anarchism)", 4 * MB),
     Corpus("mario", "Portuguese jokes and quotes, 150 KB (Debian fortunes-mario, no ASCII art)", 150_000),
@@ -141,7 +143,8 @@ HELD_OUT = [
     # Two small texts measured only after the twentieth pass's weight-decay rule (twenty-first pass).
     Corpus("dhammapada", "the Dhammapada, English (two versions), Polish, 261 KB (Debian display-dhammapada)", 4 * MB),
     Corpus("tfortunes-en", "English epigrams, 37 KB (Debian tfortunes)", 4 * MB),
-    # Two small code texts measured only after the twenty-first pass's AT_THE_CAP row for tiny texts.
+    # Two small code texts measured only after the twenty-first pass's AT_THE_CAP row for tiny texts,
+    # and again only after the twenty-second pass's COMPILED_SHAPES row (8 layers).
     Corpus("ruby-120k", "Ruby's standard library (the held-out ruby), cut at 120 KB", 120_000, "ruby"),
     Corpus("elisp-120k", "Emacs Lisp source (the held-out elisp), cut at 120 KB", 120_000, "elisp"),
     # A text far larger than a 5-minute run can read: what the budget prepares of it (a sample).
