@@ -1,5 +1,5 @@
 """The default `cpu` preset's training step with each speed lever on and off, interleaved
-in one run, its model FLOPs utilisation against a bf16 matrix-product peak measured in the
+in one run, its model FLOPs utilisation against a matrix-product peak measured in the
 same run, and optionally beside the code of another checkout (today's main, say).
 
     python benchmarks/train_step_speed.py                            # every lever, 3 rounds
@@ -14,6 +14,8 @@ same run, and optionally beside the code of another checkout (today's main, say)
         --variants compile                                           # a plan's window on code
     python benchmarks/train_step_speed.py --n-layer 5 --batch-size 16 --block-size 128 --variants compile compile-h64
     python benchmarks/train_step_speed.py --rounds 1 --steps 3 --warmup 1 --batch-size 4   # smoke run
+    python benchmarks/train_step_speed.py --n-embd 96 --n-head 3 --vocab 512 --dropout 0.3 \
+        --variants drop-fast-resid@3 compile-drop-resid@5 compile-drop-resid@8   # a tiny text's plan, by depth
 
 A step is what the trainer does (trainer.py): forward under the runtime's autocast (bf16
 on a CPU with native bf16), backward, gradient clipping at the preset's 1.0, and every
@@ -29,8 +31,10 @@ real run has), built once and warmed up; then rounds go round the workers, each 
 `--steps` steps in turn, so a slow minute on a shared machine hits every variant alike.
 Reported: the median step over all rounds, tokens/s, the ratio to the first variant (of the
 pooled medians, and the median and range of each round's ratio), and
-MFU = flops_per_token x tokens/s / peak, where the peak is the best bf16 [2048 x 2048] x
-[2048 x 2048] product rate (GFLOP/s) measured in a worker between the rounds. The FLOPs are
+MFU = flops_per_token x tokens/s / peak, where the peak is the best [2048 x 2048] x
+[2048 x 2048] product rate (GFLOP/s) measured in a worker between the rounds, in the dtype
+the step's products run in (bf16 on a CPU with native bf16; fp32 elsewhere, where bf16 is
+emulated and slower: a bf16 peak there would put MFU above 100%). The FLOPs are
 the model's (PaLM's 6N + attention); Muon's Newton-Schulz is not counted, as MFU usually
 is not.
 
@@ -39,10 +43,14 @@ The levers (kernels.py, optim.py, model.py), each a variant's switch:
   batched_muon   optim.BatchedMuon instead of torch.optim.Muon
   fast_dropout   kernels.dropout's masks instead of F.dropout's (with --dropout > 0)
   weight_dropout dropout on the attention weights too (--attn-dropout; off keeps the flash kernel)
+  onednn         eager fp32 products by oneDNN (`on-onednn`) or MKL (`on-mkl`); unset, the
+                 trainer's choice (`onednn.faster_than_mkl`: oneDNN on a CPU not Intel's)
   compile        torch.compile the model with the trainer's options (then no oneDNN Linears, as
                  the trainer does; a planned run of 2 minutes or more compiles)
   head_dim       heads of this width (`compile-h64`: n_head = n_embd / 64, the plan's heads from
                  100k tokens) instead of the preset's (--n-head sets every variant's)
+A variant given as NAME@L builds its model L layers deep (the others: --n-layer's), so one run
+sets the plan's eager step beside the deeper compiled one it predicts from it (plan.choose).
 `--base DIR` adds a variant "base" running DIR's minigpt (e.g. `git worktree add ../base
 main`) with its own defaults; a lever its code lacks is reported as such.
 """
@@ -67,6 +75,9 @@ VARIANTS = {
     "fused-loss": {**OFF, "fused_loss": True},
     "batched-muon": {**OFF, "batched_muon": True},
     "on": ON,
+    # eager fp32 products by oneDNN or by MKL whatever the CPU (the others: onednn.faster_than_mkl)
+    "on-onednn": {**ON, "onednn": True},
+    "on-mkl": {**ON, "onednn": False},
     "compile": {**ON, "compile": True},
     # attention by the fp32 flash kernel at every context (model.COMPILED_EXPLICIT_MAX_T = 0)
     "compile-flash": {**ON, "compile": True, "flash_attention": True},
@@ -86,12 +97,26 @@ VARIANTS = {
 }
 
 
+def levers_of(name: str) -> dict:
+    """A variant's levers; NAME@L also sets its depth."""
+    base, _, depth = name.partition("@")
+    return {**VARIANTS[base], **({"n_layer": int(depth)} if depth else {})}
+
+
+def variant(name: str) -> str:
+    """argparse's check of a --variants entry."""
+    base, _, depth = name.partition("@")
+    if base not in VARIANTS or (depth and not depth.isdigit()):
+        raise argparse.ArgumentTypeError(f"{name!r}: not NAME or NAME@LAYERS with NAME one of {', '.join(VARIANTS)}")
+    return name
+
+
 # ---- the worker: one variant, in its own process ----------------------------------------------
 
 
 def worker(repo: str, levers: dict, args: dict) -> None:
     """Build the model and optimizers with `repo`'s minigpt, then serve commands on stdin
-    (JSON lines): {"steps": n} times n steps, {"peak": 1} measures the bf16 product rate,
+    (JSON lines): {"steps": n} times n steps, {"peak": 1} measures the product rate in the step's dtype,
     {"profile": n} profiles n steps. Answers one JSON line each on stdout."""
     sys.path.insert(0, repo)
     import torch
@@ -107,7 +132,8 @@ def worker(repo: str, levers: dict, args: dict) -> None:
         cfg.model.attn_dropout = levers["weight_dropout"]
     cfg.optim.batch_size = args["batch_size"] or cfg.optim.batch_size
     cfg.model.block_size = args.get("block_size") or cfg.model.block_size
-    cfg.model.n_layer = args.get("n_layer") or cfg.model.n_layer
+    cfg.model.n_layer = levers.get("n_layer") or args.get("n_layer") or cfg.model.n_layer
+    cfg.model.n_embd = args.get("n_embd") or cfg.model.n_embd
     cfg.model.n_head = args.get("n_head") or cfg.model.n_head
     if levers.get("head_dim"):
         cfg.model.n_head = cfg.model.n_embd // levers["head_dim"]
@@ -156,8 +182,10 @@ def worker(repo: str, levers: dict, args: dict) -> None:
     if levers["compile"]:
         options = loop.compile_options(rt.device) if hasattr(loop, "compile_options") else {}
         fwd = torch.compile(target, options=options)
-    else:
-        onednn.use_onednn_linears(model)
+    else:  # the trainer's choice (loop.wrap_for_device), unless the variant names one
+        faster = getattr(onednn, "faster_than_mkl", lambda: True)  # code before it: always oneDNN
+        if levers.get("onednn", faster()):
+            onednn.use_onednn_linears(model)
         fwd = target
     model.train()
     clip = cfg.optim.grad_clip
@@ -196,7 +224,7 @@ def worker(repo: str, levers: dict, args: dict) -> None:
                 times.append(time.perf_counter() - t0)
             print(json.dumps({"times": times}), flush=True)
         elif "peak" in cmd:
-            print(json.dumps({"gflops": bf16_peak(torch)}), flush=True)
+            print(json.dumps({"gflops": product_peak(torch, rt.dtype)}), flush=True)
         elif "profile" in cmd:
             from torch.profiler import profile
 
@@ -208,9 +236,9 @@ def worker(repo: str, levers: dict, args: dict) -> None:
             print(json.dumps({"table": table}), flush=True)
 
 
-def bf16_peak(torch, n: int = 2048, reps: int = 5) -> float:
-    """The best rate (GFLOP/s) of a bf16 [n x n] x [n x n] product over `reps` tries."""
-    a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
+def product_peak(torch, dtype, n: int = 2048, reps: int = 5) -> float:
+    """The best rate (GFLOP/s) of a [n x n] x [n x n] product in `dtype` over `reps` tries."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -236,6 +264,7 @@ class Worker:
             threads=args.threads,
             n_layer=args.n_layer,
             n_head=args.n_head,
+            n_embd=args.n_embd,
             kernel_rows=args.kernel_rows,
         )
         # the worker function comes from this file, whichever repo's minigpt it imports
@@ -265,14 +294,18 @@ class Worker:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--variants", nargs="+", default=["off", "fused-loss", "batched-muon", "on"], choices=list(VARIANTS)
+        "--variants",
+        nargs="+",
+        default=["off", "fused-loss", "batched-muon", "on"],
+        type=variant,
+        help=f"each NAME or NAME@LAYERS, NAME one of {', '.join(VARIANTS)}",
     )
     ap.add_argument("--base", type=Path, default=None, help="also run this checkout's minigpt (the 'before' side)")
     ap.add_argument(
         "--base-variants",
         nargs="+",
         default=None,
-        choices=list(VARIANTS),
+        type=variant,
         help="the variants --base runs, each as base-NAME (default: every lever off, and with dropout if a variant has "
         "it: code older than the levers runs that way)",
     )
@@ -284,6 +317,7 @@ def main() -> None:
     )
     ap.add_argument("--n-layer", type=int, default=0, help="0: the preset's (the plan's compiled runs: 5)")
     ap.add_argument("--n-head", type=int, default=0, help="0: the preset's")
+    ap.add_argument("--n-embd", type=int, default=0, help="0: the preset's (a tiny text's plan: 96)")
     ap.add_argument("--dropout", type=float, default=0.1, help="the p of the drop-* variants")
     ap.add_argument("--dtype", default="auto", help="the runtime's dtype policy (auto: bf16 where native)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -307,12 +341,12 @@ def main() -> None:
         print(f"error: --base {args.base}: no minigpt package there", file=sys.stderr)
         raise SystemExit(2)
 
-    plan = [(v, REPO, VARIANTS[v]) for v in args.variants]
+    plan = [(v, REPO, levers_of(v)) for v in args.variants]
     if args.base and args.base_variants:
-        plan = [(f"base-{v}", args.base.resolve(), VARIANTS[v]) for v in args.base_variants] + plan
+        plan = [(f"base-{v}", args.base.resolve(), levers_of(v)) for v in args.base_variants] + plan
     elif args.base:  # today's code, without dropout and (if any variant has it) with
         plan = [("base", args.base.resolve(), OFF)] + plan
-        if any(VARIANTS[v].get("dropout") for v in args.variants):
+        if any(levers_of(v).get("dropout") for v in args.variants):
             plan.insert(1, ("base-drop", args.base.resolve(), {**OFF, "dropout": True}))
     workers: list[Worker] = []
     try:
@@ -357,7 +391,10 @@ def report(workers: list[Worker], args) -> None:
         f"\n{args.preset} preset, {info['tokens_per_step']} tokens a step ({info.get('window', '?')}), "
         f"{info['dtype']}, {info['threads']} threads; {args.rounds} rounds x {args.steps} steps, median step"
     )
-    print(f"bf16 product peak ({'2048^3'}): {peak:,.0f} GFLOP/s (best of {len(peaks)} measurements in this run)")
+    print(
+        f"{info['dtype'].removeprefix('torch.')} product peak (2048^3): {peak:,.0f} GFLOP/s "
+        f"(best of {len(peaks)} measurements in this run)"
+    )
     print(
         f"{'variant':<16} {'ms/step':>8} {'tokens/s':>9} {'vs ' + first.name:>10} {'per round [range]':>20} "
         f"{'MFU':>6}  levers missing"

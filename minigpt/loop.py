@@ -2,7 +2,7 @@
 
     lr_at             the learning rate at a step (warmup, then cosine or warmup-stable-decay)
     TrainingLoss      what the step calls: (x, y) -> the model's loss, the compiled graph's one output
-    wrap_for_device   that, prepared for the device: oneDNN linears on the CPU, torch.compile, DDP
+    wrap_for_device   that, prepared for the device: oneDNN linears where faster, torch.compile, DDP
     compile_first     compile before the first step (its time kept out of the pace), or fall back
     train_step        forward and backward over the micro-batches, clip, optimizer step
     Stopwatch         training time: wall-clock minus the pauses for evaluation and checkpoints
@@ -98,14 +98,15 @@ def wrap_for_device(model: nn.Module, rt: Runtime, compile: bool | None, *, cpp_
     """The one place that prepares the model for the device. The parameters stay the
     model's own (the optimizers, checkpoints and evaluation use `model` itself).
 
-    - CPU, not compiled: fp32 matrix products by oneDNN (AVX-512) instead of MKL, ~1.9x a
-      GPT-2-sized layer's forward + backward here; parameters and state_dict are untouched;
+    - CPU, not compiled: fp32 matrix products by oneDNN (AVX-512) instead of MKL where MKL
+      takes its AVX2 path (`onednn.faster_than_mkl`: a CPU not Intel's), ~1.9x a GPT-2-sized
+      layer's forward + backward there; parameters and state_dict are untouched;
     - torch.compile: on CUDA by default (`compile` None), on request elsewhere (on the CPU
       with inductor's C++ wrapper unless `cpp_wrapper` is False: compile_options);
     - torchrun: DistributedDataParallel, which all-reduces the gradients in backward.
     """
     use_compile = compile if compile is not None else rt.device.type == "cuda"
-    if rt.device.type == "cpu" and not use_compile:
+    if rt.device.type == "cpu" and not use_compile and onednn.faster_than_mkl():
         onednn.use_onednn_linears(model)
     options = compile_options(rt.device, cpp_wrapper=cpp_wrapper)
     loss = TrainingLoss(model)

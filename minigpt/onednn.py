@@ -7,13 +7,15 @@ AVX2 code path; oneDNN, which PyTorch also ships, uses AVX-512 there. On the 2-c
 (Zen 5) these benchmarks run on, a [1024, 768] x [768, 3072] fp32 product ran at 153
 GFLOP/s through `F.linear` and at 382 GFLOP/s through oneDNN, the same IEEE fp32
 arithmetic (different blocking, so last-bit differences: ~1e-6 relative to a float64
-recomputation, as MKL's ~4e-7). Under bf16 autocast PyTorch already calls oneDNN.
+recomputation, as MKL's ~4e-7). Under bf16 autocast PyTorch already calls oneDNN. On an
+Intel CPU MKL takes its AVX-512 path itself and is the faster of the two
+(`faster_than_mkl`), so training keeps nn.Linear there.
 
-- Training (`use_onednn_linears`): each nn.Linear becomes a `OneDNNLinear`, the same
-  module with a forward whose three products (y = x W^T + b; dx = dy W; dW = dy^T x) all go
-  through oneDNN: ~1.9x a GPT-2-sized layer's forward + backward, ~1.4x at nanoGPT's
-  CPU shape (BENCHMARKS.md). Under autocast, or for a dtype oneDNN is not used for, it is
-  nn.Linear's own forward.
+- Training (`use_onednn_linears`, where `faster_than_mkl`): each nn.Linear becomes a
+  `OneDNNLinear`, the same module with a forward whose three products (y = x W^T + b;
+  dx = dy W; dW = dy^T x) all go through oneDNN: ~1.9x a GPT-2-sized layer's forward +
+  backward, ~1.4x at nanoGPT's CPU shape (BENCHMARKS.md; the AMD CPU). Under autocast, or
+  for a dtype oneDNN is not used for, it is nn.Linear's own forward.
 - Inference (`prepack_for_cpu`): one decode token multiplies one activation row by every
   weight matrix, bound by memory bandwidth; oneDNN with each weight reordered once into
   its blocked layout ("prepacked") streams it close to the machine's bandwidth, ~1.6x
@@ -23,18 +25,53 @@ recomputation, as MKL's ~4e-7). Under bf16 autocast PyTorch already calls oneDNN
 
 from __future__ import annotations
 
+import platform
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["available", "OneDNNLinear", "use_onednn_linears", "can_prepack", "prepack_for_cpu"]
+__all__ = [
+    "available",
+    "cpu_vendor",
+    "faster_than_mkl",
+    "OneDNNLinear",
+    "use_onednn_linears",
+    "can_prepack",
+    "prepack_for_cpu",
+]
 
 
 def available() -> bool:
     """oneDNN is built into this torch and exposes the linear kernel inductor uses too."""
     return torch.backends.mkldnn.is_available() and getattr(torch.ops.mkldnn, "_linear_pointwise", None) is not None
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's maker as the CPU names itself (cpuid's vendor string: GenuineIntel,
+    AuthenticAMD, ...), from Linux's `cpuinfo`, else the platform's processor string; ''
+    where neither says."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    info = platform.processor()
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in info), "")
+
+
+def faster_than_mkl() -> bool:
+    """Whether oneDNN multiplies a training step's fp32 matrices faster than MKL (F.linear)
+    on this CPU. MKL picks its code path by the CPU's maker: AVX2 on any but Intel's, where
+    oneDNN's AVX-512 path ran a [1024, 768] x [768, 3072] product 2.5x as fast (the 2-core
+    EPYC, Zen 5); on Intel's, AVX-512 itself, and a layer's forward + backward ran at
+    0.53-0.85x of MKL's speed through oneDNN at every shape the plan trains (2-core Xeon,
+    Ice Lake; BENCHMARKS.md, twenty-third pass). Where the maker is unknown: oneDNN, as
+    before this was measured."""
+    return available() and cpu_vendor() != "GenuineIntel"
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

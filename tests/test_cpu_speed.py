@@ -95,6 +95,29 @@ def test_onednn_linear_skips_frozen_weights_and_defers_to_autocast():
         assert lin(x).dtype == torch.bfloat16  # nn.Linear's own (autocast) product
 
 
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n\nprocessor\t: 1\n")
+    assert onednn.cpu_vendor(str(info)) == "AuthenticAMD"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")
+    assert onednn.cpu_vendor(str(info)) == "GenuineIntel"
+
+
+@needs_onednn
+@pytest.mark.parametrize("vendor, onednn_linears", [("GenuineIntel", False), ("AuthenticAMD", True), ("", True)])
+def test_an_eager_cpu_run_multiplies_by_onednn_only_where_mkl_takes_its_avx2_path(monkeypatch, vendor, onednn_linears):
+    from minigpt import loop
+
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda cpuinfo="": vendor)
+    assert onednn.faster_than_mkl() is onednn_linears
+    model = tiny_gpt()
+    n = sum(type(m) is nn.Linear for m in model.modules())
+    wrapped = loop.wrap_for_device(model, runtime.Runtime(torch.device("cpu"), torch.float32), False)
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.Linear)}
+    assert kinds == ({onednn.OneDNNLinear} if onednn_linears else {nn.Linear}) and n > 0
+    assert not wrapped.compiled
+
+
 # ---- bf16 autocast on the CPU: attention in fp32 ----------------------------------------------
 
 VARIANTS = [dict(), dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False)]
