@@ -308,23 +308,72 @@ AT_THE_CAP = (
     ),
 )
 
-# Seconds of training -> torch.compile on the CPU (the trainer asks only there: CUDA compiles
-# by default). Compiling is a one-off cost before the first step that pays back as a faster
-# step; short runs stay eager.
-COMPILATION = (
-    Rule(0.0, dict(compile=None), "a short run: the compile (COMPILE_COST_S) would not pay back"),
+# What the plan assumes before it has seen a compiled step (the budget then measures it):
+# the compile's cost, ~35 s on this 2-core VM with an empty inductor cache until the fifteenth
+# pass (22-24 s since: loop.compile_options), a few seconds with the cache a previous run left
+# (measured in BENCHMARKS.md); the older cold figure, so a first run on a slower machine does
+# not overrun either. And its gain, below.
+COMPILE_COST_S = 35.0
+
+# The model's width -> what compiling gains over the eager step's tokens/s on the CPU, where
+# its matrix products run in bf16 (autocast, a CPU with native bf16: runtime.pick_dtype) or
+# in fp32. Compiling fuses the elementwise work around the products: the narrower the model,
+# the more of an eager step that work is; in fp32 the products are most of a 192 wide step.
+COMPILE_GAINS = (
     Rule(
-        120.0,
+        0,
+        dict(bf16=1.4, fp32=1.45),
+        "fp32 (Ice Lake, twenty-third pass; benchmarks/train_step_speed.py --n-embd 96 --n-head 3 --vocab 512 "
+        "--dropout 0.3 --variants on@3 compile-drop-resid@5 compile-drop-resid@8): the compiled 5 x 96 and 8 x 96 "
+        "steps at 0.95x and 0.60x the eager 3 x 96 probe's tokens/s, where their matrix weights (matmul_params) "
+        "alone give 0.633 and 0.408: 1.50x and 1.47x. bf16: not measured at this width, the cpu preset's",
+    ),
+    Rule(
+        128,
+        dict(bf16=1.4, fp32=1.2),
+        "fp32 at nanoGPT's shape (4 x 128, vocabulary 257, batch 12 x 64; Ice Lake, twenty-third pass): 42.75 ms "
+        "compiled against 51.78 eager (1.21x)",
+    ),
+    Rule(
+        192,
+        dict(bf16=1.4, fp32=1.1),
+        "bf16, the cpu preset's step compiled: 64.4 vs 96.1 ms eager (1.49x; 1.41-1.56x in four runs, "
+        "2026-12-05). fp32 (Ice Lake, twenty-third pass, MKL's products: onednn.faster_than_mkl): the compiled "
+        "5 x 192 step at 0.73x (0.71-0.75 over 4 rounds) the eager 3 x 192 probe's tokens/s, where matmul_params "
+        "gives 0.660: 1.10x",
+    ),
+)
+
+
+def compile_gain(n_embd: int, bf16: bool = True) -> float:
+    """COMPILE_GAINS' gain for a model `n_embd` wide whose products run in bf16 (else fp32).
+
+    >>> compile_gain(192), compile_gain(192, bf16=False), compile_gain(96, bf16=False)
+    (1.4, 1.1, 1.45)
+    """
+    return pick(COMPILE_GAINS, n_embd)["bf16" if bf16 else "fp32"]
+
+
+# Training seconds a compiled run saves (the time left x (1 - 1 / gain): COMPILE_GAINS) ->
+# torch.compile on the CPU (the trainer asks only there: CUDA compiles by default). Compiling
+# is a one-off cost before the first step that pays back as a faster step: short runs, and
+# runs whose step compiling hardly speeds, stay eager.
+COMPILATION = (
+    Rule(0.0, dict(compile=None), "the compile (COMPILE_COST_S) would not pay back"),
+    Rule(
+        COMPILE_COST_S,
         dict(compile=True),
-        "the cpu preset's step compiled: 64.4 vs 96.1 ms eager (1.49x; 1.41-1.56x in four runs, "
-        "benchmarks/train_step_speed.py, 2026-12-05); with COMPILE_COST_S to pay, it wins from ~3x that "
-        "(the cost / (1 - 1 / gain)) of training. The default run (285 s, no dropout): 3939 steps and 1.9560 "
-        "bits/byte compiled, 2875 and 1.9614 eager. With the plan's residual-only dropout too (2026-12-06, "
+        "the cpu preset's step compiled, bf16: 1.49x (COMPILE_GAINS); it wins from the training seconds where "
+        "it saves its cost, ~120 s (the cost / (1 - 1 / gain)). The default run (285 s, no dropout): 3939 steps "
+        "and 1.9560 bits/byte compiled, 2875 and 1.9614 eager. With the plan's residual-only dropout too (2026-12-06, "
         "compiled 5 x 192 against eager 3 x 192): Python source 1.2431 vs 1.2631 (0.15); the Russian fortunes "
         "1.0566 (0.1) vs 1.0639-1.0808 eager (dropout on the weights too); tinyshakespeare at 3 minutes "
         "2.1292 / 2.1145 vs 2.1130 / 2.1127 (0.15), 2.1156 / 2.1135 (0.1) vs 2.1136 / 2.1133 / 2.1178 "
         "(0.1 on the weights too). Dropout on the attention weights (a --dropout of yours) stays eager: "
-        "slow compiled (+28-68% a step, BENCHMARKS.md, issue 22)",
+        "slow compiled (+28-68% a step, BENCHMARKS.md, issue 22). In fp32 the 192 wide step gains 1.1x "
+        "(COMPILE_GAINS): a 5-minute run would save ~25 s, less than the compile, and eager 3 x 192 beat the "
+        "compiled 5 x 192 this row planned before (Ice Lake, twenty-third pass): the bundled corpus (285 s) "
+        "2.0232 vs 2.0458 / 2.0791, tinyshakespeare (3 minutes) 2.1312 vs 2.2135 / 2.2211",
     ),
 )
 # Training tokens -> the context and batch, the same tokens a step as the preset's 64 x 32 (so
@@ -430,13 +479,6 @@ def reading_spans(n: int, sample: int) -> list[tuple[int, int]]:
 # than its noise but Muon 0.013 on one (German, -0.012; it lost on three others: BENCHMARKS.md,
 # seventeenth pass).
 
-# What the plan assumes before it has seen a compiled step (the budget then measures it):
-# the gain at the cpu preset (above), and the compile's cost: ~35 s on this 2-core VM with
-# an empty inductor cache until the fifteenth pass (22-24 s since: loop.compile_options), a
-# few seconds with the cache a previous run left (measured in BENCHMARKS.md); the older cold
-# figure, so a first run on a slower machine does not overrun either.
-COMPILE_GAIN = 1.4
-COMPILE_COST_S = 35.0
 
 # More passes than this only overfit further: a tiny corpus trains for fewer steps than the
 # budget allows, and the run ends early. The 98 KB text of the suite (3 x 96, residual dropout
@@ -532,6 +574,7 @@ RULES = {
     "shape": SHAPES,
     "compiled_shape": COMPILED_SHAPES,
     "at_the_cap": AT_THE_CAP,
+    "compile_gain": COMPILE_GAINS,
     "compilation": COMPILATION,
     "context": CONTEXT,
     "reach": REACH,
@@ -764,6 +807,7 @@ def choose(
     planned: list[str],
     text_bytes: int | None = None,
     cpu: bool = False,
+    bf16: bool = True,
 ) -> Plan:
     """The plan: how many steps the budget buys at the measured speed (`seconds_left` is the
     time left for training once start-up, preparation and the reserves are paid), hence how
@@ -772,14 +816,16 @@ def choose(
     `planned`; the others keep their `current` values (the user's, or the preset's). Without
     a budget the step count is `max_steps`. On the `cpu`, a budget long enough compiles the
     model (and deepens it) unless it drops out attention weights: the speed and the time left
-    are then what compiling makes of them (COMPILE_GAIN, COMPILE_COST_S)."""
+    are then what compiling makes of them (COMPILE_GAINS, for products in `bf16` or fp32;
+    COMPILE_COST_S)."""
     measured = tokens_per_s
+    gain = compile_gain({**current, **shape_for(train_tokens, planned)}["n_embd"], bf16)
 
     def settle(compiled: bool) -> tuple[int, float, dict[str, Any]]:
         """The steps, the speed and the settings of a run compiled or not."""
         rate, seconds = measured, seconds_left
         if compiled and cpu and budget_s > 0:
-            rate, seconds = rate * COMPILE_GAIN, max(0.0, seconds - COMPILE_COST_S)
+            rate, seconds = rate * gain, max(0.0, seconds - COMPILE_COST_S)
         steps = max(1, int(seconds * rate / tokens_per_step)) if budget_s > 0 else max_steps
         shape = shape_for(train_tokens, planned)
         settings = {k: (shape[k] if k in shape else current[k]) for k in _MODEL_SETTINGS}
@@ -800,11 +846,12 @@ def choose(
             settings.pop("muon_weight_decay")
         return steps, rate, settings
 
-    # A run compiles where COMPILATION says (then deeper: COMPILED_SHAPES); the regularisation
+    # A run compiles where COMPILATION says, from the time it saves (then deeper: COMPILED_SHAPES); the regularisation
     # follows from the model and the steps it then trains (`exposure`).
     compile_ = current.get("compile")
     if "compile" in planned:
-        compile_ = pick(COMPILATION, seconds_left if budget_s > 0 and cpu else 0.0)["compile"]
+        saved = seconds_left * (1 - 1 / gain) if budget_s > 0 and cpu else 0.0
+        compile_ = pick(COMPILATION, saved)["compile"]
         reaches_cap = budget_s > 0 and seconds_left * tokens_per_s >= MAX_PASSES * train_tokens
         if reaches_cap and not pick(AT_THE_CAP, train_tokens)["compile"]:
             compile_ = None  # a faster step would buy this text no more passes, and depth loses

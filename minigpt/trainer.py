@@ -293,7 +293,7 @@ def _budget_s(cfg: TrainConfig) -> float:
 
 
 def _probe_before_preparing(cfg: TrainConfig, plan: startup.DataPlan, text_bytes: int, rt: Runtime) -> float:
-    """The tokens/s a run on a large text can reach (the probe's eager speed x COMPILE_GAIN,
+    """The tokens/s a run on a large text can reach (the probe's eager speed x its compile_gain,
     at the width the text's size gets), measured before the text is prepared: on random
     token ids, since a step's speed does not depend on the text. It sizes the sample."""
     probe = TrainConfig.from_dict({**cfg.to_dict(), "planned": []})
@@ -302,7 +302,7 @@ def _probe_before_preparing(cfg: TrainConfig, plan: startup.DataPlan, text_bytes
         probe.set(k, v)
     probe.validate()
     ids = np.random.default_rng(0).integers(0, plan.vocab_size, size=1 << 16).astype(np.int32)
-    gain = plan_mod.COMPILE_GAIN if rt.device.type == "cpu" else 1.0
+    gain = plan_mod.compile_gain(probe.model.n_embd, rt.dtype == torch.bfloat16) if rt.device.type == "cpu" else 1.0
     return _measure_speed(probe, plan.vocab_size, ids, rt) * gain
 
 
@@ -402,6 +402,7 @@ def _make_plan(
         planned=sorted(planned),
         text_bytes=text_bytes,
         cpu=rt.device.type == "cpu",
+        bf16=rt.dtype == torch.bfloat16,
     )
     the_plan.own_window = (block, batch) != (m.block_size, o.batch_size)
     the_plan.text_reach = text_reach

@@ -276,7 +276,9 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
     kw = dict(train_tokens=5_000_000, tokens_per_s=20_000.0, tokens_per_step=2048, budget_s=285.0, max_steps=2300,
               current=current, planned=planned)  # fmt: skip
-    threshold = plan_mod.COMPILATION[1].at_least
+    gain = plan_mod.compile_gain(192)  # bf16 products, the default
+    threshold = plan_mod.COMPILE_COST_S / (1 - 1 / gain)  # seconds left where compiling saves its cost
+    assert plan_mod.COMPILATION[1].at_least == plan_mod.COMPILE_COST_S
     long = choose(seconds_left=threshold + 100, cpu=True, **kw)
     assert long.settings["compile"] is True
     # deeper (COMPILED_SHAPES' row for its size), its steps scaled by the cost of the depth in matrix weights
@@ -285,8 +287,8 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     scale = plan_mod.matmul_params(3, 192, 2048) / plan_mod.matmul_params(deeper, 192, 2048)
     assert plan_mod.matmul_params(3, 192, 2048) == 12 * 3 * 192**2 + 2048 * 192
     seconds = threshold + 100 - plan_mod.COMPILE_COST_S
-    assert long.steps == int(int(seconds * 20_000 * plan_mod.COMPILE_GAIN / 2048) * scale)
-    assert f"(~{20 * plan_mod.COMPILE_GAIN * scale:.0f}k compiled)" in long.line() and "~20k tokens/s" in long.line()
+    assert long.steps == int(int(seconds * 20_000 * gain / 2048) * scale)
+    assert f"(~{20 * gain * scale:.0f}k compiled)" in long.line() and "~20k tokens/s" in long.line()
     assert "compiled" in long.line() and f"{deeper}x192" in long.line()
     assert long.to_dict()["measured_tokens_per_s"] == 20_000.0
     mine = choose(seconds_left=threshold + 100, cpu=True, **{**kw, "planned": [k for k in planned if k != "n_layer"]})
@@ -305,6 +307,33 @@ def test_a_long_enough_cpu_budget_compiles_and_plans_with_the_compiled_speed():
     forced = choose(seconds_left=10.0, cpu=True, **{**kw, "planned": [k for k in planned if k != "compile"],
                     "current": {**current, "compile": True}})  # fmt: skip
     assert "compiled (yours)" in forced.line()
+
+
+def test_a_cpu_that_multiplies_in_fp32_compiles_only_where_the_gain_pays_for_the_compile():
+    """Without native bf16 a compiled step gains less, the less the wider the model
+    (COMPILE_GAINS): the 192 wide model of a 5-minute run stays eager, 3 deep, where the same
+    run on a bf16 CPU compiles 5 deep; a budget long enough to save the compile's cost compiles
+    it, at the fp32 gain; a tiny text's 96 wide model, which gains more, compiles in 5 minutes."""
+    current = dict(_CURRENT, vocab_size=2048, compile=None)
+    planned = [k for k in plan_mod.PLANNABLE if k != "max_time"]
+    kw = dict(tokens_per_s=20_000.0, tokens_per_step=2048, max_steps=0, current=current, planned=planned, cpu=True)
+    bf16, fp32 = (plan_mod.compile_gain(w, b) for w, b in ((192, True), (192, False)))
+    assert fp32 < plan_mod.compile_gain(128, False) < plan_mod.compile_gain(96, False) and fp32 < bf16
+    five_minutes = dict(train_tokens=1_670_000, budget_s=285.0, seconds_left=250.0)
+    assert 250.0 * (1 - 1 / bf16) >= plan_mod.COMPILE_COST_S > 250.0 * (1 - 1 / fp32)
+    on_bf16, on_fp32 = (choose(**kw, **five_minutes, bf16=b) for b in (True, False))
+    assert on_bf16.settings["compile"] is True and on_bf16.settings["n_layer"] == 5 and "compiled" in on_bf16.line()
+    assert on_fp32.settings["compile"] is None and on_fp32.settings["n_layer"] == 3 and "compiled" not in on_fp32.line()
+    assert on_fp32.steps == int(250.0 * 20_000 / 2048) and on_fp32.tokens_per_s == 20_000.0
+    seconds = plan_mod.COMPILE_COST_S / (1 - 1 / fp32) + 50  # long enough to save the cost in fp32
+    longer = choose(**kw, train_tokens=1_670_000, budget_s=seconds + 40, seconds_left=seconds, bf16=False)
+    assert longer.settings["compile"] is True and longer.settings["n_layer"] == 5
+    scale = plan_mod.matmul_params(3, 192, 2048) / plan_mod.matmul_params(5, 192, 2048)
+    assert longer.tokens_per_s == pytest.approx(20_000 * fp32 * scale)
+    tiny = choose(**{**kw, "current": {**current, "vocab_size": 512}}, train_tokens=45_000, budget_s=285.0,
+                  seconds_left=250.0, bf16=False)  # fmt: skip
+    assert tiny.settings["n_embd"] == 96 and tiny.settings["compile"] is True
+    assert tiny.settings["n_layer"] == pick(plan_mod.COMPILED_SHAPES, 45_000)["n_layer"]
 
 
 def test_a_regularised_run_compiles_only_with_the_plans_residual_dropout():
@@ -357,7 +386,8 @@ def test_at_the_same_passes_the_text_with_fewer_tokens_per_weight_gets_dropout()
     runs = {}
     for name, tokens in (("python", 1_100_000), ("bundled", 1_670_000)):
         # the probe's eager speed that buys ~3.5 passes of the compiled 5-deep model
-        rate = 3.5 * tokens / 250.0 * 2.605 / 1.720 / plan_mod.COMPILE_GAIN * 250 / (250 - plan_mod.COMPILE_COST_S)
+        gain = plan_mod.compile_gain(192)
+        rate = 3.5 * tokens / 250.0 * 2.605 / 1.720 / gain * 250 / (250 - plan_mod.COMPILE_COST_S)
         run = choose(train_tokens=tokens, tokens_per_s=rate, tokens_per_step=2048, seconds_left=250.0, budget_s=285.0,
                      max_steps=0, current=current, planned=planned, cpu=True)  # fmt: skip
         assert run.settings["n_layer"] == 5 and run.settings["compile"] is True
