@@ -46,7 +46,8 @@ The levers (kernels.py, optim.py, model.py), each a variant's switch:
   onednn         eager fp32 products by oneDNN (`on-onednn`) or MKL (`on-mkl`); unset, the
                  trainer's choice (`onednn.faster_than_mkl`: oneDNN on a CPU not Intel's)
   compile        torch.compile the model with the trainer's options (then no oneDNN Linears, as
-                 the trainer does; a planned run of 2 minutes or more compiles)
+                 the trainer does; a planned run compiles where the time it saves pays for the
+                 compile: plan.COMPILE_GAINS, COMPILATION)
   head_dim       heads of this width (`compile-h64`: n_head = n_embd / 64, the plan's heads from
                  100k tokens) instead of the preset's (--n-head sets every variant's)
 A variant given as NAME@L builds its model L layers deep (the others: --n-layer's), so one run

@@ -68,7 +68,7 @@ def faster_than_mkl() -> bool:
     on this CPU. MKL picks its code path by the CPU's maker: AVX2 on any but Intel's, where
     oneDNN's AVX-512 path ran a [1024, 768] x [768, 3072] product 2.5x as fast (the 2-core
     EPYC, Zen 5); on Intel's, AVX-512 itself, and a layer's forward + backward ran at
-    0.53-0.85x of MKL's speed through oneDNN at every shape the plan trains (2-core Xeon,
+    0.52-0.85x of MKL's speed through oneDNN at every shape the plan trains (2-core Xeon,
     Ice Lake; BENCHMARKS.md, twenty-third pass). Where the maker is unknown: oneDNN, as
     before this was measured."""
     return available() and cpu_vendor() != "GenuineIntel"

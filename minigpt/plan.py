@@ -479,7 +479,6 @@ def reading_spans(n: int, sample: int) -> list[tuple[int, int]]:
 # than its noise but Muon 0.013 on one (German, -0.012; it lost on three others: BENCHMARKS.md,
 # seventeenth pass).
 
-
 # More passes than this only overfit further: a tiny corpus trains for fewer steps than the
 # budget allows, and the run ends early. The 98 KB text of the suite (3 x 96, residual dropout
 # 0.3, both decays, windows pass by pass): 40 passes 2.5674 bits/byte, 80 passes 2.5965, 160
