@@ -12,7 +12,8 @@ random character ids (65 of them, as nanoGPT's shakespeare_char). The rows:
   configure_optimizers (foreach AdamW on the CPU), as its train.py runs them;
 - minigpt, nanoGPT's model (the nanogpt-cpu preset: no biases, exact GELU), plain fp32:
   nn.Linear's products by MKL, fused AdamW;
-- + oneDNN linears (`onednn.use_onednn_linears`, what the trainer does on the CPU);
+- + oneDNN linears (`onednn.use_onednn_linears`, what the trainer does on a CPU not Intel's:
+  `onednn.faster_than_mkl`; measured here on any CPU, as a lever);
 - + bf16 autocast (what `--dtype auto` picks on a CPU with native bf16), attention in fp32;
 - + the chunked cross-entropy (`kernels.cross_entropy`, the model's default; the rows above
   use F.cross_entropy on fp32 logits, as before it).
